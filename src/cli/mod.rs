@@ -1,0 +1,146 @@
+//! Command-line interface: global options, logging, dispatch, exit codes.
+//!
+//! Exit codes: 0 = success / ready, 1 = not ready (or a refused change), 2 = usage or
+//! I/O error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use cchost::config::{Config, DEFAULT_CONFIG_PATH};
+use cchost::host::HostRoot;
+
+mod capture;
+mod cdi;
+mod check;
+mod dcap;
+mod gpu;
+mod inventory;
+mod plan;
+mod render;
+mod run;
+mod undo;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cchost",
+    version,
+    about = "Make this host ready for confidential containers (Kata + CoCo), and keep it ready"
+)]
+pub struct Cli {
+    /// The host's root directory (`/host` in a DaemonSet, a fixture or capture tree in tests).
+    #[arg(long, global = true, env = "CCHOST_HOST_ROOT", default_value = "/")]
+    pub host_root: PathBuf,
+    /// Configuration file (TOML).
+    #[arg(long, global = true, env = "CCHOST_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Readiness report: a tree of checks with a remedy for every failure.
+    Check(check::Args),
+    /// Every fact cchost found about this host, with evidence.
+    Inventory(inventory::Args),
+    /// What `apply` would change, computed from config + inventory.
+    Plan(plan::PlanArgs),
+    /// Make the changes of the plan (journaled, idempotent).
+    Apply(plan::ApplyArgs),
+    /// The daemon: keep the host ready (CDI spec, device plugin, labels, DCAP).
+    Run(run::Args),
+    /// GPU steps by hand: list, bind, unbind, CC mode.
+    #[command(subcommand)]
+    Gpu(gpu::Command),
+    /// Roll back everything the journal says cchost changed.
+    Undo(undo::Args),
+    /// Render configuration for other tools (OpenShift MachineConfig).
+    #[command(subcommand)]
+    Render(render::Command),
+    /// The host CDI spec for passthrough GPUs.
+    #[command(subcommand)]
+    Cdi(cdi::Command),
+    /// Intel DCAP helpers (QGS, PCCS): state and configuration.
+    #[command(subcommand)]
+    Dcap(dcap::Command),
+    /// Copy the host files cchost reads into DIR (a valid --host-root; for bug reports).
+    Capture(capture::Args),
+}
+
+/// What every command gets: the host door and the configuration.
+pub struct Global {
+    pub host: HostRoot,
+    pub config: Config,
+    pub config_path: PathBuf,
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(cli.log_format);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CCHOST_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let host = HostRoot::new(&cli.host_root)
+        .with_context(|| format!("cannot open host root {}", cli.host_root.display()))?;
+    let (config_path, explicit) = match &cli.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    let config = Config::load(&config_path, explicit)?;
+    let g = Global {
+        host,
+        config,
+        config_path,
+    };
+    match cli.command {
+        Command::Check(a) => check::run(&g, a),
+        Command::Inventory(a) => inventory::run(&g, a),
+        Command::Plan(a) => plan::run_plan(&g, a),
+        Command::Apply(a) => plan::run_apply(&g, a),
+        Command::Run(a) => run::run(&g, a),
+        Command::Gpu(c) => gpu::run(&g, c),
+        Command::Undo(a) => undo::run(&g, a),
+        Command::Render(c) => render::run(&g, c),
+        Command::Cdi(c) => cdi::run(&g, c),
+        Command::Dcap(c) => dcap::run(&g, c),
+        Command::Capture(a) => capture::run(&g, a),
+    }
+}

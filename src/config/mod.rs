@@ -1,0 +1,115 @@
+//! cchost's configuration (TOML). Every key is documented in docs/config.md with its
+//! default; an unknown key is an error that names it.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+mod dcap;
+mod deviceplugin;
+mod kernel;
+mod labels;
+mod matching;
+mod vfio;
+
+pub use dcap::DcapConfig;
+pub use deviceplugin::DevicePluginConfig;
+pub use kernel::KernelConfig;
+pub use labels::LabelsConfig;
+pub use matching::{DeviceMatch, MatchConfig};
+pub use vfio::VfioConfig;
+
+/// Where the configuration is read from when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/cchost/config.toml";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Which PCI functions are GPUs and NVSwitches (a new SKU is a config line).
+    #[serde(rename = "match")]
+    pub matching: MatchConfig,
+    /// vfio binding policy.
+    pub vfio: VfioConfig,
+    /// The kubelet device plugin and the CDI spec.
+    pub device_plugin: DevicePluginConfig,
+    /// Node labels and extended resources.
+    pub labels: LabelsConfig,
+    /// Kernel arguments and modules.
+    pub kernel: KernelConfig,
+    /// Intel DCAP helpers (QGS, QCNL/PCCS).
+    pub dcap: DcapConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("config {}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Parses TOML text; `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.validate().map_err(|message| ConfigError::Invalid {
+            path: origin.to_path_buf(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Loads the config file. `explicit` is true when the user named it: then a missing
+    /// file is an error; the default path may be absent (defaults apply).
+    pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::from_toml(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                Ok(Config::default())
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Cross-field checks that serde cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        self.matching.validate()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_default() {
+        let cfg = Config::from_toml("", Path::new("c.toml")).unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_that_names_it() {
+        let err = Config::from_toml("[vfio]\nbind_nvswitchez = true\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bind_nvswitchez"), "{err}");
+        assert!(err.contains("c.toml"), "{err}");
+        let err = Config::from_toml("colour = 1\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("colour"), "{err}");
+    }
+}

@@ -1,0 +1,330 @@
+//! `HostRoot`: the only door to the host.
+//!
+//! Every read and write of `/sys`, `/proc`, `/dev`, `/etc`, `/boot`, `/run` and `/var`
+//! goes through here. The root is `/` on a plain host, `/host` in a DaemonSet, or a
+//! fixture tree in tests. Paths are given as the host sees them (`/sys/bus/pci/devices`)
+//! and resolved *inside* the root: absolute symlinks are re-rooted and `..` never climbs
+//! above the root, so a hostile symlink cannot make cchost read or write outside it.
+
+mod error;
+mod resolve;
+
+pub mod pci;
+
+pub use error::HostError;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Largest file cchost reads in one go. Real inputs are far smaller (cpuinfo of a
+/// 512-thread host is ~1 MiB); anything bigger is a broken or hostile file.
+pub const MAX_READ_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Where the host is, and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRoot {
+    root: PathBuf,
+}
+
+/// What kind of thing sits at a host path (without following a final symlink).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    File,
+    Dir,
+    Symlink,
+    CharDevice,
+    BlockDevice,
+    Socket,
+    Fifo,
+}
+
+impl HostRoot {
+    /// Opens a host root. The directory must exist.
+    pub fn new(root: impl AsRef<Path>) -> Result<Self, HostError> {
+        let root = root.as_ref();
+        let canonical = fs::canonicalize(root).map_err(|e| HostError::io(root, e))?;
+        if !canonical.is_dir() {
+            return Err(HostError::NotADirectory(canonical));
+        }
+        Ok(Self { root: canonical })
+    }
+
+    /// The live host (`/`).
+    pub fn live() -> Self {
+        Self {
+            root: PathBuf::from("/"),
+        }
+    }
+
+    /// The root directory on this machine's filesystem.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// True when this root is the machine's own `/`.
+    pub fn is_live(&self) -> bool {
+        self.root == Path::new("/")
+    }
+
+    /// Maps a host path to the local path without resolving symlinks (for messages and
+    /// for handing a path to a child process that runs on the same machine).
+    pub fn lexical(&self, host_path: impl AsRef<Path>) -> PathBuf {
+        resolve::lexical_join(&self.root, host_path.as_ref())
+    }
+
+    /// Resolves a host path to a local path, following symlinks inside the root.
+    /// The final component may be missing (for creating files).
+    pub fn resolve(&self, host_path: impl AsRef<Path>) -> Result<PathBuf, HostError> {
+        resolve::resolve_in_root(&self.root, host_path.as_ref(), true)
+    }
+
+    /// Resolves a host path but leaves a final symlink unfollowed.
+    pub fn resolve_parent(&self, host_path: impl AsRef<Path>) -> Result<PathBuf, HostError> {
+        resolve::resolve_in_root(&self.root, host_path.as_ref(), false)
+    }
+
+    /// Maps a local path under the root back to the host path (`/host/sys/x` -> `/sys/x`).
+    pub fn to_host_path(&self, local: &Path) -> Option<PathBuf> {
+        let rel = local.strip_prefix(&self.root).ok()?;
+        Some(Path::new("/").join(rel))
+    }
+
+    /// Does anything exist at this path (a dangling symlink counts)?
+    pub fn exists(&self, host_path: impl AsRef<Path>) -> bool {
+        self.kind(host_path).is_some()
+    }
+
+    /// The kind of node at this path, following symlinks except the last one.
+    pub fn kind(&self, host_path: impl AsRef<Path>) -> Option<NodeKind> {
+        let local = self.resolve_parent(host_path).ok()?;
+        let meta = fs::symlink_metadata(local).ok()?;
+        Some(kind_of(&meta.file_type()))
+    }
+
+    /// The kind of node at this path after following every symlink.
+    pub fn kind_followed(&self, host_path: impl AsRef<Path>) -> Option<NodeKind> {
+        let local = self.resolve(host_path).ok()?;
+        let meta = fs::symlink_metadata(local).ok()?;
+        Some(kind_of(&meta.file_type()))
+    }
+
+    /// Reads a whole file as bytes, at most `limit` bytes; a larger file is an error.
+    pub fn read_bytes_limited(
+        &self,
+        host_path: impl AsRef<Path>,
+        limit: u64,
+    ) -> Result<Vec<u8>, HostError> {
+        let host_path = host_path.as_ref();
+        let local = self.resolve(host_path)?;
+        let file = fs::File::open(&local).map_err(|e| HostError::io(host_path, e))?;
+        let mut buf = Vec::new();
+        // sysfs reports a size of 4096 for every attribute, so read, don't trust metadata.
+        file.take(limit + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| HostError::io(host_path, e))?;
+        if buf.len() as u64 > limit {
+            return Err(HostError::TooLarge {
+                path: host_path.to_path_buf(),
+                limit,
+            });
+        }
+        Ok(buf)
+    }
+
+    /// Reads a whole file as bytes (bounded by [`MAX_READ_BYTES`]).
+    pub fn read_bytes(&self, host_path: impl AsRef<Path>) -> Result<Vec<u8>, HostError> {
+        self.read_bytes_limited(host_path, MAX_READ_BYTES)
+    }
+
+    /// Reads a whole UTF-8 text file.
+    pub fn read_string(&self, host_path: impl AsRef<Path>) -> Result<String, HostError> {
+        let host_path = host_path.as_ref();
+        let bytes = self.read_bytes(host_path)?;
+        String::from_utf8(bytes).map_err(|_| HostError::NotUtf8(host_path.to_path_buf()))
+    }
+
+    /// Reads a text file and trims surrounding whitespace (a sysfs attribute).
+    pub fn read_attr(&self, host_path: impl AsRef<Path>) -> Result<String, HostError> {
+        Ok(self.read_string(host_path)?.trim().to_string())
+    }
+
+    /// Like [`read_string`](Self::read_string), but a missing file is `Ok(None)`.
+    pub fn read_string_opt(
+        &self,
+        host_path: impl AsRef<Path>,
+    ) -> Result<Option<String>, HostError> {
+        match self.read_string(host_path) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Like [`read_attr`](Self::read_attr), but a missing file is `Ok(None)`.
+    pub fn read_attr_opt(&self, host_path: impl AsRef<Path>) -> Result<Option<String>, HostError> {
+        Ok(self
+            .read_string_opt(host_path)?
+            .map(|s| s.trim().to_string()))
+    }
+
+    /// The raw target of a symlink.
+    pub fn read_link(&self, host_path: impl AsRef<Path>) -> Result<PathBuf, HostError> {
+        let host_path = host_path.as_ref();
+        let local = self.resolve_parent(host_path)?;
+        fs::read_link(&local).map_err(|e| HostError::io(host_path, e))
+    }
+
+    /// The last component of a symlink's target: `driver -> ../../bus/pci/drivers/vfio-pci`
+    /// gives `vfio-pci`. A missing link is `Ok(None)`.
+    pub fn link_name(&self, host_path: impl AsRef<Path>) -> Result<Option<String>, HostError> {
+        let host_path = host_path.as_ref();
+        match self.read_link(host_path) {
+            Ok(target) => Ok(target
+                .file_name()
+                .and_then(OsStr::to_str)
+                .map(str::to_string)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Names in a directory, sorted. A missing directory is an error.
+    pub fn list_dir(&self, host_path: impl AsRef<Path>) -> Result<Vec<String>, HostError> {
+        let host_path = host_path.as_ref();
+        let local = self.resolve(host_path)?;
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&local).map_err(|e| HostError::io(host_path, e))? {
+            let entry = entry.map_err(|e| HostError::io(host_path, e))?;
+            match entry.file_name().into_string() {
+                Ok(name) => names.push(name),
+                Err(raw) => {
+                    tracing::warn!(dir = %host_path.display(), name = ?raw, "skipping non-UTF-8 name")
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Names in a directory, sorted; a missing directory is an empty list.
+    pub fn list_dir_opt(&self, host_path: impl AsRef<Path>) -> Result<Vec<String>, HostError> {
+        match self.list_dir(host_path) {
+            Ok(v) => Ok(v),
+            Err(e) if e.is_not_found() => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a file atomically: a temp file beside it, fsync, rename over. Parent
+    /// directories are created. Never used for sysfs attributes (see [`write_attr`]).
+    ///
+    /// [`write_attr`]: Self::write_attr
+    pub fn write_atomic(
+        &self,
+        host_path: impl AsRef<Path>,
+        contents: &[u8],
+        mode: u32,
+    ) -> Result<(), HostError> {
+        let host_path = host_path.as_ref();
+        let parent_host = host_path
+            .parent()
+            .ok_or_else(|| HostError::BadPath(host_path.to_path_buf()))?;
+        let file_name = host_path
+            .file_name()
+            .ok_or_else(|| HostError::BadPath(host_path.to_path_buf()))?;
+        self.create_dir_all(parent_host)?;
+        let parent = self.resolve(parent_host)?;
+        let target = parent.join(file_name);
+        if let Ok(meta) = fs::symlink_metadata(&target)
+            && meta.file_type().is_symlink()
+        {
+            // Renaming over a symlink replaces the link itself, which is what we want;
+            // we never write through it to wherever it points.
+            tracing::debug!(path = %host_path.display(), "replacing a symlink with a regular file");
+        }
+        // A dot-name: NFD, CDI and systemd readers all skip dot-files, so a reader never
+        // sees the half-written temp file.
+        let tmp = parent.join(format!(
+            ".{}.cchost-tmp.{}",
+            file_name.to_string_lossy(),
+            std::process::id()
+        ));
+        let result = (|| -> std::io::Result<()> {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
+            f.write_all(contents)?;
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+            f.sync_all()?;
+            fs::rename(&tmp, &target)?;
+            if let Ok(dir) = fs::File::open(&parent) {
+                let _ = dir.sync_all();
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(HostError::io(host_path, e));
+        }
+        Ok(())
+    }
+
+    /// Writes a kernel attribute (sysfs/procfs) in place: one `write(2)` of the whole
+    /// value, no temp file (the kernel rejects creating files there).
+    pub fn write_attr(&self, host_path: impl AsRef<Path>, value: &str) -> Result<(), HostError> {
+        let host_path = host_path.as_ref();
+        let local = self.resolve(host_path)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(&local)
+            .map_err(|e| HostError::io(host_path, e))?;
+        f.write_all(value.as_bytes())
+            .map_err(|e| HostError::io(host_path, e))
+    }
+
+    /// Creates a directory and its parents inside the root.
+    pub fn create_dir_all(&self, host_path: impl AsRef<Path>) -> Result<(), HostError> {
+        let host_path = host_path.as_ref();
+        let local = self.resolve(host_path)?;
+        fs::create_dir_all(&local).map_err(|e| HostError::io(host_path, e))
+    }
+
+    /// Removes a file (or socket, or symlink); a missing file is fine.
+    pub fn remove_file(&self, host_path: impl AsRef<Path>) -> Result<(), HostError> {
+        let host_path = host_path.as_ref();
+        let local = self.resolve_parent(host_path)?;
+        match fs::remove_file(&local) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(HostError::io(host_path, e)),
+        }
+    }
+}
+
+fn kind_of(ft: &fs::FileType) -> NodeKind {
+    if ft.is_symlink() {
+        NodeKind::Symlink
+    } else if ft.is_dir() {
+        NodeKind::Dir
+    } else if ft.is_char_device() {
+        NodeKind::CharDevice
+    } else if ft.is_block_device() {
+        NodeKind::BlockDevice
+    } else if ft.is_socket() {
+        NodeKind::Socket
+    } else if ft.is_fifo() {
+        NodeKind::Fifo
+    } else {
+        NodeKind::File
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,8 @@
+//! The cchost binary: argument parsing, logging, and the exit code. All work happens in
+//! the library; see `cli/` for one file per command.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}
