@@ -6,8 +6,14 @@ use super::Global;
 pub enum Command {
     /// NVIDIA GPUs and NVSwitches (as matched by the config) and their state.
     List,
+    /// Confidential Computing mode: query or set.
+    #[command(subcommand)]
+    Cc(super::gpu_cc::Command),
 }
 
-pub fn run(_g: &Global, _c: Command) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("gpu: not built yet")
+pub fn run(g: &Global, c: Command) -> anyhow::Result<ExitCode> {
+    match c {
+        Command::Cc(cc) => super::gpu_cc::run(g, cc),
+        Command::List => anyhow::bail!("gpu list: not built yet"),
+    }
 }

@@ -17,6 +17,7 @@ mod cdi;
 mod check;
 mod dcap;
 mod gpu;
+mod gpu_cc;
 mod inventory;
 mod plan;
 mod render;
