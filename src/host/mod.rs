@@ -9,6 +9,8 @@
 mod error;
 mod resolve;
 
+pub mod exec;
+
 pub mod pci;
 
 pub use error::HostError;
