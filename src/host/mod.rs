@@ -10,6 +10,7 @@ mod error;
 mod resolve;
 
 pub mod exec;
+pub mod mmio;
 
 pub mod pci;
 
