@@ -124,8 +124,8 @@ impl Emem {
     pub fn take_command(&self, ch: u32) -> Option<Vec<u32>> {
         let i = ch as usize;
         let (head, tail) = (self.cmd_head[i], self.cmd_tail[i]);
-        if head == tail && head == ch * regs::EMEM_CHANNEL_BYTES {
-            // An empty queue being reset, not a command.
+        if head == tail {
+            // head == tail is an empty queue (how the host tells "drained").
             return None;
         }
         if tail < head || head % 4 != 0 || tail as usize >= EMEM_BYTES {

@@ -114,8 +114,25 @@ impl State {
         !self.booted() || self.faults.contains(&Fault::NoReply)
     }
 
+    /// The FSP's main loop, run on every register access: take a queued command when
+    /// booted, responsive, and the previous reply has been acknowledged.
+    fn pump(&mut self) {
+        let ch = regs::FSP_EMEM_CHANNEL;
+        let i = ch as usize;
+        if self.no_reply() || self.emem.msg_head[i] != self.emem.msg_tail[i] {
+            return;
+        }
+        if let Some(cmd) = self.emem.take_command(ch) {
+            let reply = self.fw.handle(&cmd);
+            self.emem.post_reply(ch, &reply);
+        }
+    }
+
     fn read(&mut self, off: u32) -> u32 {
         let family = self.cfg.family;
+        if family.transport() == TransportKind::Emem {
+            self.pump();
+        }
         if self.faults.contains(&Fault::AllOnes) {
             return u32::MAX;
         }
@@ -145,13 +162,8 @@ impl State {
         }
         match self.cfg.family.transport() {
             TransportKind::Emem => {
-                if let Some(EmemEvent::Doorbell(ch)) = self.emem.write(off, value)
-                    && ch == regs::FSP_EMEM_CHANNEL
-                    && !self.no_reply()
-                    && let Some(cmd) = self.emem.take_command(ch)
-                {
-                    let reply = self.fw.handle(&cmd);
-                    self.emem.post_reply(ch, &reply);
+                if let Some(EmemEvent::Doorbell(_)) = self.emem.write(off, value) {
+                    self.pump();
                 }
             }
             TransportKind::Mnoc => {
