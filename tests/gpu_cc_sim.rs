@@ -94,7 +94,7 @@ fn every_mode_round_trip_and_unchanged_is_free() {
             let out = switch::set_cc_one(&d, m);
             assert_eq!(out.status, Status::Switched, "{f:?} {m}: {out:?}");
             assert_eq!(out.after.unwrap().mode, Some(m.as_mode()));
-            assert_eq!(s.active_register() & 3, m.as_mode_bits(), "{f:?} {m}");
+            assert_eq!(s.active_register() & 3, m.mode_bits(), "{f:?} {m}");
         }
         let (writes, resets) = (s.knob_writes(), s.resets());
         let out = switch::set_cc_one(&d, TargetMode::On);
@@ -110,10 +110,10 @@ fn every_mode_round_trip_and_unchanged_is_free() {
 }
 
 trait Bits {
-    fn as_mode_bits(self) -> u32;
+    fn mode_bits(self) -> u32;
 }
 impl Bits for TargetMode {
-    fn as_mode_bits(self) -> u32 {
+    fn mode_bits(self) -> u32 {
         match self {
             TargetMode::Off => 0,
             TargetMode::On => 1,

@@ -66,7 +66,7 @@ impl MmioMap {
     }
 
     fn check(&self, offset: u64) -> Result<usize, MmioError> {
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             return Err(MmioError::Unaligned {
                 path: self.path.clone(),
                 offset,

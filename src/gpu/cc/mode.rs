@@ -112,7 +112,7 @@ impl CcState {
             return "ppcie";
         }
         match self.mode {
-            Some(m) if m == CcMode::Invalid => "failed",
+            Some(CcMode::Invalid) => "failed",
             Some(m) => m.as_str(),
             None => "off",
         }

@@ -59,6 +59,21 @@ impl Outcome {
         }
     }
 
+    /// A device refused before anything was touched (driver bound, in use, unmappable).
+    pub fn refused(device: String, family: Family, requested: &str, why: String) -> Self {
+        Outcome {
+            device,
+            family,
+            requested: requested.to_string(),
+            status: Status::Failed,
+            before: None,
+            after: None,
+            knobs_changed: Vec::new(),
+            error: Some(why),
+            read_back: None,
+        }
+    }
+
     fn fail(mut self, dev: &CcDevice, e: &CcError) -> Self {
         tracing::warn!(device = %dev.name, error = %e, "CC switch failed");
         let rb = dev.read_back();

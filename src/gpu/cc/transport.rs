@@ -234,7 +234,7 @@ impl FspTransport for Mnoc<'_> {
         let info_reg = regs::mnoc_send_info(self.port);
         self.wait_bit(info_reg, regs::MNOC_READY, "message-ready")?;
         let size = (self.bar0.read32(info_reg)? & regs::MNOC_SIZE_MASK) as usize;
-        if size == 0 || size % 4 != 0 || size > regs::MNOC_MAX_PACKET {
+        if size == 0 || !size.is_multiple_of(4) || size > regs::MNOC_MAX_PACKET {
             return Err(CcError::Protocol(format!("MNOC reply size {size} bytes")));
         }
         let mut out = Vec::with_capacity(size / 4);

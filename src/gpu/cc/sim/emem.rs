@@ -23,7 +23,7 @@ pub struct Emem {
 pub enum EmemEvent {
     None,
     /// The host rang the doorbell of a channel.
-    Doorbell(u32),
+    Doorbell,
 }
 
 impl Emem {
@@ -111,7 +111,7 @@ impl Emem {
             }
             2 => {
                 self.cmd_head[i] = value;
-                return Some(EmemEvent::Doorbell(ch));
+                return Some(EmemEvent::Doorbell);
             }
             3 => self.cmd_tail[i] = value,
             4 => self.msg_head[i] = value,
@@ -128,7 +128,7 @@ impl Emem {
             // head == tail is an empty queue (how the host tells "drained").
             return None;
         }
-        if tail < head || head % 4 != 0 || tail as usize >= EMEM_BYTES {
+        if tail < head || !head.is_multiple_of(4) || tail as usize >= EMEM_BYTES {
             return None;
         }
         Some(self.mem[head as usize / 4..=tail as usize / 4].to_vec())

@@ -65,7 +65,7 @@ impl Mnoc {
         if offset == regs::mnoc_recv_info(p) {
             if value & regs::MNOC_NEW_MSG != 0 {
                 let size = (value & regs::MNOC_SIZE_MASK) as usize;
-                if size == 0 || size % 4 != 0 || size > regs::MNOC_MAX_PACKET {
+                if size == 0 || !size.is_multiple_of(4) || size > regs::MNOC_MAX_PACKET {
                     self.recv_error = true;
                     self.incoming_size = None;
                 } else {

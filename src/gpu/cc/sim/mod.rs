@@ -162,7 +162,7 @@ impl State {
         }
         match self.cfg.family.transport() {
             TransportKind::Emem => {
-                if let Some(EmemEvent::Doorbell(_)) = self.emem.write(off, value) {
+                if let Some(EmemEvent::Doorbell) = self.emem.write(off, value) {
                     self.pump();
                 }
             }
@@ -305,7 +305,7 @@ impl SimGpu {
 struct SimBar0(SimGpu);
 
 fn check(offset: u32) -> Result<(), Bar0Error> {
-    if offset % 4 != 0 {
+    if !offset.is_multiple_of(4) {
         return Err(Bar0Error::Unaligned { offset });
     }
     if offset > BAR0_LEN - 4 {
