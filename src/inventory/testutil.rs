@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::host::HostRoot;
 
@@ -139,9 +139,5 @@ impl Tree {
             .file(&format!("/sys/kernel/iommu_groups/{g}/type"), "DMA\n");
         }
         self
-    }
-
-    pub fn root(&self) -> &Path {
-        self.dir.path()
     }
 }
