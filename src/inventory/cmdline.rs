@@ -50,7 +50,10 @@ impl Cmdline {
         if text.len() > MAX_CMDLINE {
             return Err(HostError::malformed(
                 path,
-                format!("{} bytes is longer than any kernel command line", text.len()),
+                format!(
+                    "{} bytes is longer than any kernel command line",
+                    text.len()
+                ),
             ));
         }
         if text.contains('\0') {
@@ -181,7 +184,10 @@ mod tests {
         assert_eq!(c.value("iommu"), Some("pt"));
         assert!(c.has("nohibernate"));
         assert!(!c.has("nohib"));
-        assert_eq!(c.raw, "BOOT_IMAGE=/vmlinuz-6.8 root=UUID=ab-cd ro quiet iommu=pt nohibernate");
+        assert_eq!(
+            c.raw,
+            "BOOT_IMAGE=/vmlinuz-6.8 root=UUID=ab-cd ro quiet iommu=pt nohibernate"
+        );
     }
 
     #[test]
@@ -191,7 +197,10 @@ mod tests {
         assert_eq!(c.value("acpi_osi"), Some("Windows 2020"));
         assert_eq!(c.value("x"), Some(""));
         assert_eq!(c.params.len(), 3);
-        assert_eq!(Cmdline::render(c.last("dyndbg").unwrap()), r#"dyndbg="file foo.c +p""#);
+        assert_eq!(
+            Cmdline::render(c.last("dyndbg").unwrap()),
+            r#"dyndbg="file foo.c +p""#
+        );
     }
 
     #[test]
