@@ -1,1 +1,3 @@
-//! TODO(owner): see the issue for this module.
+//! GPU actuators: who uses a device, binding to vfio, and (module `cc`) CC mode.
+
+pub mod usage;
