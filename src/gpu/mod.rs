@@ -1,3 +1,4 @@
 //! GPU actuators: who uses a device, binding to vfio, and (module `cc`) CC mode.
 
 pub mod usage;
+pub mod vfio;
