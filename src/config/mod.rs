@@ -16,7 +16,7 @@ pub use dcap::DcapConfig;
 pub use deviceplugin::DevicePluginConfig;
 pub use kernel::KernelConfig;
 pub use labels::LabelsConfig;
-pub use matching::{DeviceMatch, MatchConfig};
+pub use matching::{Architecture, ChipRange, DeviceMatch, MatchConfig};
 pub use vfio::VfioConfig;
 
 /// Where the configuration is read from when `--config` is not given.

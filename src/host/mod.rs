@@ -10,6 +10,7 @@ mod error;
 mod resolve;
 
 pub mod exec;
+pub mod kmsg;
 mod lock;
 
 pub mod pci;
