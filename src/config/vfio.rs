@@ -36,7 +36,6 @@ impl Default for VfioConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::config::Config;
     use std::path::Path;
 

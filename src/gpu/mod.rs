@@ -2,3 +2,4 @@
 
 pub mod usage;
 pub mod vfio;
+pub mod vfio_plan;
