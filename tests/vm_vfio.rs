@@ -112,12 +112,18 @@ kill $pid"#))
     let list = run.step(1).assert_success().json();
     let devs = list["devices"].as_array().expect("devices");
     assert_eq!(devs.len(), 2, "{list}");
-    assert!(devs.iter().all(|d| d["kind"] == "gpu" && d["iommu_group"].is_u64()));
+    assert!(
+        devs.iter()
+            .all(|d| d["kind"] == "gpu" && d["iommu_group"].is_u64())
+    );
 
     let s2 = run.step(2).assert_success();
     assert_eq!(states(s2), on_vfio(), "{s2}");
     assert!(s2.stdout().contains("\"vfio.bind\""), "{s2}");
-    assert!(s2.stdout().contains("\"pci-stub\""), "original recorded: {s2}");
+    assert!(
+        s2.stdout().contains("\"pci-stub\""),
+        "original recorded: {s2}"
+    );
 
     let s3 = run.step(3).assert_success();
     assert_eq!(states(s3), on_vfio(), "{s3}");
@@ -140,7 +146,10 @@ kill $pid"#))
 
     let s7 = run.step(7).assert_success();
     assert!(s7.stdout().contains("rc=1"), "{s7}");
-    assert!(s7.stderr().contains("0000:99:00.0: no such PCI device"), "{s7}");
+    assert!(
+        s7.stderr().contains("0000:99:00.0: no such PCI device"),
+        "{s7}"
+    );
     assert!(
         s7.stderr().contains("0000:00:00.0") && s7.stderr().contains("not a GPU"),
         "{s7}"
@@ -158,7 +167,10 @@ kill $pid"#))
     assert!(s9.stderr().contains("/var/lib/cchost/journal.json"), "{s9}");
     assert!(s9.stderr().contains("corrupt"), "{s9}");
     assert_eq!(states(s9), original(), "nothing changed: {s9}");
-    assert!(s9.stdout().contains("{broken"), "journal left as it was: {s9}");
+    assert!(
+        s9.stdout().contains("{broken"),
+        "journal left as it was: {s9}"
+    );
 }
 
 /// Steps of one device's bind (journal, 4 sysfs writes + check, node, commit).
@@ -184,14 +196,12 @@ cat /var/lib/cchost/journal.json"#
         )));
     }
     // A kill in the middle of an unbind (after its journal write) and of an undo.
-    vm = vm.cmd(&lib(
-        r#"
+    vm = vm.cmd(&lib(r#"
 cchost gpu bind --all >/dev/null
 CCHOST_TEST_KILL_AFTER_STEP=1 cchost gpu unbind --all >/dev/null; echo "killed rc=$?"
 both
 cchost undo >/dev/null; echo "undo rc=$?"
-both"#,
-    ));
+both"#));
     let run = vm.run();
     assert_eq!(states(run.step(0).assert_success()), original());
     for n in 1..=total {

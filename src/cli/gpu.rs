@@ -36,7 +36,11 @@ pub struct ListArgs {
 #[derive(Debug, clap::Args)]
 pub struct BindArgs {
     /// PCI addresses (0000:3b:00.0).
-    #[arg(value_name = "BDF", required_unless_present = "all", conflicts_with = "all")]
+    #[arg(
+        value_name = "BDF",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
     devices: Vec<PciAddress>,
     /// Every matched GPU (and NVSwitch, per `[vfio] bind_nvswitches`).
     #[arg(long)]
@@ -103,7 +107,9 @@ fn step_observer() -> anyhow::Result<impl FnMut(&PciAddress, Step)> {
         n += 1;
         tracing::debug!(%addr, ?step, n, "step done");
         if kill_after == Some(n) {
-            eprintln!("CCHOST_TEST_KILL_AFTER_STEP: killing myself after step {n} ({addr} {step:?})");
+            eprintln!(
+                "CCHOST_TEST_KILL_AFTER_STEP: killing myself after step {n} ({addr} {step:?})"
+            );
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
         }
     })
@@ -293,8 +299,13 @@ fn list(g: &Global, a: ListArgs) -> anyhow::Result<ExitCode> {
     for p in &inv.problems {
         eprintln!("warning: {}: {}", p.path.display(), p.message);
     }
-    for e in entries.iter().filter(|e| e.state != journal::EntryState::Applied) {
-        eprintln!("warning: journal entry {e} was left half done; the next bind/unbind/undo finishes it");
+    for e in entries
+        .iter()
+        .filter(|e| e.state != journal::EntryState::Applied)
+    {
+        eprintln!(
+            "warning: journal entry {e} was left half done; the next bind/unbind/undo finishes it"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

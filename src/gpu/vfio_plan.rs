@@ -36,7 +36,9 @@ pub enum Role {
     Gpu,
     NvSwitch,
     /// Another function of a GPU's slot (HDMI audio), moved with it.
-    SlotFunction { of: PciAddress },
+    SlotFunction {
+        of: PciAddress,
+    },
     /// Not matched now, but cchost bound it earlier (unbind only).
     Journaled,
 }
