@@ -14,6 +14,7 @@ pub mod kmsg;
 mod lock;
 
 pub mod pci;
+pub mod pci_scan;
 
 pub use error::HostError;
 pub use lock::HostLock;

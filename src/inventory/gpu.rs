@@ -264,26 +264,10 @@ fn slot_range(addr: &PciAddress) -> std::ops::RangeInclusive<PciAddress> {
 }
 
 fn read_ident(host: &HostRoot, addr: &PciAddress) -> Result<Ident, HostError> {
-    let dir = crate::host::pci::device_dir(addr);
-    let hex = |name: &str, max: u64| -> Result<u64, HostError> {
-        let p = dir.join(name);
-        let raw = host.read_attr(&p)?;
-        let digits = raw
-            .strip_prefix("0x")
-            .or_else(|| raw.strip_prefix("0X"))
-            .unwrap_or(&raw);
-        match u64::from_str_radix(digits, 16) {
-            Ok(v) if v <= max => Ok(v),
-            _ => Err(HostError::malformed(
-                p,
-                format!("expected a hex number up to {max:#x}, got {raw:?}"),
-            )),
-        }
-    };
-    Ok(Ident {
-        vendor: hex("vendor", 0xffff)? as u16,
-        device: hex("device", 0xffff)? as u16,
-        class: hex("class", 0xff_ffff)? as u32,
+    host.pci_ident(addr).map(|i| Ident {
+        vendor: i.vendor,
+        device: i.device,
+        class: i.class,
     })
 }
 
