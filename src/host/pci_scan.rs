@@ -2,11 +2,12 @@
 //! directory resolved once instead of once per attribute. Matching 1,000 functions
 //! against the GPU rules must stay in the tens of milliseconds.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
-use super::pci::{PciAddress, device_dir};
+use super::pci::{PCI_DEVICES, PciAddress, device_dir};
 use super::{HostError, HostRoot};
 
 /// What matching needs to know about a PCI function.
@@ -22,10 +23,83 @@ pub struct PciIdent {
 const ATTR_LIMIT: u64 = 4096;
 
 impl HostRoot {
+    /// Every PCI function with its identity (or the error reading it), sorted by
+    /// address. The bus view's links all point into /sys/devices; their parent
+    /// directories are resolved once each (many functions share a bridge) instead of
+    /// walking the whole path for every attribute.
+    pub fn pci_scan(&self) -> Result<Vec<(PciAddress, Result<PciIdent, HostError>)>, HostError> {
+        let addrs = self.pci_addresses()?;
+        let bus_host = Path::new(PCI_DEVICES);
+        let bus_local = self.resolve(bus_host)?;
+        // `..` in the links may be applied lexically only when the bus directory's own
+        // path holds no symlinks (always so in real sysfs).
+        let lexical_ok = bus_local == self.lexical(bus_host);
+        let mut parents: HashMap<PathBuf, PathBuf> = HashMap::new();
+        let mut out = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let fast = if lexical_ok {
+                self.fast_device_dir(&bus_local, bus_host, &addr, &mut parents)
+            } else {
+                None
+            };
+            let ident = match fast {
+                Some(local) => self.ident_at(&device_dir(&addr), &local),
+                None => self.pci_ident(&addr),
+            };
+            out.push((addr, ident));
+        }
+        Ok(out)
+    }
+
+    /// The local device directory via the bus link, or `None` to take the slow path.
+    fn fast_device_dir(
+        &self,
+        bus_local: &Path,
+        bus_host: &Path,
+        addr: &PciAddress,
+        parents: &mut HashMap<PathBuf, PathBuf>,
+    ) -> Option<PathBuf> {
+        let name = addr.to_string();
+        let target = std::fs::read_link(bus_local.join(&name)).ok()?;
+        // Host path of the target, `..` clamped at the root like the resolver does.
+        let mut host = if target.is_absolute() {
+            PathBuf::from("/")
+        } else {
+            bus_host.to_path_buf()
+        };
+        for c in target.components() {
+            match c {
+                Component::Normal(n) => host.push(n),
+                Component::ParentDir => {
+                    host.pop();
+                }
+                _ => {}
+            }
+        }
+        let parent_host = host.parent()?.to_path_buf();
+        let leaf = host.file_name()?.to_owned();
+        let parent_local = match parents.get(&parent_host) {
+            Some(p) => p.clone(),
+            None => {
+                let p = self.resolve(&parent_host).ok()?;
+                parents.insert(parent_host, p.clone());
+                p
+            }
+        };
+        let local = parent_local.join(leaf);
+        // The device directory itself must be a real directory, not another link.
+        let meta = std::fs::symlink_metadata(&local).ok()?;
+        meta.file_type().is_dir().then_some(local)
+    }
+
     /// Reads vendor, device and class of one function.
     pub fn pci_ident(&self, addr: &PciAddress) -> Result<PciIdent, HostError> {
         let dir = device_dir(addr);
         let local = self.resolve(&dir)?;
+        self.ident_at(&dir, &local)
+    }
+
+    fn ident_at(&self, dir: &Path, local: &Path) -> Result<PciIdent, HostError> {
         let read = |name: &str, max: u64| -> Result<u64, HostError> {
             let host_path = dir.join(name);
             let raw = self.read_small_nofollow(&local.join(name), &host_path)?;
@@ -52,7 +126,11 @@ impl HostRoot {
     /// Reads a small file at an already-resolved local path without following a final
     /// symlink (the directory was resolved inside the root; a symlinked attribute,
     /// which real sysfs never has, goes through the full in-root resolution instead).
-    fn read_small_nofollow(&self, local: &Path, host_path: &Path) -> Result<String, HostError> {
+    pub(super) fn read_small_nofollow(
+        &self,
+        local: &Path,
+        host_path: &Path,
+    ) -> Result<String, HostError> {
         let file = match std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
@@ -113,6 +191,46 @@ mod tests {
                 class: 0x030200
             }
         );
+    }
+
+    #[test]
+    fn scan_matches_slow_path() {
+        let (d, host, _) = tree();
+        let dev2 = d
+            .path()
+            .join("sys/devices/pci0000:00/0000:00:01.0/0000:3c:00.0");
+        fs::create_dir_all(&dev2).unwrap();
+        fs::write(dev2.join("vendor"), "0x8086\n").unwrap();
+        fs::write(dev2.join("device"), "0x1234\n").unwrap();
+        fs::write(dev2.join("class"), "0x020000\n").unwrap();
+        symlink(
+            "../../../devices/pci0000:00/0000:00:01.0/0000:3c:00.0",
+            d.path().join("sys/bus/pci/devices/0000:3c:00.0"),
+        )
+        .unwrap();
+        // A link that loops, and one that climbs out of the root: errors, not escapes.
+        symlink(
+            "0000:3d:00.0",
+            d.path().join("sys/bus/pci/devices/0000:3d:00.0"),
+        )
+        .unwrap();
+        symlink(
+            "../../../../../../../../../etc",
+            d.path().join("sys/bus/pci/devices/0000:3e:00.0"),
+        )
+        .unwrap();
+        let scan = host.pci_scan().unwrap();
+        assert_eq!(scan.len(), 4);
+        for (addr, ident) in &scan {
+            let slow = host.pci_ident(addr);
+            match (ident, &slow) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                _ => panic!("{addr}: {ident:?} vs {slow:?}"),
+            }
+        }
+        assert_eq!(scan[1].1.as_ref().unwrap().vendor, 0x8086);
+        assert!(scan[2].1.is_err() && scan[3].1.is_err());
     }
 
     #[test]

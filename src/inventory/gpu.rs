@@ -165,19 +165,27 @@ pub fn discover_gpus(host: &HostRoot, m: &MatchConfig) -> GpuInventory {
     let mut inv = GpuInventory::default();
     // modules.alias is read once, and only when a device needs it.
     let mut aliases: Option<VfioAliases> = None;
-    let addresses = match host.pci_addresses() {
-        Ok(a) => a,
+    // Screen every function by vendor/device/class only (cheap), then read matched
+    // ones fully.
+    let idents: BTreeMap<PciAddress, Result<Ident, HostError>> = match host.pci_scan() {
+        Ok(v) => v
+            .into_iter()
+            .map(|(a, r)| {
+                (
+                    a,
+                    r.map(|i| Ident {
+                        vendor: i.vendor,
+                        device: i.device,
+                        class: i.class,
+                    }),
+                )
+            })
+            .collect(),
         Err(e) => {
             inv.problems.push(e.into());
             return inv;
         }
     };
-    // Screen every function by vendor/device/class only (cheap), then read matched
-    // ones fully.
-    let mut idents: BTreeMap<PciAddress, Result<Ident, HostError>> = BTreeMap::new();
-    for addr in &addresses {
-        idents.insert(*addr, read_ident(host, addr));
-    }
     let kind_of = |id: &Ident| -> Option<GpuKind> {
         if m.is_gpu(id.vendor, id.device, id.class) {
             Some(GpuKind::Gpu)
