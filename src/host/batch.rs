@@ -5,6 +5,9 @@ use std::path::Path;
 
 use super::{HostError, HostRoot};
 
+/// One subdirectory's name and its attribute (`Ok(None)` when the file is missing).
+pub type SubdirAttr = (String, Result<Option<String>, HostError>);
+
 impl HostRoot {
     /// For each subdirectory `N` of `dir`: the trimmed content of `dir/N/attr`
     /// (`Ok(None)` when missing). Subdirectories come sorted by name.
@@ -12,7 +15,7 @@ impl HostRoot {
         &self,
         dir: impl AsRef<Path>,
         attr: &str,
-    ) -> Result<Vec<(String, Result<Option<String>, HostError>)>, HostError> {
+    ) -> Result<Vec<SubdirAttr>, HostError> {
         let dir = dir.as_ref();
         let names = self.list_dir_opt(dir)?;
         let local = self.resolve(dir)?;

@@ -13,7 +13,7 @@ pub mod exec;
 pub mod kmsg;
 mod lock;
 
-mod batch;
+pub mod batch;
 pub mod pci;
 pub mod pci_scan;
 

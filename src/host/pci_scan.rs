@@ -19,6 +19,9 @@ pub struct PciIdent {
     pub class: u32,
 }
 
+/// One function's address and identity (or the error reading it).
+pub type ScannedFunction = (PciAddress, Result<PciIdent, HostError>);
+
 /// sysfs attributes are at most a page.
 const ATTR_LIMIT: u64 = 4096;
 
@@ -27,7 +30,7 @@ impl HostRoot {
     /// address. The bus view's links all point into /sys/devices; their parent
     /// directories are resolved once each (many functions share a bridge) instead of
     /// walking the whole path for every attribute.
-    pub fn pci_scan(&self) -> Result<Vec<(PciAddress, Result<PciIdent, HostError>)>, HostError> {
+    pub fn pci_scan(&self) -> Result<Vec<ScannedFunction>, HostError> {
         let addrs = self.pci_addresses()?;
         let bus_host = Path::new(PCI_DEVICES);
         let bus_local = self.resolve(bus_host)?;
