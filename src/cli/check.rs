@@ -31,10 +31,11 @@ pub fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
     };
     let inv = Inventory::collect(&g.host, &g.config);
     let report = Report::new(&inv, &g.config, profile);
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let text = if a.json {
+        format!("{}\n", serde_json::to_string_pretty(&report)?)
     } else {
-        print!("{}", render::text(&report));
-    }
+        render::text(&report)
+    };
+    super::inventory::write_stdout(&text)?;
     Ok(ExitCode::from(if report.ready { 0 } else { 1 }))
 }

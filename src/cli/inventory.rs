@@ -13,10 +13,22 @@ pub struct Args {
 
 pub fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
     let inv = Inventory::collect(&g.host, &g.config);
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&inv)?);
+    let text = if a.json {
+        format!("{}\n", serde_json::to_string_pretty(&inv)?)
     } else {
-        print!("{}", render::text(&inv));
-    }
+        render::text(&inv)
+    };
+    write_stdout(&text)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+pub fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -8,12 +8,12 @@
 //! line (`6,123,456,-;message`), and it is read as text.
 
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{HostError, HostRoot, MAX_READ_BYTES, NodeKind};
+use super::{HostError, HostRoot, MAX_READ_BYTES};
 
 pub const KMSG: &str = "/dev/kmsg";
 
@@ -72,13 +72,13 @@ impl HostRoot {
     /// Reads the whole kernel log (bounded by [`MAX_READ_BYTES`] in total).
     pub fn kernel_log(&self) -> Result<KernelLog, HostError> {
         let path = Path::new(KMSG);
-        match self.kind_followed(path) {
-            None => Err(HostError::io(
-                path,
-                std::io::Error::from(std::io::ErrorKind::NotFound),
-            )),
-            Some(NodeKind::CharDevice) => self.read_kmsg_device(path),
-            Some(_) => {
+        // Resolve first so that a symlink loop is reported as one, not as "missing".
+        let local = self.resolve(path)?;
+        let meta = std::fs::metadata(&local).map_err(|e| HostError::io(path, e))?;
+        if meta.file_type().is_char_device() {
+            self.read_kmsg_device(path)
+        } else {
+            {
                 let text = self.read_string(path)?;
                 let mut records = Vec::new();
                 let mut skipped = 0;

@@ -157,3 +157,6 @@ impl From<HostError> for Problem {
 
 #[cfg(test)]
 pub(crate) mod testutil;
+
+#[cfg(test)]
+mod tests;
