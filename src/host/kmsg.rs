@@ -76,26 +76,23 @@ impl HostRoot {
         let local = self.resolve(path)?;
         let meta = std::fs::metadata(&local).map_err(|e| HostError::io(path, e))?;
         if meta.file_type().is_char_device() {
-            self.read_kmsg_device(path)
-        } else {
-            {
-                let text = self.read_string(path)?;
-                let mut records = Vec::new();
-                let mut skipped = 0;
-                for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                    match parse_record(line) {
-                        Some(r) => records.push(r),
-                        None if line.starts_with(' ') => {}
-                        None => skipped += 1,
-                    }
-                }
-                Ok(KernelLog {
-                    source: KmsgSource::File,
-                    records,
-                    skipped,
-                })
+            return self.read_kmsg_device(path);
+        }
+        let text = self.read_string(path)?;
+        let mut records = Vec::new();
+        let mut skipped = 0;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            match parse_record(line) {
+                Some(r) => records.push(r),
+                None if line.starts_with(' ') => {}
+                None => skipped += 1,
             }
         }
+        Ok(KernelLog {
+            source: KmsgSource::File,
+            records,
+            skipped,
+        })
     }
 
     fn read_kmsg_device(&self, path: &Path) -> Result<KernelLog, HostError> {
