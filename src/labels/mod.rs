@@ -1,1 +1,7 @@
-//! TODO(owner): see the issue for this module.
+//! Node labels and extended resources: computed purely from the node facts
+//! ([`compute`]), then written by a backend (Server-Side Apply on the Node, a NodeFeature
+//! object, or an NFD local feature file). See docs/labels.md.
+
+pub mod compute;
+
+pub use compute::{NodeLabels, compute};

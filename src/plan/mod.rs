@@ -1,1 +1,5 @@
-//! TODO(owner): see the issue for this module.
+//! Config + facts -> a plan (a list of actions; pure), and applying it.
+
+pub mod facts;
+
+pub use facts::NodeFacts;
