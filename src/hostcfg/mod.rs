@@ -3,3 +3,5 @@
 
 pub mod args;
 pub mod profile;
+pub mod machineconfig;
+pub mod modules;
