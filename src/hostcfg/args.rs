@@ -109,6 +109,8 @@ pub enum ArgMatch {
     Exact(KernelArg),
     /// `key=...` whose comma-separated values include this one (`iommu=pt,nobypass`).
     Value(String, String),
+    /// Any value of this argument's key other than its own (what an added argument replaces).
+    KeyExcept(KernelArg),
 }
 
 impl ArgMatch {
@@ -126,6 +128,7 @@ impl ArgMatch {
             ArgMatch::Key(k) => a.same_key(k),
             ArgMatch::Exact(x) => a.same(x),
             ArgMatch::Value(k, v) => a.same_key(k) && a.values().any(|x| x == v),
+            ArgMatch::KeyExcept(x) => a.same_key(&x.key) && !a.same(x),
         }
     }
 }
@@ -136,6 +139,7 @@ impl fmt::Display for ArgMatch {
             ArgMatch::Key(k) => write!(f, "{k}[=*]"),
             ArgMatch::Exact(a) => write!(f, "{a}"),
             ArgMatch::Value(k, v) => write!(f, "{k}={v}"),
+            ArgMatch::KeyExcept(x) => write!(f, "{}=(not {})", x.key, x.value.as_deref().unwrap_or("")),
         }
     }
 }
@@ -143,6 +147,33 @@ impl fmt::Display for ArgMatch {
 impl ArgEdit {
     pub fn is_empty(&self) -> bool {
         self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// The same edit without additions: removes what it removes plus other values of the
+    /// keys it adds (for places that must not carry the arguments twice).
+    pub fn removal_only(&self) -> ArgEdit {
+        let mut remove = self.remove.clone();
+        remove.extend(self.add.iter().cloned().map(ArgMatch::KeyExcept));
+        ArgEdit {
+            add: Vec::new(),
+            remove,
+        }
+    }
+
+    /// The tokens the edit takes out of `tokens` and the arguments it adds to them.
+    pub fn diff(&self, tokens: &[String]) -> (Vec<String>, Vec<String>) {
+        let after = self.apply(tokens);
+        let removed = tokens
+            .iter()
+            .filter(|t| !after.contains(t))
+            .cloned()
+            .collect();
+        let added = after
+            .iter()
+            .filter(|t| !tokens.contains(t))
+            .cloned()
+            .collect();
+        (removed, added)
     }
 
     /// True when `tokens` already satisfy the edit.

@@ -5,3 +5,6 @@ pub mod args;
 pub mod profile;
 pub mod machineconfig;
 pub mod modules;
+pub mod bls;
+pub mod grubfile;
+pub mod boot;
