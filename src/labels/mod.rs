@@ -5,3 +5,4 @@
 pub mod compute;
 
 pub use compute::{NodeLabels, compute};
+pub mod cluster;
