@@ -6,3 +6,7 @@ pub mod compute;
 
 pub use compute::{NodeLabels, compute};
 pub mod cluster;
+pub mod nfdfile;
+pub mod service;
+
+pub use service::{FactSource, LabelerContext, run_labeler};
