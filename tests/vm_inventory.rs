@@ -20,8 +20,16 @@ fn guest_runs_steps_and_reports_output_and_exit_codes() {
         .cmd("readlink -f /sbin/modprobe; cat /proc/sys/kernel/modprobe; cat /proc/cmdline")
         .cmd("sleep 60")
         .cmd("echo still running after a killed step")
+        .cmd("modprobe vhost_vsock && test -c /dev/vhost-vsock")
+        .cmd("mkdir -p /tmp/out/sub && echo data > /tmp/out/sub/f && ln -s ../sub/f /tmp/out/link && echo single > /tmp/one")
+        .fetch("/tmp/out")
+        .fetch("/tmp/one")
         .run();
-    eprintln!("boot + steps took {:.1}s", run.elapsed.as_secs_f64());
+    eprintln!(
+        "kernel boot {:.1}s, boot + steps {:.1}s",
+        run.boot_secs,
+        run.elapsed.as_secs_f64()
+    );
     let s0 = run.step(0).assert_success();
     assert_eq!(s0.stdout(), "hello from the host\n");
     assert_eq!(s0.stderr(), "to-stderr\n");
@@ -44,6 +52,21 @@ fn guest_runs_steps_and_reports_output_and_exit_codes() {
     // The step timeout kills a hung step and the run goes on.
     run.step(5).assert_code(137);
     run.step(6).assert_success();
+    run.step(7).assert_success();
+    run.step(8).assert_success();
+    let out = run.fetched("/tmp/out");
+    assert_eq!(
+        std::fs::read_to_string(out.join("sub/f")).unwrap(),
+        "data\n"
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("link")).unwrap(),
+        std::path::Path::new("../sub/f")
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.fetched("/tmp/one")).unwrap(),
+        "single\n"
+    );
 }
 
 #[test]
@@ -105,7 +128,8 @@ fn find<'a>(devs: &'a [SysfsPci], vendor: &str, device: &str) -> &'a SysfsPci {
 fn check_iommu_mode(kernel_args: &str, expect_type: &[&str]) {
     let run = Vm::new().kernel_args(kernel_args).cmd(SYSFS_PCI).run();
     eprintln!(
-        "{kernel_args}: boot + steps took {:.1}s",
+        "{kernel_args}: kernel boot {:.1}s, boot + steps {:.1}s",
+        run.boot_secs,
         run.elapsed.as_secs_f64()
     );
     let devs = parse_sysfs_pci(&run.step(0).assert_success().lines());
