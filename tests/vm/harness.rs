@@ -35,6 +35,8 @@ pub const GUEST_MODULES: &[&str] = &[
     "vfio_virqfd",
     "vfio_pci_core",
     "vfio_pci",
+    // An "original driver" for the test devices, so that undo has one to restore.
+    "pci_stub",
     "irqbypass",
     "vhost",
     "vhost_iotlb",
