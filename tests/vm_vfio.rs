@@ -88,6 +88,8 @@ sleep 1000 < /dev/vfio/$(grp $EDU) & pid=$!
 while [ "$(readlink /proc/$pid/fd/0)" != /dev/vfio/$(grp $EDU) ]; do sleep 0.05; done
 cchost gpu unbind --all; echo "rc=$?"
 both
+cchost undo; echo "undo rc=$?"
+both
 kill $pid"#))
         // 5: unbind: edu back to no driver, pci-testdev back to pci-stub (+ override)
         .cmd(&lib("cchost gpu unbind --all && both && cat /var/lib/cchost/journal.json"))
@@ -133,7 +135,12 @@ kill $pid"#))
     assert!(s4.stdout().contains("rc=1"), "{s4}");
     assert!(s4.stderr().contains("in use"), "{s4}");
     assert!(s4.stderr().contains("sleep"), "holder named: {s4}");
-    assert_eq!(states(s4), on_vfio(), "nothing changed: {s4}");
+    let st = states(s4);
+    assert_eq!(st[..2], on_vfio()[..], "nothing changed: {s4}");
+    // undo goes newest first: pci-testdev is restored, then it stops at the held edu.
+    assert!(s4.stdout().contains("undo rc=1"), "{s4}");
+    assert_eq!(st[2], on_vfio()[0], "{s4}");
+    assert_eq!(st[3], original()[1], "{s4}");
 
     let s5 = run.step(5).assert_success();
     assert_eq!(states(s5), original(), "{s5}");
