@@ -9,7 +9,8 @@
 //!
 //! Each is put back (untimed) before the next round. Times come from the guest's
 //! monotonic clock (`now at` in /proc/timer_list, ns); the cost of reading the clock is
-//! measured too and subtracted. Prints the medians and cchost's overhead. Run with
+//! measured too and subtracted, and `cchost --version` is timed to show how much of
+//! cchost's time is only starting the process. Prints the medians and cchost's overhead. Run with
 //! `cargo bench --bench vfio_bind` (env `VFIO_BENCH_ROUNDS`, default 21).
 
 #[path = "../tests/vm/harness.rs"]
@@ -77,7 +78,8 @@ while [ $i -lt {rounds} ]; do
     check "" pci-stub
   done
   t0=$(now); t1=$(now); e=$((t1 - t0))
-  echo "ROUND $c $b $e"
+  t0=$(now); cchost --version >/dev/null; t1=$(now); v=$((t1 - t0))
+  echo "ROUND $c $b $e $v"
   i=$((i + 1))
 done
 "#
@@ -113,26 +115,54 @@ fn main() {
         .cmd(&script(rounds))
         .run();
     let step = run.step(0).assert_success();
-    let (mut c, mut b, mut e) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut c, mut b, mut e, mut v) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for l in step.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
-        if let ["ROUND", cc, bb, ee] = f[..] {
+        if let ["ROUND", cc, bb, ee, vv] = f[..] {
             let ms = |s: &str| s.parse::<f64>().expect("ns") / 1e6;
             c.push(ms(cc));
             b.push(ms(bb));
             e.push(ms(ee));
+            v.push(ms(vv));
         }
     }
     assert_eq!(c.len(), rounds, "{step}");
     let clock = median(&mut e);
     let (mc, mb) = (median(&mut c) - clock, median(&mut b) - clock);
-    let mut ratios: Vec<f64> = c.iter().zip(&b).map(|(c, b)| (c - clock) / (b - clock)).collect();
-    let (cmin, cmax) = (c.iter().cloned().fold(f64::MAX, f64::min), c.iter().cloned().fold(0.0, f64::max));
-    let (bmin, bmax) = (b.iter().cloned().fold(f64::MAX, f64::min), b.iter().cloned().fold(0.0, f64::max));
-    println!("vfio bind of 2 devices, {rounds} rounds, guest kernel {}", run.guest_kernel);
+    let mut ratios: Vec<f64> = c
+        .iter()
+        .zip(&b)
+        .map(|(c, b)| (c - clock) / (b - clock))
+        .collect();
+    let (cmin, cmax) = (
+        c.iter().cloned().fold(f64::MAX, f64::min),
+        c.iter().cloned().fold(0.0, f64::max),
+    );
+    let (bmin, bmax) = (
+        b.iter().cloned().fold(f64::MAX, f64::min),
+        b.iter().cloned().fold(0.0, f64::max),
+    );
+    println!(
+        "vfio bind of 2 devices, {rounds} rounds, guest kernel {}",
+        run.guest_kernel
+    );
     println!("  clock read (subtracted): median {clock:.2} ms");
-    println!("  cchost gpu bind --all  : median {mc:.2} ms (min {:.2}, max {:.2})", cmin - clock, cmax - clock);
-    println!("  bare sysfs script      : median {mb:.2} ms (min {:.2}, max {:.2})", bmin - clock, bmax - clock);
-    println!("  overhead (median of medians): {:+.1} %", (mc / mb - 1.0) * 100.0);
-    println!("  overhead (median of per-round ratios): {:+.1} %", (median(&mut ratios) - 1.0) * 100.0);
+    println!(
+        "  cchost gpu bind --all  : median {mc:.2} ms (min {:.2}, max {:.2})",
+        cmin - clock,
+        cmax - clock
+    );
+    println!(
+        "  bare sysfs script      : median {mb:.2} ms (min {:.2}, max {:.2})",
+        bmin - clock,
+        bmax - clock
+    );
+    println!(
+        "  overhead (median of medians): {:+.1} %",
+        (mc / mb - 1.0) * 100.0
+    );
+    println!(
+        "  overhead (median of per-round ratios): {:+.1} %",
+        (median(&mut ratios) - 1.0) * 100.0
+    );
 }

@@ -76,8 +76,8 @@ fn bind_unbind_undo_and_refusals_on_a_real_kernel() {
         .file("/etc/vfio-test.sh", LIB)
         // 0: the original state
         .cmd(&lib("setup && both && echo EDU=$EDU TD=$TD"))
-        // 1: list sees both as GPUs
-        .cmd(&lib("cchost gpu list --json"))
+        // 1: a dry run changes nothing (not even the state directory); list sees both
+        .cmd(&lib("cchost gpu bind --all --dry-run >&2 && test ! -e /var/lib/cchost && both >&2 && cchost gpu list --json"))
         // 2: bind everything (vfio-pci is not loaded yet: cchost loads it)
         .cmd(&lib("cchost gpu bind --all && both && lsmod | cut -d' ' -f1 | grep -x vfio_pci && cat /var/lib/cchost/journal.json"))
         // 3: binding again changes nothing
@@ -111,7 +111,10 @@ kill $pid"#))
     let s0 = run.step(0).assert_success();
     assert_eq!(states(s0), original(), "{s0}");
 
-    let list = run.step(1).assert_success().json();
+    let s1 = run.step(1).assert_success();
+    assert_eq!(s1.stderr().matches("would bind to vfio-pci").count(), 2, "{s1}");
+    assert!(s1.stderr().contains("STATE") && !s1.stderr().contains("vfio-pci yes"), "{s1}");
+    let list = s1.json();
     let devs = list["devices"].as_array().expect("devices");
     assert_eq!(devs.len(), 2, "{list}");
     assert!(
