@@ -13,6 +13,8 @@
 //! cchost's time is only starting the process. Prints the medians and cchost's overhead. Run with
 //! `cargo bench --bench vfio_bind` (env `VFIO_BENCH_ROUNDS`, default 21).
 
+// The harness's own unit tests are compiled out here, leaving their imports unused.
+#[allow(unused_imports)]
 #[path = "../tests/vm/harness.rs"]
 mod harness;
 
