@@ -12,6 +12,8 @@ mod resolve;
 pub mod exec;
 
 pub mod pci;
+pub mod uevent;
+pub mod unix;
 
 pub use error::HostError;
 
