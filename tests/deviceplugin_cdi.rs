@@ -86,7 +86,12 @@ fn legacy_host_gets_group_nodes_named_by_group_number() {
     assert_eq!(gpu["kind"], "nvidia.com/pgpu");
     // Names start with a digit: 0.5.0 is the lowest version that allows that.
     assert_eq!(gpu["cdiVersion"], "0.5.0");
-    let names: Vec<&str> = gpu["devices"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = gpu["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["12", "13", "14", "40"]);
     assert_eq!(
         gpu["devices"][0]["containerEdits"]["deviceNodes"],
@@ -96,7 +101,12 @@ fn legacy_host_gets_group_nodes_named_by_group_number() {
     assert_valid(&v, &sw);
     assert_eq!(sw["devices"][0]["name"], "60");
     // The same names the plugin advertises.
-    let ids: Vec<&str> = scan.devices.iter().filter(|d| d.resource == "nvidia.com/pgpu").map(|d| d.id.as_str()).collect();
+    let ids: Vec<&str> = scan
+        .devices
+        .iter()
+        .filter(|d| d.resource == "nvidia.com/pgpu")
+        .map(|d| d.id.as_str())
+        .collect();
     assert_eq!(ids, names);
     // Never the toolkit's file name.
     assert!(!h.host.exists("/var/run/cdi/nvidia.yaml"));
@@ -128,7 +138,12 @@ fn devices_that_leave_are_removed_and_empty_kinds_lose_their_file() {
     let (h, funcs) = hgx_like();
     let cfg = DevicePluginConfig::default();
     let m = Config::default().matching;
-    cdi::sync(&h.host, &cfg.cdi_dir, &devices::discover(&h.host, &m, &cfg).unwrap()).unwrap();
+    cdi::sync(
+        &h.host,
+        &cfg.cdi_dir,
+        &devices::discover(&h.host, &m, &cfg).unwrap(),
+    )
+    .unwrap();
     // A stranger's spec in the same directory is never touched.
     h.write("/var/run/cdi/nvidia.yaml", "cdiVersion: 0.5.0\n");
     h.set_driver(&funcs[1], Some("nvidia"));
@@ -136,14 +151,25 @@ fn devices_that_leave_are_removed_and_empty_kinds_lose_their_file() {
     let scan = devices::discover(&h.host, &m, &cfg).unwrap();
     let report = cdi::sync(&h.host, &cfg.cdi_dir, &scan).unwrap();
     assert_eq!(report.removed.len(), 1, "{report:?}");
-    assert!(!h.host.exists("/var/run/cdi/cchost-nvidia.com-nvswitch.json"));
+    assert!(
+        !h.host
+            .exists("/var/run/cdi/cchost-nvidia.com-nvswitch.json")
+    );
     let gpu = read_spec(&h, "cchost-nvidia.com-pgpu.json");
-    let names: Vec<&str> = gpu["devices"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = gpu["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["12", "14", "40"]);
     assert!(h.host.exists("/var/run/cdi/nvidia.yaml"));
     // Idempotent: a second pass changes nothing.
     let again = cdi::sync(&h.host, &cfg.cdi_dir, &scan).unwrap();
-    assert!(again.written.is_empty() && again.removed.is_empty(), "{again:?}");
+    assert!(
+        again.written.is_empty() && again.removed.is_empty(),
+        "{again:?}"
+    );
     // No temp files left behind.
     let left: Vec<String> = h.host.list_dir("/var/run/cdi").unwrap();
     assert_eq!(left, ["cchost-nvidia.com-pgpu.json", "nvidia.yaml"]);
@@ -161,20 +187,30 @@ fn per_model_resource_names() {
     let spec = read_spec(&h, "cchost-nvidia.com-GH100_H100_SXM5_80GB.json");
     assert_valid(&validator(), &spec);
     assert_eq!(spec["kind"], "nvidia.com/GH100_H100_SXM5_80GB");
-    assert_eq!(scan.resources(), ["nvidia.com/GH100_H100_SXM5_80GB", "nvidia.com/nvswitch"]);
+    assert_eq!(
+        scan.resources(),
+        ["nvidia.com/GH100_H100_SXM5_80GB", "nvidia.com/nvswitch"]
+    );
 }
 
 #[test]
 fn a_malformed_device_is_skipped_and_reported_without_blocking_the_others() {
     let (h, _) = hgx_like();
     // Garbage in one GPU's class attribute.
-    h.write("/sys/devices/pci0000:00/0000:00:02.0/0000:05:00.0/0000:06:00.0/0000:07:00.0/class", "banana\n");
+    h.write(
+        "/sys/devices/pci0000:00/0000:00:02.0/0000:05:00.0/0000:06:00.0/0000:07:00.0/class",
+        "banana\n",
+    );
     let cfg = DevicePluginConfig::default();
     let scan = devices::discover(&h.host, &Config::default().matching, &cfg).unwrap();
     let ids: Vec<&str> = scan.devices.iter().map(|d| d.id.as_str()).collect();
     // Sorted by resource (nvswitch before pgpu), then by number.
     assert_eq!(ids, ["60", "12", "13", "40"]);
-    let why = scan.skipped.iter().find(|s| s.address.map(|a| a.to_string()) == Some("0000:07:00.0".into())).unwrap();
+    let why = scan
+        .skipped
+        .iter()
+        .find(|s| s.address.map(|a| a.to_string()) == Some("0000:07:00.0".into()))
+        .unwrap();
     assert!(why.reason.contains("class"), "{why:?}");
 }
 
@@ -185,12 +221,24 @@ fn health_reflects_the_vfio_node_and_group_viability() {
     let m = Config::default().matching;
     h.remove("/dev/vfio/13");
     // A foreign endpoint in group 14, bound to a host driver: the group is not viable.
-    let mut audio = Func::gpu("0000:07:00.1", vec!["0000:00:02.0", "0000:05:00.0", "0000:06:00.0"], 14, 0);
+    let mut audio = Func::gpu(
+        "0000:07:00.1",
+        vec!["0000:00:02.0", "0000:05:00.0", "0000:06:00.0"],
+        14,
+        0,
+    );
     audio.class = 0x040300;
     audio.driver = Some("snd_hda_intel");
     h.add(&audio);
     let scan = devices::discover(&h.host, &m, &cfg).unwrap();
-    let health = |id: &str| scan.devices.iter().find(|d| d.id == id).unwrap().health.clone();
+    let health = |id: &str| {
+        scan.devices
+            .iter()
+            .find(|d| d.id == id)
+            .unwrap()
+            .health
+            .clone()
+    };
     assert!(matches!(health("13"), Health::Unhealthy(r) if r.contains("/dev/vfio/13")));
     assert!(matches!(health("14"), Health::Unhealthy(r) if r.contains("snd_hda_intel")));
     assert!(health("12").is_healthy());
@@ -206,7 +254,11 @@ fn cli_generate_writes_and_prints() {
         .args(["cdi", "generate", "--stdout"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("\"kind\": \"nvidia.com/pgpu\""), "{text}");
     assert!(!h.host.exists("/var/run/cdi"));
@@ -216,6 +268,10 @@ fn cli_generate_writes_and_prints() {
         .args(["cdi", "generate"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(h.host.exists("/var/run/cdi/cchost-nvidia.com-pgpu.json"));
 }

@@ -213,6 +213,11 @@ impl PluginEndpoint {
 
     /// Serves and keeps registered until `shutdown` turns true; then stops serving and
     /// removes the socket.
+    ///
+    /// Two facts drive it: whether our socket is still there (kubelet deletes it when
+    /// it restarts: serve again, which also means register again), and which
+    /// `kubelet.sock` we registered with (a new one, by inode, is a new kubelet:
+    /// register again).
     pub async fn run(
         self,
         mut events: broadcast::Receiver<DirEvent>,
@@ -225,94 +230,113 @@ impl PluginEndpoint {
             }
         };
         let name = self.socket_name();
+        let kubelet_sock = PathBuf::from(&self.socket_dir).join(KUBELET_SOCKET);
+        let mut serving: Option<Serving> = None;
         let mut first_serve = true;
+        let mut registered_with: Option<(u64, u64)> = None;
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut backoff = FAST_RETRY;
+        let mut warned = false;
         loop {
-            let serving = match self.serve() {
-                Ok(s) => s,
-                Err(e) if first_serve => return Err(e),
-                Err(e) => {
-                    // The directory may be gone for a moment (kubelet reinstall):
-                    // wait for it to come back or for the slow retry.
-                    tracing::warn!(resource = %self.resource, error = %e, "cannot serve the device plugin socket; retrying");
-                    tokio::select! {
-                        _ = shutdown.wait_for(|s| *s) => return Ok(()),
-                        _ = tokio::time::sleep(self.retry) => continue,
+            if serving.is_none() {
+                match self.serve() {
+                    Ok(s) => {
+                        serving = Some(s);
+                        registered_with = None;
+                        retry_at = None;
+                        tracing::info!(resource = %self.resource, socket = %self.socket_host_path().display(), "serving device plugin");
+                        report(EndpointEvent::Serving);
+                    }
+                    Err(e) if first_serve => return Err(e),
+                    Err(e) => {
+                        // The directory may be gone for a moment (kubelet reinstall).
+                        tracing::warn!(resource = %self.resource, error = %e, "cannot serve the device plugin socket; retrying");
+                        tokio::select! {
+                            _ = shutdown.wait_for(|s| *s) => break,
+                            _ = tokio::time::sleep(self.retry) => continue,
+                        }
                     }
                 }
-            };
-            first_serve = false;
-            tracing::info!(resource = %self.resource, socket = %self.socket_host_path().display(), "serving device plugin");
-            report(EndpointEvent::Serving);
-            let mut registered = false;
-            let mut warned = false;
-            let mut next_try = Duration::ZERO;
-            let restart = loop {
-                if !registered {
-                    if !self.is_socket(KUBELET_SOCKET) {
+                first_serve = false;
+            }
+            // Kubelet dials our socket during Register: never register a socket that
+            // a restarting kubelet has just deleted (its event may still be queued).
+            if !self.is_socket(&name) {
+                if let Some(s) = serving.take() {
+                    s.stop().await;
+                }
+                continue;
+            }
+            let kubelet = self.host.socket_id(&kubelet_sock);
+            let need_register = kubelet.is_some() && registered_with != kubelet;
+            let now = tokio::time::Instant::now();
+            if need_register && retry_at.is_none_or(|t| now >= t) {
+                match register(&self.host, &self.socket_dir, &self.resource, &name).await {
+                    Ok(()) => {
+                        registered_with = kubelet;
+                        retry_at = None;
+                        backoff = FAST_RETRY;
+                        warned = false;
+                        tracing::info!(resource = %self.resource, endpoint = %name, "registered with kubelet");
+                        report(EndpointEvent::Registered);
+                    }
+                    Err(e) => {
                         if !warned {
-                            tracing::warn!(resource = %self.resource, dir = %self.socket_dir, "kubelet.sock is not there; waiting for kubelet");
+                            tracing::warn!(error = %e, "registration failed; will retry");
                             warned = true;
                         }
-                        next_try = self.retry;
-                    } else {
-                        match register(&self.host, &self.socket_dir, &self.resource, &name).await {
-                            Ok(()) => {
-                                registered = true;
-                                tracing::info!(resource = %self.resource, endpoint = %name, "registered with kubelet");
-                                report(EndpointEvent::Registered);
-                            }
-                            Err(e) => {
-                                if !warned {
-                                    tracing::warn!(error = %e, "registration failed; will retry");
-                                    warned = true;
-                                }
-                                next_try = if next_try.is_zero() {
-                                    FAST_RETRY
-                                } else {
-                                    (next_try * 2).min(self.retry)
-                                };
-                            }
-                        }
+                        retry_at = Some(now + backoff);
+                        backoff = (backoff * 2).min(self.retry);
                     }
                 }
-                let sleep = tokio::time::sleep(next_try);
-                tokio::select! {
-                    _ = shutdown.wait_for(|s| *s) => break false,
-                    _ = sleep, if !registered => {}
-                    ev = events.recv() => match ev {
-                        Ok(DirEvent::Created(n)) if n == KUBELET_SOCKET && self.is_socket(&n) => {
-                            tracing::info!(resource = %self.resource, "kubelet.sock re-created (kubelet restarted): serving and registering again");
-                            break true;
-                        }
-                        Ok(DirEvent::Removed(n)) if n == name && !self.is_socket(&n) => {
-                            tracing::info!(resource = %self.resource, "our socket was removed (kubelet restarted): serving and registering again");
-                            break true;
-                        }
-                        Ok(DirEvent::DirGone) => {
-                            tracing::warn!(dir = %self.socket_dir, "device-plugin directory is gone");
-                            break true;
-                        }
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
-                            if !self.is_socket(&name) { break true; }
-                            if !registered { next_try = Duration::ZERO; }
-                        }
-                        Err(broadcast::error::RecvError::Closed) => {
-                            // No more directory events (shutdown is under way).
-                            break false;
-                        }
-                        Ok(_) => {}
-                    },
-                }
+                continue;
+            }
+            if kubelet.is_none() && !warned {
+                tracing::warn!(resource = %self.resource, dir = %self.socket_dir, "kubelet.sock is not there; waiting for kubelet");
+                warned = true;
+            }
+            // Wake for the next retry, or (safety net for a missed event) slowly.
+            let wake = match retry_at {
+                Some(t) if need_register => t,
+                _ => now + self.retry,
             };
-            serving.stop().await;
-            if !restart {
-                if let Err(e) = self.host.remove_file(self.socket_host_path()) {
-                    tracing::warn!(error = %e, "cannot remove the device plugin socket");
-                }
-                tracing::info!(resource = %self.resource, "device plugin stopped");
-                report(EndpointEvent::Stopped);
-                return Ok(());
+            let mut drop_server = false;
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break,
+                _ = tokio::time::sleep_until(wake) => {}
+                ev = events.recv() => match ev {
+                    Ok(DirEvent::Created(n)) if n == KUBELET_SOCKET => {
+                        // A new kubelet: try at once (it may still be about to listen).
+                        retry_at = None;
+                        backoff = FAST_RETRY;
+                    }
+                    Ok(DirEvent::Removed(n)) if n == name && !self.is_socket(&n) => {
+                        tracing::info!(resource = %self.resource, "our socket was removed (kubelet restarted): serving and registering again");
+                        drop_server = true;
+                    }
+                    Ok(DirEvent::DirGone) => {
+                        tracing::warn!(dir = %self.socket_dir, "device-plugin directory is gone");
+                        drop_server = true;
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        drop_server = !self.is_socket(&name);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                    Ok(_) => {}
+                },
+            }
+            if drop_server && let Some(s) = serving.take() {
+                s.stop().await;
             }
         }
+        if let Some(s) = serving.take() {
+            s.stop().await;
+        }
+        if let Err(e) = self.host.remove_file(self.socket_host_path()) {
+            tracing::warn!(error = %e, "cannot remove the device plugin socket");
+        }
+        tracing::info!(resource = %self.resource, "device plugin stopped");
+        report(EndpointEvent::Stopped);
+        Ok(())
     }
 }

@@ -126,6 +126,17 @@ impl HostRoot {
         Ok(listener)
     }
 
+    /// Identity (device, inode) of the socket at a path; `None` when nothing or
+    /// something else is there. A re-created socket has a new identity.
+    pub fn socket_id(&self, host_path: impl AsRef<Path>) -> Option<(u64, u64)> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let local = self.resolve_parent(host_path).ok()?;
+        let meta = std::fs::symlink_metadata(local).ok()?;
+        meta.file_type()
+            .is_socket()
+            .then(|| (meta.dev(), meta.ino()))
+    }
+
     /// Watches a directory for names appearing and going away.
     pub fn watch_dir(&self, host_path: impl AsRef<Path>) -> Result<DirWatch, HostError> {
         let host_path = host_path.as_ref();

@@ -129,12 +129,23 @@ impl FakeHost {
         p
     }
 
-    fn add_raw(&self, bdf: &str, bridges: &[&str], vendor: u16, device: u16, class: u32, numa: i32) -> String {
+    fn add_raw(
+        &self,
+        bdf: &str,
+        bridges: &[&str],
+        vendor: u16,
+        device: u16,
+        class: u32,
+        numa: i32,
+    ) -> String {
         let dir = self.canonical(bdf, bridges);
         self.write(&format!("{dir}/vendor"), &format!("0x{vendor:04x}\n"));
         self.write(&format!("{dir}/device"), &format!("0x{device:04x}\n"));
         self.write(&format!("{dir}/class"), &format!("0x{class:06x}\n"));
-        self.write(&format!("{dir}/subsystem_vendor"), &format!("0x{vendor:04x}\n"));
+        self.write(
+            &format!("{dir}/subsystem_vendor"),
+            &format!("0x{vendor:04x}\n"),
+        );
         self.write(&format!("{dir}/subsystem_device"), "0x16c1\n");
         self.write(&format!("{dir}/revision"), "0xa1\n");
         self.write(&format!("{dir}/numa_node"), &format!("{numa}\n"));
@@ -152,9 +163,16 @@ impl FakeHost {
         }
         let dir = self.add_raw(f.bdf, &f.bridges, f.vendor, f.device, f.class, f.numa);
         if let Some(g) = f.group {
-            std::fs::create_dir_all(self.local(&format!("/sys/kernel/iommu_groups/{g}/devices"))).unwrap();
-            self.link(&format!("{dir}/iommu_group"), &format!("/sys/kernel/iommu_groups/{g}"));
-            self.link(&format!("/sys/kernel/iommu_groups/{g}/devices/{}", f.bdf), &dir);
+            std::fs::create_dir_all(self.local(&format!("/sys/kernel/iommu_groups/{g}/devices")))
+                .unwrap();
+            self.link(
+                &format!("{dir}/iommu_group"),
+                &format!("/sys/kernel/iommu_groups/{g}"),
+            );
+            self.link(
+                &format!("/sys/kernel/iommu_groups/{g}/devices/{}", f.bdf),
+                &dir,
+            );
         }
         self.set_driver(f, f.driver);
         if let Some(n) = f.vfio_dev {
@@ -173,14 +191,24 @@ impl FakeHost {
         self.remove(&format!("{dir}/driver"));
         if let Some(d) = driver {
             std::fs::create_dir_all(self.local(&format!("/sys/bus/pci/drivers/{d}"))).unwrap();
-            self.link(&format!("{dir}/driver"), &format!("/sys/bus/pci/drivers/{d}"));
+            self.link(
+                &format!("{dir}/driver"),
+                &format!("/sys/bus/pci/drivers/{d}"),
+            );
             self.link(&format!("/sys/bus/pci/drivers/{d}/{}", f.bdf), &dir);
         }
         // vfio keeps /dev/vfio/<group> while any member of the group is bound to it.
         if let Some(g) = f.group {
-            let members = self.host.list_dir(format!("/sys/kernel/iommu_groups/{g}/devices")).unwrap();
+            let members = self
+                .host
+                .list_dir(format!("/sys/kernel/iommu_groups/{g}/devices"))
+                .unwrap();
             let any_vfio = members.iter().any(|m| {
-                self.host.link_name(format!("/sys/bus/pci/devices/{m}/driver")).unwrap().as_deref() == Some("vfio-pci")
+                self.host
+                    .link_name(format!("/sys/bus/pci/devices/{m}/driver"))
+                    .unwrap()
+                    .as_deref()
+                    == Some("vfio-pci")
             });
             if any_vfio {
                 self.write(&format!("/dev/vfio/{g}"), "");
@@ -237,19 +265,28 @@ struct KubeletRegistration {
 
 #[tonic::async_trait]
 impl Registration for KubeletRegistration {
-    async fn register(&self, req: Request<api::RegisterRequest>) -> Result<Response<api::Empty>, Status> {
+    async fn register(
+        &self,
+        req: Request<api::RegisterRequest>,
+    ) -> Result<Response<api::Empty>, Status> {
         let req = req.into_inner();
         if req.version != "v1beta1" {
             return Err(Status::invalid_argument("unsupported version"));
         }
         if req.endpoint.contains('/') {
-            return Err(Status::invalid_argument("endpoint must be a bare file name"));
+            return Err(Status::invalid_argument(
+                "endpoint must be a bare file name",
+            ));
         }
         // Like kubelet: dial the plugin's socket at once.
         let served = match connect_plugin(&self.dir.join(&req.endpoint)).await {
             Ok(mut c) => c.get_device_plugin_options(api::Empty {}).await.is_ok(),
             Err(_) => false,
         };
+        if !served {
+            // Kubelet fails Register when it cannot dial the plugin back.
+            return Err(Status::unavailable("cannot dial the plugin endpoint"));
+        }
         let r = Registered {
             req,
             served_before_register: served,
@@ -319,12 +356,17 @@ impl FakeKubelet {
     }
 
     pub async fn next(&mut self, within: Duration) -> Option<Registered> {
-        tokio::time::timeout(within, self.registrations.recv()).await.ok().flatten()
+        tokio::time::timeout(within, self.registrations.recv())
+            .await
+            .ok()
+            .flatten()
     }
 }
 
 /// A client on a plugin socket, as kubelet dials it.
-pub async fn connect_plugin(socket: &Path) -> Result<DevicePluginClient<Channel>, tonic::transport::Error> {
+pub async fn connect_plugin(
+    socket: &Path,
+) -> Result<DevicePluginClient<Channel>, tonic::transport::Error> {
     let socket = socket.to_path_buf();
     let ch = Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
