@@ -14,9 +14,9 @@ mod vfio;
 
 pub use dcap::DcapConfig;
 pub use deviceplugin::{DevicePluginConfig, PluginMode, VfioModeConfig};
-pub use kernel::KernelConfig;
-pub use labels::LabelsConfig;
-pub use matching::{DeviceMatch, MatchConfig};
+pub use kernel::{GpuChoice, KernelConfig, MechanismChoice, ProfileChoice};
+pub use labels::{LabelBackend, LabelsConfig, is_dns_subdomain};
+pub use matching::{Architecture, ChipRange, DeviceMatch, MatchConfig};
 pub use vfio::VfioConfig;
 
 /// Where the configuration is read from when `--config` is not given.
@@ -87,6 +87,8 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         self.matching.validate()?;
         self.device_plugin.validate()?;
+        self.labels.validate()?;
+        self.kernel.validate()?;
         Ok(())
     }
 }
