@@ -263,7 +263,7 @@ pub fn discover_from(
             DeviceClass::NvSwitch => cfg.nvswitch_resource.clone(),
         };
         let driver = c.driver.clone().unwrap_or_default();
-        if !cfg.vfio_drivers.iter().any(|d| *d == driver) {
+        if !cfg.vfio_drivers.contains(&driver) {
             skipped.push(Skipped {
                 address: Some(c.address),
                 reason: if driver.is_empty() {
