@@ -16,7 +16,7 @@ pub use dcap::DcapConfig;
 pub use deviceplugin::DevicePluginConfig;
 pub use kernel::{GpuChoice, KernelConfig, MechanismChoice, ProfileChoice};
 pub use labels::{LabelBackend, LabelsConfig, is_dns_subdomain};
-pub use matching::{DeviceMatch, MatchConfig};
+pub use matching::{Architecture, ChipRange, DeviceMatch, MatchConfig};
 pub use vfio::VfioConfig;
 
 /// Where the configuration is read from when `--config` is not given.

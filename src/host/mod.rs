@@ -10,10 +10,13 @@ mod error;
 mod resolve;
 
 pub mod exec;
+pub mod kmsg;
+mod lock;
 
 pub mod pci;
 
 pub use error::HostError;
+pub use lock::HostLock;
 
 use std::ffi::OsStr;
 use std::fs;
