@@ -1,7 +1,7 @@
 //! The CC client end to end against the register-level FSP simulator: the same
 //! `CcDevice` code that drives `resource0` on real hardware. These prove the client
 //! follows the documented protocol and handles each failure; they cannot prove real
-//! firmware timing or undocumented knob semantics (docs/gpu-cc.md).
+//! firmware timing or undocumented knob semantics (docs/gpu.md, "CC mode").
 
 use std::time::Duration;
 

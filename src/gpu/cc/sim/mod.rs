@@ -11,7 +11,7 @@
 //!
 //! What it cannot prove: real FSP timing, status codes, undocumented knob semantics
 //! (2/4/34, decoupler), firmware-version differences, or how real hardware behaves when
-//! a driver or VM holds the GPU. See docs/gpu-cc.md.
+//! a driver or VM holds the GPU. See docs/gpu.md, "CC mode".
 
 mod emem;
 pub mod firmware;
