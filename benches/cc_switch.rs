@@ -19,8 +19,7 @@ fn board(gpus: usize, switches: usize) -> (Vec<SimGpu>, Vec<CcDevice>) {
         .map(|_| SimGpu::new(SimConfig::new(Family::Hopper).reset_delay(RESET_DELAY)))
         .collect();
     sims.extend(
-        (0..switches)
-            .map(|_| SimGpu::new(SimConfig::new(Family::Ls10).reset_delay(RESET_DELAY))),
+        (0..switches).map(|_| SimGpu::new(SimConfig::new(Family::Ls10).reset_delay(RESET_DELAY))),
     );
     let devs = sims
         .iter()
@@ -53,7 +52,10 @@ fn time_cc(n: usize) -> Duration {
 fn main() {
     let one = time_cc(1);
     let eight = time_cc(8);
-    println!("cc_switch: reset delay {} ms, median of {RUNS} runs", RESET_DELAY.as_millis());
+    println!(
+        "cc_switch: reset delay {} ms, median of {RUNS} runs",
+        RESET_DELAY.as_millis()
+    );
     println!("  set on,  1 GPU  (parallel): {:>6} ms", one.as_millis());
     println!("  set on,  8 GPUs (parallel): {:>6} ms", eight.as_millis());
     println!(
@@ -68,7 +70,10 @@ fn main() {
         let o = switch::set_cc_one(d, TargetMode::On);
         assert_eq!(o.status, Status::Switched);
     }
-    println!("  set on,  8 GPUs (one by one, 1 run): {:>6} ms", t.elapsed().as_millis());
+    println!(
+        "  set on,  8 GPUs (one by one, 1 run): {:>6} ms",
+        t.elapsed().as_millis()
+    );
 
     let runs = (0..RUNS)
         .map(|_| {
