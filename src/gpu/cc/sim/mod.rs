@@ -297,6 +297,11 @@ impl SimGpu {
         self.lock().fw.knob_writes
     }
 
+    /// Every knob write the firmware accepted, in order, and clears the log.
+    pub fn take_write_log(&self) -> Vec<(u16, u16)> {
+        std::mem::take(&mut self.lock().fw.write_log)
+    }
+
     pub fn resets(&self) -> u64 {
         self.lock().resets
     }
