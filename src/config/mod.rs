@@ -12,7 +12,9 @@ mod labels;
 mod matching;
 mod vfio;
 
-pub use dcap::DcapConfig;
+pub use dcap::{
+    DcapConfig, DcapEnable, PccsConfig, QgsTransport, Secret, SuperviseConfig, SuperviseMode,
+};
 pub use deviceplugin::DevicePluginConfig;
 pub use kernel::KernelConfig;
 pub use labels::LabelsConfig;
@@ -86,6 +88,7 @@ impl Config {
     /// Cross-field checks that serde cannot express.
     pub fn validate(&self) -> Result<(), String> {
         self.matching.validate()?;
+        self.dcap.validate()?;
         Ok(())
     }
 }
