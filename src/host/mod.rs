@@ -10,6 +10,7 @@ mod error;
 mod resolve;
 
 pub mod exec;
+pub mod owner;
 pub mod socket;
 
 pub mod pci;
