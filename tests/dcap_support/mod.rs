@@ -82,3 +82,147 @@ pub fn tdx_root() -> tempfile::TempDir {
     std::fs::create_dir_all(p.join("etc")).unwrap();
     dir
 }
+
+/// A test CA and a server certificate for localhost / 127.0.0.1 signed by it.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub server_config: std::sync::Arc<rustls::ServerConfig>,
+}
+
+pub fn test_pki() -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "cchost test PCCS CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let srv_key = KeyPair::generate().unwrap();
+    let srv_params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    let srv_cert = srv_params.signed_by(&srv_key, &issuer).unwrap();
+    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(srv_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![srv_cert.der().clone()], key_der)
+    .unwrap();
+    TestPki {
+        ca_pem: ca_cert.pem(),
+        server_config: std::sync::Arc::new(config),
+    }
+}
+
+/// What the fake PCCS does for one request path.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Answer {
+        status: u16,
+        reason: &'static str,
+        content_type: &'static str,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+    /// Hold the request (LAZY mode retrying an unreachable Intel PCS).
+    Hang,
+}
+
+pub fn answer(status: u16, body: &str) -> Reply {
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        461 => "unknown",
+        502 => "Bad Gateway",
+        _ => "Status",
+    };
+    Reply::Answer {
+        status,
+        reason,
+        content_type: "text/html; charset=utf-8",
+        headers: Vec::new(),
+        body: body.to_string(),
+    }
+}
+
+/// PCCS's literal strings (facts/pccs-observed.md).
+pub const NO_CACHE: &str = "No cache data for this platform.";
+pub const UPSTREAM_FAIL: &str = "Unable to retrieve the collateral from the Intel SGX PCS.";
+pub const NOT_FOUND_PLATFORM: &str = "The platform was not found in the cache.";
+
+pub fn express_404(path: &str) -> Reply {
+    answer(
+        404,
+        &format!(
+            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>Error</title>\n</head>\n<body>\n<pre>Cannot GET {path}</pre>\n</body>\n</html>\n"
+        ),
+    )
+}
+
+/// A fake PCCS over TLS on 127.0.0.1 (a random port). `route` maps a request path
+/// (with query) to a reply. Like Node, it closes at once with 0 bytes when a
+/// connection does not start with a TLS handshake.
+pub async fn fake_pccs(
+    pki: &TestPki,
+    route: impl Fn(&str) -> Reply + Send + Sync + 'static,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config.clone());
+    let route = std::sync::Arc::new(route);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else { return };
+            let acceptor = acceptor.clone();
+            let route = route.clone();
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                if tcp.peek(&mut first).await.ok() != Some(1) || first[0] != 0x16 {
+                    drop(tcp);
+                    return;
+                }
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf);
+                let path = text.split(' ').nth(1).unwrap_or("/").to_string();
+                match route(&path) {
+                    Reply::Hang => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    }
+                    Reply::Answer {
+                        status,
+                        reason,
+                        content_type,
+                        headers,
+                        body,
+                    } => {
+                        let mut head = format!(
+                            "HTTP/1.1 {status} {reason}\r\nX-Powered-By: Express\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                            body.len()
+                        );
+                        for (k, v) in headers {
+                            head.push_str(&format!("{k}: {v}\r\n"));
+                        }
+                        head.push_str("\r\n");
+                        let _ = tls.write_all(head.as_bytes()).await;
+                        let _ = tls.write_all(body.as_bytes()).await;
+                        let _ = tls.shutdown().await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
