@@ -23,7 +23,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 struct Opts {
-    socket: PathBuf,
     mode: String,
     control: Option<PathBuf>,
     next_update: String,
@@ -82,7 +81,6 @@ fn main() {
         });
     }
     let opts = std::sync::Arc::new(Opts {
-        socket,
         mode,
         control,
         next_update,
@@ -148,7 +146,7 @@ fn serve(mut c: UnixStream, o: &Opts) {
         }
         "close" => return,
         "crash" => {
-            let _ = std::fs::remove_file(&o.socket);
+            // Dies like a crashed QGS: the socket file stays behind (stale).
             std::process::exit(3);
         }
         "raw" => {

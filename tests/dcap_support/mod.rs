@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// The stand-in QGS (examples/qgs_standin.rs). `cargo test` builds examples; a run
-/// limited to one test target builds it here.
+/// The stand-in QGS (examples/qgs_standin.rs). `cargo test --test X` does not build
+/// examples, so it is built here once per test process (a no-op when up to date).
 pub fn standin() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test>-<hash> -> target/<profile>/examples/qgs_standin
@@ -19,10 +19,23 @@ pub fn standin() -> PathBuf {
     let bin = profile_dir.join("examples").join("qgs_standin");
     static BUILD: std::sync::Once = std::sync::Once::new();
     BUILD.call_once(|| {
-        if !bin.exists() {
-            let st = Command::new(env!("CARGO"))
-                .args(["build", "--example", "qgs_standin"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
+        {
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "--example", "qgs_standin"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            // Cargo gives test processes CARGO_PKG_* and friends; build scripts (ring's)
+            // track those variables, so passing them on would rebuild half the tree.
+            for (k, _) in std::env::vars_os() {
+                let k = k.to_string_lossy().into_owned();
+                let keep = ["CARGO_HOME", "CARGO_TARGET_DIR"].contains(&k.as_str())
+                    || ["CARGO_BUILD_", "CARGO_NET_", "CARGO_REGISTR", "CARGO_PROFILE_", "CARGO_TERM_"]
+                        .iter()
+                        .any(|p| k.starts_with(p));
+                if (k.starts_with("CARGO_") && !keep) || k == "OUT_DIR" {
+                    cmd.env_remove(&k);
+                }
+            }
+            let st = cmd
                 .status()
                 .expect("cargo build --example qgs_standin");
             assert!(st.success(), "building the stand-in QGS failed");
@@ -48,7 +61,11 @@ impl StandIn {
             .spawn()
             .expect("spawn stand-in");
         let s = StandIn { child };
-        wait_for(|| socket.exists(), "stand-in socket to appear");
+        // Bound is not yet listening: wait until a connection is accepted.
+        wait_for(
+            || std::os::unix::net::UnixStream::connect(socket).is_ok(),
+            "stand-in socket to accept",
+        );
         s
     }
 }
