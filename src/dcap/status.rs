@@ -197,10 +197,12 @@ pub async fn report(host: &HostRoot, cfg: &DcapConfig, api_key: Option<Secret>, 
                 )),
             };
             let ev = format!(
-                "{}: {}, number_threads = {:?}",
+                "{}: {}, number_threads = {}",
                 c.path.display(),
                 c.transport_summary(),
                 c.number_threads
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "(unset)".into())
             );
             items.push(match mismatch {
                 None => Item::new("qgs.conf", Level::Pass, c.transport_summary()).evidence(ev),

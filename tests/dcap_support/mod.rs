@@ -60,10 +60,15 @@ impl StandIn {
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn stand-in");
-        let s = StandIn { child };
+        let mut s = StandIn { child };
         // Bound is not yet listening: wait until a connection is accepted.
         wait_for(
-            || std::os::unix::net::UnixStream::connect(socket).is_ok(),
+            || {
+                if let Ok(Some(st)) = s.child.try_wait() {
+                    panic!("stand-in QGS exited at start: {st}");
+                }
+                std::os::unix::net::UnixStream::connect(socket).is_ok()
+            },
             "stand-in socket to accept",
         );
         s
