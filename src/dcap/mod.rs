@@ -9,6 +9,7 @@
 //! - [`status`]: the chain QGS → PCCS as a list of verdicts (`cchost dcap status`, `check`).
 //! - [`supervisor`]: run QGS as a child, or drive `qgsd.service` over D-Bus ([`systemd`]).
 
+pub mod check;
 pub mod collateral;
 pub mod files;
 pub mod pccs;

@@ -1,1 +1,5 @@
-//! TODO(owner): see the issue for this module.
+//! GPU actuators: who uses a device, binding to vfio, and (module `cc`) CC mode.
+
+pub mod usage;
+pub mod vfio;
+pub mod vfio_plan;

@@ -10,12 +10,15 @@ mod error;
 mod resolve;
 
 pub mod exec;
+pub mod kmsg;
+mod lock;
 pub mod owner;
 pub mod socket;
 
 pub mod pci;
 
 pub use error::HostError;
+pub use lock::HostLock;
 
 use std::ffi::OsStr;
 use std::fs;
