@@ -42,8 +42,10 @@ pub fn dcap_check() -> Check {
             report.qgs_endpoint,
             report.pccs_url.as_deref().unwrap_or("(none)")
         );
+        // The children carry the verdicts; a FAIL here would skip them (the tree skips
+        // the children of a failed parent), so the root at most WARNs.
         match worst {
-            Level::Fail => CheckOutcome::fail(
+            Level::Fail => CheckOutcome::warn(
                 format!("{msg}: the chain is broken"),
                 "see the failing DCAP checks below (or `cchost dcap status`)",
             ),
@@ -177,7 +179,7 @@ mod tests {
             host: Some(&host),
         };
         let nodes = evaluate(&[dcap_check()], &ctx);
-        assert_eq!(nodes[0].outcome.status, Status::Fail, "{:?}", nodes[0]);
+        assert_eq!(nodes[0].outcome.status, Status::Warn, "{:?}", nodes[0]);
         let qgs = find(&nodes, "dcap.qgs");
         assert_eq!(qgs.outcome.status, Status::Fail);
         assert!(qgs.outcome.message.contains("no socket there"), "{qgs:?}");
