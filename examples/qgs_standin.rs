@@ -62,8 +62,16 @@ fn main() {
     };
     if let Some(r) = record {
         let env = std::env::var("QCNL_CONF_PATH").unwrap_or_default();
-        let line = format!("args={}\nQCNL_CONF_PATH={env}\npid={}\n", args.join(" "), std::process::id());
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(r).expect("record file");
+        let line = format!(
+            "args={}\nQCNL_CONF_PATH={env}\npid={}\n",
+            args.join(" "),
+            std::process::id()
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(r)
+            .expect("record file");
         f.write_all(line.as_bytes()).expect("record");
     }
     let listener = match UnixListener::bind(&socket) {
@@ -73,7 +81,10 @@ fn main() {
             std::process::exit(1);
         }
     };
-    println!("qgs_standin: listening on {} (mode {mode})", socket.display());
+    println!(
+        "qgs_standin: listening on {} (mode {mode})",
+        socket.display()
+    );
     if let Some(ms) = exit_after {
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(ms));

@@ -102,7 +102,10 @@ fn tdx_host_shows_the_chain_qgs_to_pccs() {
     .unwrap();
     let base = || {
         let mut c = cchost();
-        c.arg("--host-root").arg(root.path()).arg("--config").arg(&cfg);
+        c.arg("--host-root")
+            .arg(root.path())
+            .arg("--config")
+            .arg(&cfg);
         c
     };
     // Before configure / QGS: not ready, and the output says why.
@@ -115,7 +118,10 @@ fn tdx_host_shows_the_chain_qgs_to_pccs() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("wrote"), "{out}");
     let qgs_conf = std::fs::read_to_string(root.path().join("etc/qgs.conf")).unwrap();
-    assert!(!qgs_conf.lines().any(|l| l.starts_with("port")), "{qgs_conf}");
+    assert!(
+        !qgs_conf.lines().any(|l| l.starts_with("port")),
+        "{qgs_conf}"
+    );
     let (_, out) = run(base().args(["dcap", "configure"]));
     assert!(out.contains("unchanged"), "{out}");
 
@@ -143,7 +149,10 @@ fn tdx_host_shows_the_chain_qgs_to_pccs() {
     drop(_qgs);
     // A killed QGS leaves its socket file behind.
     std::fs::remove_file(root.path().join("var/run/tdx-qgs/qgs.socket")).unwrap();
-    let _qgs = StandIn::start(&root.path().join("var/run/tdx-qgs/qgs.socket"), &["--mode=error"]);
+    let _qgs = StandIn::start(
+        &root.path().join("var/run/tdx-qgs/qgs.socket"),
+        &["--mode=error"],
+    );
     let (code, out) = run(base().args(["dcap", "status", "--json"]));
     assert_eq!(code, 1, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -151,5 +160,8 @@ fn tdx_host_shows_the_chain_qgs_to_pccs() {
     let items = v["items"].as_array().unwrap();
     let qgs = items.iter().find(|i| i["id"] == "qgs").unwrap();
     assert_eq!(qgs["level"], "FAIL");
-    assert!(qgs["summary"].as_str().unwrap().contains("0x12001"), "{qgs}");
+    assert!(
+        qgs["summary"].as_str().unwrap().contains("0x12001"),
+        "{qgs}"
+    );
 }

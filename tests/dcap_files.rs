@@ -19,7 +19,10 @@ fn read(rel: &str) -> String {
 fn examples_are_what_configure_writes() {
     let cfg = DcapConfig::default();
     assert_eq!(read("qgs.conf"), files::render_qgs_conf(&cfg));
-    assert_eq!(QgsConf::parse(Path::new("qgs.conf"), &read("qgs.conf")).port, None);
+    assert_eq!(
+        QgsConf::parse(Path::new("qgs.conf"), &read("qgs.conf")).port,
+        None
+    );
     let vsock = DcapConfig {
         transport: QgsTransport::Vsock,
         ..Default::default()
@@ -46,9 +49,15 @@ fn docs(rel: &str) -> Vec<Value> {
     for de in serde_norway::Deserializer::from_str(&text) {
         let v = Value::deserialize(de).unwrap_or_else(|e| panic!("dcap/{rel}: {e}"));
         for key in ["apiVersion", "kind"] {
-            assert!(v[key].as_str().is_some(), "dcap/{rel}: a document without {key}");
+            assert!(
+                v[key].as_str().is_some(),
+                "dcap/{rel}: a document without {key}"
+            );
         }
-        assert!(v["metadata"]["name"].as_str().is_some(), "dcap/{rel}: no metadata.name");
+        assert!(
+            v["metadata"]["name"].as_str().is_some(),
+            "dcap/{rel}: no metadata.name"
+        );
         out.push(v);
     }
     assert!(!out.is_empty(), "dcap/{rel}: no documents");
@@ -69,14 +78,16 @@ fn pccs_manifest_service_reaches_the_deployment() {
     let dep = kind(&d, "Deployment", "pccs");
     let svc = kind(&d, "Service", "pccs-service");
     assert_eq!(
-        svc["spec"]["selector"],
-        dep["spec"]["template"]["metadata"]["labels"],
+        svc["spec"]["selector"], dep["spec"]["template"]["metadata"]["labels"],
         "Service selector must match the pod labels"
     );
     let c = &dep["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["ports"][0]["name"], svc["spec"]["ports"][0]["targetPort"]);
     // The TLS secret is mounted where PCCS looks for ssl_key/.
-    assert_eq!(c["volumeMounts"][0]["mountPath"].as_str(), Some("/opt/intel/pccs/ssl_key"));
+    assert_eq!(
+        c["volumeMounts"][0]["mountPath"].as_str(),
+        Some("/opt/intel/pccs/ssl_key")
+    );
     kind(&d, "Secret", "pccs-secrets");
     kind(&d, "Secret", "pccs-tls");
 }
@@ -86,18 +97,38 @@ fn qgs_daemonset_runs_on_tdx_nodes_with_the_socket_dir() {
     let d = docs("kubernetes/cchost-qgs.yaml");
     let ds = kind(&d, "DaemonSet", "cchost-qgs");
     let pod = &ds["spec"]["template"]["spec"];
-    assert_eq!(pod["nodeSelector"]["intel.feature.node.kubernetes.io/tdx"].as_str(), Some("true"));
+    assert_eq!(
+        pod["nodeSelector"]["intel.feature.node.kubernetes.io/tdx"].as_str(),
+        Some("true")
+    );
     let vols = pod["volumes"].as_sequence().unwrap();
-    assert!(vols.iter().any(|v| v["hostPath"]["path"].as_str() == Some("/var/run/tdx-qgs")));
+    assert!(
+        vols.iter()
+            .any(|v| v["hostPath"]["path"].as_str() == Some("/var/run/tdx-qgs"))
+    );
     let c = &pod["containers"][0];
     let mounts = c["volumeMounts"].as_sequence().unwrap();
-    assert!(mounts.iter().any(|m| m["mountPath"].as_str() == Some("/var/run/tdx-qgs")));
-    assert!(mounts.iter().any(|m| m["mountPath"].as_str() == Some("/host")));
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["mountPath"].as_str() == Some("/var/run/tdx-qgs"))
+    );
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["mountPath"].as_str() == Some("/host"))
+    );
     // The embedded cchost config is valid and selects child supervision.
     let cm = kind(&d, "ConfigMap", "cchost-dcap");
     let toml_text = cm["data"]["config.toml"].as_str().unwrap();
     let cfg = cchost::config::Config::from_toml(toml_text, Path::new("config.toml")).unwrap();
-    assert_eq!(cfg.dcap.supervise.mode, cchost::config::SuperviseMode::Child);
-    assert_eq!(cfg.dcap.pccs.ca_bundle.as_deref(), Some(Path::new("/etc/cchost/pccs-ca.pem")));
+    assert_eq!(
+        cfg.dcap.supervise.mode,
+        cchost::config::SuperviseMode::Child
+    );
+    assert_eq!(
+        cfg.dcap.pccs.ca_bundle.as_deref(),
+        Some(Path::new("/etc/cchost/pccs-ca.pem"))
+    );
     kind(&d, "Secret", "pccs-ca");
 }

@@ -45,7 +45,10 @@ fn offline_empty(path: &str) -> Reply {
 async fn empty_cache_and_wrong_url_are_told_apart() {
     let pki = test_pki();
     let addr = fake_pccs(&pki, offline_empty).await;
-    let s = settings(&pki, &format!("https://127.0.0.1:{}/sgx/certification/v4/", addr.port()));
+    let s = settings(
+        &pki,
+        &format!("https://127.0.0.1:{}/sgx/certification/v4/", addr.port()),
+    );
     let (v, m) = verdict(&s, "/sgx/certification/v4/rootcacrl").await;
     assert_eq!(v, Verdict::NoCacheData, "{m}");
     assert!(m.contains("PCCS up, cache empty"), "{m}");
@@ -54,8 +57,14 @@ async fn empty_cache_and_wrong_url_are_told_apart() {
     let (v, _) = verdict(&s, "/sgx/certification/v4/pckcert?qeid=00").await;
     assert_eq!(v, Verdict::PlatformUnknown);
     // The name in the certificate works too.
-    let s = settings(&pki, &format!("https://localhost:{}/sgx/certification/v4/", addr.port()));
-    assert_eq!(verdict(&s, "/sgx/certification/v4/rootcacrl").await.0, Verdict::NoCacheData);
+    let s = settings(
+        &pki,
+        &format!("https://localhost:{}/sgx/certification/v4/", addr.port()),
+    );
+    assert_eq!(
+        verdict(&s, "/sgx/certification/v4/rootcacrl").await.0,
+        Verdict::NoCacheData
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,10 +78,16 @@ async fn lazy_mode_hang_is_reported_without_waiting_for_it() {
         }
     })
     .await;
-    let s = settings(&pki, &format!("https://127.0.0.1:{}/sgx/certification/v4/", addr.port()));
+    let s = settings(
+        &pki,
+        &format!("https://127.0.0.1:{}/sgx/certification/v4/", addr.port()),
+    );
     let (v, m) = verdict(&s, "/sgx/certification/v4/rootcacrl").await;
     assert_eq!(v, Verdict::UpstreamHangSuspected, "{m}");
-    assert!(m.contains("PCCS up") && m.contains("TLS handshake done"), "{m}");
+    assert!(
+        m.contains("PCCS up") && m.contains("TLS handshake done"),
+        "{m}"
+    );
     assert!(v.pccs_up());
     // The 502 a LAZY PCCS finally sends.
     let (v, m) = verdict(&s, "/tdx/certification/v4/qe/identity").await;
@@ -96,7 +111,10 @@ async fn tls_trust_is_enforced_unless_turned_off() {
     assert!(m.contains("ca_bundle"), "{m}");
     // use_secure_cert = false: accepted.
     s.trust = Trust::Insecure;
-    assert_eq!(verdict(&s, "/sgx/certification/v4/rootcacrl").await.0, Verdict::NoCacheData);
+    assert_eq!(
+        verdict(&s, "/sgx/certification/v4/rootcacrl").await.0,
+        Verdict::NoCacheData
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +122,10 @@ async fn closed_connections_and_nothing_listening() {
     let pki = test_pki();
     // Plain HTTP to the TLS port: the server closes with 0 bytes (as Node does).
     let addr = fake_pccs(&pki, offline_empty).await;
-    let s = settings(&pki, &format!("http://127.0.0.1:{}/sgx/certification/v4/", addr.port()));
+    let s = settings(
+        &pki,
+        &format!("http://127.0.0.1:{}/sgx/certification/v4/", addr.port()),
+    );
     let (v, m) = verdict(&s, "/sgx/certification/v4/rootcacrl").await;
     assert_eq!(v, Verdict::Closed, "{m}");
     assert!(m.contains("plain HTTP sent to a TLS port"), "{m}");
@@ -117,7 +138,10 @@ async fn closed_connections_and_nothing_listening() {
             drop(c);
         }
     });
-    let s = settings(&pki, &format!("https://127.0.0.1:{port}/sgx/certification/v4/"));
+    let s = settings(
+        &pki,
+        &format!("https://127.0.0.1:{port}/sgx/certification/v4/"),
+    );
     let (v, m) = verdict(&s, "/sgx/certification/v4/rootcacrl").await;
     assert_eq!(v, Verdict::Closed, "{m}");
 
@@ -130,11 +154,16 @@ async fn closed_connections_and_nothing_listening() {
             let mut b = [0u8; 512];
             let _ = c.read(&mut b).await;
             let _ = c
-                .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .write_all(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )
                 .await;
         }
     });
-    let s = settings(&pki, &format!("https://127.0.0.1:{port}/sgx/certification/v4/"));
+    let s = settings(
+        &pki,
+        &format!("https://127.0.0.1:{port}/sgx/certification/v4/"),
+    );
     let (v, m) = verdict(&s, "/sgx/certification/v4/rootcacrl").await;
     assert_eq!(v, Verdict::NotTls, "{m}");
 
@@ -143,7 +172,10 @@ async fn closed_connections_and_nothing_listening() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let s = settings(&pki, &format!("https://127.0.0.1:{port}/sgx/certification/v4/"));
+    let s = settings(
+        &pki,
+        &format!("https://127.0.0.1:{port}/sgx/certification/v4/"),
+    );
     let (v, m) = verdict(&s, "/sgx/certification/v4/rootcacrl").await;
     assert_eq!(v, Verdict::NothingListening, "{m}");
     assert!(!v.pccs_up());
@@ -166,7 +198,10 @@ async fn filled_cache_answers_and_the_key_is_not_shown() {
         }
     })
     .await;
-    let mut s = settings(&pki, &format!("https://127.0.0.1:{}/sgx/certification/v4/", addr.port()));
+    let mut s = settings(
+        &pki,
+        &format!("https://127.0.0.1:{}/sgx/certification/v4/", addr.port()),
+    );
     s.api_key = Some(Secret::new("k-123".into()));
     let qe = pccs::tdx_url(&s.base, "qe/identity");
     let p = pccs::probe(&s, &qe).await;

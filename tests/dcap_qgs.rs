@@ -29,7 +29,10 @@ fn rt() -> tokio::runtime::Runtime {
 fn platform_info_and_collateral_from_the_stand_in() {
     let root = tdx_root();
     let host = HostRoot::new(root.path()).unwrap();
-    let _qgs = StandIn::start(&root.path().join(&SOCK[1..]), &["--next-update=2030-01-02T03:04:05Z"]);
+    let _qgs = StandIn::start(
+        &root.path().join(&SOCK[1..]),
+        &["--next-update=2030-01-02T03:04:05Z"],
+    );
     let rt = rt();
     let info = rt
         .block_on(qgs::platform_info(&host, &ep(), Duration::from_secs(10)))
@@ -61,7 +64,9 @@ fn each_misbehaviour_gets_its_own_error() {
     let t = Duration::from_millis(800);
 
     // Nothing there.
-    let e = rt.block_on(qgs::platform_info(&host, &ep(), t)).unwrap_err();
+    let e = rt
+        .block_on(qgs::platform_info(&host, &ep(), t))
+        .unwrap_err();
     assert!(matches!(e, QgsError::NoSocket { .. }), "{e}");
 
     let mut qgs = StandIn::start(&sock, &[&format!("--control={}", control.display())]);
@@ -79,12 +84,24 @@ fn each_misbehaviour_gets_its_own_error() {
     assert!(matches!(e, QgsError::Closed { .. }), "{e}");
     let e = try_mode("raw").unwrap_err();
     assert!(
-        matches!(e, QgsError::Proto { source: ProtoError::TooLarge(_), .. }),
+        matches!(
+            e,
+            QgsError::Proto {
+                source: ProtoError::TooLarge(_),
+                ..
+            }
+        ),
         "{e}"
     );
     let e = try_mode("version").unwrap_err();
     assert!(
-        matches!(e, QgsError::Proto { source: ProtoError::Version { major: 2, .. }, .. }),
+        matches!(
+            e,
+            QgsError::Proto {
+                source: ProtoError::Version { major: 2, .. },
+                ..
+            }
+        ),
         "{e}"
     );
     let e = try_mode("crash").unwrap_err();
@@ -93,7 +110,9 @@ fn each_misbehaviour_gets_its_own_error() {
 
     // The crashed stand-in left its socket file: refused (stale socket).
     assert!(sock.exists());
-    let e = rt.block_on(qgs::platform_info(&host, &ep(), t)).unwrap_err();
+    let e = rt
+        .block_on(qgs::platform_info(&host, &ep(), t))
+        .unwrap_err();
     assert!(matches!(e, QgsError::Refused { .. }), "{e}");
 }
 
@@ -120,7 +139,13 @@ fn hostile_prefix_is_refused_before_allocating() {
         .block_on(qgs::platform_info(&host, &ep(), Duration::from_secs(5)))
         .unwrap_err();
     assert!(
-        matches!(e, QgsError::Proto { source: ProtoError::TooLarge(0xffff_ffff), .. }),
+        matches!(
+            e,
+            QgsError::Proto {
+                source: ProtoError::TooLarge(0xffff_ffff),
+                ..
+            }
+        ),
         "{e}"
     );
     h.join().unwrap();
@@ -133,7 +158,13 @@ fn hostile_prefix_is_refused_before_allocating() {
         .block_on(qgs::platform_info(&host, &ep(), Duration::from_secs(5)))
         .unwrap_err();
     assert!(
-        matches!(e, QgsError::Proto { source: ProtoError::Truncated { .. }, .. }),
+        matches!(
+            e,
+            QgsError::Proto {
+                source: ProtoError::Truncated { .. },
+                ..
+            }
+        ),
         "{e}"
     );
     h.join().unwrap();
@@ -197,7 +228,11 @@ fn parser_survives_truncation_mutation_and_garbage() {
     }
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for round in 0..20_000 {
-        let base = if round % 2 == 0 { &good_info } else { &good_coll };
+        let base = if round % 2 == 0 {
+            &good_info
+        } else {
+            &good_coll
+        };
         let mut w = base.clone();
         match rng.below(5) {
             // Flip bytes.
@@ -210,7 +245,8 @@ fn parser_survives_truncation_mutation_and_garbage() {
             // Overwrite a u32 (a size field or the prefix) with an extreme value.
             1 => {
                 let i = rng.below(w.len().saturating_sub(4));
-                let v = [0u32, 1, 15, 16, 0x7fff_ffff, 0xffff_ffff, rng.next() as u32][rng.below(7)];
+                let v =
+                    [0u32, 1, 15, 16, 0x7fff_ffff, 0xffff_ffff, rng.next() as u32][rng.below(7)];
                 w[i..i + 4].copy_from_slice(&v.to_le_bytes());
             }
             // Wrong version.

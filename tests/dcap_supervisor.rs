@@ -30,7 +30,11 @@ fn settings(root: &Path, extra: &[String]) -> Settings {
     s
 }
 
-async fn until(rx: &mut watch::Receiver<State>, what: &str, pred: impl Fn(&State) -> bool) -> State {
+async fn until(
+    rx: &mut watch::Receiver<State>,
+    what: &str,
+    pred: impl Fn(&State) -> bool,
+) -> State {
     loop {
         {
             let st = rx.borrow_and_update();
@@ -73,7 +77,10 @@ async fn child_is_started_probed_and_restarted() {
     let rec = std::fs::read_to_string(&record).unwrap();
     assert!(rec.contains("args=--no-daemon -n=4 --socket="), "{rec}");
     let qcnl = root.path().join("etc/sgx_default_qcnl.conf");
-    assert!(rec.contains(&format!("QCNL_CONF_PATH={}", qcnl.display())), "{rec}");
+    assert!(
+        rec.contains(&format!("QCNL_CONF_PATH={}", qcnl.display())),
+        "{rec}"
+    );
 
     // QGS stops answering (the multi-day stall): restarted after failed probes.
     std::fs::write(&control, "hang").unwrap();
@@ -88,7 +95,10 @@ async fn child_is_started_probed_and_restarted() {
 
     // QGS crashes: restarted because it exited.
     std::fs::write(&control, "crash").unwrap();
-    until(&mut state, "restart after exit", |s| s.last_reason == Some(Reason::Exited)).await;
+    until(&mut state, "restart after exit", |s| {
+        s.last_reason == Some(Reason::Exited)
+    })
+    .await;
     std::fs::write(&control, "ok").unwrap();
     let st = until(&mut state, "healthy after the crash", |s| s.healthy).await;
     let last_pid = st.pid.unwrap();
@@ -139,7 +149,10 @@ async fn a_live_qgs_on_the_socket_is_not_deleted() {
     let host = HostRoot::new(root.path()).unwrap();
     let _other = StandIn::start(&root.path().join(SOCK), &[]);
     let s = settings(root.path(), &[]);
-    let err = supervisor::prepare_socket(&host, &s).await.unwrap_err().to_string();
+    let err = supervisor::prepare_socket(&host, &s)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("another QGS already answers"), "{err}");
     assert!(root.path().join(SOCK).exists());
 }

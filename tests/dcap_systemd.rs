@@ -31,7 +31,11 @@ struct Unit(Arc<Mutex<Fake>>);
 #[zbus::interface(name = "org.freedesktop.systemd1.Manager")]
 impl Manager {
     async fn load_unit(&self, name: &str) -> zbus::fdo::Result<OwnedObjectPath> {
-        self.0.lock().unwrap().calls.push(format!("LoadUnit {name}"));
+        self.0
+            .lock()
+            .unwrap()
+            .calls
+            .push(format!("LoadUnit {name}"));
         if name != "qgsd.service" {
             return Err(zbus::fdo::Error::Failed(format!("no unit {name}")));
         }
@@ -54,7 +58,11 @@ impl Unit {
     #[zbus(property)]
     async fn sub_state(&self) -> String {
         let a = self.0.lock().unwrap().active.clone();
-        if a == "active" { "running".into() } else { "dead".into() }
+        if a == "active" {
+            "running".into()
+        } else {
+            "dead".into()
+        }
     }
     #[zbus(property)]
     async fn load_state(&self) -> String {
@@ -121,7 +129,10 @@ async fn until(rx: &mut watch::Receiver<State>, what: &str, pred: impl Fn(&State
         if pred(&rx.borrow_and_update()) {
             return;
         }
-        if !matches!(tokio::time::timeout(Duration::from_secs(60), rx.changed()).await, Ok(Ok(()))) {
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(60), rx.changed()).await,
+            Ok(Ok(()))
+        ) {
             panic!("never reached: {what}; state {:?}", rx.borrow());
         }
     }
@@ -152,7 +163,10 @@ async fn drives_qgsd_service_over_dbus() {
 
     let driver = Driver::connect(&bus.address).await.unwrap();
     let st = driver.state("qgsd.service").await.unwrap();
-    assert_eq!((st.load.as_str(), st.active.as_str(), st.sub.as_str()), ("loaded", "active", "running"));
+    assert_eq!(
+        (st.load.as_str(), st.active.as_str(), st.sub.as_str()),
+        ("loaded", "active", "running")
+    );
     let err = driver.state("nope.service").await.unwrap_err().to_string();
     assert!(err.contains("no unit nope.service"), "{err}");
 
@@ -164,18 +178,45 @@ async fn drives_qgsd_service_over_dbus() {
     let (state_tx, mut state) = watch::channel(State::default());
     let task = tokio::spawn(systemd::supervise(host, s, driver, stop_rx, state_tx));
 
-    until(&mut state, "healthy probe", |s| s.healthy && s.probes_ok >= 2).await;
-    assert!(!fake.lock().unwrap().calls.iter().any(|c| c.starts_with("RestartUnit")));
+    until(&mut state, "healthy probe", |s| {
+        s.healthy && s.probes_ok >= 2
+    })
+    .await;
+    assert!(
+        !fake
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .any(|c| c.starts_with("RestartUnit"))
+    );
 
     // The unit failed: RestartUnit(qgsd.service, replace).
     fake.lock().unwrap().active = "failed".into();
-    until(&mut state, "restart of a failed unit", |s| s.last_reason == Some(Reason::UnitNotActive)).await;
-    assert!(fake.lock().unwrap().calls.contains(&"RestartUnit qgsd.service replace".to_string()));
+    until(&mut state, "restart of a failed unit", |s| {
+        s.last_reason == Some(Reason::UnitNotActive)
+    })
+    .await;
+    assert!(
+        fake.lock()
+            .unwrap()
+            .calls
+            .contains(&"RestartUnit qgsd.service replace".to_string())
+    );
 
     // The unit says active but QGS does not answer: restarted on failed probes.
     drop(qgs);
-    until(&mut state, "restart on failed probes", |s| s.last_reason == Some(Reason::ProbeFailed)).await;
-    let restarts = fake.lock().unwrap().calls.iter().filter(|c| c.starts_with("RestartUnit")).count();
+    until(&mut state, "restart on failed probes", |s| {
+        s.last_reason == Some(Reason::ProbeFailed)
+    })
+    .await;
+    let restarts = fake
+        .lock()
+        .unwrap()
+        .calls
+        .iter()
+        .filter(|c| c.starts_with("RestartUnit"))
+        .count();
     assert!(restarts >= 2, "{:?}", fake.lock().unwrap().calls);
 
     stop_tx.send(true).unwrap();

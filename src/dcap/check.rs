@@ -14,7 +14,11 @@ use crate::config::DcapEnable;
 
 /// Child checks: (id, title, item ids they show).
 const CHILDREN: &[(&str, &str, &[&str])] = &[
-    ("dcap.qgs_conf", "QGS transport config (/etc/qgs.conf)", &["qgs.conf"]),
+    (
+        "dcap.qgs_conf",
+        "QGS transport config (/etc/qgs.conf)",
+        &["qgs.conf"],
+    ),
     ("dcap.qgs", "QGS answers GET_PLATFORM_INFO", &["qgs"]),
     ("dcap.qcnl", "QCNL config points QGS at a PCCS", &["qcnl"]),
     (
@@ -22,9 +26,21 @@ const CHILDREN: &[(&str, &str, &[&str])] = &[
         "PCCS reachable and serving collateral",
         &["pccs", "pccs.qe_identity", "pccs.tcb_info"],
     ),
-    ("dcap.registration", "Platform registered with PCCS", &["pccs.pckcert"]),
-    ("dcap.collateral", "QGS gets collateral (GET_COLLATERAL)", &["qgs.collateral"]),
-    ("dcap.expiry", "Collateral not about to expire", &["expiry."]),
+    (
+        "dcap.registration",
+        "Platform registered with PCCS",
+        &["pccs.pckcert"],
+    ),
+    (
+        "dcap.collateral",
+        "QGS gets collateral (GET_COLLATERAL)",
+        &["qgs.collateral"],
+    ),
+    (
+        "dcap.expiry",
+        "Collateral not about to expire",
+        &["expiry."],
+    ),
 ];
 
 /// The `dcap` check with its children; SKIP unless the profile is TDX and a host is
@@ -32,27 +48,31 @@ const CHILDREN: &[(&str, &str, &[&str])] = &[
 pub fn dcap_check() -> Check {
     let cell: Rc<OnceCell<Option<Report>>> = Rc::new(OnceCell::new());
     let root_cell = cell.clone();
-    let root = Check::new("dcap", "Intel DCAP quote generation (QGS → PCCS)", move |ctx| {
-        let Some(report) = root_cell.get_or_init(|| build(ctx)) else {
-            return skip_reason(ctx);
-        };
-        let worst = report.worst();
-        let msg = format!(
-            "QGS {}; PCCS {}",
-            report.qgs_endpoint,
-            report.pccs_url.as_deref().unwrap_or("(none)")
-        );
-        // The children carry the verdicts; a FAIL here would skip them (the tree skips
-        // the children of a failed parent), so the root at most WARNs.
-        match worst {
-            Level::Fail => CheckOutcome::warn(
-                format!("{msg}: the chain is broken"),
-                "see the failing DCAP checks below (or `cchost dcap status`)",
-            ),
-            Level::Warn => CheckOutcome::warn(msg, "see the DCAP warnings below"),
-            _ => CheckOutcome::pass(msg),
-        }
-    });
+    let root = Check::new(
+        "dcap",
+        "Intel DCAP quote generation (QGS → PCCS)",
+        move |ctx| {
+            let Some(report) = root_cell.get_or_init(|| build(ctx)) else {
+                return skip_reason(ctx);
+            };
+            let worst = report.worst();
+            let msg = format!(
+                "QGS {}; PCCS {}",
+                report.qgs_endpoint,
+                report.pccs_url.as_deref().unwrap_or("(none)")
+            );
+            // The children carry the verdicts; a FAIL here would skip them (the tree skips
+            // the children of a failed parent), so the root at most WARNs.
+            match worst {
+                Level::Fail => CheckOutcome::warn(
+                    format!("{msg}: the chain is broken"),
+                    "see the failing DCAP checks below (or `cchost dcap status`)",
+                ),
+                Level::Warn => CheckOutcome::warn(msg, "see the DCAP warnings below"),
+                _ => CheckOutcome::pass(msg),
+            }
+        },
+    );
     let children = CHILDREN.iter().map(|(id, title, items)| {
         let cell = cell.clone();
         Check::new(*id, *title, move |_ctx| {
@@ -96,7 +116,12 @@ fn build(ctx: &Ctx) -> Option<Report> {
             // The API key is only needed to reach Intel PCS directly; a check never
             // fails for want of it.
             let key = super::files::load_api_key(&cfg).ok().flatten();
-            Some(rt.block_on(status::report(&host, &cfg, key, super::collateral::now_unix())))
+            Some(rt.block_on(status::report(
+                &host,
+                &cfg,
+                key,
+                super::collateral::now_unix(),
+            )))
         })
         .join()
         .ok()
@@ -115,7 +140,9 @@ fn outcome(report: &Report, ids: &[&str]) -> CheckOutcome {
         })
         .collect();
     let Some(worst) = mine.iter().max_by_key(|i| i.level) else {
-        return CheckOutcome::skip("not probed (an earlier link failed or there is nothing to check)");
+        return CheckOutcome::skip(
+            "not probed (an earlier link failed or there is nothing to check)",
+        );
     };
     let message = mine
         .iter()
@@ -161,7 +188,11 @@ mod tests {
     fn tdx_host_without_qgs_fails_with_causes_and_others_skip() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("sys/module/kvm_intel/parameters")).unwrap();
-        std::fs::write(dir.path().join("sys/module/kvm_intel/parameters/tdx"), "Y\n").unwrap();
+        std::fs::write(
+            dir.path().join("sys/module/kvm_intel/parameters/tdx"),
+            "Y\n",
+        )
+        .unwrap();
         let host = HostRoot::new(dir.path()).unwrap();
         let mut config = Config::default();
         // A port nobody listens on (just freed), so the PCCS probe has a known answer.
@@ -185,7 +216,10 @@ mod tests {
         assert!(qgs.outcome.message.contains("no socket there"), "{qgs:?}");
         assert!(qgs.outcome.remedy.is_some());
         let pccs = find(&nodes, "dcap.pccs");
-        assert!(pccs.outcome.message.contains("nothing listening"), "{pccs:?}");
+        assert!(
+            pccs.outcome.message.contains("nothing listening"),
+            "{pccs:?}"
+        );
         // qgs.conf / qcnl missing: warnings with a remedy.
         assert_eq!(find(&nodes, "dcap.qgs_conf").outcome.status, Status::Warn);
 
@@ -197,6 +231,11 @@ mod tests {
         let nodes = evaluate(&[dcap_check()], &ctx);
         assert_eq!(nodes[0].outcome.status, Status::Skip);
         assert!(nodes[0].outcome.message.contains("not a TDX host"));
-        assert!(nodes[0].children.iter().all(|c| c.outcome.status == Status::Skip));
+        assert!(
+            nodes[0]
+                .children
+                .iter()
+                .all(|c| c.outcome.status == Status::Skip)
+        );
     }
 }

@@ -128,6 +128,9 @@ mod tests {
         let qe = br#"{"enclaveIdentity":{"id":"TD_QE","nextUpdate":"2024-05-31T00:00:00Z"}}"#;
         assert_eq!(next_update(qe, now).unwrap().seconds_left, -86_400);
         assert_eq!(next_update(b"{}", now), Err(ExpiryError::NoNextUpdate));
-        assert!(matches!(next_update(b"\x00", now), Err(ExpiryError::NotJson(_))));
+        assert!(matches!(
+            next_update(b"\x00", now),
+            Err(ExpiryError::NotJson(_))
+        ));
     }
 }

@@ -25,7 +25,8 @@ pub struct DesiredFile {
 impl fmt::Debug for DesiredFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("DesiredFile");
-        d.field("path", &self.path).field("mode", &format_args!("{:o}", self.mode));
+        d.field("path", &self.path)
+            .field("mode", &format_args!("{:o}", self.mode));
         if self.secret {
             d.field("contents", &"<redacted: holds a secret>");
         } else {
@@ -213,7 +214,10 @@ impl QgsConf {
     pub fn transport_summary(&self) -> String {
         match self.port {
             None => "unix socket (no port line)".into(),
-            Some(0) => "port = 0: unix socket on DCAP ≤1.23 but vsock on newer QGS — remove the line".into(),
+            Some(0) => {
+                "port = 0: unix socket on DCAP ≤1.23 but vsock on newer QGS — remove the line"
+                    .into()
+            }
             Some(p) => format!("vsock port {p}"),
         }
     }
@@ -235,11 +239,10 @@ impl QcnlConf {
     pub fn parse(path: &Path, text: &str) -> Result<Self, DcapError> {
         let stripped = strip_line_comments(text);
         if stripped.trim_start().starts_with('{') {
-            let v: Value =
-                serde_json::from_str(&stripped).map_err(|e| DcapError::Malformed {
-                    path: path.to_path_buf(),
-                    what: format!("not valid JSON: {e}"),
-                })?;
+            let v: Value = serde_json::from_str(&stripped).map_err(|e| DcapError::Malformed {
+                path: path.to_path_buf(),
+                what: format!("not valid JSON: {e}"),
+            })?;
             let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
             let b = |k: &str| v.get(k).and_then(Value::as_bool);
             return Ok(QcnlConf {
@@ -345,7 +348,8 @@ mod tests {
     fn qcnl_is_strict_json_and_round_trips() {
         let mut c = DcapConfig::default();
         c.pccs.use_secure_cert = false;
-        c.pccs.collateral_service = Some("https://api.trustedservices.intel.com/sgx/certification/v4/".into());
+        c.pccs.collateral_service =
+            Some("https://api.trustedservices.intel.com/sgx/certification/v4/".into());
         let s = render_qcnl(&c, None);
         let v: Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["use_secure_cert"], json!(false));
@@ -370,7 +374,10 @@ mod tests {
     fn reads_commented_json_and_legacy() {
         let j = "// comment\n{ \"pccs_url\": \"https://p:8081/sgx/certification/v4/\", // trailing\n \"use_secure_cert\": true }\n";
         let c = QcnlConf::parse(Path::new("q"), j).unwrap();
-        assert_eq!(c.pccs_url.as_deref(), Some("https://p:8081/sgx/certification/v4/"));
+        assert_eq!(
+            c.pccs_url.as_deref(),
+            Some("https://p:8081/sgx/certification/v4/")
+        );
         let l = "PCCS_URL=https://pccs-service:8042/sgx/certification/v4/\nUSE_SECURE_CERT=FALSE\n";
         let c = QcnlConf::parse(Path::new("q"), l).unwrap();
         assert_eq!(c.format, "legacy");

@@ -414,9 +414,9 @@ fn classify_tls_error(e: std::io::Error) -> Fetch {
     if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
         return match inner {
             rustls::Error::InvalidCertificate(c) => Fetch::Untrusted(format!("{c:?}")),
-            rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateHandshakeMessage { .. } | rustls::Error::InappropriateMessage { .. } => {
-                Fetch::NotTls(inner.to_string())
-            }
+            rustls::Error::InvalidMessage(_)
+            | rustls::Error::InappropriateHandshakeMessage { .. }
+            | rustls::Error::InappropriateMessage { .. } => Fetch::NotTls(inner.to_string()),
             other => Fetch::Tls(other.to_string()),
         };
     }
@@ -576,7 +576,9 @@ pub fn judge(fetch: &Fetch, url: &Url) -> (Verdict, String) {
                 ),
                 502 if body.contains(UPSTREAM_TEXT) => (
                     Verdict::UpstreamUnreachable,
-                    format!("PCCS up, upstream unreachable: 502 \"{body}\" (LAZY mode cannot reach Intel PCS)"),
+                    format!(
+                        "PCCS up, upstream unreachable: 502 \"{body}\" (LAZY mode cannot reach Intel PCS)"
+                    ),
                 ),
                 401 => (Verdict::AuthFailed, format!("401 \"{body}\"")),
                 400 => (Verdict::BadRequest, format!("400 \"{body}\"")),
@@ -596,7 +598,10 @@ pub fn judge(fetch: &Fetch, url: &Url) -> (Verdict, String) {
         ),
         Fetch::ConnectTimeout => (
             Verdict::Unreachable,
-            format!("no TCP/TLS answer from {} in time (host down or filtered)", url.authority()),
+            format!(
+                "no TCP/TLS answer from {} in time (host down or filtered)",
+                url.authority()
+            ),
         ),
         Fetch::ClosedInHandshake => (
             Verdict::Closed,
@@ -614,11 +619,17 @@ pub fn judge(fetch: &Fetch, url: &Url) -> (Verdict, String) {
         ),
         Fetch::ClosedWithoutAnswer => (
             Verdict::Closed,
-            format!("{} closed the connection without answering", url.authority()),
+            format!(
+                "{} closed the connection without answering",
+                url.authority()
+            ),
         ),
         Fetch::NotTls(e) => (
             Verdict::NotTls,
-            format!("{} does not speak TLS ({e}); PCCS serves HTTPS", url.authority()),
+            format!(
+                "{} does not speak TLS ({e}); PCCS serves HTTPS",
+                url.authority()
+            ),
         ),
         Fetch::Untrusted(e) => (
             Verdict::Untrusted,
@@ -678,7 +689,11 @@ pub fn tdx_url(base: &Url, rel: &str) -> Url {
 
 /// `base` + `rel` with exactly one `/` between them.
 pub fn join(base: &str, rel: &str) -> String {
-    format!("{}/{}", base.trim_end_matches('/'), rel.trim_start_matches('/'))
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        rel.trim_start_matches('/')
+    )
 }
 
 #[cfg(test)]
@@ -688,10 +703,16 @@ mod tests {
     #[test]
     fn url_parse() {
         let u = Url::parse("https://pccs-service:8042/sgx/certification/v4/").unwrap();
-        assert_eq!((u.tls, u.host.as_str(), u.port), (true, "pccs-service", 8042));
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port),
+            (true, "pccs-service", 8042)
+        );
         assert_eq!(u.path, "/sgx/certification/v4/");
         assert_eq!(Url::parse("https://[::1]/x").unwrap().port, 443);
-        assert_eq!(Url::parse("https://[::1]:9/x").unwrap().authority(), "[::1]:9");
+        assert_eq!(
+            Url::parse("https://[::1]:9/x").unwrap().authority(),
+            "[::1]:9"
+        );
         assert!(Url::parse("ftp://x").is_err());
         assert!(Url::parse("https://x:99999/").is_err());
         assert_eq!(
@@ -709,7 +730,10 @@ mod tests {
         assert_eq!(c.body, b"abcde");
         assert!(parse_answer(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
         assert!(parse_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\nshort").is_err());
-        assert!(parse_answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffff\r\nab").is_err());
+        assert!(
+            parse_answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffff\r\nab")
+                .is_err()
+        );
     }
 
     #[test]
@@ -722,16 +746,29 @@ mod tests {
                 body: body.as_bytes().to_vec(),
             })
         };
-        assert_eq!(judge(&ans(404, "No cache data for this platform."), &u).0, Verdict::NoCacheData);
+        assert_eq!(
+            judge(&ans(404, "No cache data for this platform."), &u).0,
+            Verdict::NoCacheData
+        );
         assert_eq!(
             judge(&ans(404, "<!DOCTYPE html><pre>Cannot GET /x</pre>"), &u).0,
             Verdict::WrongUrl
         );
         assert_eq!(
-            judge(&ans(502, "Unable to retrieve the collateral from the Intel SGX PCS."), &u).0,
+            judge(
+                &ans(
+                    502,
+                    "Unable to retrieve the collateral from the Intel SGX PCS."
+                ),
+                &u
+            )
+            .0,
             Verdict::UpstreamUnreachable
         );
-        assert_eq!(judge(&ans(461, "The platform was not found in the cache."), &u).0, Verdict::PlatformUnknown);
+        assert_eq!(
+            judge(&ans(461, "The platform was not found in the cache."), &u).0,
+            Verdict::PlatformUnknown
+        );
         let (v, m) = judge(&Fetch::NoAnswer(Duration::from_secs(2)), &u);
         assert_eq!(v, Verdict::UpstreamHangSuspected);
         assert!(m.contains("PCCS up"), "{m}");

@@ -67,7 +67,9 @@ pub mod code {
 pub fn error_name(c: u32) -> &'static str {
     match c {
         code::SUCCESS => "SUCCESS",
-        code::UNEXPECTED => "UNEXPECTED (QGS reports every quote/collateral failure this way; the cause is only in the QGS log)",
+        code::UNEXPECTED => {
+            "UNEXPECTED (QGS reports every quote/collateral failure this way; the cause is only in the QGS log)"
+        }
         code::OUT_OF_MEMORY => "OUT_OF_MEMORY",
         code::INVALID_PARAMETER => "INVALID_PARAMETER",
         code::INVALID_VERSION => "INVALID_VERSION",
@@ -351,7 +353,10 @@ impl fmt::Debug for Collateral {
             .field("pck_crl", &self.pck_crl.len())
             .field("tcb_info_issuer_chain", &self.tcb_info_issuer_chain.len())
             .field("tcb_info", &self.tcb_info.len())
-            .field("qe_identity_issuer_chain", &self.qe_identity_issuer_chain.len())
+            .field(
+                "qe_identity_issuer_chain",
+                &self.qe_identity_issuer_chain.len(),
+            )
             .field("qe_identity", &self.qe_identity.len())
             .finish()
     }
@@ -379,7 +384,9 @@ impl Collateral {
                 extra: r.rest() - total as usize,
             });
         }
-        let mut blobs = sizes.iter().map(|&s| r.take(s as usize).map(<[u8]>::to_vec));
+        let mut blobs = sizes
+            .iter()
+            .map(|&s| r.take(s as usize).map(<[u8]>::to_vec));
         let mut next = || blobs.next().unwrap_or(Ok(Vec::new()));
         Ok(Collateral {
             major,
@@ -438,7 +445,7 @@ pub fn hex(b: &[u8]) -> String {
 /// Parses hex (e.g. an FMSPC `00806F050000`); `None` when it is not even-length hex.
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -523,7 +530,10 @@ mod tests {
             parse_prefix(u32::MAX.to_be_bytes()),
             Err(ProtoError::TooLarge(u32::MAX as u64))
         );
-        assert_eq!(parse_prefix(3u32.to_be_bytes()), Err(ProtoError::TooSmall(3)));
+        assert_eq!(
+            parse_prefix(3u32.to_be_bytes()),
+            Err(ProtoError::TooSmall(3))
+        );
         assert_eq!(parse_prefix(16u32.to_be_bytes()), Ok(16));
     }
 

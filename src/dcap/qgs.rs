@@ -38,7 +38,9 @@ pub enum QgsError {
     NoSocket { endpoint: Endpoint },
     #[error("{endpoint}: connection refused (a stale socket left by a QGS that is gone)")]
     Refused { endpoint: Endpoint },
-    #[error("{endpoint}: permission denied (the socket is 0660 qgsd:qgsd; run as root or in that group)")]
+    #[error(
+        "{endpoint}: permission denied (the socket is 0660 qgsd:qgsd; run as root or in that group)"
+    )]
     Denied { endpoint: Endpoint },
     #[error("{endpoint}: cannot connect: {source}")]
     Connect {
@@ -51,7 +53,9 @@ pub enum QgsError {
         endpoint: Endpoint,
         timeout: Duration,
     },
-    #[error("{endpoint}: closed the connection without a reply (QGS could not build an answer, or crashed)")]
+    #[error(
+        "{endpoint}: closed the connection without a reply (QGS could not build an answer, or crashed)"
+    )]
     Closed { endpoint: Endpoint },
     #[error("{endpoint}: {source}")]
     Io {
@@ -92,7 +96,10 @@ pub async fn transact(
     match ep {
         Endpoint::Unix { path } => {
             let fut = async {
-                let mut s = host.connect_unix(path).await.map_err(|e| connect_err(ep, e))?;
+                let mut s = host
+                    .connect_unix(path)
+                    .await
+                    .map_err(|e| connect_err(ep, e))?;
                 s.write_all(request).await.map_err(|e| io_err(ep, e))?;
                 read_reply_async(&mut s, ep).await
             };

@@ -102,12 +102,19 @@ impl Report {
     pub fn render_text(&self) -> String {
         let mut s = String::new();
         if self.applicable {
-            s.push_str("DCAP attestation chain on this host (TD → QGS → QCNL → PCCS → Intel PCS)\n");
+            s.push_str(
+                "DCAP attestation chain on this host (TD → QGS → QCNL → PCCS → Intel PCS)\n",
+            );
         } else {
             s.push_str("DCAP: not applicable on this host\n");
         }
         for i in &self.items {
-            s.push_str(&format!("  [{}] {:<18} {}\n", i.level.tag(), i.id, i.summary));
+            s.push_str(&format!(
+                "  [{}] {:<18} {}\n",
+                i.level.tag(),
+                i.id,
+                i.summary
+            ));
             for e in &i.evidence {
                 s.push_str(&format!("         {:<18} evidence: {e}\n", ""));
             }
@@ -133,7 +140,12 @@ pub fn endpoint(cfg: &DcapConfig) -> Endpoint {
 }
 
 /// Builds the report. `now` is Unix seconds (for collateral expiry).
-pub async fn report(host: &HostRoot, cfg: &DcapConfig, api_key: Option<Secret>, now: i64) -> Report {
+pub async fn report(
+    host: &HostRoot,
+    cfg: &DcapConfig,
+    api_key: Option<Secret>,
+    now: i64,
+) -> Report {
     let (tdx, tdx_evidence) = super::tdx_enabled(host);
     let ep = endpoint(cfg);
     let mut items = Vec::new();
@@ -189,7 +201,9 @@ pub async fn report(host: &HostRoot, cfg: &DcapConfig, api_key: Option<Secret>, 
         Ok(Some(c)) => {
             let mismatch = match (cfg.transport, c.port) {
                 (QgsTransport::Unix, None) => None,
-                (QgsTransport::Unix, Some(p)) => Some(format!("port = {p} selects vsock but dcap.transport = unix")),
+                (QgsTransport::Unix, Some(p)) => Some(format!(
+                    "port = {p} selects vsock but dcap.transport = unix"
+                )),
                 (QgsTransport::Vsock, Some(p)) if p == cfg.vsock_port => None,
                 (QgsTransport::Vsock, p) => Some(format!(
                     "port = {p:?} but dcap.transport = vsock on port {}",
@@ -256,14 +270,19 @@ pub async fn report(host: &HostRoot, cfg: &DcapConfig, api_key: Option<Secret>, 
                 Item::new(
                     "qcnl",
                     Level::Warn,
-                    format!("{} is missing: QGS cannot find a PCCS", cfg.qcnl_conf_path.display()),
+                    format!(
+                        "{} is missing: QGS cannot find a PCCS",
+                        cfg.qcnl_conf_path.display()
+                    ),
                 )
                 .remedy("run `cchost dcap configure`"),
             );
             None
         }
         Err(e) => {
-            items.push(Item::new("qcnl", Level::Fail, e.to_string()).remedy("run `cchost dcap configure`"));
+            items.push(
+                Item::new("qcnl", Level::Fail, e.to_string()).remedy("run `cchost dcap configure`"),
+            );
             None
         }
     };
@@ -276,7 +295,10 @@ pub async fn report(host: &HostRoot, cfg: &DcapConfig, api_key: Option<Secret>, 
         .as_ref()
         .and_then(|q| q.use_secure_cert)
         .unwrap_or(cfg.pccs.use_secure_cert);
-    let local_only = qcnl.as_ref().and_then(|q| q.local_cache_only).unwrap_or(false);
+    let local_only = qcnl
+        .as_ref()
+        .and_then(|q| q.local_cache_only)
+        .unwrap_or(false);
 
     let mut fmspc = cfg.fmspc.clone();
     let mut pccs_state: Option<(Verdict, String)> = None;
@@ -302,7 +324,16 @@ pub async fn report(host: &HostRoot, cfg: &DcapConfig, api_key: Option<Secret>, 
                     api_key,
                 };
                 pccs_state = Some(
-                    probe_pccs(&settings, platform.as_ref(), &mut fmspc, local_only, cfg, now, &mut items).await,
+                    probe_pccs(
+                        &settings,
+                        platform.as_ref(),
+                        &mut fmspc,
+                        local_only,
+                        cfg,
+                        now,
+                        &mut items,
+                    )
+                    .await,
                 );
             }
         }
@@ -330,12 +361,24 @@ pub async fn report(host: &HostRoot, cfg: &DcapConfig, api_key: Option<Secret>, 
                         Item::new(
                             "qgs.collateral",
                             Level::Pass,
-                            format!("QGS returned collateral {}.{} for FMSPC {}", c.major, c.minor, proto::hex(&f).to_uppercase()),
+                            format!(
+                                "QGS returned collateral {}.{} for FMSPC {}",
+                                c.major,
+                                c.minor,
+                                proto::hex(&f).to_uppercase()
+                            ),
                         )
                         .evidence(format!("{c:?}")),
                     );
-                    for (what, blob) in [("qgs TCB info", &c.tcb_info), ("qgs QE identity", &c.qe_identity)] {
-                        items.push(expiry_item(what, collateral::next_update(trim_nul(blob), now), cfg));
+                    for (what, blob) in [
+                        ("qgs TCB info", &c.tcb_info),
+                        ("qgs QE identity", &c.qe_identity),
+                    ] {
+                        items.push(expiry_item(
+                            what,
+                            collateral::next_update(trim_nul(blob), now),
+                            cfg,
+                        ));
                     }
                 }
                 Err(e) => {
@@ -375,9 +418,15 @@ fn qcnl_item(q: &QcnlConf, cfg: &DcapConfig) -> Item {
         "{} ({}): pccs_url = {}, use_secure_cert = {}, local_cache_only = {}",
         q.path.display(),
         q.format,
-        q.pccs_url.as_deref().unwrap_or("(unset: QCNL default https://localhost:8081/sgx/certification/v4/)"),
-        q.use_secure_cert.map(|b| b.to_string()).unwrap_or("(unset: true)".into()),
-        q.local_cache_only.map(|b| b.to_string()).unwrap_or("(unset: false)".into()),
+        q.pccs_url
+            .as_deref()
+            .unwrap_or("(unset: QCNL default https://localhost:8081/sgx/certification/v4/)"),
+        q.use_secure_cert
+            .map(|b| b.to_string())
+            .unwrap_or("(unset: true)".into()),
+        q.local_cache_only
+            .map(|b| b.to_string())
+            .unwrap_or("(unset: false)".into()),
     );
     if q.use_secure_cert == Some(false) {
         let mut it = Item::new(
@@ -393,10 +442,24 @@ fn qcnl_item(q: &QcnlConf, cfg: &DcapConfig) -> Item {
         });
         return it;
     }
-    if q.pccs_url.as_deref().is_some_and(|u| u.contains("localhost") || u.contains("127.0.0.1")) && cfg.supervise.mode == crate::config::SuperviseMode::Child {
-        return Item::new("qcnl", Level::Warn, "pccs_url points at localhost").evidence(ev).remedy("inside a pod localhost is the pod itself; use the PCCS Service name");
+    if q.pccs_url
+        .as_deref()
+        .is_some_and(|u| u.contains("localhost") || u.contains("127.0.0.1"))
+        && cfg.supervise.mode == crate::config::SuperviseMode::Child
+    {
+        return Item::new("qcnl", Level::Warn, "pccs_url points at localhost")
+            .evidence(ev)
+            .remedy("inside a pod localhost is the pod itself; use the PCCS Service name");
     }
-    Item::new("qcnl", Level::Pass, format!("QGS reaches PCCS at {}", q.pccs_url.as_deref().unwrap_or("(default)"))).evidence(ev)
+    Item::new(
+        "qcnl",
+        Level::Pass,
+        format!(
+            "QGS reaches PCCS at {}",
+            q.pccs_url.as_deref().unwrap_or("(default)")
+        ),
+    )
+    .evidence(ev)
 }
 
 fn qgs_remedy(e: &QgsError, cfg: &DcapConfig) -> String {
@@ -417,20 +480,40 @@ fn qgs_remedy(e: &QgsError, cfg: &DcapConfig) -> String {
 fn expiry_item(what: &str, e: Result<Expiry, collateral::ExpiryError>, cfg: &DcapConfig) -> Item {
     let id = format!("expiry.{}", what.replace(' ', "_").to_lowercase());
     match e {
-        Err(err) => Item::new(&id, Level::Warn, format!("{what}: cannot read nextUpdate: {err}")),
+        Err(err) => Item::new(
+            &id,
+            Level::Warn,
+            format!("{what}: cannot read nextUpdate: {err}"),
+        ),
         Ok(x) => {
             let days = x.days_left();
-            let ev = format!("{} {} nextUpdate {}", x.kind, x.id.as_deref().unwrap_or(""), x.next_update);
+            let ev = format!(
+                "{} {} nextUpdate {}",
+                x.kind,
+                x.id.as_deref().unwrap_or(""),
+                x.next_update
+            );
             if x.seconds_left <= 0 {
                 Item::new(&id, Level::Fail, format!("{what} expired {:.1} days ago", -days))
                     .evidence(ev)
                     .remedy("refresh PCCS collateral (PCCS `refresh`, or re-import with PccsAdminTool in OFFLINE mode)")
             } else if days < cfg.expiry_warn_days as f64 {
-                Item::new(&id, Level::Warn, format!("{what} expires in {days:.1} days"))
-                    .evidence(ev)
-                    .remedy("refresh PCCS collateral before it lapses; verifiers reject stale collateral")
+                Item::new(
+                    &id,
+                    Level::Warn,
+                    format!("{what} expires in {days:.1} days"),
+                )
+                .evidence(ev)
+                .remedy(
+                    "refresh PCCS collateral before it lapses; verifiers reject stale collateral",
+                )
             } else {
-                Item::new(&id, Level::Pass, format!("{what} valid for {days:.0} more days")).evidence(ev)
+                Item::new(
+                    &id,
+                    Level::Pass,
+                    format!("{what} valid for {days:.0} more days"),
+                )
+                .evidence(ev)
             }
         }
     }
@@ -454,7 +537,8 @@ async fn probe_pccs(
     };
     let root = base.with_path(&pccs::join(&base.path, "rootcacrl"));
     let p = pccs::probe(settings, &root).await;
-    let mut it = Item::new("pccs", level_of(&p.verdict), p.message.clone()).evidence(format!("GET {}", p.url));
+    let mut it = Item::new("pccs", level_of(&p.verdict), p.message.clone())
+        .evidence(format!("GET {}", p.url));
     if matches!(settings.trust, pccs::Trust::Insecure) {
         it = it.evidence("TLS verification off (use_secure_cert = false)");
     }
@@ -466,7 +550,10 @@ async fn probe_pccs(
     }
     items.push(it);
     let first = (p.verdict.clone(), p.message.clone());
-    if !p.verdict.pccs_up() || p.verdict == Verdict::UpstreamHangSuspected || p.verdict == Verdict::WrongUrl {
+    if !p.verdict.pccs_up()
+        || p.verdict == Verdict::UpstreamHangSuspected
+        || p.verdict == Verdict::WrongUrl
+    {
         // Every further request would meet the same thing (or wait as long).
         return first;
     }
@@ -474,13 +561,18 @@ async fn probe_pccs(
     // TDX QE identity (and its expiry).
     let qe = pccs::tdx_url(base, "qe/identity");
     let p = pccs::probe(settings, &qe).await;
-    let mut it = Item::new("pccs.qe_identity", level_of(&p.verdict), p.message.clone()).evidence(format!("GET {}", p.url));
+    let mut it = Item::new("pccs.qe_identity", level_of(&p.verdict), p.message.clone())
+        .evidence(format!("GET {}", p.url));
     if let Some(r) = pccs_remedy(&p.verdict) {
         it = it.remedy(r);
     }
     items.push(it);
     if let (Verdict::Ok, Some(a)) = (&p.verdict, &p.answer) {
-        items.push(expiry_item("PCCS TDX QE identity", collateral::next_update(&a.body, now), cfg));
+        items.push(expiry_item(
+            "PCCS TDX QE identity",
+            collateral::next_update(&a.body, now),
+            cfg,
+        ));
     }
 
     // Registration: does PCCS know this platform's PCK certificate? (REQ/OFFLINE: 461 =
@@ -489,7 +581,10 @@ async fn probe_pccs(
         let pcesvn = proto::hex(&pi.pce_isvsvn.to_le_bytes());
         let path = pccs::join(
             &base.path,
-            &format!("pckcert?qeid={}&cpusvn={}&pcesvn={pcesvn}&pceid=0000", pi.qe_id, pi.cpu_svn),
+            &format!(
+                "pckcert?qeid={}&cpusvn={}&pcesvn={pcesvn}&pceid=0000",
+                pi.qe_id, pi.cpu_svn
+            ),
         );
         let p = pccs::probe(settings, &base.with_path(&path)).await;
         let (level, summary) = match &p.verdict {
@@ -523,9 +618,16 @@ async fn probe_pccs(
     if let Some(f) = fmspc.clone() {
         let tcb = pccs::tdx_url(base, &format!("tcb?fmspc={f}"));
         let p = pccs::probe(settings, &tcb).await;
-        items.push(Item::new("pccs.tcb_info", level_of(&p.verdict), p.message.clone()).evidence(format!("GET {}", p.url)));
+        items.push(
+            Item::new("pccs.tcb_info", level_of(&p.verdict), p.message.clone())
+                .evidence(format!("GET {}", p.url)),
+        );
         if let (Verdict::Ok, Some(a)) = (&p.verdict, &p.answer) {
-            items.push(expiry_item("PCCS TDX TCB info", collateral::next_update(&a.body, now), cfg));
+            items.push(expiry_item(
+                "PCCS TDX TCB info",
+                collateral::next_update(&a.body, now),
+                cfg,
+            ));
         }
     }
     first
@@ -534,17 +636,26 @@ async fn probe_pccs(
 fn pccs_remedy(v: &Verdict) -> Option<&'static str> {
     Some(match v {
         Verdict::Ok => return None,
-        Verdict::NoCacheData => "import collateral (PccsAdminTool in OFFLINE mode) or register the platform (REQ mode); or use LAZY mode with a route to Intel PCS",
+        Verdict::NoCacheData => {
+            "import collateral (PccsAdminTool in OFFLINE mode) or register the platform (REQ mode); or use LAZY mode with a route to Intel PCS"
+        }
         Verdict::PlatformUnknown => "register the platform with PCCS (PCKIDRetrievalTool)",
         Verdict::WrongUrl => "set dcap.pccs.url to https://<pccs>:<port>/sgx/certification/v4/",
-        Verdict::UpstreamUnreachable | Verdict::UpstreamHangSuspected => "give PCCS a route to api.trustedservices.intel.com (proxy in PCCS config), or switch to OFFLINE/REQ and import collateral",
+        Verdict::UpstreamUnreachable | Verdict::UpstreamHangSuspected => {
+            "give PCCS a route to api.trustedservices.intel.com (proxy in PCCS config), or switch to OFFLINE/REQ and import collateral"
+        }
         Verdict::AuthFailed => "check the PCCS tokens",
         Verdict::BadRequest | Verdict::ServerError | Verdict::Garbled => "check the PCCS log",
-        Verdict::NothingListening => "start PCCS (systemctl status pccs; its log shows why it exited)",
-        Verdict::Unreachable | Verdict::NameNotResolved => "check the PCCS host name, Service and network policy",
-        Verdict::Closed | Verdict::NotTls => "PCCS serves HTTPS only: use https:// and the PCCS HTTPS port (8081, or 8042 on OpenShift)",
+        Verdict::NothingListening => {
+            "start PCCS (systemctl status pccs; its log shows why it exited)"
+        }
+        Verdict::Unreachable | Verdict::NameNotResolved => {
+            "check the PCCS host name, Service and network policy"
+        }
+        Verdict::Closed | Verdict::NotTls => {
+            "PCCS serves HTTPS only: use https:// and the PCCS HTTPS port (8081, or 8042 on OpenShift)"
+        }
         Verdict::Untrusted => "set dcap.pccs.ca_bundle to the CA that signed the PCCS certificate",
         Verdict::TlsFailed => "check the PCCS certificate and TLS settings",
     })
 }
-

@@ -65,7 +65,8 @@ impl Settings {
             probe_interval: Duration::from_secs(s.probe_interval_s.max(1)),
             probe_timeout: Duration::from_millis(cfg.probe_timeout_ms),
             probe_failures: s.probe_failures.max(1),
-            restart_every: (s.restart_every_h > 0).then(|| Duration::from_secs(s.restart_every_h * 3600)),
+            restart_every: (s.restart_every_h > 0)
+                .then(|| Duration::from_secs(s.restart_every_h * 3600)),
             backoff_initial: Duration::from_millis(s.backoff_initial_ms.max(1)),
             backoff_max: Duration::from_secs(s.backoff_max_s.max(1)),
             stop_grace: Duration::from_secs(5),
@@ -134,9 +135,9 @@ pub async fn prepare_socket(host: &HostRoot, s: &Settings) -> Result<(), DcapErr
     let Endpoint::Unix { path } = &s.endpoint else {
         return Ok(());
     };
-    let dir = path
-        .parent()
-        .ok_or_else(|| DcapError::Config(format!("socket path {} has no directory", path.display())))?;
+    let dir = path.parent().ok_or_else(|| {
+        DcapError::Config(format!("socket path {} has no directory", path.display()))
+    })?;
     host.create_dir_all(dir)?;
     if let Some(g) = &s.socket_group {
         match host.host_group_gid(g)? {
@@ -144,7 +145,9 @@ pub async fn prepare_socket(host: &HostRoot, s: &Settings) -> Result<(), DcapErr
                 host.chown_group(dir, gid)?;
                 host.set_mode(dir, 0o750)?;
             }
-            None => tracing::warn!(group = %g, "socket group not in the host's /etc/group; left unchanged"),
+            None => {
+                tracing::warn!(group = %g, "socket group not in the host's /etc/group; left unchanged")
+            }
         }
     }
     if host.kind(path) == Some(NodeKind::Socket) {
@@ -255,7 +258,9 @@ pub async fn run_child(
         if *shutdown.borrow() {
             return Ok(());
         }
-        let started = prepare_socket(&host, &s).await.and_then(|()| spawn(&host, &s));
+        let started = prepare_socket(&host, &s)
+            .await
+            .and_then(|()| spawn(&host, &s));
         let mut child = match started {
             Ok(c) => c,
             Err(e) => {
@@ -276,7 +281,8 @@ pub async fn run_child(
             st.healthy = false;
             st.last_reason = Some(reason);
         });
-        let (outcome, was_healthy) = watch_child(&host, &s, &mut child, &mut shutdown, &state).await;
+        let (outcome, was_healthy) =
+            watch_child(&host, &s, &mut child, &mut shutdown, &state).await;
         let exit = match outcome {
             Outcome::Restart(Reason::Exited) => child
                 .try_wait()

@@ -118,7 +118,8 @@ pub async fn supervise(
             reason = Some(Reason::Scheduled);
         }
         match driver.state(&s.unit).await {
-            Ok(u) if u.active == "active" || u.active == "activating" || u.active == "reloading" => {}
+            Ok(u)
+                if u.active == "active" || u.active == "activating" || u.active == "reloading" => {}
             Ok(u) => {
                 tracing::warn!(unit = %s.unit, active = %u.active, sub = %u.sub, "QGS unit not active");
                 reason.get_or_insert(Reason::UnitNotActive);

@@ -28,16 +28,20 @@ pub fn standin() -> PathBuf {
             for (k, _) in std::env::vars_os() {
                 let k = k.to_string_lossy().into_owned();
                 let keep = ["CARGO_HOME", "CARGO_TARGET_DIR"].contains(&k.as_str())
-                    || ["CARGO_BUILD_", "CARGO_NET_", "CARGO_REGISTR", "CARGO_PROFILE_", "CARGO_TERM_"]
-                        .iter()
-                        .any(|p| k.starts_with(p));
+                    || [
+                        "CARGO_BUILD_",
+                        "CARGO_NET_",
+                        "CARGO_REGISTR",
+                        "CARGO_PROFILE_",
+                        "CARGO_TERM_",
+                    ]
+                    .iter()
+                    .any(|p| k.starts_with(p));
                 if (k.starts_with("CARGO_") && !keep) || k == "OUT_DIR" {
                     cmd.env_remove(&k);
                 }
             }
-            let st = cmd
-                .status()
-                .expect("cargo build --example qgs_standin");
+            let st = cmd.status().expect("cargo build --example qgs_standin");
             assert!(st.success(), "building the stand-in QGS failed");
         }
     });
@@ -199,7 +203,9 @@ pub async fn fake_pccs(
     let route = std::sync::Arc::new(route);
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = l.accept().await else { return };
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
             let acceptor = acceptor.clone();
             let route = route.clone();
             tokio::spawn(async move {
@@ -208,7 +214,9 @@ pub async fn fake_pccs(
                     drop(tcp);
                     return;
                 }
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 1024];
                 while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
