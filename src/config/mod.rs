@@ -15,7 +15,7 @@ mod vfio;
 pub use dcap::{
     DcapConfig, DcapEnable, PccsConfig, QgsTransport, Secret, SuperviseConfig, SuperviseMode,
 };
-pub use deviceplugin::DevicePluginConfig;
+pub use deviceplugin::{DevicePluginConfig, PluginMode, VfioModeConfig};
 pub use kernel::{GpuChoice, KernelConfig, MechanismChoice, ProfileChoice};
 pub use labels::{LabelBackend, LabelsConfig, is_dns_subdomain};
 pub use matching::{Architecture, ChipRange, DeviceMatch, MatchConfig};
@@ -88,6 +88,7 @@ impl Config {
     /// Cross-field checks that serde cannot express.
     pub fn validate(&self) -> Result<(), String> {
         self.matching.validate()?;
+        self.device_plugin.validate()?;
         self.labels.validate()?;
         self.kernel.validate()?;
         self.dcap.validate()?;
