@@ -126,8 +126,18 @@ fn tdx_host_shows_the_chain_qgs_to_pccs() {
     assert!(out.contains("unchanged"), "{out}");
 
     let _qgs = StandIn::start(&root.path().join("var/run/tdx-qgs/qgs.socket"), &[]);
+    // QCNL trusts only the host store: a CA given to cchost alone is a WARN.
+    let (_, out) = run(base().args(["dcap", "status"]));
+    assert!(out.contains("[WARN] qcnl.trust"), "{out}");
+    std::fs::create_dir_all(root.path().join("etc/ssl/certs")).unwrap();
+    std::fs::write(
+        root.path().join("etc/ssl/certs/ca-certificates.crt"),
+        format!("{}{}", test_pki().ca_pem, pki.ca_pem),
+    )
+    .unwrap();
     let (code, out) = run(base().args(["dcap", "status"]));
     assert_eq!(code, 0, "{out}");
+    assert!(out.contains("[PASS] qcnl.trust"), "{out}");
     for want in [
         "[PASS] tdx",
         "[PASS] qgs.conf",

@@ -286,6 +286,9 @@ pub async fn report(
             None
         }
     };
+    if let Some(it) = trust_store_item(host, cfg, qcnl.as_ref()) {
+        items.push(it);
+    }
     // Probe the PCCS QGS really uses (the QCNL file), falling back to cchost's config.
     let pccs_url = qcnl
         .as_ref()
@@ -657,5 +660,57 @@ fn pccs_remedy(v: &Verdict) -> Option<&'static str> {
         }
         Verdict::Untrusted => "set dcap.pccs.ca_bundle to the CA that signed the PCCS certificate",
         Verdict::TlsFailed => "check the PCCS certificate and TLS settings",
+    })
+}
+
+/// With a CA bundle configured and verification on, QGS trusts PCCS only if that CA is
+/// in the host's system store (QCNL uses libcurl's default store).
+fn trust_store_item(host: &HostRoot, cfg: &DcapConfig, qcnl: Option<&QcnlConf>) -> Option<Item> {
+    let ca = cfg.pccs.ca_bundle.as_ref()?;
+    if qcnl.and_then(|q| q.use_secure_cert) == Some(false) {
+        return None;
+    }
+    let ca_pem = match host.read_bytes(ca) {
+        Ok(b) => b,
+        Err(e) => {
+            return Some(Item::new(
+                "qcnl.trust",
+                Level::Fail,
+                format!("dcap.pccs.ca_bundle: {e}"),
+            ));
+        }
+    };
+    let mut system = None;
+    for p in pccs::SYSTEM_CA_BUNDLES {
+        if let Ok(Some(b)) = host.read_string_opt(p) {
+            system = Some((p, b));
+            break;
+        }
+    }
+    let remedy = format!(
+        "install {} into the host trust store (Debian: /usr/local/share/ca-certificates/*.crt + update-ca-certificates; RHEL: /etc/pki/ca-trust/source/anchors + update-ca-trust)",
+        ca.display()
+    );
+    let Some((path, bundle)) = system else {
+        return Some(
+            Item::new(
+                "qcnl.trust",
+                Level::Warn,
+                "no system CA bundle on the host: QGS cannot verify PCCS",
+            )
+            .remedy(remedy),
+        );
+    };
+    Some(match pccs::bundle_contains(bundle.as_bytes(), &ca_pem) {
+        Ok(true) => Item::new("qcnl.trust", Level::Pass, "the PCCS CA is in the host trust store")
+            .evidence(format!("{} found in {path}", ca.display())),
+        Ok(false) => Item::new(
+            "qcnl.trust",
+            Level::Warn,
+            "the PCCS CA is not in the host trust store: QGS (QCNL) will reject the PCCS certificate",
+        )
+        .evidence(format!("{} not found in {path}", ca.display()))
+        .remedy(remedy),
+        Err(e) => Item::new("qcnl.trust", Level::Fail, format!("{}: {e}", ca.display())),
     })
 }
