@@ -1,5 +1,5 @@
 //! `cchost dcap status` and `configure` end to end: the binary on a host without TDX,
-//! and on a TDX host root with the stand-in QGS and a fake PCCS (a readable chain).
+//! and on the TDX fixture host with the stand-in QGS and a fake PCCS (a readable chain).
 
 mod dcap_support;
 
@@ -89,7 +89,7 @@ fn tdx_host_shows_the_chain_qgs_to_pccs() {
         .unwrap();
     let pki = test_pki();
     let addr = rt.block_on(fake_pccs(&pki, registered));
-    let root = tdx_root();
+    let root = tdx_fixture_root();
     std::fs::write(root.path().join("pccs-ca.pem"), &pki.ca_pem).unwrap();
     let cfg = root.path().join("c.toml");
     std::fs::write(
