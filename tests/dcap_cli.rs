@@ -152,6 +152,8 @@ fn tdx_host_shows_the_chain_qgs_to_pccs() {
     ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
+    // Shown with --nocapture (the example in docs/dcap.md).
+    println!("{out}");
     // The chain reads in order: QGS before PCCS.
     assert!(out.find("[PASS] qgs ").unwrap() < out.find("[PASS] pccs ").unwrap());
 

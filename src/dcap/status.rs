@@ -110,16 +110,16 @@ impl Report {
         }
         for i in &self.items {
             s.push_str(&format!(
-                "  [{}] {:<18} {}\n",
+                "  [{}] {:<24} {}\n",
                 i.level.tag(),
                 i.id,
                 i.summary
             ));
             for e in &i.evidence {
-                s.push_str(&format!("         {:<18} evidence: {e}\n", ""));
+                s.push_str(&format!("         {:<24} evidence: {e}\n", ""));
             }
             if let Some(r) = &i.remedy {
-                s.push_str(&format!("         {:<18} remedy:   {r}\n", ""));
+                s.push_str(&format!("         {:<24} remedy:   {r}\n", ""));
             }
         }
         s
@@ -374,8 +374,8 @@ pub async fn report(
                         .evidence(format!("{c:?}")),
                     );
                     for (what, blob) in [
-                        ("qgs TCB info", &c.tcb_info),
-                        ("qgs QE identity", &c.qe_identity),
+                        ("QGS TCB info", &c.tcb_info),
+                        ("QGS QE identity", &c.qe_identity),
                     ] {
                         items.push(expiry_item(
                             what,
@@ -481,7 +481,10 @@ fn qgs_remedy(e: &QgsError, cfg: &DcapConfig) -> String {
 }
 
 fn expiry_item(what: &str, e: Result<Expiry, collateral::ExpiryError>, cfg: &DcapConfig) -> Item {
-    let id = format!("expiry.{}", what.replace(' ', "_").to_lowercase());
+    let id = format!(
+        "expiry.{}",
+        what.replace(" TDX", "").replace(' ', "_").to_lowercase()
+    );
     match e {
         Err(err) => Item::new(
             &id,
