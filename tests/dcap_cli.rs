@@ -177,3 +177,51 @@ fn tdx_host_shows_the_chain_qgs_to_pccs() {
         "{qgs}"
     );
 }
+
+#[test]
+fn check_has_a_dcap_subtree_on_tdx_hosts() {
+    let root = tdx_fixture_root();
+    let cfg = root.path().join("c.toml");
+    // A PCCS port nobody listens on (just freed): a known, fast answer.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        &cfg,
+        format!("[dcap.pccs]\nurl = \"https://127.0.0.1:{port}/sgx/certification/v4/\"\n"),
+    )
+    .unwrap();
+    let _qgs = StandIn::start(&root.path().join("var/run/tdx-qgs/qgs.socket"), &[]);
+    let (_, out) = run(cchost()
+        .arg("--host-root")
+        .arg(root.path())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["check", "--profile", "tdx", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    fn find<'a>(n: &'a serde_json::Value, id: &str) -> Option<&'a serde_json::Value> {
+        if n["id"] == id {
+            return Some(n);
+        }
+        n["children"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(n["checks"].as_array().into_iter().flatten())
+            .find_map(|c| find(c, id))
+    }
+    let qgs = find(&v, "dcap.qgs").unwrap_or_else(|| panic!("no dcap.qgs in {out}"));
+    assert_eq!(qgs["status"], "pass", "{qgs}");
+    let pccs = find(&v, "dcap.pccs").unwrap();
+    assert_eq!(pccs["status"], "fail", "{pccs}");
+    assert!(
+        pccs["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing listening"),
+        "{pccs}"
+    );
+    assert_eq!(v["ready"], false);
+}
