@@ -1,19 +1,337 @@
+//! `cchost gpu list | bind | unbind | cc`.
+
 use std::process::ExitCode;
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use cchost::gpu::vfio::{self, Step, VfioRestorer};
+use cchost::gpu::vfio_plan::{self, PlanError, Selection};
+use cchost::host::pci::PciAddress;
+use cchost::inventory::discover_gpus;
+use cchost::journal::{self, Journal, Restorer};
 
 use super::Global;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// NVIDIA GPUs and NVSwitches (as matched by the config) and their state.
-    List,
+    List(ListArgs),
+    /// Bind GPUs (with their other slot functions, and NVSwitches) to vfio.
+    Bind(BindArgs),
+    /// Release GPUs from vfio: back to the driver they had before cchost bound them.
+    Unbind(BindArgs),
     /// Confidential Computing mode: query or set.
     #[command(subcommand)]
     Cc(super::gpu_cc::Command),
 }
 
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BindArgs {
+    /// PCI addresses (0000:3b:00.0).
+    #[arg(
+        value_name = "BDF",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    devices: Vec<PciAddress>,
+    /// Every matched GPU (and NVSwitch, per `[vfio] bind_nvswitches`).
+    #[arg(long)]
+    all: bool,
+    /// Show what would change, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+impl BindArgs {
+    fn selection(&self) -> Selection {
+        if self.all {
+            Selection::All
+        } else {
+            Selection::Addresses(self.devices.clone())
+        }
+    }
+}
+
 pub fn run(g: &Global, c: Command) -> anyhow::Result<ExitCode> {
     match c {
         Command::Cc(cc) => super::gpu_cc::run(g, cc),
-        Command::List => anyhow::bail!("gpu list: not built yet"),
+        Command::List(a) => list(g, a),
+        Command::Bind(a) => bind(g, a),
+        Command::Unbind(a) => unbind(g, a),
     }
+}
+
+/// The journal restorers of the GPU steps (also used by `undo`).
+pub fn restorers() -> [&'static dyn Restorer; 2] {
+    [&VfioRestorer::BIND, &VfioRestorer::UNBIND]
+}
+
+/// Opens the journal and finishes or rolls back GPU steps an earlier run left half done.
+fn open_journal(g: &Global) -> anyhow::Result<Journal> {
+    let mut j = Journal::open(&g.host)?;
+    for r in journal::recover(&mut j, &restorers())? {
+        eprintln!(
+            "recovered an interrupted step of an earlier run: {} {} ({:?})",
+            r.kind,
+            r.subject,
+            r.recovery.map(|x| format!("{x:?}")).unwrap_or_default()
+        );
+    }
+    Ok(j)
+}
+
+/// Crash tests: `CCHOST_TEST_KILL_AFTER_STEP=N` makes cchost SIGKILL itself right after
+/// the N-th sysfs/journal step (counting from 1 across all devices), so that a test can
+/// stop it at every point of a bind deterministically.
+fn step_observer() -> anyhow::Result<impl FnMut(&PciAddress, Step)> {
+    let kill_after: Option<u32> = match std::env::var("CCHOST_TEST_KILL_AFTER_STEP") {
+        Ok(v) => Some(
+            v.parse()
+                .with_context(|| format!("CCHOST_TEST_KILL_AFTER_STEP={v:?}: not a number"))?,
+        ),
+        Err(_) => None,
+    };
+    let mut n = 0u32;
+    Ok(move |addr: &PciAddress, step: Step| {
+        n += 1;
+        tracing::debug!(%addr, ?step, n, "step done");
+        if kill_after == Some(n) {
+            eprintln!(
+                "CCHOST_TEST_KILL_AFTER_STEP: killing myself after step {n} ({addr} {step:?})"
+            );
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+    })
+}
+
+/// Says which journal entries an interrupted run left behind (read-only commands).
+fn warn_pending(entries: &[journal::Entry]) {
+    for e in entries
+        .iter()
+        .filter(|e| e.state != journal::EntryState::Applied)
+    {
+        eprintln!(
+            "warning: journal entry {e} was left half done; the next bind/unbind/undo finishes it"
+        );
+    }
+}
+
+fn print_json(v: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn refused(e: PlanError, json: bool) -> anyhow::Result<ExitCode> {
+    match e {
+        PlanError::Refused(r) => {
+            if json {
+                print_json(&serde_json::json!({ "refused": r }))?;
+            }
+            eprintln!("{}", PlanError::Refused(r));
+            Ok(ExitCode::from(1))
+        }
+        PlanError::Host(h) => Err(h.into()),
+    }
+}
+
+fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
+    // A dry run reads the journal without locking or recovering: it changes nothing.
+    let mut journal = if a.dry_run {
+        warn_pending(&Journal::peek(&g.host)?);
+        None
+    } else {
+        Some(open_journal(g)?)
+    };
+    let inv = discover_gpus(&g.host, &g.config.matching);
+    let plan = match vfio_plan::plan_bind(&g.host, &g.config, &inv, &a.selection()) {
+        Ok(p) => p,
+        Err(e) => return refused(e, a.json),
+    };
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
+    if plan.items.is_empty() {
+        eprintln!("no matched GPU or NVSwitch to bind");
+    }
+    let Some(journal) = journal.as_mut() else {
+        if a.json {
+            return print_json(&plan).map(|_| ExitCode::SUCCESS);
+        }
+        for it in &plan.items {
+            let what = if it.changes {
+                format!(
+                    "would bind to {} (now {})",
+                    it.driver_candidates.first().map_or("?", String::as_str),
+                    it.current
+                )
+            } else {
+                format!("already on {}", it.current)
+            };
+            println!("{} {what}", it.address);
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let mut observe = step_observer()?;
+    let results = vfio_plan::apply_bind(journal, &g.config, &plan, &mut observe)?;
+    let failed = results.iter().any(|r| r.outcome.is_err()) || results.len() < plan.items.len();
+    if a.json {
+        print_json(&results)?;
+    } else {
+        for r in &results {
+            match &r.outcome {
+                Ok(vfio::BindOutcome::AlreadyBound { driver }) => {
+                    println!("{} already on {driver}", r.address)
+                }
+                Ok(vfio::BindOutcome::Bound { from, driver }) => {
+                    println!("{} bound to {driver} (was {from})", r.address)
+                }
+                Err(e) => eprintln!("{} FAILED: {e}", r.address),
+            }
+        }
+        for it in plan.items.iter().skip(results.len()) {
+            eprintln!("{} not attempted (an earlier device failed)", it.address);
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn unbind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
+    let (mut journal, entries) = if a.dry_run {
+        let entries = Journal::peek(&g.host)?;
+        warn_pending(&entries);
+        (None, entries)
+    } else {
+        let j = open_journal(g)?;
+        let entries = j.entries().to_vec();
+        (Some(j), entries)
+    };
+    let inv = discover_gpus(&g.host, &g.config.matching);
+    let plan = match vfio_plan::plan_unbind(&g.host, &entries, &inv, &a.selection()) {
+        Ok(p) => p,
+        Err(e) => return refused(e, a.json),
+    };
+    let Some(journal) = journal.as_mut() else {
+        if a.json {
+            return print_json(&plan).map(|_| ExitCode::SUCCESS);
+        }
+        for it in &plan.items {
+            println!("{} would be released (now {})", it.address, it.current);
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let mut observe = step_observer()?;
+    let results = vfio_plan::apply_unbind(journal, &plan, &mut observe);
+    let failed = results.iter().any(|r| r.outcome.is_err());
+    if a.json {
+        print_json(&results)?;
+    } else {
+        for r in &results {
+            match &r.outcome {
+                Ok(vfio::UnbindOutcome::NotBound { binding }) => {
+                    println!("{} not on vfio ({binding}); nothing to do", r.address)
+                }
+                Ok(vfio::UnbindOutcome::Restored { to }) => {
+                    println!("{} restored to {to}", r.address)
+                }
+                Ok(vfio::UnbindOutcome::Released { from }) => {
+                    println!("{} released from {from}; left without a driver", r.address)
+                }
+                Err(e) => eprintln!("{} FAILED: {e}", r.address),
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[derive(Serialize)]
+struct ListRow {
+    address: PciAddress,
+    kind: cchost::inventory::GpuKind,
+    vendor: u16,
+    device: u16,
+    model: Option<String>,
+    driver: Option<String>,
+    iommu_group: Option<u32>,
+    vfio_driver: String,
+    boot_vga: bool,
+    /// cchost bound it (journal entry), and what it restores to.
+    bound_by_cchost: Option<String>,
+}
+
+fn list(g: &Global, a: ListArgs) -> anyhow::Result<ExitCode> {
+    let inv = discover_gpus(&g.host, &g.config.matching);
+    let entries = Journal::peek(&g.host)?;
+    let rows: Vec<ListRow> = inv
+        .devices
+        .iter()
+        .map(|d| ListRow {
+            address: d.address,
+            kind: d.kind,
+            vendor: d.vendor,
+            device: d.device,
+            model: d.model.clone(),
+            driver: d.driver.clone(),
+            iommu_group: d.iommu_group.as_ref().map(|g| g.number),
+            vfio_driver: d.vfio.driver.clone(),
+            boot_vga: d.boot_vga,
+            bound_by_cchost: entries
+                .iter()
+                .find(|e| e.kind == vfio::BIND_KIND && e.subject == d.address.to_string())
+                .map(|e| match e.restore_as::<vfio::Binding>() {
+                    Ok(b) => format!("restores to {b}"),
+                    Err(err) => err.to_string(),
+                }),
+        })
+        .collect();
+    if a.json {
+        print_json(&serde_json::json!({ "devices": rows, "problems": inv.problems }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<14} {:<9} {:<10} {:<14} {:<6} {:<22} MODEL",
+        "ADDRESS", "KIND", "ID", "DRIVER", "GROUP", "CCHOST"
+    );
+    for r in &rows {
+        println!(
+            "{:<14} {:<9} {:<10} {:<14} {:<6} {:<22} {}",
+            r.address.to_string(),
+            format!("{:?}", r.kind).to_lowercase(),
+            format!("{:04x}:{:04x}", r.vendor, r.device),
+            r.driver.as_deref().unwrap_or("-"),
+            r.iommu_group.map_or("-".to_string(), |n| n.to_string()),
+            r.bound_by_cchost.as_deref().unwrap_or("-"),
+            r.model.as_deref().unwrap_or("")
+        );
+    }
+    for p in &inv.problems {
+        eprintln!("warning: {}: {}", p.path.display(), p.message);
+    }
+    for e in entries
+        .iter()
+        .filter(|e| e.state != journal::EntryState::Applied)
+    {
+        eprintln!(
+            "warning: journal entry {e} was left half done; the next bind/unbind/undo finishes it"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

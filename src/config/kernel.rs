@@ -1,6 +1,131 @@
+//! `[kernel]`: kernel arguments and modules (docs/config.md, docs/kernel-args.md).
+
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
-/// TODO(owner): fill in this section; document every key in docs/config.md.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Which TEE the kernel arguments are planned for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProfileChoice {
+    /// From the CPU: Intel with TDX support -> `tdx`, AMD with SEV-SNP support -> `snp`.
+    Auto,
+    Tdx,
+    Snp,
+    /// No TEE arguments (GPU and module settings still apply).
+    None,
+}
+
+/// Whether GPU passthrough needs are planned (IOMMU on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GpuChoice {
+    /// When the inventory finds a matched GPU.
+    Auto,
+    On,
+    Off,
+}
+
+/// How kernel arguments reach the boot configuration on a plain host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MechanismChoice {
+    /// Detect it (docs/kernel-args.md says in which order).
+    Auto,
+    RpmOstree,
+    Grubby,
+    Bls,
+    Grub,
+    KernelCmdline,
+    /// Plan the arguments but never touch the boot configuration.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct KernelConfig {}
+pub struct KernelConfig {
+    pub profile: ProfileChoice,
+    pub gpu: GpuChoice,
+    /// Manage kernel arguments at all (false: report only).
+    pub manage_args: bool,
+    pub mechanism: MechanismChoice,
+    /// Arguments to add besides the profile's (`key` or `key=value`).
+    pub extra_args: Vec<String>,
+    /// Arguments to remove besides the profile's (`key` removes every value, `key=value` only that one).
+    pub remove_args: Vec<String>,
+    /// Load `vhost_vsock` now and at boot (the host side of Kata's agent channel).
+    pub vhost_vsock: bool,
+    /// Also load `vsock_loopback` (coco-pattern loads it on its nodes).
+    pub vsock_loopback: bool,
+    /// The modules-load.d file cchost owns (a host path).
+    pub modules_load_file: PathBuf,
+}
+
+pub const DEFAULT_MODULES_LOAD_FILE: &str = "/etc/modules-load.d/cchost.conf";
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        KernelConfig {
+            profile: ProfileChoice::Auto,
+            gpu: GpuChoice::Auto,
+            manage_args: true,
+            mechanism: MechanismChoice::Auto,
+            extra_args: Vec::new(),
+            remove_args: Vec::new(),
+            vhost_vsock: true,
+            vsock_loopback: false,
+            modules_load_file: PathBuf::from(DEFAULT_MODULES_LOAD_FILE),
+        }
+    }
+}
+
+impl KernelConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        for a in self.extra_args.iter().chain(&self.remove_args) {
+            if a.is_empty()
+                || a.chars()
+                    .any(|c| c.is_whitespace() || c == '"' || c.is_control())
+            {
+                return Err(format!(
+                    "kernel: {a:?} is not a single kernel argument (no spaces or quotes)"
+                ));
+            }
+        }
+        let f = &self.modules_load_file;
+        if !f.is_absolute()
+            || !f.starts_with("/etc/modules-load.d")
+            || f.extension().is_none_or(|e| e != "conf")
+        {
+            return Err(format!(
+                "kernel.modules_load_file {} must be /etc/modules-load.d/<name>.conf",
+                f.display()
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        let c: KernelConfig =
+            toml::from_str("profile = \"snp\"\ngpu = \"on\"\nextra_args = [\"quiet\"]\n").unwrap();
+        assert_eq!(c.profile, ProfileChoice::Snp);
+        assert_eq!(c.gpu, GpuChoice::On);
+        assert!(c.validate().is_ok());
+        let bad = KernelConfig {
+            extra_args: vec!["a b".into()],
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("a b"));
+        let bad = KernelConfig {
+            modules_load_file: "/etc/cchost.conf".into(),
+            ..Default::default()
+        };
+        assert!(bad.validate().is_err());
+        assert!(toml::from_str::<KernelConfig>("profile = \"sgx\"").is_err());
+    }
+}

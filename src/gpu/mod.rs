@@ -1,1 +1,6 @@
-//! TODO(owner): see the issue for this module.
+//! GPU actuators: who uses a device, binding to vfio, and (module `cc`) CC mode.
+
+pub mod cc;
+pub mod usage;
+pub mod vfio;
+pub mod vfio_plan;

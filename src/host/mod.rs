@@ -10,10 +10,20 @@ mod error;
 mod resolve;
 
 pub mod exec;
+pub mod kmsg;
+mod lock;
+pub mod mmio;
+pub mod owner;
+pub mod socket;
 
+pub mod batch;
 pub mod pci;
+pub mod pci_scan;
+pub mod uevent;
+pub mod unix;
 
 pub use error::HostError;
+pub use lock::HostLock;
 
 use std::ffi::OsStr;
 use std::fs;

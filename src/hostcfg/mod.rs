@@ -1,1 +1,10 @@
-//! TODO(owner): see the issue for this module.
+//! Host configuration actuators: kernel arguments (profiles, boot-configuration
+//! mechanisms, MachineConfig rendering) and kernel modules. See docs/kernel-args.md.
+
+pub mod args;
+pub mod bls;
+pub mod boot;
+pub mod grubfile;
+pub mod machineconfig;
+pub mod modules;
+pub mod profile;

@@ -1,0 +1,200 @@
+//! The GPU subtree: the GPUs and NVSwitches the `[match]` config selects, and what
+//! passthrough to a confidential guest needs from each of them.
+
+use crate::inventory::{GpuDevice, GpuKind, IommuMode};
+
+use super::{Check, CheckOutcome, Ctx};
+
+pub fn gpus() -> Check {
+    Check::new("gpu", "GPUs and NVSwitches", found).with([
+        Check::new("gpu.cc", "GPUs support Confidential Computing", cc),
+        Check::new(
+            "gpu.iommu_group",
+            "Each device has an IOMMU group of its own",
+            groups,
+        ),
+        Check::new("gpu.boot_vga", "No GPU drives the boot console", boot_vga),
+        Check::new("gpu.vfio_module", "vfio-pci available", vfio_module),
+        Check::new(
+            "gpu.vfio_bound",
+            "GPUs bound to their vfio driver",
+            vfio_bound,
+        ),
+    ])
+}
+
+fn describe(d: &GpuDevice) -> String {
+    d.model
+        .clone()
+        .unwrap_or_else(|| format!("{:04x}:{:04x}", d.vendor, d.device))
+}
+
+fn found(ctx: &Ctx) -> CheckOutcome {
+    let g = &ctx.inv.gpus;
+    if g.devices.is_empty() {
+        return CheckOutcome::skip("none matched (CPU-only confidential containers)");
+    }
+    // "8 × GH100 [H100 SXM5 80GB], 4 × GH100 [H100 NVSwitch]"
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for d in &g.devices {
+        let name = describe(d);
+        match counts.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    let mut numa: Vec<u32> = g.devices.iter().filter_map(|d| d.numa_node).collect();
+    numa.sort_unstable();
+    numa.dedup();
+    let list: Vec<String> = counts.iter().map(|(n, c)| format!("{c} × {n}")).collect();
+    CheckOutcome::pass(format!(
+        "{}{}",
+        list.join(", "),
+        if numa.is_empty() {
+            String::new()
+        } else {
+            format!(" on NUMA node(s) {numa:?}")
+        }
+    ))
+}
+
+fn cc(ctx: &Ctx) -> CheckOutcome {
+    let gpus: Vec<&GpuDevice> = ctx.inv.gpus.gpus().collect();
+    if gpus.is_empty() {
+        return CheckOutcome::pass("no GPUs (NVSwitches only)");
+    }
+    let bad: Vec<String> = gpus
+        .iter()
+        .filter(|d| !d.cc_capable)
+        .map(|d| format!("{} ({})", d.address, describe(d)))
+        .collect();
+    if !bad.is_empty() {
+        return CheckOutcome::warn(
+            format!("not CC-capable: {}", bad.join(", ")),
+            "use Hopper or Blackwell GPUs for confidential guests (or add the chip to [[match.chip]] if it is one)",
+        );
+    }
+    let chips: std::collections::BTreeSet<&str> =
+        gpus.iter().filter_map(|d| d.chip.as_deref()).collect();
+    CheckOutcome::pass(format!(
+        "{} GPU(s), chip(s) {}",
+        gpus.len(),
+        chips.into_iter().collect::<Vec<_>>().join(", ")
+    ))
+}
+
+fn groups(ctx: &Ctx) -> CheckOutcome {
+    let devs = &ctx.inv.gpus.devices;
+    let no_group: Vec<String> = devs
+        .iter()
+        .filter(|d| d.iommu_group.is_none())
+        .map(|d| d.address.to_string())
+        .collect();
+    if !no_group.is_empty() {
+        let remedy = if ctx.inv.iommu.mode == IommuMode::Off {
+            ctx.inv
+                .iommu
+                .enabled
+                .remedy
+                .clone()
+                .unwrap_or_else(|| "enable the IOMMU".into())
+        } else {
+            "enable the IOMMU for these devices (check the BIOS and the kernel log)".into()
+        };
+        return CheckOutcome::fail(
+            format!(
+                "no IOMMU group (passthrough impossible): {}",
+                no_group.join(", ")
+            ),
+            remedy,
+        );
+    }
+    let shared: Vec<String> = devs
+        .iter()
+        .filter_map(|d| {
+            let f = d.foreign_group_members();
+            (!f.is_empty()).then(|| {
+                let who: Vec<String> = f
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "{} ({})",
+                            m.address,
+                            m.driver.as_deref().unwrap_or("no driver")
+                        )
+                    })
+                    .collect();
+                format!("{} shares group with {}", d.address, who.join(", "))
+            })
+        })
+        .collect();
+    if !shared.is_empty() {
+        return CheckOutcome::fail(
+            shared.join("; "),
+            "move the card to another slot, or enable ACS on the upstream bridge in the BIOS",
+        );
+    }
+    CheckOutcome::pass(format!("{} device(s), each group clean", devs.len()))
+}
+
+fn boot_vga(ctx: &Ctx) -> CheckOutcome {
+    match ctx.inv.gpus.devices.iter().find(|d| d.boot_vga) {
+        Some(d) => CheckOutcome::warn(
+            format!(
+                "{} drives the boot console; cchost will not bind it",
+                d.address
+            ),
+            "use another display adapter (BMC/iGPU) if this GPU should go to a guest",
+        ),
+        None => CheckOutcome::pass("none"),
+    }
+}
+
+fn vfio_module(ctx: &Ctx) -> CheckOutcome {
+    let k = &ctx.inv.kernel;
+    let s = k.module("vfio_pci");
+    if s.available() {
+        CheckOutcome::pass(format!("vfio_pci {}", super::host::state_word(s)))
+    } else {
+        CheckOutcome::warn(
+            format!("vfio_pci {}", super::host::state_word(s)),
+            "modprobe vfio-pci (cchost apply loads it when binding)",
+        )
+    }
+}
+
+fn vfio_bound(ctx: &Ctx) -> CheckOutcome {
+    let want: Vec<&GpuDevice> = ctx
+        .inv
+        .gpus
+        .devices
+        .iter()
+        .filter(|d| d.kind == GpuKind::Gpu && !d.boot_vga)
+        .collect();
+    let bad: Vec<String> = want
+        .iter()
+        .filter(|d| !d.is_on_vfio())
+        .map(|d| {
+            format!(
+                "{} ({})",
+                d.address,
+                d.driver.as_deref().unwrap_or("no driver")
+            )
+        })
+        .collect();
+    if want.is_empty() {
+        CheckOutcome::pass("no GPU to pass through")
+    } else if !bad.is_empty() {
+        CheckOutcome::warn(
+            format!(
+                "{} of {} not on vfio: {}",
+                bad.len(),
+                want.len(),
+                bad.join(", ")
+            ),
+            "cchost gpu bind --all (or cchost apply)",
+        )
+    } else {
+        CheckOutcome::pass(format!("{} device(s) on vfio", want.len()))
+    }
+}

@@ -1,0 +1,193 @@
+use super::*;
+use crate::inventory::testutil::{Func, Tree};
+
+/// An AMD host with SNP fully up, 2 H100s on vfio, vhost-vsock, IOMMU translated.
+fn snp_host(t: &Tree, cmdline: &str, snp_param: &str) {
+    t.file("/proc/cpuinfo", "processor : 0\nvendor_id : AuthenticAMD\nmodel name : AMD EPYC 9654\nflags : svm sev sev_es sev_snp\n")
+        .file("/proc/cmdline", format!("{cmdline}\n"))
+        .file("/proc/sys/kernel/osrelease", "6.11.0\n")
+        .file("/proc/modules", "kvm_amd 1 0 - Live 0x0\nkvm 1 1 kvm_amd, Live 0x0\nvhost_vsock 1 0 - Live 0x0\nvfio_pci 1 0 - Live 0x0\nccp 1 0 - Live 0x0\n")
+        .file("/lib/modules/6.11.0/modules.alias", "alias vfio_pci:v*d*sv*sd*bc*sc*i* vfio_pci\n")
+        .file("/sys/module/kvm_amd/parameters/sev", "Y\n")
+        .file("/sys/module/kvm_amd/parameters/sev_es", "Y\n")
+        .file("/sys/module/kvm_amd/parameters/sev_snp", format!("{snp_param}\n"))
+        .file("/sys/fs/cgroup/misc.capacity", "sev 99\nsev_es 410\n")
+        .file("/sys/firmware/acpi/tables/IVRS", "")
+        .file("/sys/class/iommu/ivhd0/amd-iommu/cap", "0x0\n")
+        .file("/dev/kvm", "")
+        .file("/dev/sev", "")
+        .file("/dev/vhost-vsock", "")
+        .file("/dev/iommu", "")
+        .file("/dev/kmsg", "6,1,1,-;ccp 0000:22:00.1: SEV-SNP API:1.55 build:21\n");
+    let ty = if cmdline.contains("iommu=pt") {
+        "identity"
+    } else {
+        "DMA"
+    };
+    for (i, a) in ["0000:3b:00.0", "0000:5d:00.0"].into_iter().enumerate() {
+        let g = i as u32 + 10;
+        t.pci(
+            &Func::new(a, 0x10de, 0x2330, 0x030200)
+                .driver("vfio-pci")
+                .group(g)
+                .numa(i as i32),
+        );
+        t.file(
+            &format!("/sys/kernel/iommu_groups/{g}/type"),
+            format!("{ty}\n"),
+        );
+    }
+}
+
+fn report(t: &Tree, profile: Profile) -> Report {
+    let inv = Inventory::collect(&t.host, &Config::default());
+    Report::new(&inv, &Config::default(), profile)
+}
+
+fn status(r: &Report, id: &str) -> Status {
+    r.find(id)
+        .unwrap_or_else(|| panic!("no check {id}"))
+        .outcome
+        .status
+}
+
+#[test]
+fn ready_snp_host_passes() {
+    let t = Tree::new();
+    snp_host(&t, "quiet", "Y");
+    let r = report(&t, Profile::Auto);
+    assert!(r.ready, "{}", render::text(&r));
+    assert_eq!(r.resolved_profile, Some(Profile::Snp));
+    assert_eq!(r.summary.fail, 0);
+    for id in [
+        "snp.kvm",
+        "snp.iommu",
+        "snp.firmware",
+        "iommu.mode",
+        "vsock",
+        "gpu",
+        "gpu.iommu_group",
+        "gpu.vfio_bound",
+    ] {
+        assert_eq!(status(&r, id), Status::Pass, "{id}\n{}", render::text(&r));
+    }
+    assert!(
+        r.find("gpu")
+            .unwrap()
+            .outcome
+            .message
+            .contains("2 × GH100 [H100 SXM5 80GB]")
+    );
+}
+
+#[test]
+fn iommu_pt_fails_snp_with_remedy_and_skips_children() {
+    let t = Tree::new();
+    snp_host(&t, "iommu=pt", "N");
+    let r = report(&t, Profile::Snp);
+    assert!(!r.ready);
+    let n = r.find("snp.iommu").unwrap();
+    assert_eq!(n.outcome.status, Status::Fail);
+    assert!(
+        n.outcome
+            .remedy
+            .as_deref()
+            .unwrap()
+            .contains("remove iommu=pt")
+    );
+    let kvm = r.find("snp.kvm").unwrap();
+    assert_eq!(kvm.outcome.status, Status::Fail);
+    assert!(
+        kvm.outcome.message.contains("passthrough"),
+        "{}",
+        kvm.outcome.message
+    );
+    for c in &kvm.children {
+        assert_eq!(c.outcome.status, Status::Skip, "{}", c.id);
+    }
+    assert_eq!(status(&r, "iommu.mode"), Status::Warn);
+    // Every FAIL and WARN carries a remedy.
+    walk(&r.checks, &mut |n| {
+        if matches!(n.outcome.status, Status::Fail | Status::Warn) {
+            assert!(n.outcome.remedy.is_some(), "{} has no remedy", n.id);
+        }
+    });
+    assert!(r.findings[0].status == Status::Fail);
+}
+
+#[test]
+fn tdx_profile_on_amd_says_so() {
+    let t = Tree::new();
+    snp_host(&t, "quiet", "Y");
+    let r = report(&t, Profile::Tdx);
+    assert!(!r.ready);
+    let n = r.find("tdx.cpu").unwrap();
+    assert_eq!(n.outcome.status, Status::Fail);
+    assert!(
+        n.outcome
+            .remedy
+            .as_deref()
+            .unwrap()
+            .contains("--profile snp")
+    );
+    assert_eq!(status(&r, "tdx.keys"), Status::Skip);
+}
+
+#[test]
+fn empty_root_is_not_ready_and_does_not_panic() {
+    let t = Tree::new();
+    let r = report(&t, Profile::Auto);
+    assert!(!r.ready);
+    assert_eq!(status(&r, "cpu"), Status::Fail);
+    assert_eq!(status(&r, "tee"), Status::Fail);
+    assert_eq!(status(&r, "gpu"), Status::Skip);
+    assert_eq!(status(&r, "inventory"), Status::Warn);
+}
+
+#[test]
+fn text_fits_80_columns_and_json_round_trips() {
+    let t = Tree::new();
+    snp_host(&t, "iommu=pt amd_iommu=on", "N");
+    let r = report(&t, Profile::Auto);
+    let text = render::text(&r);
+    for line in text.lines() {
+        assert!(line.chars().count() <= render::WIDTH, "too wide: {line:?}");
+    }
+    assert!(text.contains("NOT READY"));
+    assert!(text.contains("fix: remove iommu=pt"), "{text}");
+    let json = serde_json::to_string(&r).unwrap();
+    let back: Report = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, r);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["schema"], SCHEMA);
+    assert_eq!(v["ready"], false);
+    assert_eq!(v["checks"][0]["status"], "pass");
+}
+
+#[test]
+fn a_subtree_can_be_added_from_outside() {
+    let t = Tree::new();
+    snp_host(&t, "quiet", "Y");
+    let inv = Inventory::collect(&t.host, &Config::default());
+    let cfg = Config::default();
+    let ctx = Ctx {
+        inv: &inv,
+        config: &cfg,
+        profile: Some(Profile::Snp),
+        host: Some(&t.host),
+    };
+    let mut checks = build_checks(&ctx);
+    checks.push(
+        Check::new("extra", "An extension", |_| {
+            CheckOutcome::fail("broken", "fix it")
+        })
+        .with([Check::new("extra.child", "Child", |_| {
+            CheckOutcome::pass("never runs")
+        })]),
+    );
+    let nodes = evaluate(&checks, &ctx);
+    let r = Report::from_nodes(Profile::Snp, Some(Profile::Snp), nodes);
+    assert!(!r.ready);
+    assert_eq!(status(&r, "extra.child"), Status::Skip);
+    assert_eq!(r.findings.len(), 1);
+}

@@ -1,0 +1,568 @@
+//! Deciding what a `gpu bind` / `gpu unbind` moves, and refusing what is unsafe.
+//!
+//! Every device is checked before any is changed: one refusal refuses the whole request
+//! and nothing is touched (design rule 5). Refusals: the address does not exist or is
+//! not a matched GPU/NVSwitch, the IOMMU is off (no group), the device drives the boot
+//! console, its IOMMU group holds devices not being moved (unless
+//! `[vfio] allow_foreign_group_members`), or a process holds it.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::usage::{self, Holder};
+use super::vfio::{self, BIND_KIND, BindOutcome, Binding, Observer, UnbindOutcome, VfioError};
+use crate::config::Config;
+use crate::host::pci::{PciAddress, PciDevice, device_dir};
+use crate::host::{HostError, HostRoot};
+use crate::inventory::gpu::read_vfio_aliases;
+use crate::inventory::modalias::VfioChoice;
+use crate::inventory::{GpuDevice, GpuInventory, GpuKind};
+use crate::journal::{Entry, Journal};
+
+/// Which devices a command is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Every matched GPU (and NVSwitch when `[vfio] bind_nvswitches`).
+    All,
+    Addresses(Vec<PciAddress>),
+}
+
+/// Why a device is moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "role")]
+pub enum Role {
+    Gpu,
+    NvSwitch,
+    /// Another function of a GPU's slot (HDMI audio), moved with it.
+    SlotFunction {
+        of: PciAddress,
+    },
+    /// Not matched now, but cchost bound it earlier (unbind only).
+    Journaled,
+}
+
+/// One device of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Item {
+    pub address: PciAddress,
+    #[serde(flatten)]
+    pub role: Role,
+    pub current: Binding,
+    /// The vfio module and the driver directory names it may register (bind only).
+    pub module: String,
+    pub driver_candidates: Vec<String>,
+    /// False when the device is already where it should be.
+    pub changes: bool,
+}
+
+/// One reason not to go ahead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "refusal")]
+pub enum Refusal {
+    NoSuchDevice {
+        address: PciAddress,
+    },
+    Unreadable {
+        address: PciAddress,
+        error: String,
+    },
+    NotMatched {
+        address: PciAddress,
+        vendor: u16,
+        device: u16,
+        class: u32,
+    },
+    NoIommu {
+        address: PciAddress,
+    },
+    BootVga {
+        address: PciAddress,
+    },
+    ForeignGroupMembers {
+        address: PciAddress,
+        group: u32,
+        members: Vec<String>,
+    },
+    InUse {
+        address: PciAddress,
+        holders: Vec<Holder>,
+    },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::NoSuchDevice { address } => {
+                write!(f, "{address}: no such PCI device")
+            }
+            Refusal::Unreadable { address, error } => {
+                write!(f, "{address}: cannot read the device: {error}")
+            }
+            Refusal::NotMatched {
+                address,
+                vendor,
+                device,
+                class,
+            } => write!(
+                f,
+                "{address} ({vendor:04x}:{device:04x}, class {class:06x}) is not a GPU or NVSwitch matched by the [match] config"
+            ),
+            Refusal::NoIommu { address } => write!(
+                f,
+                "{address} has no IOMMU group: the IOMMU is off (enable VT-d/AMD-Vi in firmware and add intel_iommu=on or amd_iommu=on to the kernel command line)"
+            ),
+            Refusal::BootVga { address } => write!(
+                f,
+                "{address} is the boot VGA device (it drives the console); not taking it from the host"
+            ),
+            Refusal::ForeignGroupMembers {
+                address,
+                group,
+                members,
+            } => write!(
+                f,
+                "{address}: IOMMU group {group} also holds {} which would go to the VM with it; move them too, or set [vfio] allow_foreign_group_members = true",
+                members.join(", ")
+            ),
+            Refusal::InUse { address, holders } => write!(
+                f,
+                "{address} is in use: {}",
+                holders
+                    .iter()
+                    .map(|h| h.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("refused, nothing was changed:\n{}", .0.iter().map(|r| format!("  - {r}")).collect::<Vec<_>>().join("\n"))]
+    Refused(Vec<Refusal>),
+    #[error(transparent)]
+    Host(#[from] HostError),
+}
+
+/// What a command will do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub items: Vec<Item>,
+    /// Things allowed by config that the user should know about.
+    pub warnings: Vec<String>,
+}
+
+fn is_vfio_name(d: &str) -> bool {
+    d.contains("vfio")
+}
+
+/// Plans a bind. Reads the host, changes nothing.
+pub fn plan_bind(
+    host: &HostRoot,
+    config: &Config,
+    inv: &GpuInventory,
+    sel: &Selection,
+) -> Result<Plan, PlanError> {
+    let mut refusals = Vec::new();
+    let chosen: Vec<&GpuDevice> = match sel {
+        Selection::All => inv
+            .devices
+            .iter()
+            .filter(|d| d.kind == GpuKind::Gpu || config.vfio.bind_nvswitches)
+            .collect(),
+        Selection::Addresses(addrs) => {
+            let mut v = Vec::new();
+            for a in addrs {
+                match inv.devices.iter().find(|d| d.address == *a) {
+                    Some(d) => v.push(d),
+                    None => refusals.push(not_matched(host, a)),
+                }
+            }
+            v
+        }
+    };
+
+    // The devices and their slot functions, GPU first, each once.
+    let mut items: Vec<Item> = Vec::new();
+    let mut devs: Vec<PciDevice> = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut aliases = None;
+    for g in &chosen {
+        if !seen.insert(g.address) {
+            continue;
+        }
+        let dev = match host.pci_device(&g.address) {
+            Ok(d) => d,
+            Err(e) => {
+                refusals.push(Refusal::Unreadable {
+                    address: g.address,
+                    error: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let role = match g.kind {
+            GpuKind::Gpu => Role::Gpu,
+            GpuKind::NvSwitch => Role::NvSwitch,
+        };
+        items.push(item(&dev, role, &g.vfio));
+        devs.push(dev);
+        if g.kind != GpuKind::Gpu || !config.vfio.bind_slot_functions {
+            continue;
+        }
+        for f in &g.slot_functions {
+            if f.bridge || f.matched || !seen.insert(f.address) {
+                continue;
+            }
+            let dev = match host.pci_device(&f.address) {
+                Ok(d) => d,
+                Err(e) => {
+                    refusals.push(Refusal::Unreadable {
+                        address: f.address,
+                        error: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let aliases = aliases.get_or_insert_with(|| read_vfio_aliases(host).0);
+            let choice = match &dev.modalias {
+                Some(m) => aliases.choose(m),
+                None => VfioChoice::fallback("no modalias"),
+            };
+            items.push(item(&dev, Role::SlotFunction { of: g.address }, &choice));
+            devs.push(dev);
+        }
+    }
+
+    let moving: BTreeSet<PciAddress> = items.iter().map(|i| i.address).collect();
+    let mut warnings = Vec::new();
+    for (it, dev) in items.iter().zip(&devs) {
+        if !it.changes {
+            continue;
+        }
+        if dev.boot_vga == Some(true) {
+            refusals.push(Refusal::BootVga {
+                address: dev.address,
+            });
+        }
+        let Some(group) = dev.iommu_group else {
+            refusals.push(Refusal::NoIommu {
+                address: dev.address,
+            });
+            continue;
+        };
+        let foreign = foreign_members(host, group, &moving)?;
+        if !foreign.is_empty() {
+            if config.vfio.allow_foreign_group_members {
+                warnings.push(format!(
+                    "{}: IOMMU group {group} also holds {} (left as they are: allowed by [vfio] allow_foreign_group_members)",
+                    dev.address,
+                    foreign.join(", ")
+                ));
+            } else {
+                refusals.push(Refusal::ForeignGroupMembers {
+                    address: dev.address,
+                    group,
+                    members: foreign,
+                });
+            }
+        }
+    }
+    let changing: Vec<PciDevice> = items
+        .iter()
+        .zip(&devs)
+        .filter(|(i, _)| i.changes)
+        .map(|(_, d)| d.clone())
+        .collect();
+    refusals.extend(in_use(host, &changing)?);
+    if !refusals.is_empty() {
+        return Err(PlanError::Refused(refusals));
+    }
+    Ok(Plan { items, warnings })
+}
+
+fn item(dev: &PciDevice, role: Role, choice: &VfioChoice) -> Item {
+    let candidates = choice.driver_candidates();
+    let changes = !dev
+        .driver
+        .as_ref()
+        .is_some_and(|d| candidates.iter().any(|c| c == d));
+    Item {
+        address: dev.address,
+        role,
+        current: Binding::of(dev),
+        module: choice.module.clone(),
+        driver_candidates: candidates,
+        changes,
+    }
+}
+
+/// Why an address that is not in the GPU inventory was asked for.
+fn not_matched(host: &HostRoot, a: &PciAddress) -> Refusal {
+    if !host.exists(device_dir(a)) {
+        return Refusal::NoSuchDevice { address: *a };
+    }
+    match host.pci_device(a) {
+        Ok(d) => Refusal::NotMatched {
+            address: *a,
+            vendor: d.vendor,
+            device: d.device,
+            class: d.class,
+        },
+        Err(e) => Refusal::Unreadable {
+            address: *a,
+            error: e.to_string(),
+        },
+    }
+}
+
+/// Members of `group` that are not being moved, are not PCI bridges (a GPU's own
+/// upstream port often shares its group) and are not already on a vfio driver.
+fn foreign_members(
+    host: &HostRoot,
+    group: u32,
+    moving: &BTreeSet<PciAddress>,
+) -> Result<Vec<String>, HostError> {
+    let mut out = Vec::new();
+    for m in host.iommu_group_devices(group)? {
+        if moving.contains(&m) {
+            continue;
+        }
+        match host.pci_device(&m) {
+            Ok(d) if d.class_code() == 0x0604 => {}
+            Ok(d) if d.driver.as_deref().is_some_and(is_vfio_name) => {}
+            Ok(d) => out.push(format!(
+                "{m} ({:04x}:{:04x}, {})",
+                d.vendor,
+                d.device,
+                match &d.driver {
+                    Some(drv) => format!("driver {drv}"),
+                    None => "no driver".to_string(),
+                }
+            )),
+            Err(e) => out.push(format!("{m} (unreadable: {e})")),
+        }
+    }
+    Ok(out)
+}
+
+fn in_use(host: &HostRoot, devs: &[PciDevice]) -> Result<Vec<Refusal>, HostError> {
+    if devs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<Refusal> = Vec::new();
+    for (addr, h) in usage::users_of_all(host, devs)? {
+        match out.iter_mut().find_map(|r| match r {
+            Refusal::InUse { address, holders } if *address == addr => Some(holders),
+            _ => None,
+        }) {
+            Some(holders) => holders.push(h),
+            None => out.push(Refusal::InUse {
+                address: addr,
+                holders: vec![h],
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// Plans an unbind: the selected devices (and the slot functions cchost bound with
+/// them) that are on a vfio driver or journaled as bound by cchost.
+pub fn plan_unbind(
+    host: &HostRoot,
+    entries: &[Entry],
+    inv: &GpuInventory,
+    sel: &Selection,
+) -> Result<Plan, PlanError> {
+    let mut refusals = Vec::new();
+    let journaled: Vec<PciAddress> = entries
+        .iter()
+        .filter(|e| e.kind == BIND_KIND)
+        .filter_map(|e| e.subject.parse().ok())
+        .collect();
+    let mut wanted: Vec<(PciAddress, Role)> = Vec::new();
+    let role_of = |a: &PciAddress| match inv.devices.iter().find(|d| d.address == *a) {
+        Some(d) if d.kind == GpuKind::Gpu => Role::Gpu,
+        Some(_) => Role::NvSwitch,
+        None => Role::Journaled,
+    };
+    match sel {
+        Selection::All => {
+            for d in &inv.devices {
+                wanted.push((d.address, role_of(&d.address)));
+            }
+            for a in &journaled {
+                wanted.push((*a, role_of(a)));
+            }
+        }
+        Selection::Addresses(addrs) => {
+            for a in addrs {
+                let known = inv.devices.iter().any(|d| d.address == *a) || journaled.contains(a);
+                if !known {
+                    refusals.push(not_matched(host, a));
+                    continue;
+                }
+                wanted.push((*a, role_of(a)));
+                // Slot functions cchost bound along with this GPU.
+                for j in &journaled {
+                    if j.slot() == a.slot() && j != a {
+                        wanted.push((*j, Role::SlotFunction { of: *a }));
+                    }
+                }
+            }
+        }
+    }
+    let mut items = Vec::new();
+    let mut devs = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (a, role) in wanted {
+        if !seen.insert(a) {
+            continue;
+        }
+        let dev = match host.pci_device(&a) {
+            Ok(d) => d,
+            Err(e) if e.is_not_found() => {
+                refusals.push(Refusal::NoSuchDevice { address: a });
+                continue;
+            }
+            Err(e) => {
+                refusals.push(Refusal::Unreadable {
+                    address: a,
+                    error: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let on_vfio = dev.driver.as_deref().is_some_and(is_vfio_name);
+        let changes = on_vfio || journaled.contains(&a);
+        if !changes {
+            continue;
+        }
+        items.push(Item {
+            address: a,
+            role,
+            current: Binding::of(&dev),
+            module: String::new(),
+            driver_candidates: Vec::new(),
+            changes,
+        });
+        devs.push(dev);
+    }
+    refusals.extend(in_use(host, &devs)?);
+    if !refusals.is_empty() {
+        return Err(PlanError::Refused(refusals));
+    }
+    Ok(Plan {
+        items,
+        warnings: Vec::new(),
+    })
+}
+
+/// The result for one device.
+#[derive(Debug, Serialize)]
+pub struct ItemResult<T> {
+    pub address: PciAddress,
+    #[serde(flatten)]
+    pub outcome: Result<T, String>,
+}
+
+/// Carries out a bind plan, device by device. The vfio drivers are made present
+/// first (before any device is touched). A device that fails is put back where it
+/// was and the run stops there: devices done before it stay bound (and journaled).
+pub fn apply_bind(
+    journal: &mut Journal,
+    config: &Config,
+    plan: &Plan,
+    observe: Observer<'_>,
+) -> Result<Vec<ItemResult<BindOutcome>>, VfioError> {
+    let host = journal.host().clone();
+    let mut drivers = Vec::new();
+    for it in &plan.items {
+        let d = if it.changes {
+            vfio::ensure_vfio_driver(
+                &host,
+                &it.module,
+                &it.driver_candidates,
+                config.vfio.load_modules,
+            )?
+        } else {
+            String::new()
+        };
+        drivers.push(d);
+    }
+    let timeout = Duration::from_millis(config.vfio.device_node_timeout_ms);
+    let mut out = Vec::new();
+    for (it, driver) in plan.items.iter().zip(drivers) {
+        if !it.changes {
+            out.push(ItemResult {
+                address: it.address,
+                outcome: Ok(BindOutcome::AlreadyBound {
+                    driver: it.current.driver.clone().unwrap_or_default(),
+                }),
+            });
+            continue;
+        }
+        match vfio::bind(journal, &it.address, &driver, timeout, observe) {
+            Ok(o) => out.push(ItemResult {
+                address: it.address,
+                outcome: Ok(o),
+            }),
+            Err(e) => {
+                let mut msg = e.to_string();
+                msg.push_str(&roll_back_one(journal, &it.address));
+                out.push(ItemResult {
+                    address: it.address,
+                    outcome: Err(msg),
+                });
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Puts a device whose bind failed back on its recorded binding.
+fn roll_back_one(journal: &mut Journal, address: &PciAddress) -> String {
+    let Some(entry) = journal.find(BIND_KIND, &address.to_string()).cloned() else {
+        return String::new();
+    };
+    let original: Binding = match entry.restore_as() {
+        Ok(b) => b,
+        Err(e) => return format!("; could not read its journal entry: {e}"),
+    };
+    let host = journal.host().clone();
+    match vfio::restore_binding(&host, address, &original) {
+        Ok(()) => match journal.forget(entry.seq) {
+            Ok(()) => format!("; put back on {original}"),
+            Err(e) => format!("; put back on {original}, but the journal: {e}"),
+        },
+        Err(e) => format!("; could not put it back on {original} ({e}); `cchost undo` will retry"),
+    }
+}
+
+/// Carries out an unbind plan; stops at the first failure.
+pub fn apply_unbind(
+    journal: &mut Journal,
+    plan: &Plan,
+    observe: Observer<'_>,
+) -> Vec<ItemResult<UnbindOutcome>> {
+    let mut out = Vec::new();
+    for it in &plan.items {
+        let r = vfio::unbind(journal, &it.address, &is_vfio_name, observe);
+        let failed = r.is_err();
+        out.push(ItemResult {
+            address: it.address,
+            outcome: r.map_err(|e| e.to_string()),
+        });
+        if failed {
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

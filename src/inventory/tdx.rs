@@ -1,0 +1,327 @@
+//! Intel TDX host readiness. `/sys/module/kvm_intel/parameters/tdx` = `Y` is the
+//! authoritative "initialised and usable" signal: on any failure kvm_intel still loads
+//! with the parameter reading `N` (../shared/facts/cpu-tee.md §3.5). The CPU flag, the
+//! kernel log and the command line only explain *why* it is off.
+
+use serde::{Deserialize, Serialize};
+
+use super::cpuinfo::{CpuInfo, CpuVendor};
+use super::kernel::KernelInfo;
+use super::kernel_log::KernelLogInfo;
+use super::misc::MiscCapacity;
+use super::modules::ModuleParam;
+use super::verdict::{Evidence, Verdict};
+
+pub const TDX_PARAM: &str = "/sys/module/kvm_intel/parameters/tdx";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TdxModuleState {
+    Initialized,
+    Failed,
+    /// Initialisation refused because hibernation is enabled (`nohibernate` missing).
+    HibernationBlocked,
+    NotLoaded,
+    /// The kernel log says nothing (or cannot be read).
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TdxInfo {
+    /// TDX can run trust domains on this host.
+    pub verdict: Verdict,
+    /// `kvm_intel` `tdx` parameter as read (`None`: kvm_intel not loaded or no such param).
+    pub kvm_param: Option<String>,
+    /// cpuinfo `tdx_host_platform` (the BIOS enabled TDX).
+    pub host_platform_flag: bool,
+    pub module: TdxModuleState,
+    /// The kernel-log line the module state comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_log: Option<String>,
+    /// Total TDX KeyIDs (misc.capacity `tdx`).
+    pub keys: Option<u64>,
+    /// `nohibernate` on the kernel command line (TDX refuses to initialise without it).
+    pub nohibernate: bool,
+}
+
+/// Reads the module state from the log, loosely: the wording differs by kernel
+/// (`module initialized`, `TDX-Module initialized`, `initialization failed (-5)`,
+/// `module not loaded`, `initialization failed: Hibernation support is enabled`).
+pub fn module_state(log: &KernelLogInfo) -> (TdxModuleState, Option<String>) {
+    let mut state = (TdxModuleState::Unknown, None);
+    for line in log.lines_with(&["tdx"]) {
+        let l = line.to_ascii_lowercase();
+        let s = if l.contains("hibernat") && (l.contains("fail") || l.contains("enabled")) {
+            TdxModuleState::HibernationBlocked
+        } else if l.contains("fail") {
+            TdxModuleState::Failed
+        } else if l.contains("not loaded") {
+            TdxModuleState::NotLoaded
+        } else if l.contains("initialized") || l.contains("initialised") {
+            TdxModuleState::Initialized
+        } else {
+            continue;
+        };
+        state = (s, Some(line.to_string()));
+    }
+    state
+}
+
+impl TdxInfo {
+    pub fn judge(
+        cpu: Option<&CpuInfo>,
+        kernel: &KernelInfo,
+        log: &KernelLogInfo,
+        param: Option<&ModuleParam>,
+        misc: Option<&MiscCapacity>,
+    ) -> Self {
+        let host_platform_flag = cpu.is_some_and(|c| c.has_flag("tdx_host_platform"));
+        let (module, module_log) = module_state(log);
+        let keys = misc.and_then(|m| m.get("tdx"));
+        let nohibernate = kernel.cmdline.has("nohibernate");
+        let mut ev = Vec::new();
+        if let Some(c) = cpu {
+            ev.push(Evidence::new(
+                "/proc/cpuinfo",
+                format!("vendor_id {}", c.vendor_id),
+            ));
+            ev.push(Evidence::new(
+                "/proc/cpuinfo",
+                if host_platform_flag {
+                    "flag tdx_host_platform present"
+                } else {
+                    "flag tdx_host_platform absent"
+                },
+            ));
+        }
+        match param {
+            Some(p) => ev.push(Evidence::new(&p.path, p.raw.clone())),
+            None => ev.push(Evidence::new(TDX_PARAM, "absent")),
+        }
+        if let Some(l) = &module_log {
+            ev.push(Evidence::new("kernel log", l.clone()));
+        }
+        if let (Some(k), Some(m)) = (keys, misc) {
+            ev.push(Evidence::new(m.path.clone(), format!("tdx {k}")));
+        }
+        ev.push(Evidence::new(
+            "/proc/cmdline",
+            if nohibernate {
+                "nohibernate present"
+            } else {
+                "nohibernate absent"
+            },
+        ));
+        let verdict = Self::verdict(
+            cpu,
+            kernel,
+            param,
+            host_platform_flag,
+            module,
+            &module_log,
+            nohibernate,
+            ev,
+        );
+        TdxInfo {
+            verdict,
+            kvm_param: param.map(|p| p.raw.clone()),
+            host_platform_flag,
+            module,
+            module_log,
+            keys,
+            nohibernate,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn verdict(
+        cpu: Option<&CpuInfo>,
+        kernel: &KernelInfo,
+        param: Option<&ModuleParam>,
+        host_platform_flag: bool,
+        module: TdxModuleState,
+        module_log: &Option<String>,
+        nohibernate: bool,
+        ev: Vec<Evidence>,
+    ) -> Verdict {
+        if let Some(c) = cpu
+            && c.vendor != CpuVendor::Intel
+        {
+            return Verdict::not_applicable(ev, format!("not an Intel CPU ({})", c.vendor_id));
+        }
+        if param.is_some_and(ModuleParam::is_on) {
+            return Verdict::yes(ev);
+        }
+        if param.is_none() && !kernel.module("kvm_intel").available() {
+            return Verdict::no(
+                ev,
+                "kvm_intel is not loaded",
+                "load it with TDX on: modprobe kvm_intel tdx=1 (if it refuses, enable VT-x in the BIOS)",
+            );
+        }
+        if param.is_none() {
+            return Verdict::no(
+                ev,
+                "this kernel's kvm_intel has no tdx parameter: the kernel lacks TDX host support",
+                "boot a TDX host kernel (Linux 6.16+ with CONFIG_INTEL_TDX_HOST, or a distribution TDX kernel)",
+            );
+        }
+        if cpu.is_some() && !host_platform_flag {
+            return Verdict::no(
+                ev,
+                "the BIOS has not enabled TDX (no tdx_host_platform CPU flag)",
+                "enable TME, TME-MT, TDX, the SEAM loader and a TME-MT/TDX key split > 0 in the BIOS",
+            );
+        }
+        if module == TdxModuleState::HibernationBlocked
+            || (!nohibernate && module != TdxModuleState::Failed)
+        {
+            return Verdict::no(
+                ev,
+                "TDX initialisation is refused while hibernation is enabled (nohibernate missing)",
+                "add nohibernate to the kernel command line and reboot",
+            );
+        }
+        if module == TdxModuleState::Failed {
+            return Verdict::no(
+                ev,
+                format!(
+                    "the TDX module failed to initialise: {}",
+                    module_log.as_deref().unwrap_or("see the kernel log")
+                ),
+                "update the TDX module (a BIOS/firmware update); error -5 usually means the module is too old",
+            );
+        }
+        if module == TdxModuleState::NotLoaded {
+            return Verdict::no(
+                ev,
+                "no TDX module is loaded (the SEAM loader found none)",
+                "enable the SEAM loader in the BIOS and install a TDX module (BIOS/firmware update)",
+            );
+        }
+        Verdict::no(
+            ev,
+            "kvm_intel was loaded with tdx=N (off by default upstream)",
+            "add kvm_intel.tdx=1 to the kernel command line (or `options kvm_intel tdx=1` in /etc/modprobe.d/) and reboot",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::cmdline::Cmdline;
+    use crate::inventory::kernel::ModuleState;
+    use crate::inventory::verdict::State;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    fn cpu(flags: &str) -> CpuInfo {
+        CpuInfo::parse(
+            Path::new("/proc/cpuinfo"),
+            &format!("vendor_id : GenuineIntel\nflags : {flags}\n"),
+        )
+        .unwrap()
+    }
+
+    fn kernel(cmdline: &str, kvm_intel: ModuleState) -> KernelInfo {
+        let mut k = KernelInfo {
+            cmdline: Cmdline::parse(Path::new("/proc/cmdline"), cmdline).unwrap(),
+            ..Default::default()
+        };
+        k.modules.insert("kvm_intel".into(), kvm_intel);
+        k
+    }
+
+    fn param(v: &str) -> ModuleParam {
+        ModuleParam {
+            path: TDX_PARAM.into(),
+            raw: v.into(),
+        }
+    }
+
+    fn log(lines: &[&str]) -> KernelLogInfo {
+        KernelLogInfo {
+            readable: true,
+            relevant: lines.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn enabled_host() {
+        let misc = MiscCapacity {
+            path: "/sys/fs/cgroup/misc.capacity".to_string(),
+            resources: BTreeMap::from([("tdx".to_string(), 63)]),
+        };
+        let t = TdxInfo::judge(
+            Some(&cpu("vmx tdx_host_platform")),
+            &kernel("nohibernate kvm_intel.tdx=1", ModuleState::Loaded),
+            &log(&[
+                "virt/tdx: BIOS enabled: private KeyID range [64, 128)",
+                "virt/tdx: module initialized",
+            ]),
+            Some(&param("Y")),
+            Some(&misc),
+        );
+        assert!(t.verdict.is_yes(), "{t:?}");
+        assert_eq!(t.keys, Some(63));
+        assert_eq!(t.module, TdxModuleState::Initialized);
+        assert!(t.verdict.evidence.iter().any(|e| e.observed == "Y"));
+    }
+
+    #[test]
+    fn reasons_in_order() {
+        let k = kernel("nohibernate", ModuleState::Loaded);
+        let case = |c: Option<&CpuInfo>, k: &KernelInfo, l: &[&str], p: Option<&str>| {
+            let p = p.map(param);
+            TdxInfo::judge(c, k, &log(l), p.as_ref(), None).verdict
+        };
+        let v = case(
+            Some(&cpu("vmx")),
+            &kernel("", ModuleState::Absent),
+            &[],
+            None,
+        );
+        assert!(v.reason.unwrap().contains("not loaded"));
+        let v = case(Some(&cpu("vmx")), &k, &[], None);
+        assert!(v.reason.unwrap().contains("no tdx parameter"));
+        let v = case(
+            Some(&cpu("vmx")),
+            &k,
+            &["TDX not supported by the host platform"],
+            Some("N"),
+        );
+        assert!(v.reason.unwrap().contains("BIOS"), "no platform flag");
+        let v = case(
+            Some(&cpu("vmx tdx_host_platform")),
+            &kernel("", ModuleState::Loaded),
+            &["virt/tdx: initialization failed: Hibernation support is enabled"],
+            Some("N"),
+        );
+        assert!(v.remedy.unwrap().contains("nohibernate"));
+        let v = case(
+            Some(&cpu("tdx_host_platform")),
+            &k,
+            &["virt/tdx: module initialization failed (-5)"],
+            Some("N"),
+        );
+        assert!(v.reason.unwrap().contains("(-5)"));
+        let v = case(
+            Some(&cpu("tdx_host_platform")),
+            &k,
+            &["virt/tdx: TDX-Module initialization failed (-22)"],
+            Some("N"),
+        );
+        assert!(v.remedy.unwrap().contains("update the TDX module"));
+        let v = case(Some(&cpu("tdx_host_platform")), &k, &[], Some("N"));
+        assert!(v.remedy.unwrap().contains("kvm_intel.tdx=1"));
+        let amd = CpuInfo::parse(
+            Path::new("/proc/cpuinfo"),
+            "vendor_id : AuthenticAMD\nflags : svm\n",
+        )
+        .unwrap();
+        assert_eq!(case(Some(&amd), &k, &[], None).state, State::NotApplicable);
+        // Param `1` counts as on (older kernels).
+        assert!(case(Some(&cpu("tdx_host_platform")), &k, &[], Some("1")).is_yes());
+    }
+}

@@ -1,0 +1,94 @@
+//! A ready-made journaled change: writing a whole (text) file, restoring its former
+//! content or removing it. For actuators that own config files (modules-load.d,
+//! modprobe.d, kernel arguments).
+
+use serde::{Deserialize, Serialize};
+
+use super::{Entry, Journal, JournalError, RestoreError, Restorer};
+use crate::host::HostRoot;
+
+/// The entry kind of [`write_file`].
+pub const FILE_KIND: &str = "file";
+
+/// The change: the new content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileChange {
+    pub path: String,
+    pub contents: String,
+    pub mode: u32,
+}
+
+/// How to restore: the former content, or `None` when the file did not exist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRestore {
+    pub path: String,
+    pub original: Option<String>,
+    pub mode: u32,
+}
+
+/// Writes `contents` to the host file `path` (atomically), journaled. A file that
+/// already has this content is left alone and nothing is journaled. Returns whether
+/// it changed anything. Files cchost changed before keep their first original.
+pub fn write_file(
+    journal: &mut Journal,
+    path: &str,
+    contents: &str,
+    mode: u32,
+) -> Result<bool, JournalError> {
+    let host = journal.host().clone();
+    let current = match host.read_bytes(path) {
+        Ok(b) => Some(
+            String::from_utf8(b)
+                .map_err(|_| JournalError::Host(crate::host::HostError::NotUtf8(path.into())))?,
+        ),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(e.into()),
+    };
+    if current.as_deref() == Some(contents) {
+        return Ok(false);
+    }
+    let already = journal.find(FILE_KIND, path).is_some();
+    let change = FileChange {
+        path: path.to_string(),
+        contents: contents.to_string(),
+        mode,
+    };
+    let seq = if already {
+        // The first entry keeps the true original; this write needs no entry of its own
+        // beyond marking the file as being changed again.
+        None
+    } else {
+        let restore = FileRestore {
+            path: path.to_string(),
+            original: current,
+            mode: 0o644,
+        };
+        Some(journal.begin(FILE_KIND, path, &change, &restore)?)
+    };
+    host.write_atomic(path, contents.as_bytes(), mode)?;
+    if let Some(seq) = seq {
+        journal.applied(seq)?;
+    }
+    Ok(true)
+}
+
+/// Restores files written by [`write_file`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FileRestorer;
+
+impl Restorer for FileRestorer {
+    fn kind(&self) -> &str {
+        FILE_KIND
+    }
+
+    fn restore(&self, host: &HostRoot, entry: &Entry) -> Result<(), RestoreError> {
+        let r: FileRestore = entry.restore_as()?;
+        match &r.original {
+            Some(text) => host.write_atomic(&r.path, text.as_bytes(), r.mode)?,
+            None => host.remove_file(&r.path)?,
+        }
+        Ok(())
+    }
+}

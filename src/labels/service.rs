@@ -1,0 +1,276 @@
+//! The labeler as a service for `cchost run`: recompute the labels every interval, write
+//! them through the configured backend only when they change, retry failures with
+//! backoff (a 403 names the missing RBAC verb), never crash, never block other services.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::cluster::{self, KubeLabeler, KubeMode};
+use super::nfdfile::FileLabeler;
+use super::{NodeLabels, compute};
+use crate::config::{LabelBackend, LabelsConfig};
+use crate::host::HostRoot;
+use crate::plan::NodeFacts;
+
+/// How the labeler reads the facts each round (the inventory, in `cchost run`).
+pub type FactSource = Arc<dyn Fn(&HostRoot) -> Result<NodeFacts, String> + Send + Sync>;
+
+/// The fact source `cchost run` uses: a fresh inventory of the host each round.
+pub fn inventory_facts(config: crate::config::Config) -> FactSource {
+    Arc::new(move |host: &HostRoot| {
+        let inv = crate::inventory::Inventory::collect(host, &config);
+        for p in &inv.problems {
+            tracing::debug!(path = %p.path.display(), "{}", p.message);
+        }
+        Ok(NodeFacts::from_inventory(&inv))
+    })
+}
+
+pub struct LabelerContext {
+    pub host: HostRoot,
+    pub config: LabelsConfig,
+    pub facts: FactSource,
+}
+
+/// The backend actually used (`auto` resolved).
+pub fn resolve_backend(cfg: &LabelsConfig) -> LabelBackend {
+    match cfg.backend {
+        LabelBackend::Auto => {
+            if cfg.kubeconfig.is_some() || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+                LabelBackend::Node
+            } else {
+                LabelBackend::File
+            }
+        }
+        b => b,
+    }
+}
+
+/// This node's name: `labels.node_name`, then `NODE_NAME` (downward API), then the
+/// host's /etc/hostname, then the kernel's host name.
+pub fn node_name(cfg: &LabelsConfig, host: &HostRoot) -> Option<String> {
+    if !cfg.node_name.is_empty() {
+        return Some(cfg.node_name.clone());
+    }
+    if let Ok(n) = std::env::var("NODE_NAME")
+        && !n.trim().is_empty()
+    {
+        return Some(n.trim().to_string());
+    }
+    for p in ["/etc/hostname", "/proc/sys/kernel/hostname"] {
+        if let Ok(Some(n)) = host.read_attr_opt(p)
+            && !n.is_empty()
+        {
+            return Some(n);
+        }
+    }
+    None
+}
+
+fn namespace(cfg: &LabelsConfig) -> String {
+    if !cfg.namespace.is_empty() {
+        return cfg.namespace.clone();
+    }
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "cchost".to_string())
+}
+
+enum Sink {
+    Kube(KubeLabeler),
+    File(FileLabeler),
+    Off,
+}
+
+/// Exponential backoff from 1 s to 5 min.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Backoff {
+    pub const MAX: Duration = Duration::from_secs(300);
+
+    pub fn fail(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Duration::from_secs(1);
+    }
+}
+
+async fn make_sink(ctx: &LabelerContext) -> Result<Sink, String> {
+    let backend = resolve_backend(&ctx.config);
+    match backend {
+        LabelBackend::Off => Ok(Sink::Off),
+        LabelBackend::File | LabelBackend::Auto => Ok(Sink::File(FileLabeler::new(
+            ctx.host.clone(),
+            &ctx.config.feature_file,
+        ))),
+        LabelBackend::Node | LabelBackend::NodeFeature => {
+            let node = node_name(&ctx.config, &ctx.host)
+                .ok_or("no node name: set NODE_NAME (downward API) or labels.node_name")?;
+            let client = cluster::client(ctx.config.kubeconfig.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mode = if backend == LabelBackend::Node {
+                KubeMode::Node
+            } else {
+                KubeMode::NodeFeature {
+                    namespace: namespace(&ctx.config),
+                }
+            };
+            Ok(Sink::Kube(KubeLabeler::new(client, node, mode)))
+        }
+    }
+}
+
+async fn round(ctx: &LabelerContext, sink: &mut Sink) -> Result<(), String> {
+    let host = ctx.host.clone();
+    let facts = ctx.facts.clone();
+    let facts = tokio::task::spawn_blocking(move || facts(&host))
+        .await
+        .map_err(|e| format!("fact reader panicked: {e}"))??;
+    let want: NodeLabels = compute(&facts, &ctx.config);
+    for p in &want.problems {
+        tracing::warn!(problem = %p, "labels");
+    }
+    match sink {
+        Sink::Off => Ok(()),
+        Sink::File(f) => f.sync(&want).map(|_| ()).map_err(|e| e.to_string()),
+        Sink::Kube(k) => k.sync(&want).await.map(|_| ()).map_err(|e| e.to_string()),
+    }
+}
+
+/// Runs until `shutdown` completes. Errors are logged and retried with backoff.
+pub async fn run_labeler(ctx: LabelerContext, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let interval = Duration::from_secs(ctx.config.interval_seconds.max(1));
+    let mut backoff = Backoff::default();
+    let mut sink: Option<Sink> = None;
+    loop {
+        let wait = async {
+            if sink.is_none() {
+                match make_sink(&ctx).await {
+                    Ok(s) => sink = Some(s),
+                    Err(e) => {
+                        let d = backoff.fail();
+                        tracing::error!(error = %e, retry_in = ?d, "labeler cannot start its backend");
+                        return d;
+                    }
+                }
+            }
+            let Some(s) = sink.as_mut() else {
+                return backoff.fail();
+            };
+            match round(&ctx, s).await {
+                Ok(()) => {
+                    backoff.reset();
+                    interval
+                }
+                Err(e) => {
+                    let d = backoff.fail();
+                    tracing::error!(error = %e, retry_in = ?d, "labels not written");
+                    d
+                }
+            }
+        };
+        let d = tokio::select! {
+            d = wait => d,
+            () = &mut shutdown => return,
+        };
+        tokio::select! {
+            () = tokio::time::sleep(d) => {}
+            () = &mut shutdown => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_cap_and_resets() {
+        let mut b = Backoff::default();
+        let seq: Vec<u64> = (0..11).map(|_| b.fail().as_secs()).collect();
+        assert_eq!(seq, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        b.reset();
+        assert_eq!(b.fail().as_secs(), 1);
+    }
+
+    #[tokio::test]
+    async fn file_backend_round_writes_the_feature_file_and_stops_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path()).unwrap();
+        let config = LabelsConfig {
+            backend: LabelBackend::File,
+            ..Default::default()
+        };
+        let facts: FactSource = Arc::new(|_h: &HostRoot| {
+            let mut f = NodeFacts::default();
+            f.snp.enabled = true;
+            Ok(f)
+        });
+        let ctx = LabelerContext {
+            host,
+            config,
+            facts,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run_labeler(ctx, async {
+            let _ = rx.await;
+        }));
+        let file = dir
+            .path()
+            .join("etc/kubernetes/node-feature-discovery/features.d/cchost");
+        // Wait for the first round (bounded; not a timing assertion).
+        for _ in 0..500 {
+            if file.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            text.contains("amd.feature.node.kubernetes.io/snp=true"),
+            "{text}"
+        );
+        tx.send(()).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn failing_fact_source_does_not_crash_and_shutdown_still_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = LabelerContext {
+            host: HostRoot::new(dir.path()).unwrap(),
+            config: LabelsConfig {
+                backend: LabelBackend::File,
+                ..Default::default()
+            },
+            facts: Arc::new(|_h: &HostRoot| Err("inventory failed".to_string())),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run_labeler(ctx, async {
+            let _ = rx.await;
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.send(()).unwrap();
+        task.await.unwrap();
+        assert!(!dir.path().join("etc/kubernetes").exists());
+    }
+}

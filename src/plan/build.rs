@@ -1,0 +1,294 @@
+//! Config + facts + what the boot configuration and modules-load.d hold now -> the plan.
+//! Pure: the same inputs give the same plan.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::facts::{CpuVendor, NodeFacts};
+use crate::config::{Config, GpuChoice, ProfileChoice};
+use crate::hostcfg::args::ArgEdit;
+use crate::hostcfg::boot::{BootConfig, BootStep, Mechanism};
+use crate::hostcfg::modules;
+use crate::hostcfg::profile::{ArgFinding, ArgProfile, Platform};
+use crate::labels::{self, NodeLabels};
+
+/// What the planner reads besides config and facts.
+#[derive(Debug, Clone)]
+pub struct PlanInputs {
+    pub facts: NodeFacts,
+    /// The boot configuration; `Err` carries why it could not be read.
+    pub boot: Result<Option<BootConfig>, String>,
+    /// The current content of the modules-load.d file cchost owns (None: absent).
+    pub modules_file: Option<String>,
+}
+
+/// One change `apply` makes, in order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    /// Make the next boot get the profile's kernel arguments.
+    KernelArgs {
+        mechanism: Mechanism,
+        evidence: String,
+        add: Vec<String>,
+        remove: Vec<String>,
+        steps: Vec<BootStep>,
+    },
+    /// Load a kernel module now with the host's modprobe.
+    LoadModule { module: String, why: String },
+    /// Load the modules at every boot (systemd-modules-load).
+    PersistModules {
+        path: PathBuf,
+        modules: Vec<String>,
+        content: String,
+    },
+}
+
+impl Action {
+    /// One line for humans.
+    pub fn summary(&self) -> String {
+        match self {
+            Action::KernelArgs {
+                mechanism,
+                add,
+                remove,
+                ..
+            } => {
+                let mut parts = Vec::new();
+                if !add.is_empty() {
+                    parts.push(format!("add {}", add.join(" ")));
+                }
+                if !remove.is_empty() {
+                    parts.push(format!("remove {}", remove.join(" ")));
+                }
+                format!(
+                    "kernel arguments ({}): {}",
+                    mechanism.as_str(),
+                    parts.join("; ")
+                )
+            }
+            Action::LoadModule { module, .. } => format!("load module {module} (modprobe)"),
+            Action::PersistModules { path, modules, .. } => {
+                format!("write {} ({})", path.display(), modules.join(", "))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProfileChoiceMade {
+    pub platform: Platform,
+    pub gpu: bool,
+    pub why: String,
+}
+
+/// The plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub profile: ProfileChoiceMade,
+    /// The profile's arguments, each with the fact it comes from.
+    pub arguments: ArgProfile,
+    pub actions: Vec<Action>,
+    /// The running kernel lacks (or has forbidden) arguments: a reboot is needed after
+    /// the boot configuration is right. cchost never reboots.
+    pub reboot_required: bool,
+    /// The running command line checked against the profile.
+    pub running_findings: Vec<ArgFinding>,
+    /// What else an operator should know (no mechanism found, an argument left alone ...).
+    pub notes: Vec<String>,
+    /// The labels `cchost run` keeps on the node (for review; not written by `apply`).
+    pub labels: BTreeMap<String, String>,
+    pub extended_resources: BTreeMap<String, String>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+}
+
+fn choose(cfg: &Config, f: &NodeFacts) -> ProfileChoiceMade {
+    let (platform, why) = match cfg.kernel.profile {
+        ProfileChoice::Tdx => (Platform::Tdx, "kernel.profile = \"tdx\"".to_string()),
+        ProfileChoice::Snp => (Platform::Snp, "kernel.profile = \"snp\"".to_string()),
+        ProfileChoice::None => (Platform::None, "kernel.profile = \"none\"".to_string()),
+        ProfileChoice::Auto => {
+            if f.tdx.enabled || (f.cpu_vendor == CpuVendor::Intel && f.tdx.capable) {
+                (
+                    Platform::Tdx,
+                    "Intel CPU whose platform supports TDX (cpuinfo tdx_host_platform or kvm_intel tdx=Y)"
+                        .to_string(),
+                )
+            } else if f.snp.enabled || (f.cpu_vendor == CpuVendor::Amd && f.snp.capable) {
+                (
+                    Platform::Snp,
+                    "AMD CPU with SEV-SNP (cpuinfo sev_snp or kvm_amd sev_snp=Y)".to_string(),
+                )
+            } else {
+                (
+                    Platform::None,
+                    "no TDX or SEV-SNP support found on this CPU (set kernel.profile to force one)"
+                        .to_string(),
+                )
+            }
+        }
+    };
+    let gpu = match cfg.kernel.gpu {
+        GpuChoice::On => true,
+        GpuChoice::Off => false,
+        GpuChoice::Auto => !f.gpus.is_empty(),
+    };
+    ProfileChoiceMade { platform, gpu, why }
+}
+
+pub fn build(cfg: &Config, inputs: &PlanInputs) -> Plan {
+    let f = &inputs.facts;
+    let choice = choose(cfg, f);
+    let profile = ArgProfile::new(choice.platform, choice.gpu, f.cpu_vendor, &cfg.kernel);
+    let edit: ArgEdit = profile.edit(Some(f));
+    let mut actions = Vec::new();
+    let mut notes = Vec::new();
+
+    let running_ok = edit.satisfied_by(&f.cmdline);
+    let running_findings = profile.findings(&f.cmdline, Some(f));
+    let mut boot_pending = false;
+    if !cfg.kernel.manage_args {
+        if !running_ok {
+            notes.push(
+                "kernel.manage_args = false: the boot configuration is left alone; the running kernel's findings are listed"
+                    .to_string(),
+            );
+        }
+    } else {
+        match &inputs.boot {
+            Err(e) => notes.push(format!("boot configuration not readable: {e}")),
+            Ok(None) => {
+                if !running_ok {
+                    notes.push(
+                        "no boot-configuration mechanism found (rpm-ostree, grubby, /etc/kernel/cmdline, BLS entries, /etc/default/grub); set the arguments by hand or set kernel.mechanism"
+                            .to_string(),
+                    )
+                }
+            }
+            Ok(Some(boot)) => match boot.change(&edit) {
+                Err(e) => notes.push(format!("kernel arguments: {e}")),
+                Ok(steps) if steps.is_empty() => {
+                    if !running_ok {
+                        boot_pending = true;
+                        notes.push(format!(
+                            "the boot configuration ({}) already has the arguments; the running kernel does not yet",
+                            boot.mechanism.as_str()
+                        ));
+                    }
+                }
+                Ok(steps) => {
+                    let (remove, add) = boot.diff(&edit);
+                    boot_pending = true;
+                    actions.push(Action::KernelArgs {
+                        mechanism: boot.mechanism,
+                        evidence: boot.evidence.clone(),
+                        add,
+                        remove,
+                        steps,
+                    });
+                }
+            },
+        }
+    }
+
+    // Arguments in place but the TEE still off: the cause is elsewhere (BIOS, firmware,
+    // the TDX module); `cchost check` says which.
+    if running_ok {
+        let off = match choice.platform {
+            Platform::Tdx if !f.tdx.enabled => Some("TDX"),
+            Platform::Snp if !f.snp.enabled => Some("SEV-SNP"),
+            _ => None,
+        };
+        if let Some(tee) = off {
+            notes.push(format!(
+                "the running kernel has the {tee} arguments but {tee} is not enabled: the cause is not the command line; see `cchost check`"
+            ));
+        }
+    }
+
+    let wanted = modules::wanted(&cfg.kernel);
+    for m in &wanted {
+        if !f.module_active(m) {
+            actions.push(Action::LoadModule {
+                module: m.clone(),
+                why: if m == "vhost_vsock" {
+                    "the host end of Kata's vsock channel (/dev/vhost-vsock)".to_string()
+                } else {
+                    "kernel.vsock_loopback = true".to_string()
+                },
+            });
+        }
+    }
+    if wanted.iter().any(|m| m == "vhost_vsock")
+        && f.module_active("vhost_vsock")
+        && !f.vhost_vsock_device
+    {
+        notes.push("vhost_vsock is loaded but /dev/vhost-vsock is missing (udev/devtmpfs?)".into());
+    }
+    let persist: Vec<String> = wanted
+        .iter()
+        .filter(|m| !f.modules_builtin.contains(*m))
+        .cloned()
+        .collect();
+    if !persist.is_empty() {
+        let content = modules::load_file_content(&persist);
+        if inputs.modules_file.as_deref() != Some(content.as_str()) {
+            actions.push(Action::PersistModules {
+                path: cfg.kernel.modules_load_file.clone(),
+                modules: persist,
+                content,
+            });
+        }
+    }
+
+    let NodeLabels {
+        labels,
+        extended_resources,
+        problems,
+    } = labels::compute(f, &cfg.labels);
+    notes.extend(problems);
+    Plan {
+        profile: choice,
+        arguments: profile,
+        actions,
+        reboot_required: !running_ok && boot_pending,
+        running_findings,
+        notes,
+        labels,
+        extended_resources,
+    }
+}
+
+/// Reads what the planner needs from the host besides the facts: the boot
+/// configuration and cchost's modules-load.d file.
+pub fn gather(
+    host: &crate::host::HostRoot,
+    tools: &dyn crate::hostcfg::boot::HostTools,
+    cfg: &Config,
+    facts: NodeFacts,
+) -> PlanInputs {
+    let boot = if cfg.kernel.manage_args {
+        crate::hostcfg::boot::read(host, tools, cfg.kernel.mechanism).map_err(|e| e.to_string())
+    } else {
+        Ok(None)
+    };
+    let modules_file = match modules::read_load_file(host, &cfg.kernel.modules_load_file) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the modules-load.d file");
+            None
+        }
+    };
+    PlanInputs {
+        facts,
+        boot,
+        modules_file,
+    }
+}
