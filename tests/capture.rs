@@ -21,15 +21,25 @@ fn capture_round_trips_every_scenario() {
         let original = Inventory::collect(&host, &config);
         assert_eq!(seen, original, "{name}: recording changed the inventory");
         let captured = Inventory::collect(&HostRoot::new(&dest).unwrap(), &config);
-        assert_eq!(captured, original, "{name}: capture differs from the original");
-        assert!(summary.files > 10 && summary.links > 0, "{name}: {summary:?}");
+        assert_eq!(
+            captured, original,
+            "{name}: capture differs from the original"
+        );
+        assert!(
+            summary.files > 10 && summary.links > 0,
+            "{name}: {summary:?}"
+        );
 
         // Only what cchost reads: the log's noise is gone, unrelated files are absent.
         let kmsg = fs::read_to_string(dest.join("dev/kmsg")).unwrap();
         for noise in ["EXT4-fs", "systemd[1]", "usb 1-1", "Linux version"] {
             assert!(!kmsg.contains(noise), "{name}: {noise} kept in /dev/kmsg");
         }
-        assert!(!kmsg.is_empty(), "{name}: relevant kernel lines dropped");
+        assert_eq!(
+            kmsg.lines().count(),
+            original.kernel_log.relevant.len(),
+            "{name}: the capture's log is exactly the relevant records"
+        );
         assert!(fs::metadata(dest.join("proc/cpuinfo")).is_ok());
     }
 }
