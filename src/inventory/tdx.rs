@@ -152,11 +152,21 @@ impl TdxInfo {
         if param.is_some_and(ModuleParam::is_on) {
             return Verdict::yes(ev);
         }
+        if let Some(c) = cpu
+            && c.has_flag("hypervisor")
+            && !host_platform_flag
+        {
+            return Verdict::no(
+                ev,
+                "this is a virtual machine (cpuinfo flag hypervisor): a TDX host must be bare metal",
+                "run cchost on the bare-metal host",
+            );
+        }
         if param.is_none() && !kernel.module("kvm_intel").available() {
             return Verdict::no(
                 ev,
                 "kvm_intel is not loaded",
-                "load it with TDX on: modprobe kvm_intel tdx=1 (if it refuses, enable VT-x in the BIOS)",
+                kernel.load_remedy("kvm_intel", "tdx=1"),
             );
         }
         if param.is_none() {
