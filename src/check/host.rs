@@ -16,10 +16,15 @@ pub fn cpu_and_kvm() -> Check {
 fn cpu(ctx: &Ctx) -> CheckOutcome {
     match &ctx.inv.cpu {
         Some(c) => CheckOutcome::pass(format!(
-            "{} ({}, {} logical CPUs)",
+            "{} ({}, {} logical CPUs{})",
             c.model_name.as_deref().unwrap_or("unknown model"),
             c.vendor_id,
-            c.logical_cpus
+            c.logical_cpus,
+            if c.has_flag("hypervisor") {
+                ", virtual machine"
+            } else {
+                ""
+            }
         )),
         None => CheckOutcome::fail(
             "/proc/cpuinfo could not be read",

@@ -28,9 +28,22 @@ pub fn text(report: &Report) -> String {
     ));
     if !report.ready {
         out.push_str("Fix first:\n");
+        // One line per distinct remedy, with every check it fixes.
+        let mut remedies: Vec<(&str, Vec<&str>)> = Vec::new();
         for f in report.findings.iter().filter(|f| f.status == Status::Fail) {
-            let line = format!("{} ({})", f.remedy.as_deref().unwrap_or(&f.message), f.id);
-            wrap_into(&mut out, "  - ", "    ", &line);
+            let r = f.remedy.as_deref().unwrap_or(&f.message);
+            match remedies.iter_mut().find(|(x, _)| *x == r) {
+                Some((_, ids)) => ids.push(&f.id),
+                None => remedies.push((r, vec![&f.id])),
+            }
+        }
+        for (r, ids) in remedies {
+            wrap_into(
+                &mut out,
+                "  - ",
+                "    ",
+                &format!("{r} ({})", ids.join(", ")),
+            );
         }
     }
     out
@@ -59,6 +72,11 @@ fn node(out: &mut String, n: &Node, depth: usize) {
         && matches!(n.outcome.status, Status::Fail | Status::Warn)
     {
         wrap_into(out, &format!("{cont}fix: "), &format!("{cont}     "), r);
+    }
+    // Below a FAIL the skipped children show what is still to come; below a SKIP
+    // (nothing to check) they are noise.
+    if n.outcome.status == Status::Skip {
+        return;
     }
     for c in &n.children {
         node(out, c, depth + 1);

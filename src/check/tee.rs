@@ -78,12 +78,24 @@ fn vendor_is(ctx: &Ctx, want: CpuVendor, other_profile: &str) -> CheckOutcome {
     }
 }
 
+fn is_vm(ctx: &Ctx) -> bool {
+    ctx.inv
+        .cpu
+        .as_ref()
+        .is_some_and(|c| c.has_flag("hypervisor"))
+}
+
 fn tdx_bios(ctx: &Ctx) -> CheckOutcome {
     let t = &ctx.inv.tdx;
     if t.host_platform_flag {
         CheckOutcome::pass("cpuinfo flag tdx_host_platform present")
     } else if t.verdict.is_yes() {
         CheckOutcome::pass("kvm_intel tdx=Y (this kernel does not print tdx_host_platform)")
+    } else if is_vm(ctx) {
+        CheckOutcome::fail(
+            "this is a virtual machine (cpuinfo flag hypervisor): TDX hosts are bare metal",
+            "run cchost on the bare-metal host",
+        )
     } else {
         CheckOutcome::fail(
             "no tdx_host_platform CPU flag: the BIOS has not enabled TDX",
@@ -235,6 +247,11 @@ fn snp_bios(ctx: &Ctx) -> CheckOutcome {
         CheckOutcome::pass("cpuinfo flags sev_snp present")
     } else if ctx.inv.sev.snp.is_yes() {
         CheckOutcome::pass("kvm_amd sev_snp on (cpuinfo does not show the flag)")
+    } else if is_vm(ctx) {
+        CheckOutcome::fail(
+            "this is a virtual machine (cpuinfo flag hypervisor): SEV-SNP hosts are bare metal",
+            "run cchost on the bare-metal host",
+        )
     } else {
         CheckOutcome::fail(
             format!(
