@@ -14,7 +14,7 @@ pub fn text(report: &Report) -> String {
     };
     out.push_str(&format!("cchost check, profile {profile}\n\n"));
     for n in &report.checks {
-        node(&mut out, n, 0);
+        node(&mut out, n, 0, false);
     }
     let s = report.summary;
     out.push('\n');
@@ -57,7 +57,7 @@ fn name(p: super::Profile) -> &'static str {
     }
 }
 
-fn node(out: &mut String, n: &Node, depth: usize) {
+fn node(out: &mut String, n: &Node, depth: usize, under_failure: bool) {
     // Deep trees still leave at least 40 columns for text.
     let indent = "  ".repeat(depth.min(10));
     let tag = format!("{indent}[{}] ", n.outcome.status.label());
@@ -75,11 +75,12 @@ fn node(out: &mut String, n: &Node, depth: usize) {
     }
     // Below a FAIL the skipped children show what is still to come; below a SKIP
     // (nothing to check) they are noise.
-    if n.outcome.status == Status::Skip {
+    if n.outcome.status == Status::Skip && !under_failure {
         return;
     }
+    let failed = under_failure || n.outcome.status == Status::Fail;
     for c in &n.children {
-        node(out, c, depth + 1);
+        node(out, c, depth + 1, failed);
     }
 }
 
