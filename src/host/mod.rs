@@ -12,6 +12,7 @@ mod resolve;
 pub mod exec;
 pub mod kmsg;
 mod lock;
+pub mod mmio;
 
 pub mod batch;
 pub mod pci;
