@@ -221,11 +221,12 @@ pub fn inventory_health() -> Check {
 
 fn inventory_check(ctx: &Ctx) -> CheckOutcome {
     let inv = ctx.inv;
-    if let Some(p) = inv.problems.first() {
+    let problems: Vec<_> = inv.problems.iter().chain(&inv.gpus.problems).collect();
+    if let Some(p) = problems.first() {
         return CheckOutcome::warn(
             format!(
                 "{} file(s) unreadable or malformed, first: {}: {}",
-                inv.problems.len(),
+                problems.len(),
                 p.path.display(),
                 p.message
             ),

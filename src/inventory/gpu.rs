@@ -151,6 +151,13 @@ pub fn read_vfio_aliases(host: &HostRoot) -> (VfioAliases, Option<Problem>, Opti
     let path = format!("/lib/modules/{release}/modules.alias");
     match host.read_string(&path) {
         Ok(text) => (VfioAliases::parse(&text), None, Some(path)),
+        // Kernels without loadable modules (and minimal images) have none: not a fault,
+        // but the choice says why it fell back.
+        Err(e) if e.is_not_found() => (
+            VfioAliases::unavailable(format!("{path} does not exist")),
+            None,
+            Some(path),
+        ),
         Err(e) => (VfioAliases::default(), Some(Problem::from(e)), Some(path)),
     }
 }
@@ -547,6 +554,19 @@ mod tests {
         let inv = discover_gpus(&t.host, &MatchConfig::default());
         assert_eq!(inv.devices.len(), 1);
         assert_eq!(inv.devices[0].vfio.driver, "vfio-pci");
+        assert!(inv.problems.is_empty(), "missing is not broken");
+        match &inv.devices[0].vfio.source {
+            VfioChoiceSource::Fallback { reason } => {
+                assert!(
+                    reason.contains("6.1.0/modules.alias does not exist"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // An unreadable one is a problem.
+        t.file("/lib/modules/6.1.0/modules.alias", [0xff, 0xfe]);
+        let inv = discover_gpus(&t.host, &MatchConfig::default());
         assert_eq!(inv.problems.len(), 1);
         assert!(inv.problems[0].path.ends_with("6.1.0/modules.alias"));
     }
