@@ -203,11 +203,21 @@ fn skipped(c: &Check, parent: &str) -> Node {
 
 /// Evaluates the whole tree for an inventory (`build_checks` + `evaluate`).
 pub fn build_tree(inv: &Inventory, config: &Config, profile: Profile) -> Vec<Node> {
+    build_tree_on(inv, config, profile, None)
+}
+
+/// Like [`build_tree`], with the host at hand for subtrees that probe it live.
+pub fn build_tree_on(
+    inv: &Inventory,
+    config: &Config,
+    profile: Profile,
+    host: Option<&HostRoot>,
+) -> Vec<Node> {
     let ctx = Ctx {
         inv,
         config,
         profile: profile.resolve(inv),
-        host: None,
+        host,
     };
     evaluate(&build_checks(&ctx), &ctx)
 }
