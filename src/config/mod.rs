@@ -13,7 +13,7 @@ mod matching;
 mod vfio;
 
 pub use dcap::DcapConfig;
-pub use deviceplugin::DevicePluginConfig;
+pub use deviceplugin::{DevicePluginConfig, PluginMode, VfioModeConfig};
 pub use kernel::{GpuChoice, KernelConfig, MechanismChoice, ProfileChoice};
 pub use labels::{LabelBackend, LabelsConfig, is_dns_subdomain};
 pub use matching::{Architecture, ChipRange, DeviceMatch, MatchConfig};
@@ -86,6 +86,7 @@ impl Config {
     /// Cross-field checks that serde cannot express.
     pub fn validate(&self) -> Result<(), String> {
         self.matching.validate()?;
+        self.device_plugin.validate()?;
         self.labels.validate()?;
         self.kernel.validate()?;
         Ok(())

@@ -17,6 +17,8 @@ pub mod mmio;
 pub mod batch;
 pub mod pci;
 pub mod pci_scan;
+pub mod uevent;
+pub mod unix;
 
 pub use error::HostError;
 pub use lock::HostLock;
