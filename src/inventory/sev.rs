@@ -61,14 +61,9 @@ impl SevInfo {
             .filter(|l| l.contains("API:") && l.contains("SEV"))
             .cloned()
             .collect();
-        let mut verdicts = LEVELS.iter().map(|&(param, flag, misc_key)| {
+        let [sev, sev_es, snp] = LEVELS.map(|(param, flag, misc_key)| {
             level_verdict(i, param, flag, misc_key, dev_sev, &firmware)
         });
-        let (sev, sev_es, snp) = (
-            verdicts.next().expect("three levels"),
-            verdicts.next().expect("three levels"),
-            verdicts.next().expect("three levels"),
-        );
         SevInfo {
             sev,
             sev_es,
