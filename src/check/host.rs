@@ -131,6 +131,16 @@ fn iommu_mode(ctx: &Ctx) -> CheckOutcome {
     };
     match i.mode {
         IommuMode::Translated => CheckOutcome::pass(format!("translated{detail}")),
+        IommuMode::Passthrough | IommuMode::Mixed if ctx.profile != Some(super::Profile::Snp) => {
+            CheckOutcome::pass(format!(
+                "{}{detail}: identity-mapped default domains (fine for VFIO; SEV-SNP would need translation)",
+                if i.mode == IommuMode::Mixed {
+                    "partly passthrough"
+                } else {
+                    "passthrough"
+                }
+            ))
+        }
         IommuMode::Passthrough | IommuMode::Mixed => {
             let blocker = i.snp_blocker();
             let (remedy, what) = match blocker {

@@ -268,6 +268,15 @@ impl Report {
         )
     }
 
+    /// The report `cchost check` prints: the tree evaluated with the host at hand.
+    pub fn for_host(inv: &Inventory, config: &Config, profile: Profile, host: &HostRoot) -> Self {
+        Self::from_nodes(
+            profile,
+            profile.resolve(inv),
+            build_tree_on(inv, config, profile, Some(host)),
+        )
+    }
+
     pub fn from_nodes(profile: Profile, resolved: Option<Profile>, checks: Vec<Node>) -> Self {
         let mut summary = Summary::default();
         let mut fails = Vec::new();
