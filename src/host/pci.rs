@@ -197,8 +197,10 @@ impl HostRoot {
                     .file_name()
                     .and_then(std::ffi::OsStr::to_str)
                     .map(str::to_string)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(HostError::io(dir.join(name), e)),
+                Err(e) => {
+                    let e = HostError::io(dir.join(name), e);
+                    if e.is_not_found() { Ok(None) } else { Err(e) }
+                }
             }
         };
         let req_hex = |name: &str| -> Result<u64, HostError> {
