@@ -14,6 +14,13 @@ use super::verdict::{Evidence, Verdict};
 
 pub const TDX_PARAM: &str = "/sys/module/kvm_intel/parameters/tdx";
 
+/// Remedies shared with the check tree, so that one cause reads as one fix.
+pub const REMEDY_MODULE_FAILED: &str =
+    "update the TDX module (a BIOS/firmware update); error -5 usually means the module is too old";
+pub const REMEDY_NOHIBERNATE: &str = "add nohibernate to the kernel command line and reboot";
+pub const REMEDY_NO_MODULE: &str =
+    "enable the SEAM loader in the BIOS and install a TDX module (BIOS/firmware update)";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TdxModuleState {
@@ -189,7 +196,7 @@ impl TdxInfo {
             return Verdict::no(
                 ev,
                 "TDX initialisation is refused while hibernation is enabled (nohibernate missing)",
-                "add nohibernate to the kernel command line and reboot",
+                REMEDY_NOHIBERNATE,
             );
         }
         if module == TdxModuleState::Failed {
@@ -199,14 +206,14 @@ impl TdxInfo {
                     "the TDX module failed to initialise: {}",
                     module_log.as_deref().unwrap_or("see the kernel log")
                 ),
-                "update the TDX module (a BIOS/firmware update); error -5 usually means the module is too old",
+                REMEDY_MODULE_FAILED,
             );
         }
         if module == TdxModuleState::NotLoaded {
             return Verdict::no(
                 ev,
                 "no TDX module is loaded (the SEAM loader found none)",
-                "enable the SEAM loader in the BIOS and install a TDX module (BIOS/firmware update)",
+                REMEDY_NO_MODULE,
             );
         }
         Verdict::no(
