@@ -207,7 +207,7 @@ pub fn build_tree(inv: &Inventory, config: &Config, profile: Profile) -> Vec<Nod
     build_tree_on(inv, config, profile, None)
 }
 
-/// Like [`build_tree`], with the host at hand for subtrees that probe it live.
+/// Like [`build_tree`], with the host for subtrees that probe it live (DCAP).
 pub fn build_tree_on(
     inv: &Inventory,
     config: &Config,
@@ -262,19 +262,20 @@ pub const SCHEMA: &str = "cchost.check/v1";
 
 impl Report {
     pub fn new(inv: &Inventory, config: &Config, profile: Profile) -> Self {
-        Self::from_nodes(
-            profile,
-            profile.resolve(inv),
-            build_tree(inv, config, profile),
-        )
+        Self::new_on(inv, config, profile, None)
     }
 
-    /// The report `cchost check` prints: the tree evaluated with the host at hand.
-    pub fn for_host(inv: &Inventory, config: &Config, profile: Profile, host: &HostRoot) -> Self {
+    /// Like [`Report::new`], with the host for subtrees that probe it live (DCAP).
+    pub fn new_on(
+        inv: &Inventory,
+        config: &Config,
+        profile: Profile,
+        host: Option<&HostRoot>,
+    ) -> Self {
         Self::from_nodes(
             profile,
             profile.resolve(inv),
-            build_tree_on(inv, config, profile, Some(host)),
+            build_tree_on(inv, config, profile, host),
         )
     }
 
