@@ -6,7 +6,6 @@
 mod harness;
 
 use harness::Vm;
-use serde_json::Value;
 
 /// The two emulated test devices selected as GPUs through the GPU-matching config.
 const TEST_DEVICES_CONFIG: &str = "\

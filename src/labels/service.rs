@@ -234,7 +234,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let text = std::fs::read_to_string(&file).unwrap();
-        assert!(text.contains("amd.feature.node.kubernetes.io/snp=true"), "{text}");
+        assert!(
+            text.contains("amd.feature.node.kubernetes.io/snp=true"),
+            "{text}"
+        );
         tx.send(()).unwrap();
         task.await.unwrap();
     }

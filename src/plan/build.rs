@@ -63,7 +63,11 @@ impl Action {
                 if !remove.is_empty() {
                     parts.push(format!("remove {}", remove.join(" ")));
                 }
-                format!("kernel arguments ({}): {}", mechanism.as_str(), parts.join("; "))
+                format!(
+                    "kernel arguments ({}): {}",
+                    mechanism.as_str(),
+                    parts.join("; ")
+                )
             }
             Action::LoadModule { module, .. } => format!("load module {module} (modprobe)"),
             Action::PersistModules { path, modules, .. } => {
