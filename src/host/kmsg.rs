@@ -72,6 +72,7 @@ impl HostRoot {
     /// Reads the whole kernel log (bounded by [`MAX_READ_BYTES`] in total).
     pub fn kernel_log(&self) -> Result<KernelLog, HostError> {
         let path = Path::new(KMSG);
+        self.record(path, super::Access::Read);
         // Resolve first so that a symlink loop is reported as one, not as "missing".
         let local = self.resolve(path)?;
         let meta = std::fs::metadata(&local).map_err(|e| HostError::io(path, e))?;

@@ -7,6 +7,7 @@
 //! above the root, so a hostile symlink cannot make cchost read or write outside it.
 
 mod error;
+mod record;
 mod resolve;
 
 pub mod exec;
@@ -23,6 +24,7 @@ pub mod uevent;
 pub mod unix;
 
 pub use error::HostError;
+pub use record::Access;
 pub use lock::HostLock;
 
 use std::ffi::OsStr;
@@ -39,6 +41,8 @@ pub const MAX_READ_BYTES: u64 = 8 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostRoot {
     root: PathBuf,
+    /// Off unless [`HostRoot::with_recorder`] turned it on (`cchost capture`).
+    recorder: record::Recorder,
 }
 
 /// What kind of thing sits at a host path (without following a final symlink).
@@ -61,13 +65,17 @@ impl HostRoot {
         if !canonical.is_dir() {
             return Err(HostError::NotADirectory(canonical));
         }
-        Ok(Self { root: canonical })
+        Ok(Self {
+            root: canonical,
+            recorder: record::Recorder::default(),
+        })
     }
 
     /// The live host (`/`).
     pub fn live() -> Self {
         Self {
             root: PathBuf::from("/"),
+            recorder: record::Recorder::default(),
         }
     }
 
@@ -111,6 +119,7 @@ impl HostRoot {
 
     /// The kind of node at this path, following symlinks except the last one.
     pub fn kind(&self, host_path: impl AsRef<Path>) -> Option<NodeKind> {
+        self.record(host_path.as_ref(), Access::Node);
         let local = self.resolve_parent(host_path).ok()?;
         let meta = fs::symlink_metadata(local).ok()?;
         Some(kind_of(&meta.file_type()))
@@ -118,6 +127,7 @@ impl HostRoot {
 
     /// The kind of node at this path after following every symlink.
     pub fn kind_followed(&self, host_path: impl AsRef<Path>) -> Option<NodeKind> {
+        self.record(host_path.as_ref(), Access::Node);
         let local = self.resolve(host_path).ok()?;
         let meta = fs::symlink_metadata(local).ok()?;
         Some(kind_of(&meta.file_type()))
@@ -130,6 +140,7 @@ impl HostRoot {
         limit: u64,
     ) -> Result<Vec<u8>, HostError> {
         let host_path = host_path.as_ref();
+        self.record(host_path, Access::Read);
         let local = self.resolve(host_path)?;
         let file = fs::File::open(&local).map_err(|e| HostError::io(host_path, e))?;
         let mut buf = Vec::new();
@@ -185,6 +196,7 @@ impl HostRoot {
     /// The raw target of a symlink.
     pub fn read_link(&self, host_path: impl AsRef<Path>) -> Result<PathBuf, HostError> {
         let host_path = host_path.as_ref();
+        self.record(host_path, Access::Link);
         let local = self.resolve_parent(host_path)?;
         fs::read_link(&local).map_err(|e| HostError::io(host_path, e))
     }
@@ -206,6 +218,7 @@ impl HostRoot {
     /// Names in a directory, sorted. A missing directory is an error.
     pub fn list_dir(&self, host_path: impl AsRef<Path>) -> Result<Vec<String>, HostError> {
         let host_path = host_path.as_ref();
+        self.record(host_path, Access::List);
         let local = self.resolve(host_path)?;
         let mut names = Vec::new();
         for entry in fs::read_dir(&local).map_err(|e| HostError::io(host_path, e))? {

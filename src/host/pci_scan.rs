@@ -134,6 +134,7 @@ impl HostRoot {
         local: &Path,
         host_path: &Path,
     ) -> Result<String, HostError> {
+        self.record(host_path, super::Access::Read);
         let file = match std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
