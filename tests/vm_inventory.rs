@@ -1,11 +1,15 @@
 //! `cchost inventory` on a real kernel: the IOMMU in the mode the guest's command line
 //! asked for and the two test devices with the IOMMU groups the guest's own sysfs
-//! shows.
+//! shows; then `cchost capture` in the guest, read back outside, gives the same
+//! inventory as live — proof that the capture (fixture) format is the kernel's.
 
 #[path = "vm/harness.rs"]
 mod harness;
 
+use std::process::Command;
+
 use harness::Vm;
+use serde_json::Value;
 
 /// The two emulated test devices selected as GPUs through the GPU-matching config.
 const TEST_DEVICES_CONFIG: &str = "\
@@ -64,12 +68,49 @@ fn find(devs: &[SysfsPci], vendor: u16, device: u16) -> &SysfsPci {
         .unwrap_or_else(|| panic!("{vendor:04x}:{device:04x} not in guest sysfs: {devs:#?}"))
 }
 
+/// Paths where two JSON values differ (for a readable failure).
+fn json_diff(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let p = format!("{path}.{k}");
+                match (x.get(k), y.get(k)) {
+                    (Some(u), Some(v)) => json_diff(u, v, &p, out),
+                    (u, v) => out.push(format!("{p}: {u:?} vs {v:?}")),
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                json_diff(u, v, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ if a != b => out.push(format!("{path}: {a} vs {b}")),
+        _ => {}
+    }
+}
+
+#[track_caller]
+fn assert_same_inventory(live: &Value, other: &Value, what: &str) {
+    let mut diff = Vec::new();
+    json_diff(live, other, "", &mut diff);
+    assert!(
+        diff.is_empty(),
+        "inventory of the {what} differs from the live one:\n{}",
+        diff.join("\n")
+    );
+}
+
 fn inventory_on_real_kernel(kernel_args: &str, mode: &str, group_types: &[&str]) {
     let run = Vm::new()
         .kernel_args(kernel_args)
         .config(TEST_DEVICES_CONFIG)
         .cmd(SYSFS_PCI)
         .cmd("cchost inventory --json")
+        .cmd("cchost capture /tmp/capture")
+        .cmd("cchost --host-root /tmp/capture inventory --json")
+        .fetch("/tmp/capture")
         .run();
     eprintln!(
         "{kernel_args}: kernel boot {:.1}s, boot + steps {:.1}s",
@@ -131,6 +172,30 @@ fn inventory_on_real_kernel(kernel_args: &str, mode: &str, group_types: &[&str])
             "{g:#}"
         );
     }
+
+    // The capture reads back the same, inside the guest and outside.
+    run.step(2).assert_success();
+    let in_guest = run.step(3).assert_success().json();
+    assert_same_inventory(&inv, &in_guest, "capture (read in the guest)");
+
+    let capture = run.fetched("/tmp/capture");
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cfg.path(), TEST_DEVICES_CONFIG).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cchost"))
+        .arg("--host-root")
+        .arg(capture)
+        .arg("--config")
+        .arg(cfg.path())
+        .args(["inventory", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cchost inventory on the capture failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let outside: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_same_inventory(&inv, &outside, "capture (read on the host)");
 }
 
 #[test]
