@@ -887,19 +887,25 @@ fn pick_kernel() -> Result<(String, PathBuf), String> {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter_map(|p| version_of(&p).map(|v| (v, p)))
-        .filter(|(v, _)| {
-            Path::new("/lib/modules")
-                .join(v)
-                .join("modules.dep")
-                .is_file()
-        })
         .collect();
     found.sort_by(|a, b| natural_cmp(&a.0, &b.0));
-    found.pop().ok_or_else(|| {
-        "no /boot/vmlinuz-<version> with /lib/modules/<version>: install linux-image-amd64 \
-         (see README.md)"
-            .to_string()
-    })
+    // Newest first, skipping kernels without the modules the guest needs (a Debian
+    // `-cloud-amd64` kernel, say, next to the generic one).
+    let mut skipped = Vec::new();
+    while let Some((v, p)) = found.pop() {
+        let dep = Path::new("/lib/modules").join(&v).join("modules.dep");
+        match fs::read_to_string(&dep)
+            .map_err(|e| format!("{}: {e}", dep.display()))
+            .and_then(|d| module_closure(&d, GUEST_MODULES))
+        {
+            Ok(_) => return Ok((v, p)),
+            Err(e) => skipped.push(format!("{v}: {e}")),
+        }
+    }
+    Err(format!(
+        "no usable /boot/vmlinuz-<version> (needs /lib/modules/<version> with {GUEST_MODULES:?}): \
+         install linux-image-amd64 (see README.md); skipped: {skipped:?}"
+    ))
 }
 
 fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
