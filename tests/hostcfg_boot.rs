@@ -29,7 +29,11 @@ impl HostTools for Tools {
         Ok(ToolOutput {
             success: true,
             code: Some(0),
-            stdout: if program == "rpm-ostree" { self.kargs.clone() } else { String::new() },
+            stdout: if program == "rpm-ostree" {
+                self.kargs.clone()
+            } else {
+                String::new()
+            },
             stderr: String::new(),
         })
     }
@@ -51,11 +55,23 @@ fn read(dir: &tempfile::TempDir, p: &str) -> String {
 }
 
 fn tdx_edit() -> cchost::hostcfg::args::ArgEdit {
-    ArgProfile::new(Platform::Tdx, false, CpuVendor::Intel, &KernelConfig::default()).edit(None)
+    ArgProfile::new(
+        Platform::Tdx,
+        false,
+        CpuVendor::Intel,
+        &KernelConfig::default(),
+    )
+    .edit(None)
 }
 
 fn snp_edit() -> cchost::hostcfg::args::ArgEdit {
-    ArgProfile::new(Platform::Snp, true, CpuVendor::Amd, &KernelConfig::default()).edit(None)
+    ArgProfile::new(
+        Platform::Snp,
+        true,
+        CpuVendor::Amd,
+        &KernelConfig::default(),
+    )
+    .edit(None)
 }
 
 const DEBIAN_GRUB: &str = "# If you change this file, run 'update-grub' afterwards to update
@@ -80,12 +96,17 @@ grub_class fedora
 
 #[test]
 fn debian_grub_defaults_then_update_grub() {
-    let (dir, host) = tree(&[("/etc/default/grub", DEBIAN_GRUB), ("/boot/grub/grub.cfg", "")]);
+    let (dir, host) = tree(&[
+        ("/etc/default/grub", DEBIAN_GRUB),
+        ("/boot/grub/grub.cfg", ""),
+    ]);
     let tools = Tools {
         present: vec!["update-grub"],
         ..Default::default()
     };
-    let cfg = boot::read(&host, &tools, MechanismChoice::Auto).unwrap().unwrap();
+    let cfg = boot::read(&host, &tools, MechanismChoice::Auto)
+        .unwrap()
+        .unwrap();
     assert_eq!(cfg.mechanism, Mechanism::Grub);
     let edit = tdx_edit();
     assert!(!cfg.satisfied(&edit));
@@ -102,7 +123,9 @@ fn debian_grub_defaults_then_update_grub() {
     );
     assert_eq!(*tools.calls.borrow(), ["update-grub"]);
     // Second run: nothing to do.
-    let cfg = boot::read(&host, &tools, MechanismChoice::Auto).unwrap().unwrap();
+    let cfg = boot::read(&host, &tools, MechanismChoice::Auto)
+        .unwrap()
+        .unwrap();
     assert!(cfg.satisfied(&edit));
     assert!(cfg.change(&edit).unwrap().is_empty());
     // Undo restores the file byte for byte and regenerates again.
@@ -115,34 +138,49 @@ fn debian_grub_defaults_then_update_grub() {
 
 #[test]
 fn grub2_mkconfig_when_no_update_grub() {
-    let (_dir, host) = tree(&[("/etc/default/grub", DEBIAN_GRUB), ("/boot/grub2/grub.cfg", "")]);
+    let (_dir, host) = tree(&[
+        ("/etc/default/grub", DEBIAN_GRUB),
+        ("/boot/grub2/grub.cfg", ""),
+    ]);
     let tools = Tools {
         present: vec!["grub2-mkconfig"],
         ..Default::default()
     };
-    let cfg = boot::read(&host, &tools, MechanismChoice::Auto).unwrap().unwrap();
+    let cfg = boot::read(&host, &tools, MechanismChoice::Auto)
+        .unwrap()
+        .unwrap();
     let steps = cfg.change(&tdx_edit()).unwrap();
     let BootStep::EditFiles { then, .. } = &steps[0] else {
         panic!("{steps:?}")
     };
-    assert_eq!(then.as_ref().unwrap().to_string(), "grub2-mkconfig -o /boot/grub2/grub.cfg");
+    assert_eq!(
+        then.as_ref().unwrap().to_string(),
+        "grub2-mkconfig -o /boot/grub2/grub.cfg"
+    );
     // No regeneration tool: refused, naming what is missing.
     let none = Tools::default();
-    let err = boot::read(&host, &none, MechanismChoice::Auto).unwrap_err().to_string();
+    let err = boot::read(&host, &none, MechanismChoice::Auto)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("update-grub"), "{err}");
 }
 
 #[test]
 fn fedora_grubby_call_and_its_inverse() {
     let (_dir, host) = tree(&[
-        ("/boot/loader/entries/0123abcd-6.8.5-301.fc40.x86_64.conf", FEDORA_ENTRY),
+        (
+            "/boot/loader/entries/0123abcd-6.8.5-301.fc40.x86_64.conf",
+            FEDORA_ENTRY,
+        ),
         ("/usr/sbin/grubby", ""),
     ]);
     let tools = Tools {
         present: vec!["grubby"],
         ..Default::default()
     };
-    let cfg = boot::read(&host, &tools, MechanismChoice::Auto).unwrap().unwrap();
+    let cfg = boot::read(&host, &tools, MechanismChoice::Auto)
+        .unwrap()
+        .unwrap();
     assert_eq!(cfg.mechanism, Mechanism::Grubby);
     let steps = cfg.change(&snp_edit()).unwrap();
     let BootStep::Tool { call, undo } = &steps[0] else {
@@ -173,7 +211,9 @@ fn bls_entries_edited_directly_without_grubby() {
     let rescue_text = FEDORA_ENTRY.replace("6.8.5-301.fc40.x86_64", "0-rescue");
     let (dir, host) = tree(&[(entry, FEDORA_ENTRY), (rescue, &rescue_text)]);
     let tools = Tools::default();
-    let cfg = boot::read(&host, &tools, MechanismChoice::Auto).unwrap().unwrap();
+    let cfg = boot::read(&host, &tools, MechanismChoice::Auto)
+        .unwrap()
+        .unwrap();
     assert_eq!(cfg.mechanism, Mechanism::Bls);
     assert_eq!(cfg.sets.len(), 2);
     for s in cfg.change(&snp_edit()).unwrap() {
@@ -189,7 +229,9 @@ fn bls_entries_edited_directly_without_grubby() {
     );
     assert!(read(&dir, rescue).contains("kvm_amd.sev_snp=1"));
     assert!(tools.calls.borrow().is_empty());
-    let cfg = boot::read(&host, &tools, MechanismChoice::Auto).unwrap().unwrap();
+    let cfg = boot::read(&host, &tools, MechanismChoice::Auto)
+        .unwrap()
+        .unwrap();
     assert!(cfg.change(&snp_edit()).unwrap().is_empty());
 }
 
@@ -200,7 +242,9 @@ fn kernel_install_cmdline_file() {
         "root=UUID=5f2b6b2a rw quiet intel_iommu=off\n",
     )]);
     let tools = Tools::default();
-    let cfg = boot::read(&host, &tools, MechanismChoice::Auto).unwrap().unwrap();
+    let cfg = boot::read(&host, &tools, MechanismChoice::Auto)
+        .unwrap()
+        .unwrap();
     assert_eq!(cfg.mechanism, Mechanism::KernelCmdline);
     for s in cfg.change(&tdx_edit()).unwrap() {
         boot::run_step(&host, &tools, &s).unwrap();
@@ -219,7 +263,9 @@ fn rpm_ostree_kargs_with_if_missing_and_if_present() {
         kargs: "rw $ignition_firstboot ostree=/ostree/boot.1/rhcos/abc/0 iommu=pt\n".into(),
         ..Default::default()
     };
-    let cfg = boot::read(&host, &tools, MechanismChoice::Auto).unwrap().unwrap();
+    let cfg = boot::read(&host, &tools, MechanismChoice::Auto)
+        .unwrap()
+        .unwrap();
     assert_eq!(cfg.mechanism, Mechanism::RpmOstree);
     let steps = cfg.change(&snp_edit()).unwrap();
     for s in &steps {
@@ -235,9 +281,19 @@ fn rpm_ostree_kargs_with_if_missing_and_if_present() {
 fn explicit_mechanism_that_is_absent_is_an_error_and_nothing_found_is_none() {
     let (_dir, host) = tree(&[("/etc/hostname", "x\n")]);
     let tools = Tools::default();
-    assert!(boot::read(&host, &tools, MechanismChoice::Auto).unwrap().is_none());
-    assert!(boot::read(&host, &tools, MechanismChoice::None).unwrap().is_none());
-    let err = boot::read(&host, &tools, MechanismChoice::Grubby).unwrap_err().to_string();
+    assert!(
+        boot::read(&host, &tools, MechanismChoice::Auto)
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        boot::read(&host, &tools, MechanismChoice::None)
+            .unwrap()
+            .is_none()
+    );
+    let err = boot::read(&host, &tools, MechanismChoice::Grubby)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("grubby"), "{err}");
     assert!(Path::new(boot::DEFAULT_GRUB).is_absolute());
 }

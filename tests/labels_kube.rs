@@ -67,7 +67,9 @@ async fn next(handle: &mut Handle, status: u16, reply: Value) -> Seen {
 }
 
 fn ssa_query() -> BTreeSet<String> {
-    ["fieldManager=cchost", "force=true"].map(String::from).into()
+    ["fieldManager=cchost", "force=true"]
+        .map(String::from)
+        .into()
 }
 
 fn node(labels: Value, managed: Value, capacity: Value) -> Value {
@@ -80,7 +82,9 @@ fn node(labels: Value, managed: Value, capacity: Value) -> Value {
 
 fn want(labels: &[(&str, &str)], res: &[(&str, &str)]) -> NodeLabels {
     let m = |x: &[(&str, &str)]| -> BTreeMap<String, String> {
-        x.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        x.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     };
     NodeLabels {
         labels: m(labels),
@@ -97,12 +101,24 @@ fn status_403(msg: &str) -> Value {
 async fn fresh_node_gets_labels_and_resources_by_ssa_then_nothing_at_steady_state() {
     let (mut l, mut h) = labeler(KubeMode::Node);
     let w = want(
-        &[("intel.feature.node.kubernetes.io/tdx", "true"), ("cchost.io/tee", "tdx")],
+        &[
+            ("intel.feature.node.kubernetes.io/tdx", "true"),
+            ("cchost.io/tee", "tdx"),
+        ],
         &[("tdx.intel.com/keys", "63")],
     );
     let w2 = w.clone();
     let server = tokio::spawn(async move {
-        let get = next(&mut h, 200, node(json!({"kubernetes.io/hostname":"worker-1"}), json!([]), json!({"cpu":"64"}))).await;
+        let get = next(
+            &mut h,
+            200,
+            node(
+                json!({"kubernetes.io/hostname":"worker-1"}),
+                json!([]),
+                json!({"cpu":"64"}),
+            ),
+        )
+        .await;
         assert_eq!(get.method, "GET");
         assert_eq!(get.path, "/api/v1/nodes/worker-1");
 
@@ -158,7 +174,10 @@ async fn fresh_node_gets_labels_and_resources_by_ssa_then_nothing_at_steady_stat
 #[tokio::test]
 async fn restart_on_an_already_labelled_node_makes_no_write() {
     let (mut l, mut h) = labeler(KubeMode::Node);
-    let w = want(&[("cchost.io/tee", "snp")], &[("sev-snp.amd.com/esids", "99")]);
+    let w = want(
+        &[("cchost.io/tee", "snp")],
+        &[("sev-snp.amd.com/esids", "99")],
+    );
     let managed = json!([
         {"manager":"cchost","operation":"Apply","apiVersion":"v1","fieldsType":"FieldsV1",
          "fieldsV1":{"f:metadata":{"f:labels":{"f:cchost.io/tee":{}}}}},
@@ -197,7 +216,10 @@ async fn forbidden_names_the_missing_rbac_verb() {
         )
         .await;
     });
-    let err = l.sync(&want(&[("cchost.io/tee", "none")], &[])).await.unwrap_err();
+    let err = l
+        .sync(&want(&[("cchost.io/tee", "none")], &[]))
+        .await
+        .unwrap_err();
     assert!(err.is_forbidden());
     let msg = err.to_string();
     assert!(msg.contains("RBAC verb `patch` on `nodes`"), "{msg}");
@@ -239,7 +261,10 @@ async fn node_feature_mode_applies_a_nodefeature_object() {
         );
     });
     let r = l
-        .sync(&want(&[("amd.feature.node.kubernetes.io/snp", "true")], &[]))
+        .sync(&want(
+            &[("amd.feature.node.kubernetes.io/snp", "true")],
+            &[],
+        ))
         .await
         .unwrap();
     assert_eq!((r.reads, r.writes), (2, 1));
@@ -258,6 +283,9 @@ async fn missing_node_is_a_clear_error() {
         .await;
     });
     let err = l.sync(&want(&[], &[])).await.unwrap_err().to_string();
-    assert!(err.contains("worker-1") && err.contains("NODE_NAME"), "{err}");
+    assert!(
+        err.contains("worker-1") && err.contains("NODE_NAME"),
+        "{err}"
+    );
     server.await.unwrap();
 }

@@ -65,7 +65,8 @@ fn tdx_facts() -> NodeFacts {
     }
 }
 
-const GRUB: &str = "GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\nGRUB_CMDLINE_LINUX=\"\"\n";
+const GRUB: &str =
+    "GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\nGRUB_CMDLINE_LINUX=\"\"\n";
 
 #[test]
 fn tdx_host_on_debian_grub_gets_args_modules_and_reboot_required() {
@@ -161,11 +162,27 @@ fn snp_host_booted_with_iommu_pt_is_told_why_and_fixed_in_bls() {
     assert_eq!(add, &["kvm_amd.sev_snp=1"]);
     assert_eq!(remove, &["iommu=pt", "amd_iommu=on"]);
     assert!(plan.reboot_required);
-    let f: Vec<String> = plan.running_findings.iter().map(|f| f.to_string()).collect();
-    assert!(f.iter().any(|x| x.starts_with("remove iommu=pt: SEV-SNP needs")), "{f:?}");
-    assert!(f.iter().any(|x| x.starts_with("remove amd_iommu=on: `on` is not a valid")), "{f:?}");
+    let f: Vec<String> = plan
+        .running_findings
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    assert!(
+        f.iter()
+            .any(|x| x.starts_with("remove iommu=pt: SEV-SNP needs")),
+        "{f:?}"
+    );
+    assert!(
+        f.iter()
+            .any(|x| x.starts_with("remove amd_iommu=on: `on` is not a valid")),
+        "{f:?}"
+    );
     // SNP off: no SNP label, no esids resource.
-    assert!(!plan.labels.contains_key("amd.feature.node.kubernetes.io/snp"));
+    assert!(
+        !plan
+            .labels
+            .contains_key("amd.feature.node.kubernetes.io/snp")
+    );
 }
 
 #[test]
@@ -175,7 +192,11 @@ fn forced_profile_manage_args_off_and_no_mechanism() {
     let mut cfg = Config::default();
     cfg.kernel.profile = ProfileChoice::Tdx;
     let plan = build(&cfg, &gather(&host, &tools, &cfg, NodeFacts::default()));
-    assert!(plan.notes.iter().any(|n| n.contains("no boot-configuration mechanism")));
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n.contains("no boot-configuration mechanism"))
+    );
     assert!(!plan.reboot_required);
     cfg.kernel.manage_args = false;
     cfg.kernel.vhost_vsock = false;

@@ -1,10 +1,32 @@
 use std::process::ExitCode;
 
+use anyhow::Context as _;
+use cchost::daemon::Daemon;
+
 use super::Global;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
-pub fn run(_g: &Global, _a: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("run: not built yet")
+pub fn run(g: &Global, _a: Args) -> anyhow::Result<ExitCode> {
+    // One thread: the daemon mostly sleeps, and a small idle footprint matters on a
+    // node (docs/performance.md).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let daemon = Daemon::new(g.host.clone(), g.config.clone()).with_default_services();
+    rt.block_on(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+        let stop = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = int.recv() => tracing::info!("SIGINT"),
+            }
+        };
+        daemon.run(stop).await?;
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
 }

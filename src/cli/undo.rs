@@ -21,6 +21,7 @@ pub struct Args {
 fn restorers() -> Vec<&'static dyn Restorer> {
     let mut v: Vec<&'static dyn Restorer> = vec![&FileRestorer];
     v.extend(super::gpu::restorers());
+    v.extend(super::plan::restorers());
     v
 }
 

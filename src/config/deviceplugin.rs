@@ -1,6 +1,140 @@
+//! `[device_plugin]`: the kubelet device plugin and the host CDI spec.
+
 use serde::{Deserialize, Serialize};
 
-/// TODO(owner): fill in this section; document every key in docs/config.md.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Whether `cchost run` serves the kubelet device plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginMode {
+    /// Serve when the kubelet device-plugin directory exists (a Kubernetes node).
+    Auto,
+    /// Always serve (the directory is created when missing).
+    On,
+    /// Never serve; the CDI spec is still written.
+    Off,
+}
+
+/// Which `/dev` nodes name a passthrough device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VfioModeConfig {
+    /// iommufd when the host has `/dev/iommu` and `/dev/vfio/devices/`, else legacy groups.
+    Auto,
+    /// `/dev/vfio/vfio` + `/dev/vfio/<group>`; device ID = IOMMU group number.
+    Legacy,
+    /// `/dev/vfio/devices/vfioN` + `/dev/iommu`; device ID = N.
+    Iommufd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct DevicePluginConfig {}
+pub struct DevicePluginConfig {
+    /// Serve the device plugin: "auto", "on" or "off".
+    pub mode: PluginMode,
+    /// Resource name (and CDI kind) of passthrough GPUs. Empty: one resource per GPU
+    /// model, `<model_prefix>/<MODEL>` (like NVIDIA's `P_GPU_ALIAS=""`).
+    pub gpu_resource: String,
+    /// Vendor prefix of per-model resource names.
+    pub model_prefix: String,
+    /// Resource name (and CDI kind) of NVSwitches. Empty: NVSwitches are not advertised.
+    pub nvswitch_resource: String,
+    /// Also return `PCI_RESOURCE_<NAME>=<bdf,...>` in Allocate (KubeVirt style).
+    pub pci_resource_env: bool,
+    /// Kubelet's device-plugin directory (host path).
+    pub socket_dir: String,
+    /// Directory for the CDI spec files (host path).
+    pub cdi_dir: String,
+    /// Drivers that make a function usable for passthrough.
+    pub vfio_drivers: Vec<String>,
+    /// Which vfio device nodes to hand out: "auto", "legacy" or "iommufd".
+    pub vfio_mode: VfioModeConfig,
+    /// Safety-net rescan interval of `cchost run` in seconds (uevents drive normal
+    /// updates); 0 disables it.
+    pub rescan_interval_s: u64,
+}
+
+impl Default for DevicePluginConfig {
+    fn default() -> Self {
+        DevicePluginConfig {
+            mode: PluginMode::Auto,
+            gpu_resource: "nvidia.com/pgpu".to_string(),
+            model_prefix: "nvidia.com".to_string(),
+            nvswitch_resource: "nvidia.com/nvswitch".to_string(),
+            pci_resource_env: false,
+            socket_dir: "/var/lib/kubelet/device-plugins".to_string(),
+            cdi_dir: "/var/run/cdi".to_string(),
+            vfio_drivers: vec!["vfio-pci".to_string(), "nvgrace_gpu_vfio_pci".to_string()],
+            vfio_mode: VfioModeConfig::Auto,
+            rescan_interval_s: 300,
+        }
+    }
+}
+
+impl DevicePluginConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("gpu_resource", &self.gpu_resource),
+            ("nvswitch_resource", &self.nvswitch_resource),
+        ] {
+            if !value.is_empty() {
+                crate::cdi::validate_kind(value)
+                    .map_err(|e| format!("device_plugin.{key} {value:?}: {e}"))?;
+            }
+        }
+        if self.gpu_resource.is_empty() {
+            crate::cdi::validate_vendor(&self.model_prefix)
+                .map_err(|e| format!("device_plugin.model_prefix {:?}: {e}", self.model_prefix))?;
+        }
+        if !self.gpu_resource.is_empty() && self.gpu_resource == self.nvswitch_resource {
+            return Err("device_plugin.gpu_resource and nvswitch_resource must differ".into());
+        }
+        for (key, value) in [("socket_dir", &self.socket_dir), ("cdi_dir", &self.cdi_dir)] {
+            if !value.starts_with('/') {
+                return Err(format!(
+                    "device_plugin.{key} {value:?}: must be an absolute path"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::path::Path;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let cfg = Config::from_toml("", Path::new("c.toml")).unwrap();
+        assert_eq!(cfg.device_plugin.gpu_resource, "nvidia.com/pgpu");
+        let text = "[device_plugin]\ngpu_resource = \"\"\nvfio_mode = \"legacy\"\npci_resource_env = true\n";
+        let cfg = Config::from_toml(text, Path::new("c.toml")).unwrap();
+        assert!(cfg.device_plugin.gpu_resource.is_empty());
+        assert!(cfg.device_plugin.pci_resource_env);
+    }
+
+    #[test]
+    fn bad_resource_names_are_refused_with_the_key() {
+        for bad in [
+            "pgpu",
+            "nvidia.com/",
+            "/pgpu",
+            "nvidia.com/p gpu",
+            "-x.com/pgpu",
+        ] {
+            let text = format!("[device_plugin]\ngpu_resource = \"{bad}\"\n");
+            let err = Config::from_toml(&text, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("gpu_resource"), "{bad}: {err}");
+        }
+        let err = Config::from_toml(
+            "[device_plugin]\nsocket_dir = \"var/lib\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("socket_dir"), "{err}");
+    }
+}

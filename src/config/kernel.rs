@@ -82,7 +82,10 @@ impl Default for KernelConfig {
 impl KernelConfig {
     pub fn validate(&self) -> Result<(), String> {
         for a in self.extra_args.iter().chain(&self.remove_args) {
-            if a.is_empty() || a.chars().any(|c| c.is_whitespace() || c == '"' || c.is_control()) {
+            if a.is_empty()
+                || a.chars()
+                    .any(|c| c.is_whitespace() || c == '"' || c.is_control())
+            {
                 return Err(format!(
                     "kernel: {a:?} is not a single kernel argument (no spaces or quotes)"
                 ));

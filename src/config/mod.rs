@@ -12,8 +12,10 @@ mod labels;
 mod matching;
 mod vfio;
 
-pub use dcap::DcapConfig;
-pub use deviceplugin::DevicePluginConfig;
+pub use dcap::{
+    DcapConfig, DcapEnable, PccsConfig, QgsTransport, Secret, SuperviseConfig, SuperviseMode,
+};
+pub use deviceplugin::{DevicePluginConfig, PluginMode, VfioModeConfig};
 pub use kernel::{GpuChoice, KernelConfig, MechanismChoice, ProfileChoice};
 pub use labels::{LabelBackend, LabelsConfig, is_dns_subdomain};
 pub use matching::{Architecture, ChipRange, DeviceMatch, MatchConfig};
@@ -86,8 +88,10 @@ impl Config {
     /// Cross-field checks that serde cannot express.
     pub fn validate(&self) -> Result<(), String> {
         self.matching.validate()?;
+        self.device_plugin.validate()?;
         self.labels.validate()?;
         self.kernel.validate()?;
+        self.dcap.validate()?;
         Ok(())
     }
 }

@@ -1,1 +1,136 @@
-//! TODO(owner): see the issue for this module.
+//! `cchost run`: a set of services (tokio tasks) that share a shutdown signal and an
+//! "the host's devices changed" notification.
+//!
+//! - [`uevents`] turns kernel uevents into change notifications (debounced), with a
+//!   slow safety-net rescan; there is no polling loop.
+//! - [`passthrough`] keeps the CDI spec and the device plugin in step with the host.
+//!
+//! More services (node labels, DCAP helpers) are added with [`Daemon::add_service`];
+//! each gets a [`Context`] and returns when `ctx.shutdown` turns true.
+
+pub mod passthrough;
+pub mod uevents;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::host::HostRoot;
+
+/// Why the services were told to look again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Increases with every notification.
+    pub seq: u64,
+    /// What triggered it (`start`, `uevent pci bind 0000:3b:00.0`, `rescan timer`).
+    pub reason: String,
+}
+
+/// What every service gets.
+#[derive(Clone)]
+pub struct Context {
+    pub host: HostRoot,
+    pub config: Arc<Config>,
+    /// Turns true once; services then stop and clean up.
+    pub shutdown: watch::Receiver<bool>,
+    /// Bumped when the host's devices may have changed.
+    pub changes: watch::Receiver<Change>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("service {service}: {message}")]
+    Service { service: String, message: String },
+}
+
+pub type ServiceFuture = Pin<Box<dyn Future<Output = Result<(), DaemonError>> + Send>>;
+type ServiceFn = Box<dyn FnOnce(Context) -> ServiceFuture + Send>;
+
+/// How long services get to finish after the shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+pub struct Daemon {
+    host: HostRoot,
+    config: Arc<Config>,
+    services: Vec<(String, ServiceFn)>,
+}
+
+impl Daemon {
+    pub fn new(host: HostRoot, config: Config) -> Self {
+        Daemon {
+            host,
+            config: Arc::new(config),
+            services: Vec::new(),
+        }
+    }
+
+    /// The standard set: the passthrough service (CDI spec + device plugin).
+    pub fn with_default_services(mut self) -> Self {
+        self.add_service("passthrough", |ctx| Box::pin(passthrough::run(ctx)));
+        self
+    }
+
+    pub fn add_service(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(Context) -> ServiceFuture + Send + 'static,
+    ) {
+        self.services.push((name.to_string(), Box::new(f)));
+    }
+
+    /// Runs every service until `stop` resolves (SIGTERM in the CLI), then signals
+    /// shutdown and waits for them. A service that fails is logged; the others go on.
+    pub async fn run(self, stop: impl Future<Output = ()>) -> Result<(), DaemonError> {
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let (changes_tx, changes) = watch::channel(Change {
+            seq: 0,
+            reason: "start".to_string(),
+        });
+        let rescan = Duration::from_secs(self.config.device_plugin.rescan_interval_s);
+        let watcher = tokio::spawn(uevents::watch(changes_tx, shutdown.clone(), rescan));
+        let ctx = Context {
+            host: self.host.clone(),
+            config: self.config.clone(),
+            shutdown: shutdown.clone(),
+            changes,
+        };
+        let mut tasks = Vec::new();
+        for (name, f) in self.services {
+            tracing::info!(service = %name, "starting");
+            tasks.push((name, tokio::spawn(f(ctx.clone()))));
+        }
+        stop.await;
+        tracing::info!("shutting down");
+        let _ = shutdown_tx.send(true);
+        let mut first_error = None;
+        for (name, mut task) in tasks {
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+                Ok(Ok(Ok(()))) => tracing::info!(service = %name, "stopped"),
+                Ok(Ok(Err(e))) => {
+                    tracing::error!(service = %name, error = %e, "service failed");
+                    first_error.get_or_insert(e);
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(service = %name, error = %e, "service panicked");
+                    first_error.get_or_insert(DaemonError::Service {
+                        service: name,
+                        message: e.to_string(),
+                    });
+                }
+                Err(_) => {
+                    tracing::error!(service = %name, "did not stop in time");
+                    task.abort();
+                }
+            }
+        }
+        watcher.abort();
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}

@@ -12,8 +12,15 @@ mod resolve;
 pub mod exec;
 pub mod kmsg;
 mod lock;
+pub mod mmio;
+pub mod owner;
+pub mod socket;
 
+pub mod batch;
 pub mod pci;
+pub mod pci_scan;
+pub mod uevent;
+pub mod unix;
 
 pub use error::HostError;
 pub use lock::HostLock;

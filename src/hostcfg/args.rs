@@ -139,7 +139,9 @@ impl fmt::Display for ArgMatch {
             ArgMatch::Key(k) => write!(f, "{k}[=*]"),
             ArgMatch::Exact(a) => write!(f, "{a}"),
             ArgMatch::Value(k, v) => write!(f, "{k}={v}"),
-            ArgMatch::KeyExcept(x) => write!(f, "{}=(not {})", x.key, x.value.as_deref().unwrap_or("")),
+            ArgMatch::KeyExcept(x) => {
+                write!(f, "{}=(not {})", x.key, x.value.as_deref().unwrap_or(""))
+            }
         }
     }
 }
@@ -200,11 +202,7 @@ impl ArgEdit {
             if self.remove.iter().any(|r| r.matches(&a)) {
                 continue;
             }
-            if self
-                .add
-                .iter()
-                .any(|w| a.same_key(&w.key) && !a.same(w))
-            {
+            if self.add.iter().any(|w| a.same_key(&w.key) && !a.same(w)) {
                 continue;
             }
             if self.add.iter().any(|w| a.same(w))
@@ -237,7 +235,10 @@ mod tests {
             toks(r#"ro  root=UUID=ab "dyndbg=file x +p" quiet"#),
             vec!["ro", "root=UUID=ab", "\"dyndbg=file x +p\"", "quiet"]
         );
-        assert_eq!(KernelArg::parse("root=UUID=ab").value.as_deref(), Some("UUID=ab"));
+        assert_eq!(
+            KernelArg::parse("root=UUID=ab").value.as_deref(),
+            Some("UUID=ab")
+        );
     }
 
     #[test]
@@ -248,7 +249,10 @@ mod tests {
     #[test]
     fn edit_adds_replaces_removes_and_is_idempotent() {
         let e = ArgEdit {
-            add: vec![KernelArg::kv("intel_iommu", "on"), KernelArg::flag("nohibernate")],
+            add: vec![
+                KernelArg::kv("intel_iommu", "on"),
+                KernelArg::flag("nohibernate"),
+            ],
             remove: vec![ArgMatch::Value("iommu".into(), "pt".into())],
         };
         let before = toks("ro quiet intel_iommu=off iommu=pt,nobypass splash");

@@ -82,10 +82,7 @@ grub_class fedora
         let out = edit_entry(FEDORA, &e);
         assert_eq!(
             out,
-            FEDORA.replace(
-                "iommu=pt rhgb quiet",
-                "rhgb quiet kvm_amd.sev_snp=1"
-            )
+            FEDORA.replace("iommu=pt rhgb quiet", "rhgb quiet kvm_amd.sev_snp=1")
         );
         assert_eq!(edit_entry(&out, &e), out);
         assert!(e.satisfied_by(&options(&out)));
@@ -97,6 +94,9 @@ grub_class fedora
             add: vec![KernelArg::flag("nohibernate")],
             remove: vec![],
         };
-        assert_eq!(edit_entry("title x\nlinux /v", &e), "title x\nlinux /v\noptions nohibernate\n");
+        assert_eq!(
+            edit_entry("title x\nlinux /v", &e),
+            "title x\nlinux /v\noptions nohibernate\n"
+        );
     }
 }

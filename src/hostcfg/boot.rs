@@ -219,7 +219,9 @@ pub fn read(
                 regen: None,
             }));
         } else if choice == MechanismChoice::RpmOstree {
-            return Err(not_avail("this host is not ostree-booted or has no rpm-ostree"));
+            return Err(not_avail(
+                "this host is not ostree-booted or has no rpm-ostree",
+            ));
         }
     }
     let entries = bls_entries(host)?;
@@ -273,9 +275,14 @@ pub fn read(
         }
     }
     let files = grub_files(host)?;
-    if files.first().is_some_and(|(p, _)| p == Path::new(DEFAULT_GRUB)) {
+    if files
+        .first()
+        .is_some_and(|(p, _)| p == Path::new(DEFAULT_GRUB))
+    {
         let regen = grub_regen(tools, host).ok_or_else(|| {
-            not_avail("found /etc/default/grub but none of update-grub, grub2-mkconfig, grub-mkconfig")
+            not_avail(
+                "found /etc/default/grub but none of update-grub, grub2-mkconfig, grub-mkconfig",
+            )
         })?;
         let named: Vec<(String, String)> = files
             .iter()

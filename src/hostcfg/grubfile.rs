@@ -44,13 +44,21 @@ pub fn assignments(text: &str) -> Result<Vec<Assignment>, String> {
                 let close = find_close(body, q).ok_or_else(|| {
                     format!("line {}: {var} value does not end on its line", i + 1)
                 })?;
-                (Some(q), body[..close].to_string(), body[close + 1..].to_string())
+                (
+                    Some(q),
+                    body[..close].to_string(),
+                    body[close + 1..].to_string(),
+                )
             }
             _ => {
                 let end = value_part
                     .find(|c: char| c.is_whitespace() || c == '#' || c == ';')
                     .unwrap_or(value_part.len());
-                (None, value_part[..end].to_string(), value_part[end..].to_string())
+                (
+                    None,
+                    value_part[..end].to_string(),
+                    value_part[end..].to_string(),
+                )
             }
         };
         out.push(Assignment {
@@ -82,10 +90,7 @@ fn find_close(body: &str, q: char) -> Option<usize> {
 
 /// Rewrites one assignment's value in `text`.
 pub fn set_value(text: &str, a: &Assignment, value: &str) -> String {
-    let q = match a.quote {
-        Some(q) => q,
-        None => '"',
-    };
+    let q = a.quote.unwrap_or('"');
     let new_line = format!("{}{q}{value}{q}{}", a.head, a.tail);
     replace_line(text, a.line, &new_line)
 }
@@ -210,7 +215,10 @@ GRUB_CMDLINE_LINUX=""
 
     fn tdx_edit() -> ArgEdit {
         ArgEdit {
-            add: vec![KernelArg::kv("kvm_intel.tdx", "1"), KernelArg::flag("nohibernate")],
+            add: vec![
+                KernelArg::kv("kvm_intel.tdx", "1"),
+                KernelArg::flag("nohibernate"),
+            ],
             remove: vec![ArgMatch::Value("iommu".into(), "pt".into())],
         }
     }
@@ -236,7 +244,10 @@ GRUB_CMDLINE_LINUX=""
         let dropin = "GRUB_CMDLINE_LINUX=\"$GRUB_CMDLINE_LINUX kvm_intel.tdx=0\"\n";
         let files = vec![
             ("/etc/default/grub".to_string(), main.to_string()),
-            ("/etc/default/grub.d/50-x.cfg".to_string(), dropin.to_string()),
+            (
+                "/etc/default/grub.d/50-x.cfg".to_string(),
+                dropin.to_string(),
+            ),
         ];
         let out = edit_files(&files, &tdx_edit()).unwrap();
         assert_eq!(
@@ -247,8 +258,11 @@ GRUB_CMDLINE_LINUX=""
             out[1],
             "GRUB_CMDLINE_LINUX=\"$GRUB_CMDLINE_LINUX kvm_intel.tdx=1 nohibernate\"\n"
         );
-        let named: Vec<(String, String)> =
-            files.iter().map(|f| f.0.clone()).zip(out.iter().cloned()).collect();
+        let named: Vec<(String, String)> = files
+            .iter()
+            .map(|f| f.0.clone())
+            .zip(out.iter().cloned())
+            .collect();
         assert_eq!(
             effective_args(&named).unwrap(),
             ["console=ttyS0", "kvm_intel.tdx=1", "nohibernate", "quiet"]
@@ -257,10 +271,23 @@ GRUB_CMDLINE_LINUX=""
 
     #[test]
     fn missing_variable_is_appended_and_unclosed_quote_refused() {
-        let files = vec![("/etc/default/grub".to_string(), "GRUB_TIMEOUT=5".to_string())];
+        let files = vec![(
+            "/etc/default/grub".to_string(),
+            "GRUB_TIMEOUT=5".to_string(),
+        )];
         let out = edit_files(&files, &tdx_edit()).unwrap();
-        assert_eq!(out[0], "GRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX=\"kvm_intel.tdx=1 nohibernate\"\n");
-        let bad = vec![("g".to_string(), "GRUB_CMDLINE_LINUX=\"quiet\n splash\"\n".to_string())];
-        assert!(edit_files(&bad, &tdx_edit()).unwrap_err().contains("line 1"));
+        assert_eq!(
+            out[0],
+            "GRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX=\"kvm_intel.tdx=1 nohibernate\"\n"
+        );
+        let bad = vec![(
+            "g".to_string(),
+            "GRUB_CMDLINE_LINUX=\"quiet\n splash\"\n".to_string(),
+        )];
+        assert!(
+            edit_files(&bad, &tdx_edit())
+                .unwrap_err()
+                .contains("line 1")
+        );
     }
 }

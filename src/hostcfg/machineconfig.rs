@@ -98,7 +98,12 @@ pub fn render(
 ) -> Result<String, serde_norway::Error> {
     // No running host here: every argument of the profile is stated.
     let profile = ArgProfile::new(platform, gpu, CpuVendor::Unknown, cfg);
-    let kernel_arguments = profile.edit(None).add.iter().map(|a| a.to_string()).collect();
+    let kernel_arguments = profile
+        .edit(None)
+        .add
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     let mods = modules::wanted(cfg);
     let storage = (!mods.is_empty()).then(|| Storage {
         files: vec![File {

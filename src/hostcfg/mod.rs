@@ -2,9 +2,9 @@
 //! mechanisms, MachineConfig rendering) and kernel modules. See docs/kernel-args.md.
 
 pub mod args;
-pub mod profile;
+pub mod bls;
+pub mod boot;
+pub mod grubfile;
 pub mod machineconfig;
 pub mod modules;
-pub mod bls;
-pub mod grubfile;
-pub mod boot;
+pub mod profile;

@@ -179,10 +179,17 @@ impl ArgProfile {
             ));
         }
         for a in &cfg.extra_args {
-            required.push(req(KernelArg::parse(a), "kernel.extra_args in the config", None));
+            required.push(req(
+                KernelArg::parse(a),
+                "kernel.extra_args in the config",
+                None,
+            ));
         }
         for a in &cfg.remove_args {
-            forbidden.push(forbid(ArgMatch::parse(a), "kernel.remove_args in the config"));
+            forbidden.push(forbid(
+                ArgMatch::parse(a),
+                "kernel.remove_args in the config",
+            ));
         }
         ArgProfile {
             platform,
@@ -286,7 +293,13 @@ mod tests {
         );
         let f = p.findings(&split("ro quiet"), None);
         assert_eq!(f.len(), 3);
-        assert!(p.findings(&split("ro kvm-intel.tdx=1 nohibernate intel_iommu=on"), None).is_empty());
+        assert!(
+            p.findings(
+                &split("ro kvm-intel.tdx=1 nohibernate intel_iommu=on"),
+                None
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -318,7 +331,12 @@ mod tests {
         // No SNP profile ever adds passthrough.
         for gpu in [false, true] {
             let p = ArgProfile::new(Platform::Snp, gpu, CpuVendor::Amd, &cfg());
-            assert!(!p.edit(None).add.iter().any(|a| a.values().any(|v| v == "pt")));
+            assert!(
+                !p.edit(None)
+                    .add
+                    .iter()
+                    .any(|a| a.values().any(|v| v == "pt"))
+            );
         }
     }
 
@@ -343,6 +361,9 @@ mod tests {
             ..cfg()
         };
         let p = ArgProfile::new(Platform::None, false, CpuVendor::Intel, &c);
-        assert_eq!(p.edit(None).apply(&split("quiet ro")), split("ro mitigations=auto"));
+        assert_eq!(
+            p.edit(None).apply(&split("quiet ro")),
+            split("ro mitigations=auto")
+        );
     }
 }

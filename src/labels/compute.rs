@@ -130,7 +130,8 @@ pub fn compute(facts: &NodeFacts, cfg: &LabelsConfig) -> NodeLabels {
 /// "true" for on/ppcie, "false" for off, "" otherwise (gpu.md §2.1).
 fn nvidia_labels(facts: &NodeFacts, out: &mut NodeLabels) {
     if facts.gpus.iter().all(|g| g.cc_capable) {
-        out.labels.insert(NV_CC_CAPABLE.to_string(), "true".to_string());
+        out.labels
+            .insert(NV_CC_CAPABLE.to_string(), "true".to_string());
     }
     // Only when every GPU's mode was read: an unqueried GPU says nothing.
     let modes: Option<Vec<CcMode>> = facts.gpus.iter().map(|g| g.cc_mode).collect();
@@ -277,7 +278,9 @@ mod tests {
         assert_eq!(get(&l, "cchost.io/tdx.keys"), Some("63"));
         assert_eq!(get(&l, "cchost.io/iommu.mode"), Some("translated"));
         assert_eq!(
-            l.extended_resources.get(TDX_KEYS_RESOURCE).map(String::as_str),
+            l.extended_resources
+                .get(TDX_KEYS_RESOURCE)
+                .map(String::as_str),
             Some("63")
         );
         assert!(!l.labels.keys().any(|k| k.starts_with("feature.node")));
@@ -291,7 +294,9 @@ mod tests {
         assert_eq!(get(&l, SNP_LABEL), Some("true"));
         assert_eq!(get(&l, TDX_LABEL), None);
         assert_eq!(
-            l.extended_resources.get(SNP_ESIDS_RESOURCE).map(String::as_str),
+            l.extended_resources
+                .get(SNP_ESIDS_RESOURCE)
+                .map(String::as_str),
             Some("99")
         );
         let cfg = LabelsConfig {
@@ -301,7 +306,10 @@ mod tests {
         };
         let l = compute(&f, &cfg);
         assert_eq!(
-            get(&l, "feature.node.kubernetes.io/cpu-security.sev.snp.enabled"),
+            get(
+                &l,
+                "feature.node.kubernetes.io/cpu-security.sev.snp.enabled"
+            ),
             Some("true")
         );
         assert_eq!(
@@ -360,7 +368,10 @@ mod tests {
             assert_eq!(get(&l, NV_CC_READY_STATE), Some(ready));
         }
         // Disagreeing GPUs: failed, not ready.
-        f.gpus = vec![gpu(m, true, Some(CcMode::On)), gpu(m, true, Some(CcMode::Off))];
+        f.gpus = vec![
+            gpu(m, true, Some(CcMode::On)),
+            gpu(m, true, Some(CcMode::Off)),
+        ];
         let l = compute(&f, &LabelsConfig::default());
         assert_eq!(get(&l, NV_CC_MODE_STATE), Some("failed"));
         assert_eq!(get(&l, NV_CC_READY_STATE), Some(""));
@@ -375,13 +386,22 @@ mod tests {
             nvidia: false,
             ..Default::default()
         };
-        assert!(!compute(&f, &cfg).labels.keys().any(|k| k.starts_with("nvidia.com/")));
+        assert!(
+            !compute(&f, &cfg)
+                .labels
+                .keys()
+                .any(|k| k.starts_with("nvidia.com/"))
+        );
     }
 
     #[test]
     fn every_key_and_value_is_valid_for_the_api_server() {
         let mut f = tdx_host();
-        f.gpus = vec![gpu("GH100 [H100 SXM5 80GB] / weird (name)!", true, Some(CcMode::On))];
+        f.gpus = vec![gpu(
+            "GH100 [H100 SXM5 80GB] / weird (name)!",
+            true,
+            Some(CcMode::On),
+        )];
         let cfg = LabelsConfig {
             nfd_cpu_security: true,
             prefix: "example.com".into(),

@@ -11,7 +11,8 @@ use crate::host::{HostError, HostRoot};
 /// nfd-worker refuses larger files.
 pub const MAX_FILE_BYTES: usize = 64 * 1024;
 
-const HEADER: &str = "# Written by cchost from the host inventory; cchost rewrites it, do not edit.\n";
+const HEADER: &str =
+    "# Written by cchost from the host inventory; cchost rewrites it, do not edit.\n";
 
 /// The file's text for a label set.
 pub fn render(labels: &NodeLabels) -> String {
@@ -106,7 +107,10 @@ mod tests {
             text,
             format!("{HEADER}cchost.io/tee=tdx\nintel.feature.node.kubernetes.io/tdx=true\n")
         );
-        let names: Vec<_> = std::fs::read_dir(&local).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(&local)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, ["cchost"]);
         assert!(!f.sync(&w).unwrap());
         // A fresh labeler (restart) finds the file right and does not rewrite it.

@@ -1,0 +1,290 @@
+//! Device-plugin figures for docs/performance.md ("Device plugin"), measured with a
+//! Rust client over the real unix sockets against an 8-GPU fixture host:
+//!
+//! 1. process start -> Register received by a fake kubelet (`cchost run`);
+//! 2. Allocate latency (one GPU, and all eight) through the socket, p50 / p99;
+//! 3. health change -> ListAndWatch update (scan + publish + stream);
+//! 4. kernel uevent -> ListAndWatch update through `cchost run` (needs root and a
+//!    PCI device to send a synthetic `change` uevent; skipped otherwise);
+//! 5. idle RSS of `cchost run`;
+//! 6. size of the (stripped) binary.
+//!
+//! Run: `cargo bench --bench deviceplugin`. Prints medians; asserts nothing.
+
+#[path = "../tests/dp_support/mod.rs"]
+mod dp_support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use cchost::config::{Config, DevicePluginConfig};
+use cchost::deviceplugin::{PluginManager, api, devices};
+use dp_support::{DP_DIR, FakeHost, FakeKubelet, Func, connect_plugin};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn eight_gpus() -> (FakeHost, Vec<Func>) {
+    let h = FakeHost::new();
+    let roots = [
+        "0000:00:01.0",
+        "0000:00:02.0",
+        "0000:80:01.0",
+        "0000:80:02.0",
+    ];
+    let mut funcs = Vec::new();
+    let bdfs = [
+        "0000:03:00.0",
+        "0000:04:00.0",
+        "0000:13:00.0",
+        "0000:14:00.0",
+        "0000:83:00.0",
+        "0000:84:00.0",
+        "0000:93:00.0",
+        "0000:94:00.0",
+    ];
+    let ups = [
+        "0000:01:00.0",
+        "0000:01:00.0",
+        "0000:11:00.0",
+        "0000:11:00.0",
+        "0000:81:00.0",
+        "0000:81:00.0",
+        "0000:91:00.0",
+        "0000:91:00.0",
+    ];
+    let downs = [
+        "0000:02:00.0",
+        "0000:02:01.0",
+        "0000:12:00.0",
+        "0000:12:01.0",
+        "0000:82:00.0",
+        "0000:82:01.0",
+        "0000:92:00.0",
+        "0000:92:01.0",
+    ];
+    for i in 0..8 {
+        let f = Func::gpu(
+            bdfs[i],
+            vec![roots[i / 2], ups[i], downs[i]],
+            20 + i as u32,
+            (i / 4) as i32,
+        );
+        h.add(&f);
+        funcs.push(f);
+    }
+    (h, funcs)
+}
+
+fn stats(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.5), at(0.9), at(0.99))
+}
+
+fn spawn_run(h: &FakeHost, extra_config: &str) -> std::process::Child {
+    let cfg = h.dir.path().join("config.toml");
+    std::fs::write(&cfg, format!("[device_plugin]\n{extra_config}")).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
+        .arg("--host-root")
+        .arg(h.dir.path())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn stop(mut child: std::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
+}
+
+async fn start_to_register() {
+    let mut samples = Vec::new();
+    for _ in 0..20 {
+        let (h, _) = eight_gpus();
+        let mut kubelet = FakeKubelet::start(&h.local(DP_DIR)).await;
+        let t = Instant::now();
+        let child = spawn_run(&h, "");
+        kubelet.next(WAIT).await.expect("Register");
+        samples.push(t.elapsed());
+        stop(child);
+        kubelet.stop().await;
+    }
+    let (p50, p90, _) = stats(samples);
+    println!("process start -> Register (8 GPUs, 20 runs): median {p50:?}, p90 {p90:?}");
+}
+
+async fn allocate_latency() {
+    let (h, _) = eight_gpus();
+    let cfg = DevicePluginConfig::default();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut mgr = PluginManager::start(&h.host, &cfg, rx).unwrap();
+    mgr.update(&devices::discover(&h.host, &Config::default().matching, &cfg).unwrap());
+    let mut kubelet = FakeKubelet::start(&h.local(DP_DIR)).await;
+    kubelet.next(WAIT).await.expect("Register");
+    let mut c = connect_plugin(&h.local(DP_DIR).join("cchost-nvidia.com-pgpu.sock"))
+        .await
+        .unwrap();
+    for (label, ids) in [
+        ("1 GPU", vec!["20".to_string()]),
+        ("8 GPUs", (20..28).map(|i| i.to_string()).collect()),
+    ] {
+        let req = api::AllocateRequest {
+            container_requests: vec![api::ContainerAllocateRequest { devices_ids: ids }],
+        };
+        for _ in 0..200 {
+            c.allocate(req.clone()).await.unwrap();
+        }
+        let mut samples = Vec::with_capacity(10_000);
+        for _ in 0..10_000 {
+            let t = Instant::now();
+            c.allocate(req.clone()).await.unwrap();
+            samples.push(t.elapsed());
+        }
+        let (p50, p90, p99) = stats(samples);
+        println!(
+            "Allocate {label} over the socket (10000 calls): p50 {p50:?}, p90 {p90:?}, p99 {p99:?}"
+        );
+    }
+    let _ = tx.send(true);
+    mgr.join().await;
+    kubelet.stop().await;
+}
+
+async fn health_to_update() {
+    let (h, funcs) = eight_gpus();
+    let cfg = DevicePluginConfig::default();
+    let m = Config::default().matching;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut mgr = PluginManager::start(&h.host, &cfg, rx).unwrap();
+    mgr.update(&devices::discover(&h.host, &m, &cfg).unwrap());
+    let mut kubelet = FakeKubelet::start(&h.local(DP_DIR)).await;
+    kubelet.next(WAIT).await.expect("Register");
+    let mut c = connect_plugin(&h.local(DP_DIR).join("cchost-nvidia.com-pgpu.sock"))
+        .await
+        .unwrap();
+    let mut s = c.list_and_watch(api::Empty {}).await.unwrap().into_inner();
+    s.message().await.unwrap();
+    let mut samples = Vec::new();
+    for i in 0..200 {
+        let f = &funcs[i % 8];
+        let bound = i % 16 < 8;
+        let t = Instant::now();
+        h.set_driver(f, Some(if bound { "nvidia" } else { "vfio-pci" }));
+        mgr.update(&devices::discover(&h.host, &m, &cfg).unwrap());
+        tokio::time::timeout(WAIT, s.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        samples.push(t.elapsed());
+    }
+    let (p50, p90, p99) = stats(samples);
+    println!(
+        "health change (driver leaves/returns to vfio-pci) -> ListAndWatch update, scan included (200): p50 {p50:?}, p90 {p90:?}, p99 {p99:?}"
+    );
+    let _ = tx.send(true);
+    mgr.join().await;
+    kubelet.stop().await;
+}
+
+/// A real kernel uevent (synthetic `change` on a live PCI device) wakes `cchost run`.
+async fn uevent_to_update() {
+    let live = cchost::host::HostRoot::live();
+    let Some(dev) = live.pci_addresses().ok().and_then(|v| v.first().copied()) else {
+        println!("uevent -> ListAndWatch: skipped (no PCI device on this machine)");
+        return;
+    };
+    let trigger = format!("/sys/bus/pci/devices/{dev}/uevent");
+    if live.write_attr(&trigger, "change").is_err() {
+        println!("uevent -> ListAndWatch: skipped (cannot write {trigger}; needs root)");
+        return;
+    }
+    let (h, funcs) = eight_gpus();
+    let mut kubelet = FakeKubelet::start(&h.local(DP_DIR)).await;
+    let child = spawn_run(&h, "rescan_interval_s = 0\n");
+    kubelet.next(WAIT).await.expect("Register");
+    let mut c = connect_plugin(&h.local(DP_DIR).join("cchost-nvidia.com-pgpu.sock"))
+        .await
+        .unwrap();
+    let mut s = c.list_and_watch(api::Empty {}).await.unwrap().into_inner();
+    s.message().await.unwrap();
+    let mut samples = Vec::new();
+    for i in 0..40 {
+        h.set_driver(
+            &funcs[i % 8],
+            Some(if i % 16 < 8 { "nvidia" } else { "vfio-pci" }),
+        );
+        let t = Instant::now();
+        live.write_attr(&trigger, "change").unwrap();
+        tokio::time::timeout(WAIT, s.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        samples.push(t.elapsed());
+    }
+    let (p50, p90, p99) = stats(samples);
+    println!(
+        "kernel uevent -> ListAndWatch update via cchost run (40): p50 {p50:?}, p90 {p90:?}, p99 {p99:?} (includes the {:?} debounce)",
+        cchost::daemon::uevents::DEBOUNCE
+    );
+    stop(child);
+    kubelet.stop().await;
+}
+
+async fn idle_rss() {
+    let (h, _) = eight_gpus();
+    let mut kubelet = FakeKubelet::start(&h.local(DP_DIR)).await;
+    let child = spawn_run(&h, "");
+    kubelet.next(WAIT).await.expect("Register");
+    let _ = kubelet.next(WAIT).await;
+    // Kubelet holds a ListAndWatch stream open, as on a real node.
+    let mut c = connect_plugin(&h.local(DP_DIR).join("cchost-nvidia.com-pgpu.sock"))
+        .await
+        .unwrap();
+    let mut s = c.list_and_watch(api::Empty {}).await.unwrap().into_inner();
+    s.message().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    for key in ["VmRSS", "VmHWM", "Threads"] {
+        if let Some(line) = status.lines().find(|l| l.starts_with(key)) {
+            println!(
+                "cchost run idle (8 GPUs, registered, 1 stream): {}",
+                line.split_whitespace().collect::<Vec<_>>().join(" ")
+            );
+        }
+    }
+    stop(child);
+    kubelet.stop().await;
+}
+
+fn binary_size() {
+    let path = env!("CARGO_BIN_EXE_cchost");
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "binary size ({}): {:.1} MiB ({size} bytes)",
+        path.rsplit('/').next().unwrap_or(path),
+        size as f64 / 1048576.0
+    );
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        start_to_register().await;
+        allocate_latency().await;
+        health_to_update().await;
+        uevent_to_update().await;
+        idle_rss().await;
+    });
+    binary_size();
+}

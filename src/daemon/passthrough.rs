@@ -1,0 +1,92 @@
+//! The passthrough service: on start and on every device change, scan the host, write
+//! the CDI spec, then update the device plugin. The spec is written first, so kubelet
+//! is never offered an ID the runtime cannot resolve in CDI.
+
+use crate::cdi;
+use crate::config::PluginMode;
+use crate::deviceplugin::PluginManager;
+use crate::deviceplugin::devices::{self, Discovery};
+
+use super::{Context, DaemonError};
+
+fn fail(message: impl std::fmt::Display) -> DaemonError {
+    DaemonError::Service {
+        service: "passthrough".to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// One pass: scan and write the CDI spec. Errors are logged; the last good state stays.
+pub fn scan_and_write(ctx: &Context) -> Option<Discovery> {
+    let cfg = &ctx.config.device_plugin;
+    let scan = match devices::discover(&ctx.host, &ctx.config.matching, cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "device scan failed; keeping the last state");
+            return None;
+        }
+    };
+    for s in &scan.skipped {
+        match s.address {
+            Some(a) => tracing::info!(address = %a, reason = %s.reason, "not advertised"),
+            None => tracing::info!(reason = %s.reason, "not advertised"),
+        }
+    }
+    match cdi::sync(&ctx.host, &cfg.cdi_dir, &scan) {
+        Ok(r) => {
+            if !r.written.is_empty() || !r.removed.is_empty() {
+                tracing::info!(
+                    written = r.written.len(),
+                    removed = r.removed.len(),
+                    "CDI spec updated"
+                );
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot write the CDI spec"),
+    }
+    Some(scan)
+}
+
+pub async fn run(mut ctx: Context) -> Result<(), DaemonError> {
+    let cfg = ctx.config.device_plugin.clone();
+    let serve = match cfg.mode {
+        PluginMode::Off => false,
+        PluginMode::On => {
+            ctx.host.create_dir_all(&cfg.socket_dir).map_err(fail)?;
+            true
+        }
+        PluginMode::Auto => {
+            let there = ctx.host.kind_followed(&cfg.socket_dir) == Some(crate::host::NodeKind::Dir);
+            if !there {
+                tracing::info!(dir = %cfg.socket_dir, "no kubelet device-plugin directory: device plugin off (CDI spec still written)");
+            }
+            there
+        }
+    };
+    let mut plugins = if serve {
+        Some(PluginManager::start(&ctx.host, &cfg, ctx.shutdown.clone()).map_err(fail)?)
+    } else {
+        None
+    };
+    loop {
+        let change = ctx.changes.borrow_and_update().clone();
+        tracing::debug!(seq = change.seq, reason = %change.reason, "rescanning devices");
+        if let Some(scan) = scan_and_write(&ctx)
+            && let Some(p) = plugins.as_mut()
+        {
+            p.update(&scan);
+        }
+        tokio::select! {
+            _ = ctx.shutdown.wait_for(|s| *s) => break,
+            r = ctx.changes.changed() => if r.is_err() { break },
+        }
+    }
+    // The CDI spec stays as it is: every write was atomic, and it still describes the
+    // devices that running pods use. Endpoints remove their sockets.
+    if let Some(p) = plugins.take() {
+        for e in p.join().await {
+            tracing::error!(error = %e, "device plugin ended with an error");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! Generated code for the kubelet device plugin API v1beta1 (proto/deviceplugin_v1beta1.proto).
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+tonic::include_proto!("v1beta1");
+
+/// The only API version kubelet supports for device plugins.
+pub const VERSION: &str = "v1beta1";
+pub const HEALTHY: &str = "Healthy";
+pub const UNHEALTHY: &str = "Unhealthy";

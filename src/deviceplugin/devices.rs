@@ -1,0 +1,460 @@
+//! Which passthrough devices this host can hand to a pod, under which IDs and /dev
+//! nodes: the one list both the CDI spec and the device plugin are made from, so their
+//! names cannot drift apart (facts gpu.md §3.3: CDI kind == resource name, CDI device
+//! name == device-plugin ID).
+//!
+//! The input is a list of [`Candidate`]s (matched GPU / NVSwitch functions). Today
+//! they come from `host::pci` + `config::MatchConfig` ([`candidates_from_pci`]); the
+//! inventory can produce the same list later without touching the rest.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::config::{DevicePluginConfig, MatchConfig, VfioModeConfig};
+use crate::host::pci::{PciAddress, PciDevice};
+use crate::host::{HostError, HostRoot};
+
+pub const VFIO_CONTAINER: &str = "/dev/vfio/vfio";
+pub const IOMMU_DEV: &str = "/dev/iommu";
+pub const VFIO_DEVICES_DIR: &str = "/dev/vfio/devices";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceClass {
+    Gpu,
+    NvSwitch,
+}
+
+/// How user space reaches a vfio device on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VfioMode {
+    /// Group nodes: `/dev/vfio/vfio` + `/dev/vfio/<group>`; ID = group number.
+    Legacy,
+    /// Device cdevs: `/dev/vfio/devices/vfioN` + `/dev/iommu`; ID = N.
+    Iommufd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "reason", rename_all = "lowercase")]
+pub enum Health {
+    Healthy,
+    Unhealthy(String),
+}
+
+impl Health {
+    pub fn is_healthy(&self) -> bool {
+        matches!(self, Health::Healthy)
+    }
+}
+
+/// One matched PCI function, as far as passthrough cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub address: PciAddress,
+    pub class: DeviceClass,
+    pub vendor: u16,
+    pub device: u16,
+    /// Model name as pci.ids prints it (`GH100 [H100 SXM5 80GB]`).
+    pub model: String,
+    pub numa_node: Option<u32>,
+    pub iommu_group: Option<u32>,
+    pub driver: Option<String>,
+    /// `vfioN` under `<device>/vfio-dev/` (iommufd cdev), if any.
+    pub vfio_dev: Option<String>,
+    /// Upstream bridges, root port first.
+    pub upstream: Vec<PciAddress>,
+}
+
+impl Candidate {
+    /// The upstream port of the PCIe switch above this function: the bridge above the
+    /// downstream port the function hangs off. `None` when it sits on a root port.
+    pub fn pcie_switch(&self) -> Option<PciAddress> {
+        let n = self.upstream.len();
+        (n >= 2).then(|| self.upstream[n - 2])
+    }
+}
+
+/// One device the plugin advertises and the CDI spec names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PassthroughDevice {
+    /// Device-plugin ID == CDI device name.
+    pub id: String,
+    /// Extended resource name == CDI kind.
+    pub resource: String,
+    pub class: DeviceClass,
+    pub model: String,
+    /// The PCI functions behind this ID (several when functions share a group).
+    pub functions: Vec<PciAddress>,
+    pub numa_node: Option<u32>,
+    pub pcie_switch: Option<PciAddress>,
+    /// Host paths of the /dev nodes a container (or Kata's VMM) needs.
+    pub device_nodes: Vec<String>,
+    pub health: Health,
+}
+
+/// A function that could not be advertised, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    pub address: Option<PciAddress>,
+    pub reason: String,
+}
+
+/// Everything one scan found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Discovery {
+    pub mode: VfioMode,
+    /// Sorted by resource, then numerically by ID.
+    pub devices: Vec<PassthroughDevice>,
+    /// Matched functions that are not advertised (not bound to vfio, unreadable, ...).
+    pub skipped: Vec<Skipped>,
+}
+
+impl Discovery {
+    /// The resource names in use, sorted.
+    pub fn resources(&self) -> Vec<String> {
+        let mut r: Vec<String> = self.devices.iter().map(|d| d.resource.clone()).collect();
+        r.dedup();
+        r.sort();
+        r.dedup();
+        r
+    }
+
+    /// One line that says why nothing is advertised (for the "0 devices" log).
+    pub fn why_empty(&self) -> String {
+        if self.skipped.is_empty() {
+            "no GPU or NVSwitch matched the [match] rules".to_string()
+        } else {
+            self.skipped
+                .iter()
+                .map(|s| match s.address {
+                    Some(a) => format!("{a}: {}", s.reason),
+                    None => s.reason.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+    }
+}
+
+/// Upper-case model name for per-model resource names, the way NVIDIA's sandbox plugin
+/// derives it: `GH100 [H100 SXM5 80GB]` -> `GH100_H100_SXM5_80GB` (facts gpu.md §3.1).
+pub fn model_resource_class(model: &str) -> String {
+    let mut out: String = model
+        .chars()
+        .filter_map(|c| match c {
+            '/' | '.' => Some('_'),
+            c if c.is_whitespace() => Some('_'),
+            c if c.is_ascii_alphanumeric() || c == '_' || c == '-' => Some(c.to_ascii_uppercase()),
+            _ => None,
+        })
+        .collect();
+    while out.ends_with(['_', '-']) {
+        out.pop();
+    }
+    if !out.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        out.insert_str(0, "GPU_");
+    }
+    out.truncate(63);
+    while out.ends_with(['_', '-']) {
+        out.pop();
+    }
+    out
+}
+
+/// pci.ids model name, or `PCI_VVVV_DDDD` when the ID is not in the database.
+pub fn model_name(vendor: u16, device: u16) -> String {
+    pci_ids::Device::from_vid_pid(vendor, device)
+        .map(|d| d.name().to_string())
+        .unwrap_or_else(|| format!("PCI_{vendor:04X}_{device:04X}"))
+}
+
+/// Reads matched GPU / NVSwitch functions from sysfs. A function whose attributes
+/// cannot be read is reported in the second list and never blocks the others.
+pub fn candidates_from_pci(
+    host: &HostRoot,
+    matching: &MatchConfig,
+) -> Result<(Vec<Candidate>, Vec<Skipped>), HostError> {
+    let mut out = Vec::new();
+    let mut skipped = Vec::new();
+    for addr in host.pci_addresses()? {
+        let dev: PciDevice = match host.pci_device(&addr) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(address = %addr, error = %e, "skipping a PCI function whose sysfs attributes cannot be read");
+                skipped.push(Skipped {
+                    address: Some(addr),
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let class = if matching.is_gpu(dev.vendor, dev.device, dev.class) {
+            DeviceClass::Gpu
+        } else if matching.is_nvswitch(dev.vendor, dev.device, dev.class) {
+            DeviceClass::NvSwitch
+        } else {
+            continue;
+        };
+        let upstream = dev.upstream_bridges();
+        out.push(Candidate {
+            address: addr,
+            class,
+            vendor: dev.vendor,
+            device: dev.device,
+            model: model_name(dev.vendor, dev.device),
+            numa_node: dev.numa_node,
+            iommu_group: dev.iommu_group,
+            driver: dev.driver,
+            vfio_dev: dev.vfio_dev,
+            upstream,
+        });
+    }
+    Ok((out, skipped))
+}
+
+/// Picks the vfio mode: configured, or from the nodes the host actually has.
+pub fn vfio_mode(host: &HostRoot, cfg: &DevicePluginConfig) -> VfioMode {
+    match cfg.vfio_mode {
+        VfioModeConfig::Legacy => VfioMode::Legacy,
+        VfioModeConfig::Iommufd => VfioMode::Iommufd,
+        VfioModeConfig::Auto => {
+            if host.exists(IOMMU_DEV) && host.exists(VFIO_DEVICES_DIR) {
+                VfioMode::Iommufd
+            } else {
+                VfioMode::Legacy
+            }
+        }
+    }
+}
+
+/// A /dev node is there when something (a char device, or a plain file in a fixture
+/// tree) exists at the path.
+fn node_present(host: &HostRoot, path: &str) -> bool {
+    host.kind_followed(path)
+        .is_some_and(|k| k != crate::host::NodeKind::Dir)
+}
+
+/// Turns candidates into advertised devices.
+pub fn discover_from(
+    host: &HostRoot,
+    cfg: &DevicePluginConfig,
+    candidates: Vec<Candidate>,
+    mut skipped: Vec<Skipped>,
+) -> Discovery {
+    let mode = vfio_mode(host, cfg);
+    let mut units: BTreeMap<(String, String), PassthroughDevice> = BTreeMap::new();
+    for c in candidates {
+        let resource = match c.class {
+            DeviceClass::Gpu if cfg.gpu_resource.is_empty() => {
+                format!("{}/{}", cfg.model_prefix, model_resource_class(&c.model))
+            }
+            DeviceClass::Gpu => cfg.gpu_resource.clone(),
+            DeviceClass::NvSwitch if cfg.nvswitch_resource.is_empty() => {
+                skipped.push(Skipped {
+                    address: Some(c.address),
+                    reason: "NVSwitch not advertised (device_plugin.nvswitch_resource is empty)"
+                        .into(),
+                });
+                continue;
+            }
+            DeviceClass::NvSwitch => cfg.nvswitch_resource.clone(),
+        };
+        let driver = c.driver.clone().unwrap_or_default();
+        if !cfg.vfio_drivers.contains(&driver) {
+            skipped.push(Skipped {
+                address: Some(c.address),
+                reason: if driver.is_empty() {
+                    "no driver bound (not bound to vfio-pci)".to_string()
+                } else {
+                    format!("bound to {driver}, not to a vfio driver")
+                },
+            });
+            continue;
+        }
+        let Some(group) = c.iommu_group else {
+            skipped.push(Skipped {
+                address: Some(c.address),
+                reason: "no IOMMU group (IOMMU off?)".into(),
+            });
+            continue;
+        };
+        let (id, nodes) = match mode {
+            VfioMode::Legacy => (
+                group.to_string(),
+                vec![VFIO_CONTAINER.to_string(), format!("/dev/vfio/{group}")],
+            ),
+            VfioMode::Iommufd => {
+                let Some(n) = c
+                    .vfio_dev
+                    .as_deref()
+                    .and_then(|v| v.strip_prefix("vfio"))
+                    .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                else {
+                    skipped.push(Skipped {
+                        address: Some(c.address),
+                        reason: "iommufd mode, but the function has no vfio-dev/vfioN cdev".into(),
+                    });
+                    continue;
+                };
+                (
+                    n.to_string(),
+                    vec![format!("{VFIO_DEVICES_DIR}/vfio{n}"), IOMMU_DEV.to_string()],
+                )
+            }
+        };
+        let key = (resource.clone(), id.clone());
+        if let Some(unit) = units.get_mut(&key) {
+            // Functions sharing one group travel together (e.g. NVSwitches that share
+            // a group on some HGX boards, facts gpu.md §5 P5).
+            unit.functions.push(c.address);
+            continue;
+        }
+        units.insert(
+            key,
+            PassthroughDevice {
+                id,
+                resource,
+                class: c.class,
+                model: c.model.clone(),
+                functions: vec![c.address],
+                numa_node: c.numa_node,
+                pcie_switch: c.pcie_switch(),
+                device_nodes: nodes,
+                health: Health::Healthy,
+            },
+        );
+    }
+    let mut devices: Vec<PassthroughDevice> = units.into_values().collect();
+    for d in &mut devices {
+        d.health = check_health(host, mode, d, &cfg.vfio_drivers);
+    }
+    devices.sort_by(|a, b| {
+        (a.resource.as_str(), numeric_key(&a.id)).cmp(&(b.resource.as_str(), numeric_key(&b.id)))
+    });
+    // The same ID under two resources (a group holding a GPU and an NVSwitch) would
+    // hand one group out twice: keep the first, report the rest.
+    let mut seen = std::collections::BTreeSet::new();
+    devices.retain(|d| {
+        if seen.insert(d.id.clone()) {
+            true
+        } else {
+            skipped.push(Skipped {
+                address: d.functions.first().copied(),
+                reason: format!("ID {} is already advertised under another resource", d.id),
+            });
+            false
+        }
+    });
+    Discovery {
+        mode,
+        devices,
+        skipped,
+    }
+}
+
+/// Sort key that orders "2" before "10".
+pub fn numeric_key(id: &str) -> (u64, &str) {
+    (id.parse().unwrap_or(u64::MAX), id)
+}
+
+/// A device is healthy when its /dev nodes exist and, for a group, every endpoint in
+/// the group is bound to a vfio driver (else the kernel refuses to open the group).
+fn check_health(
+    host: &HostRoot,
+    mode: VfioMode,
+    d: &PassthroughDevice,
+    vfio_drivers: &[String],
+) -> Health {
+    for node in &d.device_nodes {
+        if !node_present(host, node) {
+            return Health::Unhealthy(format!("{node} is missing"));
+        }
+    }
+    if mode == VfioMode::Legacy
+        && let Ok(group) = d.id.parse::<u32>()
+        && let Ok(members) = host.iommu_group_devices(group)
+    {
+        for m in members {
+            let dir = PathBuf::from(crate::host::pci::PCI_DEVICES).join(m.to_string());
+            let driver = host.link_name(dir.join("driver")).ok().flatten();
+            let class = host
+                .read_attr_opt(dir.join("class"))
+                .ok()
+                .flatten()
+                .and_then(|s| u32::from_str_radix(s.trim_start_matches("0x"), 16).ok());
+            // Bridges may stay with their driver (pcieport); everything else in the
+            // group must be vfio-bound or driverless.
+            let is_bridge = class.is_some_and(|c| c >> 8 == 0x0604);
+            if let Some(drv) = driver
+                && !is_bridge
+                && !vfio_drivers.contains(&drv)
+            {
+                return Health::Unhealthy(format!(
+                    "IOMMU group {group} is not viable: {m} is bound to {drv}"
+                ));
+            }
+        }
+    }
+    Health::Healthy
+}
+
+/// Full scan: sysfs + config -> devices.
+pub fn discover(
+    host: &HostRoot,
+    matching: &MatchConfig,
+    cfg: &DevicePluginConfig,
+) -> Result<Discovery, HostError> {
+    let (candidates, skipped) = candidates_from_pci(host, matching)?;
+    Ok(discover_from(host, cfg, candidates, skipped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_model_names_match_nvidia_sandbox_plugin() {
+        assert_eq!(
+            model_resource_class("GH100 [H100 SXM5 80GB]"),
+            "GH100_H100_SXM5_80GB"
+        );
+        assert_eq!(
+            model_resource_class("GH100 [H100 NVSwitch]"),
+            "GH100_H100_NVSWITCH"
+        );
+        assert_eq!(model_resource_class("3D thing."), "GPU_3D_THING");
+        assert!(
+            crate::cdi::validate_class(&model_resource_class("a".repeat(100).as_str())).is_ok()
+        );
+    }
+
+    #[test]
+    fn switch_is_the_bridge_above_the_downstream_port() {
+        let a = |s: &str| s.parse::<PciAddress>().unwrap();
+        let mut c = Candidate {
+            address: a("0000:03:00.0"),
+            class: DeviceClass::Gpu,
+            vendor: 0x10de,
+            device: 0x2330,
+            model: String::new(),
+            numa_node: None,
+            iommu_group: None,
+            driver: None,
+            vfio_dev: None,
+            upstream: vec![a("0000:00:01.0"), a("0000:01:00.0"), a("0000:02:00.0")],
+        };
+        assert_eq!(c.pcie_switch(), Some(a("0000:01:00.0")));
+        c.upstream.truncate(1);
+        assert_eq!(c.pcie_switch(), None);
+    }
+
+    #[test]
+    fn numeric_ids_sort_numerically() {
+        let mut v = vec!["10", "2", "x"];
+        v.sort_by_key(|s| numeric_key(s));
+        assert_eq!(v, ["2", "10", "x"]);
+    }
+}
