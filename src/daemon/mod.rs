@@ -91,7 +91,12 @@ impl Daemon {
             reason: "start".to_string(),
         });
         let rescan = Duration::from_secs(self.config.device_plugin.rescan_interval_s);
-        let watcher = tokio::spawn(uevents::watch(changes_tx, shutdown.clone(), rescan));
+        let watcher = tokio::spawn(uevents::watch(
+            self.host.clone(),
+            changes_tx,
+            shutdown.clone(),
+            rescan,
+        ));
         let ctx = Context {
             host: self.host.clone(),
             config: self.config.clone(),
