@@ -76,8 +76,8 @@ fn bind_unbind_undo_and_refusals_on_a_real_kernel() {
         .file("/etc/vfio-test.sh", LIB)
         // 0: the original state
         .cmd(&lib("setup && both && echo EDU=$EDU TD=$TD"))
-        // 1: list sees both as GPUs
-        .cmd(&lib("cchost gpu list --json"))
+        // 1: a dry run changes nothing (not even the state directory); list sees both
+        .cmd(&lib("cchost gpu bind --all --dry-run >&2 && test ! -e /var/lib/cchost && both >&2 && cchost gpu list --json"))
         // 2: bind everything (vfio-pci is not loaded yet: cchost loads it)
         .cmd(&lib("cchost gpu bind --all && both && lsmod | cut -d' ' -f1 | grep -x vfio_pci && cat /var/lib/cchost/journal.json"))
         // 3: binding again changes nothing
@@ -87,6 +87,8 @@ fn bind_unbind_undo_and_refusals_on_a_real_kernel() {
 sleep 1000 < /dev/vfio/$(grp $EDU) & pid=$!
 while [ "$(readlink /proc/$pid/fd/0)" != /dev/vfio/$(grp $EDU) ]; do sleep 0.05; done
 cchost gpu unbind --all; echo "rc=$?"
+both
+cchost undo; echo "undo rc=$?"
 both
 kill $pid"#))
         // 5: unbind: edu back to no driver, pci-testdev back to pci-stub (+ override)
@@ -109,7 +111,10 @@ kill $pid"#))
     let s0 = run.step(0).assert_success();
     assert_eq!(states(s0), original(), "{s0}");
 
-    let list = run.step(1).assert_success().json();
+    let s1 = run.step(1).assert_success();
+    assert_eq!(s1.stderr().matches("would bind to vfio-pci").count(), 2, "{s1}");
+    assert!(s1.stderr().contains("STATE") && !s1.stderr().contains("vfio-pci yes"), "{s1}");
+    let list = s1.json();
     let devs = list["devices"].as_array().expect("devices");
     assert_eq!(devs.len(), 2, "{list}");
     assert!(
@@ -133,7 +138,12 @@ kill $pid"#))
     assert!(s4.stdout().contains("rc=1"), "{s4}");
     assert!(s4.stderr().contains("in use"), "{s4}");
     assert!(s4.stderr().contains("sleep"), "holder named: {s4}");
-    assert_eq!(states(s4), on_vfio(), "nothing changed: {s4}");
+    let st = states(s4);
+    assert_eq!(st[..2], on_vfio()[..], "nothing changed: {s4}");
+    // undo goes newest first: pci-testdev is restored, then it stops at the held edu.
+    assert!(s4.stdout().contains("undo rc=1"), "{s4}");
+    assert_eq!(st[2], on_vfio()[0], "{s4}");
+    assert_eq!(st[3], original()[1], "{s4}");
 
     let s5 = run.step(5).assert_success();
     assert_eq!(states(s5), original(), "{s5}");

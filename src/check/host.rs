@@ -10,12 +10,7 @@ pub fn cpu_and_kvm() -> Check {
         "kvm",
         "KVM available (/dev/kvm)",
         kvm,
-    )
-    .with([Check::new(
-        "kvm.module",
-        "KVM vendor module loaded",
-        kvm_module,
-    )])])
+    )])
 }
 
 fn cpu(ctx: &Ctx) -> CheckOutcome {
@@ -53,31 +48,11 @@ fn kvm(ctx: &Ctx) -> CheckOutcome {
             "enable hardware virtualisation (VT-x / AMD-V) in the BIOS; nested guests need it exposed",
         );
     }
-    CheckOutcome::fail(
-        "/dev/kvm missing",
-        "load KVM: modprobe kvm_intel (Intel) or modprobe kvm_amd (AMD)",
-    )
-}
-
-fn kvm_module(ctx: &Ctx) -> CheckOutcome {
-    let k = &ctx.inv.kernel;
-    let m = match ctx.inv.cpu.as_ref().map(|c| c.vendor) {
-        Some(CpuVendor::Intel) => "kvm_intel",
+    let module = match ctx.inv.cpu.as_ref().map(|c| c.vendor) {
         Some(CpuVendor::Amd) => "kvm_amd",
-        _ => return CheckOutcome::skip("no x86 KVM vendor module for this CPU"),
+        _ => "kvm_intel",
     };
-    let state = k.module(m);
-    if state.available() {
-        CheckOutcome::pass(format!("{m} {}", state_word(state)))
-    } else {
-        CheckOutcome::fail(
-            format!(
-                "{m} is not loaded ({}); TEE parameters live there",
-                state_word(state)
-            ),
-            format!("modprobe {m}"),
-        )
-    }
+    CheckOutcome::fail("/dev/kvm missing", ctx.inv.kernel.load_remedy(module, ""))
 }
 
 pub(super) fn state_word(s: crate::inventory::ModuleState) -> &'static str {
@@ -224,9 +199,14 @@ fn vsock_check(ctx: &Ctx) -> CheckOutcome {
             "check that devtmpfs is mounted on /dev (or mknod /dev/vhost-vsock c 10 241)",
         );
     }
+    let remedy = if k.modules_supported {
+        "modprobe vhost_vsock and persist it: echo vhost_vsock > /etc/modules-load.d/vhost-vsock.conf".to_string()
+    } else {
+        k.load_remedy("vhost_vsock", "")
+    };
     CheckOutcome::fail(
         format!("vhost_vsock {} and /dev/vhost-vsock missing", state_word(m)),
-        "modprobe vhost_vsock and persist it: echo vhost_vsock > /etc/modules-load.d/vhost-vsock.conf",
+        remedy,
     )
 }
 

@@ -182,7 +182,7 @@ fn evaluate_one(c: &Check, ctx: &Ctx) -> Node {
     let outcome = (c.run)(ctx);
     let children = match outcome.status {
         Status::Pass | Status::Warn => evaluate(&c.children, ctx),
-        Status::Fail | Status::Skip => c.children.iter().map(|ch| skipped(ch, &c.title)).collect(),
+        Status::Fail | Status::Skip => c.children.iter().map(|ch| skipped(ch, &c.id)).collect(),
     };
     Node {
         id: c.id.clone(),
@@ -196,7 +196,7 @@ fn skipped(c: &Check, parent: &str) -> Node {
     Node {
         id: c.id.clone(),
         title: c.title.clone(),
-        outcome: CheckOutcome::skip(format!("not checked: \"{parent}\" did not pass")),
+        outcome: CheckOutcome::skip(format!("needs {parent}")),
         children: c.children.iter().map(|ch| skipped(ch, parent)).collect(),
     }
 }

@@ -177,40 +177,43 @@ fn tdx_keys(ctx: &Ctx) -> CheckOutcome {
 }
 
 fn snp() -> Check {
+    let snp_kvm = Check::new(
+        "snp.kvm",
+        "SEV-SNP enabled in KVM (kvm_amd sev_snp)",
+        |ctx| level(ctx, &ctx.inv.sev.snp, "sev_snp"),
+    )
+    .with([
+        Check::new("snp.asids", "SEV-ES/SNP ASIDs (misc cgroup)", snp_asids),
+        Check::new("snp.dev_sev", "/dev/sev present (ccp driver)", snp_dev_sev),
+        Check::new("snp.firmware", "SEV firmware 1.51 or newer", snp_firmware),
+    ]);
+    let sev_es = Check::new(
+        "snp.sev_es",
+        "SEV-ES enabled in KVM (kvm_amd sev_es)",
+        |ctx| level(ctx, &ctx.inv.sev.sev_es, "sev_es"),
+    )
+    .with([snp_kvm]);
+    let sev = Check::new("snp.sev", "SEV enabled in KVM (kvm_amd sev)", |ctx| {
+        level(ctx, &ctx.inv.sev.sev, "sev")
+    })
+    .with([sev_es]);
+    // The BIOS and IOMMU checks do not need kvm_amd: they explain why it is not
+    // enough even when it loads.
     Check::new("snp.cpu", "AMD CPU", |ctx| {
         vendor_is(ctx, CpuVendor::Amd, "tdx")
     })
     .with([
-        Check::new("snp.kvm_amd", "kvm_amd loaded", snp_kvm_amd).with([
-            Check::new(
-                "snp.bios",
-                "SEV-SNP enabled in the BIOS (sev_snp flag)",
-                snp_bios,
-            ),
-            Check::new(
-                "snp.iommu",
-                "IOMMU not in passthrough (SNP needs it)",
-                snp_iommu,
-            ),
-            Check::new("snp.sev", "SEV enabled in KVM (kvm_amd sev)", |ctx| {
-                level(ctx, &ctx.inv.sev.sev, "sev")
-            })
-            .with([Check::new(
-                "snp.sev_es",
-                "SEV-ES enabled in KVM (kvm_amd sev_es)",
-                |ctx| level(ctx, &ctx.inv.sev.sev_es, "sev_es"),
-            )
-            .with([Check::new(
-                "snp.kvm",
-                "SEV-SNP enabled in KVM (kvm_amd sev_snp)",
-                |ctx| level(ctx, &ctx.inv.sev.snp, "sev_snp"),
-            )
-            .with([
-                Check::new("snp.asids", "SEV-ES/SNP ASIDs (misc cgroup)", snp_asids),
-                Check::new("snp.dev_sev", "/dev/sev present (ccp driver)", snp_dev_sev),
-                Check::new("snp.firmware", "SEV firmware 1.51 or newer", snp_firmware),
-            ])])]),
-        ]),
+        Check::new(
+            "snp.bios",
+            "SEV-SNP enabled in the BIOS (sev_snp flag)",
+            snp_bios,
+        ),
+        Check::new(
+            "snp.iommu",
+            "IOMMU on and translating (SNP needs it)",
+            snp_iommu,
+        ),
+        Check::new("snp.kvm_amd", "kvm_amd loaded", snp_kvm_amd).with([sev]),
     ])
 }
 
@@ -221,7 +224,7 @@ fn snp_kvm_amd(ctx: &Ctx) -> CheckOutcome {
     } else {
         CheckOutcome::fail(
             format!("kvm_amd {}", state_word(s)),
-            "modprobe kvm_amd (if it refuses, enable SVM in the BIOS)",
+            ctx.inv.kernel.load_remedy("kvm_amd", ""),
         )
     }
 }

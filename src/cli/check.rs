@@ -1,14 +1,41 @@
 use std::process::ExitCode;
 
+use cchost::check::{Profile, Report, render};
+use cchost::inventory::Inventory;
+
 use super::Global;
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ProfileArg {
+    Tdx,
+    Snp,
+    Auto,
+}
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Print JSON (documented in docs/check-json.md).
     #[arg(long)]
     pub json: bool,
+    /// Which TEE to check for; `auto` picks TDX on Intel and SEV-SNP on AMD.
+    #[arg(long, value_enum, default_value_t = ProfileArg::Auto)]
+    pub profile: ProfileArg,
 }
 
-pub fn run(_g: &Global, _a: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("check: not built yet")
+/// Exit 0 when ready, 1 when not (2, usage or I/O errors, comes from the caller).
+pub fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
+    let profile = match a.profile {
+        ProfileArg::Tdx => Profile::Tdx,
+        ProfileArg::Snp => Profile::Snp,
+        ProfileArg::Auto => Profile::Auto,
+    };
+    let inv = Inventory::collect(&g.host, &g.config);
+    let report = Report::new(&inv, &g.config, profile);
+    let text = if a.json {
+        format!("{}\n", serde_json::to_string_pretty(&report)?)
+    } else {
+        render::text(&report)
+    };
+    super::inventory::write_stdout(&text)?;
+    Ok(ExitCode::from(if report.ready { 0 } else { 1 }))
 }

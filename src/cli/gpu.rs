@@ -115,6 +115,18 @@ fn step_observer() -> anyhow::Result<impl FnMut(&PciAddress, Step)> {
     })
 }
 
+/// Says which journal entries an interrupted run left behind (read-only commands).
+fn warn_pending(entries: &[journal::Entry]) {
+    for e in entries
+        .iter()
+        .filter(|e| e.state != journal::EntryState::Applied)
+    {
+        eprintln!(
+            "warning: journal entry {e} was left half done; the next bind/unbind/undo finishes it"
+        );
+    }
+}
+
 fn print_json(v: &impl Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -134,7 +146,13 @@ fn refused(e: PlanError, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
-    let mut journal = open_journal(g)?;
+    // A dry run reads the journal without locking or recovering: it changes nothing.
+    let mut journal = if a.dry_run {
+        warn_pending(&Journal::peek(&g.host)?);
+        None
+    } else {
+        Some(open_journal(g)?)
+    };
     let inv = discover_gpus(&g.host, &g.config.matching);
     let plan = match vfio_plan::plan_bind(&g.host, &g.config, &inv, &a.selection()) {
         Ok(p) => p,
@@ -146,7 +164,7 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
     if plan.items.is_empty() {
         eprintln!("no matched GPU or NVSwitch to bind");
     }
-    if a.dry_run {
+    let Some(journal) = journal.as_mut() else {
         if a.json {
             return print_json(&plan).map(|_| ExitCode::SUCCESS);
         }
@@ -163,9 +181,9 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
             println!("{} {what}", it.address);
         }
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     let mut observe = step_observer()?;
-    let results = vfio_plan::apply_bind(&mut journal, &g.config, &plan, &mut observe)?;
+    let results = vfio_plan::apply_bind(journal, &g.config, &plan, &mut observe)?;
     let failed = results.iter().any(|r| r.outcome.is_err()) || results.len() < plan.items.len();
     if a.json {
         print_json(&results)?;
@@ -193,13 +211,21 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn unbind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
-    let mut journal = open_journal(g)?;
+    let (mut journal, entries) = if a.dry_run {
+        let entries = Journal::peek(&g.host)?;
+        warn_pending(&entries);
+        (None, entries)
+    } else {
+        let j = open_journal(g)?;
+        let entries = j.entries().to_vec();
+        (Some(j), entries)
+    };
     let inv = discover_gpus(&g.host, &g.config.matching);
-    let plan = match vfio_plan::plan_unbind(&g.host, &journal, &inv, &a.selection()) {
+    let plan = match vfio_plan::plan_unbind(&g.host, &entries, &inv, &a.selection()) {
         Ok(p) => p,
         Err(e) => return refused(e, a.json),
     };
-    if a.dry_run {
+    let Some(journal) = journal.as_mut() else {
         if a.json {
             return print_json(&plan).map(|_| ExitCode::SUCCESS);
         }
@@ -207,9 +233,9 @@ fn unbind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
             println!("{} would be released (now {})", it.address, it.current);
         }
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     let mut observe = step_observer()?;
-    let results = vfio_plan::apply_unbind(&mut journal, &plan, &mut observe);
+    let results = vfio_plan::apply_unbind(journal, &plan, &mut observe);
     let failed = results.iter().any(|r| r.outcome.is_err());
     if a.json {
         print_json(&results)?;

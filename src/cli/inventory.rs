@@ -1,14 +1,34 @@
 use std::process::ExitCode;
 
+use cchost::inventory::{Inventory, render};
+
 use super::Global;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Print JSON.
+    /// Print JSON (the serialized `Inventory`; docs/inventory.md).
     #[arg(long)]
     pub json: bool,
 }
 
-pub fn run(_g: &Global, _a: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("inventory: not built yet")
+pub fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
+    let inv = Inventory::collect(&g.host, &g.config);
+    let text = if a.json {
+        format!("{}\n", serde_json::to_string_pretty(&inv)?)
+    } else {
+        render::text(&inv)
+    };
+    write_stdout(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+pub fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -21,6 +21,7 @@ pub struct Args {
 fn restorers() -> Vec<&'static dyn Restorer> {
     let mut v: Vec<&'static dyn Restorer> = vec![&FileRestorer];
     v.extend(super::gpu::restorers());
+    v.extend(super::plan::restorers());
     v
 }
 
@@ -39,7 +40,16 @@ pub fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut j = Journal::open(&g.host)?;
-    let done = journal::undo_all(&mut j, &restorers())?;
+    let done = match journal::undo_all(&mut j, &restorers()) {
+        Ok(d) => d,
+        // A restore that was refused (device in use) or failed: exit 1, the rest of the
+        // journal is kept for the next undo.
+        Err(e @ journal::JournalError::Restore { .. }) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&done)?);
     } else if done.is_empty() {

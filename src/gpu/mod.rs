@@ -3,3 +3,4 @@
 pub mod usage;
 pub mod vfio;
 pub mod vfio_plan;
+pub mod cc;

@@ -19,6 +19,10 @@ use serde::Serialize;
 use crate::host::pci::{PciAddress, PciDevice};
 use crate::host::{HostError, HostRoot};
 
+/// `/proc/<pid>/maps` can exceed the usual read limit: at the default
+/// `vm.max_map_count` (65530) of ~150-byte lines it reaches ~10 MiB.
+const MAPS_LIMIT: u64 = 64 * 1024 * 1024;
+
 /// One process holding one of a device's files.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Holder {
@@ -214,8 +218,11 @@ fn scan(host: &HostRoot, watched: &Watched) -> Result<Vec<Holder>, HostError> {
             }
         }
         if !watched.sysfs_dirs.is_empty()
-            && let Some(maps) = skip_vanished(host.read_string(format!("/proc/{pid}/maps")))?
+            && let Some(raw) =
+                skip_vanished(host.read_bytes_limited(format!("/proc/{pid}/maps"), MAPS_LIMIT))?
         {
+            // Mapped file names need not be UTF-8; ours are.
+            let maps = String::from_utf8_lossy(&raw);
             let mut seen = BTreeSet::new();
             for line in maps.lines() {
                 // The path is the sixth field and may contain spaces: take what follows
@@ -440,6 +447,20 @@ mod tests {
         let err = users_of(&t.host(), &dev).unwrap_err();
         assert!(err.to_string().contains("/proc/500/fd"), "{err}");
         fs::set_permissions(&fd, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn non_utf8_mapped_names_do_not_break_the_scan() {
+        let t = Tree::new();
+        t.process(700, "odd", &[], "");
+        let sys = "/sys/devices/pci0000:00/0000:00:01.0/0000:3b:00.0";
+        let mut maps = b"7f00-7f01 r--p 00000000 08:01 99   /tmp/\xff\xfe\n".to_vec();
+        maps.extend(format!("7f02-7f03 rw-s 00000000 00:15 12   {sys}/resource1\n").bytes());
+        fs::write(t.dir.path().join("proc/700/maps"), maps).unwrap();
+        let dev = device("0000:3b:00.0", None, None);
+        let users = users_of(&t.host(), &dev).unwrap();
+        assert_eq!(users.len(), 1);
+        assert_eq!(users[0].how, HoldKind::Map);
     }
 
     #[test]

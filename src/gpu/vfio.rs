@@ -146,8 +146,11 @@ pub fn bind(
     let subject = address.to_string();
     let current = Binding::of(&dev);
     // A device cchost moved before (and someone moved since) keeps its first original.
-    let seq = match journal.find(BIND_KIND, &subject) {
-        Some(e) => e.seq,
+    let seq = match journal.find(BIND_KIND, &subject).map(|e| e.seq) {
+        Some(seq) => {
+            journal.reapplying(seq)?;
+            seq
+        }
         None => journal.begin(
             BIND_KIND,
             &subject,

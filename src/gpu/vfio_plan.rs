@@ -19,7 +19,7 @@ use crate::host::{HostError, HostRoot};
 use crate::inventory::gpu::read_vfio_aliases;
 use crate::inventory::modalias::VfioChoice;
 use crate::inventory::{GpuDevice, GpuInventory, GpuKind};
-use crate::journal::Journal;
+use crate::journal::{Entry, Journal};
 
 /// Which devices a command is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -373,13 +373,12 @@ fn in_use(host: &HostRoot, devs: &[PciDevice]) -> Result<Vec<Refusal>, HostError
 /// them) that are on a vfio driver or journaled as bound by cchost.
 pub fn plan_unbind(
     host: &HostRoot,
-    journal: &Journal,
+    entries: &[Entry],
     inv: &GpuInventory,
     sel: &Selection,
 ) -> Result<Plan, PlanError> {
     let mut refusals = Vec::new();
-    let journaled: Vec<PciAddress> = journal
-        .entries()
+    let journaled: Vec<PciAddress> = entries
         .iter()
         .filter(|e| e.kind == BIND_KIND)
         .filter_map(|e| e.subject.parse().ok())

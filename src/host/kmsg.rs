@@ -8,12 +8,12 @@
 //! line (`6,123,456,-;message`), and it is read as text.
 
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{HostError, HostRoot, MAX_READ_BYTES, NodeKind};
+use super::{HostError, HostRoot, MAX_READ_BYTES};
 
 pub const KMSG: &str = "/dev/kmsg";
 
@@ -72,30 +72,27 @@ impl HostRoot {
     /// Reads the whole kernel log (bounded by [`MAX_READ_BYTES`] in total).
     pub fn kernel_log(&self) -> Result<KernelLog, HostError> {
         let path = Path::new(KMSG);
-        match self.kind_followed(path) {
-            None => Err(HostError::io(
-                path,
-                std::io::Error::from(std::io::ErrorKind::NotFound),
-            )),
-            Some(NodeKind::CharDevice) => self.read_kmsg_device(path),
-            Some(_) => {
-                let text = self.read_string(path)?;
-                let mut records = Vec::new();
-                let mut skipped = 0;
-                for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                    match parse_record(line) {
-                        Some(r) => records.push(r),
-                        None if line.starts_with(' ') => {}
-                        None => skipped += 1,
-                    }
-                }
-                Ok(KernelLog {
-                    source: KmsgSource::File,
-                    records,
-                    skipped,
-                })
+        // Resolve first so that a symlink loop is reported as one, not as "missing".
+        let local = self.resolve(path)?;
+        let meta = std::fs::metadata(&local).map_err(|e| HostError::io(path, e))?;
+        if meta.file_type().is_char_device() {
+            return self.read_kmsg_device(path);
+        }
+        let text = self.read_string(path)?;
+        let mut records = Vec::new();
+        let mut skipped = 0;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            match parse_record(line) {
+                Some(r) => records.push(r),
+                None if line.starts_with(' ') => {}
+                None => skipped += 1,
             }
         }
+        Ok(KernelLog {
+            source: KmsgSource::File,
+            records,
+            skipped,
+        })
     }
 
     fn read_kmsg_device(&self, path: &Path) -> Result<KernelLog, HostError> {

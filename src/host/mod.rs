@@ -12,8 +12,11 @@ mod resolve;
 pub mod exec;
 pub mod kmsg;
 mod lock;
+pub mod mmio;
 
+pub mod batch;
 pub mod pci;
+pub mod pci_scan;
 pub mod uevent;
 pub mod unix;
 

@@ -90,10 +90,7 @@ fn find_close(body: &str, q: char) -> Option<usize> {
 
 /// Rewrites one assignment's value in `text`.
 pub fn set_value(text: &str, a: &Assignment, value: &str) -> String {
-    let q = match a.quote {
-        Some(q) => q,
-        None => '"',
-    };
+    let q = a.quote.unwrap_or('"');
     let new_line = format!("{}{q}{value}{q}{}", a.head, a.tail);
     replace_line(text, a.line, &new_line)
 }

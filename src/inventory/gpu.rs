@@ -165,19 +165,27 @@ pub fn discover_gpus(host: &HostRoot, m: &MatchConfig) -> GpuInventory {
     let mut inv = GpuInventory::default();
     // modules.alias is read once, and only when a device needs it.
     let mut aliases: Option<VfioAliases> = None;
-    let addresses = match host.pci_addresses() {
-        Ok(a) => a,
+    // Screen every function by vendor/device/class only (cheap), then read matched
+    // ones fully.
+    let idents: BTreeMap<PciAddress, Result<Ident, HostError>> = match host.pci_scan() {
+        Ok(v) => v
+            .into_iter()
+            .map(|(a, r)| {
+                (
+                    a,
+                    r.map(|i| Ident {
+                        vendor: i.vendor,
+                        device: i.device,
+                        class: i.class,
+                    }),
+                )
+            })
+            .collect(),
         Err(e) => {
             inv.problems.push(e.into());
             return inv;
         }
     };
-    // Screen every function by vendor/device/class only (cheap), then read matched
-    // ones fully.
-    let mut idents: BTreeMap<PciAddress, Result<Ident, HostError>> = BTreeMap::new();
-    for addr in &addresses {
-        idents.insert(*addr, read_ident(host, addr));
-    }
     let kind_of = |id: &Ident| -> Option<GpuKind> {
         if m.is_gpu(id.vendor, id.device, id.class) {
             Some(GpuKind::Gpu)
@@ -264,26 +272,10 @@ fn slot_range(addr: &PciAddress) -> std::ops::RangeInclusive<PciAddress> {
 }
 
 fn read_ident(host: &HostRoot, addr: &PciAddress) -> Result<Ident, HostError> {
-    let dir = crate::host::pci::device_dir(addr);
-    let hex = |name: &str, max: u64| -> Result<u64, HostError> {
-        let p = dir.join(name);
-        let raw = host.read_attr(&p)?;
-        let digits = raw
-            .strip_prefix("0x")
-            .or_else(|| raw.strip_prefix("0X"))
-            .unwrap_or(&raw);
-        match u64::from_str_radix(digits, 16) {
-            Ok(v) if v <= max => Ok(v),
-            _ => Err(HostError::malformed(
-                p,
-                format!("expected a hex number up to {max:#x}, got {raw:?}"),
-            )),
-        }
-    };
-    Ok(Ident {
-        vendor: hex("vendor", 0xffff)? as u16,
-        device: hex("device", 0xffff)? as u16,
-        class: hex("class", 0xff_ffff)? as u32,
+    host.pci_ident(addr).map(|i| Ident {
+        vendor: i.vendor,
+        device: i.device,
+        class: i.class,
     })
 }
 

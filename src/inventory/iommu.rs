@@ -93,13 +93,19 @@ impl IommuInfo {
             })
         };
         let units = list(CLASS_IOMMU);
-        let group_names: Vec<String> = list(IOMMU_GROUPS)
-            .into_iter()
-            .filter(|n| n.parse::<u32>().is_ok())
-            .collect();
+        let groups = host
+            .read_attr_in_subdirs(IOMMU_GROUPS, "type")
+            .unwrap_or_else(|e| {
+                problems.push(e.into());
+                Vec::new()
+            });
+        let mut group_names = Vec::new();
         let mut group_types: BTreeMap<String, usize> = BTreeMap::new();
-        for g in &group_names {
-            match host.read_attr_opt(format!("{IOMMU_GROUPS}/{g}/type")) {
+        for (g, ty) in groups {
+            if g.parse::<u32>().is_err() {
+                continue;
+            }
+            match ty {
                 Ok(Some(t)) if !t.is_empty() && t.len() < 32 => {
                     *group_types.entry(t).or_default() += 1
                 }
@@ -110,6 +116,7 @@ impl IommuInfo {
                 Ok(None) => {}
                 Err(e) => problems.push(e.into()),
             }
+            group_names.push(g);
         }
         let default_domain_log = log
             .last_with_all(&["default domain type"])

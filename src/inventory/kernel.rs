@@ -51,14 +51,19 @@ pub const DEVICE_NODES: &[&str] = &[
 pub enum ModuleState {
     Loaded,
     BuiltIn,
+    /// /sys/module/<name> exists but /proc/modules could not be read to tell which.
+    Present,
     Absent,
-    /// /proc/modules could not be read.
+    /// Neither /proc/modules nor /sys/module could tell.
     Unknown,
 }
 
 impl ModuleState {
     pub fn available(self) -> bool {
-        matches!(self, ModuleState::Loaded | ModuleState::BuiltIn)
+        matches!(
+            self,
+            ModuleState::Loaded | ModuleState::BuiltIn | ModuleState::Present
+        )
     }
 }
 
@@ -67,6 +72,8 @@ pub struct KernelInfo {
     /// `/proc/sys/kernel/osrelease`.
     pub release: Option<String>,
     pub cmdline: Cmdline,
+    /// The kernel can load modules (`/proc/modules` exists; CONFIG_MODULES).
+    pub modules_supported: bool,
     /// State of each module in [`MODULES_OF_INTEREST`].
     pub modules: BTreeMap<String, ModuleState>,
     /// Presence of each node in [`DEVICE_NODES`].
@@ -83,6 +90,21 @@ impl KernelInfo {
             .get(name)
             .copied()
             .unwrap_or(ModuleState::Unknown)
+    }
+
+    /// How to get a module: `modprobe` when the kernel loads modules, a kernel with
+    /// it built in otherwise.
+    pub fn load_remedy(&self, module: &str, args: &str) -> String {
+        if self.modules_supported {
+            let args = if args.is_empty() {
+                String::new()
+            } else {
+                format!(" {args}")
+            };
+            format!("modprobe {module}{args}")
+        } else {
+            format!("this kernel cannot load modules: boot one with {module} built in or loadable")
+        }
     }
 
     pub fn node(&self, path: &str) -> bool {
@@ -116,10 +138,17 @@ impl KernelInfo {
                 Cmdline::default()
             }
         };
+        let mut modules_supported = true;
         let loaded = match host.read_string(PROC_MODULES) {
             Ok(t) => parse_proc_modules(Path::new(PROC_MODULES), &t)
                 .map_err(|e| problems.push(e.into()))
                 .ok(),
+            // A kernel without loadable-module support (CONFIG_MODULES=n) has no
+            // /proc/modules: everything it has is built in.
+            Err(e) if e.is_not_found() => {
+                modules_supported = false;
+                Some(Default::default())
+            }
             Err(e) => {
                 problems.push(e.into());
                 None
@@ -142,9 +171,14 @@ impl KernelInfo {
         let modules = MODULES_OF_INTEREST
             .iter()
             .map(|&m| {
+                // /sys/module/<name> exists for loaded modules and for built-in ones
+                // that have parameters, even when modules.builtin is not installed.
+                let in_sysfs = host.exists(format!("/sys/module/{m}"));
                 let state = match &loaded {
                     Some(l) if l.contains(m) => ModuleState::Loaded,
                     _ if builtin.contains(m) => ModuleState::BuiltIn,
+                    Some(_) if in_sysfs => ModuleState::BuiltIn,
+                    None if in_sysfs => ModuleState::Present,
                     Some(_) => ModuleState::Absent,
                     None => ModuleState::Unknown,
                 };
@@ -169,6 +203,7 @@ impl KernelInfo {
         KernelInfo {
             release,
             cmdline,
+            modules_supported,
             modules,
             device_nodes,
             vfio_groups,

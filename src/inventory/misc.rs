@@ -6,7 +6,23 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+
 use crate::host::{HostError, HostRoot};
+
+/// misc.capacity as read: the file it came from and resource -> total.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MiscCapacity {
+    pub path: String,
+    pub resources: BTreeMap<String, u64>,
+}
+
+impl MiscCapacity {
+    /// Exact key lookup (`sev` never matches `sev_es`).
+    pub fn get(&self, key: &str) -> Option<u64> {
+        self.resources.get(key).copied()
+    }
+}
 
 /// cgroup v2 first, then the v1 misc hierarchy.
 pub const MISC_CAPACITY_PATHS: [&str; 2] = [
@@ -41,12 +57,15 @@ pub fn parse_misc_capacity(path: &Path, text: &str) -> Result<BTreeMap<String, u
 }
 
 /// The capacities and the file they came from; `Ok(None)` when neither file exists.
-pub fn read_misc_capacity(
-    host: &HostRoot,
-) -> Result<Option<(String, BTreeMap<String, u64>)>, HostError> {
+pub fn read_misc_capacity(host: &HostRoot) -> Result<Option<MiscCapacity>, HostError> {
     for p in MISC_CAPACITY_PATHS {
         if let Some(text) = host.read_string_opt(p)? {
-            return parse_misc_capacity(Path::new(p), &text).map(|m| Some((p.to_string(), m)));
+            return parse_misc_capacity(Path::new(p), &text).map(|resources| {
+                Some(MiscCapacity {
+                    path: p.to_string(),
+                    resources,
+                })
+            });
         }
     }
     Ok(None)
@@ -84,9 +103,10 @@ mod tests {
         )
         .unwrap();
         let host = HostRoot::new(dir.path()).unwrap();
-        let (p, m) = read_misc_capacity(&host).unwrap().unwrap();
-        assert_eq!(p, MISC_CAPACITY_PATHS[1]);
-        assert_eq!(m["sev"], 10);
+        let m = read_misc_capacity(&host).unwrap().unwrap();
+        assert_eq!(m.path, MISC_CAPACITY_PATHS[1]);
+        assert_eq!(m.get("sev"), Some(10));
+        assert_eq!(m.get("sev_es"), None);
         let empty = tempfile::tempdir().unwrap();
         assert!(
             read_misc_capacity(&HostRoot::new(empty.path()).unwrap())

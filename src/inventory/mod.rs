@@ -11,6 +11,7 @@ pub mod kernel_log;
 pub mod misc;
 pub mod modalias;
 pub mod modules;
+pub mod render;
 pub mod sev;
 pub mod tdx;
 pub mod verdict;
@@ -47,8 +48,8 @@ pub struct Inventory {
     pub sev: SevInfo,
     pub cca: CcaInfo,
     pub iommu: IommuInfo,
-    /// misc.capacity as read (path, resource -> total), when present.
-    pub misc_capacity: Option<(String, BTreeMap<String, u64>)>,
+    /// misc.capacity as read, when present.
+    pub misc_capacity: Option<misc::MiscCapacity>,
     pub gpus: GpuInventory,
     /// Files that could not be read or understood; the rest is still valid.
     pub problems: Vec<Problem>,
@@ -156,3 +157,6 @@ impl From<HostError> for Problem {
 
 #[cfg(test)]
 pub(crate) mod testutil;
+
+#[cfg(test)]
+mod tests;

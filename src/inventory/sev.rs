@@ -12,6 +12,7 @@ use super::cpuinfo::{CpuInfo, CpuVendor};
 use super::iommu::IommuInfo;
 use super::kernel::KernelInfo;
 use super::kernel_log::KernelLogInfo;
+use super::misc::MiscCapacity;
 use super::modules::ModuleParam;
 use super::verdict::{Evidence, Verdict};
 
@@ -46,13 +47,13 @@ pub struct SevInputs<'a> {
     pub iommu: &'a IommuInfo,
     /// kvm_amd parameters by name (`sev`, `sev_es`, `sev_snp`); absent = no file.
     pub params: &'a BTreeMap<String, ModuleParam>,
-    pub misc: Option<&'a (String, BTreeMap<String, u64>)>,
+    pub misc: Option<&'a MiscCapacity>,
 }
 
 impl SevInfo {
     pub fn judge(i: &SevInputs) -> Self {
         let dev_sev = i.kernel.node("/dev/sev");
-        let misc_get = |k: &str| i.misc.and_then(|(_, m)| m.get(k).copied());
+        let misc_get = |k: &str| i.misc.and_then(|m| m.get(k));
         let firmware: Vec<String> = i
             .log
             .relevant
@@ -122,10 +123,10 @@ fn level_verdict(
             "absent",
         )),
     }
-    if let Some((path, m)) = i.misc
+    if let Some(m) = i.misc
         && let Some(n) = m.get(misc_key)
     {
-        ev.push(Evidence::new(path.clone(), format!("{misc_key} {n}")));
+        ev.push(Evidence::new(m.path.clone(), format!("{misc_key} {n}")));
     }
     ev.push(Evidence::new(
         "/dev/sev",
@@ -281,10 +282,10 @@ mod tests {
             readable: true,
             relevant: log.iter().map(|s| s.to_string()).collect(),
         };
-        let misc = (
-            "/sys/fs/cgroup/misc.capacity".to_string(),
-            BTreeMap::from([("sev".into(), 99), ("sev_es".into(), 410)]),
-        );
+        let misc = MiscCapacity {
+            path: "/sys/fs/cgroup/misc.capacity".to_string(),
+            resources: BTreeMap::from([("sev".into(), 99), ("sev_es".into(), 410)]),
+        };
         let io = iommu(cmdline, groups);
         let params = params(p);
         SevInfo::judge(&SevInputs {

@@ -3,13 +3,12 @@
 //! with the parameter reading `N` (../shared/facts/cpu-tee.md §3.5). The CPU flag, the
 //! kernel log and the command line only explain *why* it is off.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use super::cpuinfo::{CpuInfo, CpuVendor};
-use super::kernel::{KernelInfo, ModuleState};
+use super::kernel::KernelInfo;
 use super::kernel_log::KernelLogInfo;
+use super::misc::MiscCapacity;
 use super::modules::ModuleParam;
 use super::verdict::{Evidence, Verdict};
 
@@ -74,11 +73,11 @@ impl TdxInfo {
         kernel: &KernelInfo,
         log: &KernelLogInfo,
         param: Option<&ModuleParam>,
-        misc: Option<&(String, BTreeMap<String, u64>)>,
+        misc: Option<&MiscCapacity>,
     ) -> Self {
         let host_platform_flag = cpu.is_some_and(|c| c.has_flag("tdx_host_platform"));
         let (module, module_log) = module_state(log);
-        let keys = misc.and_then(|(_, m)| m.get("tdx").copied());
+        let keys = misc.and_then(|m| m.get("tdx"));
         let nohibernate = kernel.cmdline.has("nohibernate");
         let mut ev = Vec::new();
         if let Some(c) = cpu {
@@ -102,8 +101,8 @@ impl TdxInfo {
         if let Some(l) = &module_log {
             ev.push(Evidence::new("kernel log", l.clone()));
         }
-        if let (Some(k), Some((path, _))) = (keys, misc) {
-            ev.push(Evidence::new(path.clone(), format!("tdx {k}")));
+        if let (Some(k), Some(m)) = (keys, misc) {
+            ev.push(Evidence::new(m.path.clone(), format!("tdx {k}")));
         }
         ev.push(Evidence::new(
             "/proc/cmdline",
@@ -153,10 +152,7 @@ impl TdxInfo {
         if param.is_some_and(ModuleParam::is_on) {
             return Verdict::yes(ev);
         }
-        if param.is_none()
-            && kernel.module("kvm_intel") != ModuleState::Loaded
-            && kernel.module("kvm_intel") != ModuleState::BuiltIn
-        {
+        if param.is_none() && !kernel.module("kvm_intel").available() {
             return Verdict::no(
                 ev,
                 "kvm_intel is not loaded",
@@ -215,7 +211,9 @@ impl TdxInfo {
 mod tests {
     use super::*;
     use crate::inventory::cmdline::Cmdline;
+    use crate::inventory::kernel::ModuleState;
     use crate::inventory::verdict::State;
+    use std::collections::BTreeMap;
     use std::path::Path;
 
     fn cpu(flags: &str) -> CpuInfo {
@@ -251,10 +249,10 @@ mod tests {
 
     #[test]
     fn enabled_host() {
-        let misc = (
-            "/sys/fs/cgroup/misc.capacity".to_string(),
-            BTreeMap::from([("tdx".to_string(), 63)]),
-        );
+        let misc = MiscCapacity {
+            path: "/sys/fs/cgroup/misc.capacity".to_string(),
+            resources: BTreeMap::from([("tdx".to_string(), 63)]),
+        };
         let t = TdxInfo::judge(
             Some(&cpu("vmx tdx_host_platform")),
             &kernel("nohibernate kvm_intel.tdx=1", ModuleState::Loaded),

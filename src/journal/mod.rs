@@ -246,6 +246,12 @@ impl Journal {
         Ok(seq)
     }
 
+    /// Marks an existing entry as being applied again (a change re-made after someone
+    /// else undid it; the entry keeps its original `restore`).
+    pub fn reapplying(&mut self, seq: u64) -> Result<(), JournalError> {
+        self.set_state(seq, EntryState::Applying)
+    }
+
     /// Marks a change complete.
     pub fn applied(&mut self, seq: u64) -> Result<(), JournalError> {
         self.set_state(seq, EntryState::Applied)

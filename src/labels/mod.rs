@@ -9,4 +9,4 @@ pub mod cluster;
 pub mod nfdfile;
 pub mod service;
 
-pub use service::{FactSource, LabelerContext, run_labeler};
+pub use service::{FactSource, LabelerContext, inventory_facts, run_labeler};

@@ -16,6 +16,17 @@ use crate::plan::NodeFacts;
 /// How the labeler reads the facts each round (the inventory, in `cchost run`).
 pub type FactSource = Arc<dyn Fn(&HostRoot) -> Result<NodeFacts, String> + Send + Sync>;
 
+/// The fact source `cchost run` uses: a fresh inventory of the host each round.
+pub fn inventory_facts(config: crate::config::Config) -> FactSource {
+    Arc::new(move |host: &HostRoot| {
+        let inv = crate::inventory::Inventory::collect(host, &config);
+        for p in &inv.problems {
+            tracing::debug!(path = %p.path.display(), "{}", p.message);
+        }
+        Ok(NodeFacts::from_inventory(&inv))
+    })
+}
+
 pub struct LabelerContext {
     pub host: HostRoot,
     pub config: LabelsConfig,

@@ -165,7 +165,7 @@ pub fn build(cfg: &Config, inputs: &PlanInputs) -> Plan {
         match &inputs.boot {
             Err(e) => notes.push(format!("boot configuration not readable: {e}")),
             Ok(None) => {
-                if !edit.is_empty() {
+                if !running_ok {
                     notes.push(
                         "no boot-configuration mechanism found (rpm-ostree, grubby, /etc/kernel/cmdline, BLS entries, /etc/default/grub); set the arguments by hand or set kernel.mechanism"
                             .to_string(),
@@ -195,6 +195,21 @@ pub fn build(cfg: &Config, inputs: &PlanInputs) -> Plan {
                     });
                 }
             },
+        }
+    }
+
+    // Arguments in place but the TEE still off: the cause is elsewhere (BIOS, firmware,
+    // the TDX module); `cchost check` says which.
+    if running_ok {
+        let off = match choice.platform {
+            Platform::Tdx if !f.tdx.enabled => Some("TDX"),
+            Platform::Snp if !f.snp.enabled => Some("SEV-SNP"),
+            _ => None,
+        };
+        if let Some(tee) = off {
+            notes.push(format!(
+                "the running kernel has the {tee} arguments but {tee} is not enabled: the cause is not the command line; see `cchost check`"
+            ));
         }
     }
 

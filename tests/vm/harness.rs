@@ -78,7 +78,7 @@ echo /sbin/modprobe > /proc/sys/kernel/modprobe
 . /ccvm/run.conf
 stty -F /dev/ttyS1 raw -echo
 exec 3>/dev/ttyS1
-echo "CCVM BEGIN $(uname -r)" >&3
+echo "CCVM BEGIN $(uname -r) $(cut -d" " -f1 /proc/uptime)" >&3
 mkdir -p /ccvm/out
 set -o pipefail
 i=0
@@ -424,6 +424,7 @@ impl Vm {
             guest_kernel: parsed.kernel,
             cmdline,
             elapsed,
+            boot_secs: parsed.uptime_at_init.unwrap_or(f64::NAN),
             fetched,
             _dir: dir,
         })
@@ -561,6 +562,8 @@ pub struct VmRun {
     pub cmdline: String,
     /// Wall time from QEMU start to power-off.
     pub elapsed: Duration,
+    /// The guest's uptime (s) when /init started: kernel boot time under TCG.
+    pub boot_secs: f64,
     fetched: HashMap<String, PathBuf>,
     _dir: tempfile::TempDir,
 }
@@ -592,6 +595,7 @@ struct ParsedStep {
 #[derive(Debug, Default)]
 struct Parsed {
     kernel: String,
+    uptime_at_init: Option<f64>,
     steps: Vec<ParsedStep>,
     started: Option<usize>,
     fetched: HashMap<usize, (i32, Vec<u8>)>,
@@ -659,7 +663,10 @@ fn parse_results(raw: &[u8], _nsteps: usize, _nfetch: usize) -> Parsed {
         sink = Sink::None;
         let words: Vec<&str> = rest.split_whitespace().collect();
         match words.as_slice() {
-            ["BEGIN", kernel] => p.kernel = kernel.to_string(),
+            ["BEGIN", kernel, uptime] => {
+                p.kernel = kernel.to_string();
+                p.uptime_at_init = uptime.parse().ok();
+            }
             ["STEP", i, "START"] => p.started = i.parse().ok(),
             ["STEP", _, "STDOUT"] => sink = Sink::Stdout,
             ["STEP", _, "STDERR"] => sink = Sink::Stderr,
@@ -1291,10 +1298,11 @@ mod harness_tests {
 
     #[test]
     fn result_stream_is_parsed_per_step() {
-        let raw = b"CCVM BEGIN 6.1.0\r\nCCVM STEP 0 START\nCCVM STEP 0 STDOUT\naGk=\nCCVM STEP 0 STDERR\nCCVM STEP 0 EXIT 3\nCCVM DONE\n";
+        let raw = b"CCVM BEGIN 6.1.0 3.25\r\nCCVM STEP 0 START\nCCVM STEP 0 STDOUT\naGk=\nCCVM STEP 0 STDERR\nCCVM STEP 0 EXIT 3\nCCVM DONE\n";
         let p = parse_results(raw, 1, 0);
         assert!(p.done);
         assert_eq!(p.kernel, "6.1.0");
+        assert_eq!(p.uptime_at_init, Some(3.25));
         assert_eq!(p.steps.len(), 1);
         assert_eq!(p.steps[0].stdout, b"hi");
         assert_eq!(p.steps[0].code, 3);
@@ -1303,7 +1311,7 @@ mod harness_tests {
 
     #[test]
     fn truncated_stream_is_not_done() {
-        let p = parse_results(b"CCVM BEGIN x\nCCVM STEP 0 START\n", 1, 0);
+        let p = parse_results(b"CCVM BEGIN x 1.0\nCCVM STEP 0 START\n", 1, 0);
         assert!(!p.done);
         assert_eq!(p.started, Some(0));
     }

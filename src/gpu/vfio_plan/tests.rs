@@ -219,7 +219,7 @@ fn unbind_plans_journaled_and_vfio_bound_devices() {
         )
         .unwrap();
     j.applied(seq).unwrap();
-    let p = plan_unbind(&t.host, &j, &inv, &Selection::All).unwrap();
+    let p = plan_unbind(&t.host, j.entries(), &inv, &Selection::All).unwrap();
     let got: Vec<(String, Role)> = p
         .items
         .iter()
@@ -235,7 +235,7 @@ fn unbind_plans_journaled_and_vfio_bound_devices() {
     // By address: the GPU brings the slot function cchost bound with it.
     let p = plan_unbind(
         &t.host,
-        &j,
+        j.entries(),
         &inv,
         &Selection::Addresses(vec![addr("0000:5e:00.0")]),
     )
@@ -245,7 +245,7 @@ fn unbind_plans_journaled_and_vfio_bound_devices() {
     // An unknown address is refused.
     let r = plan_unbind(
         &t.host,
-        &j,
+        j.entries(),
         &inv,
         &Selection::Addresses(vec![addr("0000:99:00.0")]),
     );

@@ -1,0 +1,353 @@
+//! One CC-capable device: a [`Bar0`], a [`Reset`], and the family that says which
+//! registers and mailbox to use. The same code drives real hardware and the simulator.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::bar0::Bar0;
+use super::error::CcError;
+use super::fsp::{Fsp, Knob, KnobChange};
+use super::mode::{CcState, TargetMode};
+use super::regs::{self, Family};
+use super::transport;
+
+/// Timeouts and poll interval. Defaults are gpu-admin-tools' (RPC 5 s, boot 5 s Hopper /
+/// 10 s Blackwell); tests shorten them.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    pub rpc: Duration,
+    /// `None`: the family default.
+    pub boot: Option<Duration>,
+    pub poll: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            rpc: Duration::from_secs(5),
+            boot: None,
+            poll: Duration::from_millis(10),
+        }
+    }
+}
+
+/// A function-level reset that makes staged knobs take effect.
+pub trait Reset: Send + Sync {
+    fn reset(&self) -> Result<(), ResetError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ResetError(pub String);
+
+/// Raw registers read without waiting, for reporting what a failed device looks like.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReadBack {
+    pub boot_0: Option<u32>,
+    pub boot_complete: Option<u32>,
+    /// The mode register (PPCIe register on an NVSwitch), raw.
+    pub mode_register: Option<u32>,
+    /// Decoded only when the FSP reports boot-complete and BAR0 answers.
+    pub state: Option<CcState>,
+}
+
+impl std::fmt::Display for ReadBack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hex = |v: Option<u32>| v.map_or("unreadable".to_string(), |v| format!("{v:#x}"));
+        match &self.state {
+            Some(s) => write!(f, "{s}"),
+            None => write!(
+                f,
+                "BOOT_0 {}, boot-complete {}, mode register {}",
+                hex(self.boot_0),
+                hex(self.boot_complete),
+                hex(self.mode_register)
+            ),
+        }
+    }
+}
+
+/// One knob assignment in a staging sequence.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    knob: Knob,
+    value: u16,
+    /// Skipped when the firmware does not know the knob ("PPCIE → 0 if FW knows it").
+    optional: bool,
+}
+
+const fn step(knob: Knob, value: u16) -> Step {
+    Step {
+        knob,
+        value,
+        optional: false,
+    }
+}
+
+pub struct CcDevice {
+    pub name: String,
+    pub family: Family,
+    bar0: Box<dyn Bar0>,
+    reset: Box<dyn Reset>,
+    pub timing: Timing,
+}
+
+impl std::fmt::Debug for CcDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CcDevice")
+            .field("name", &self.name)
+            .field("family", &self.family)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CcDevice {
+    pub fn new(
+        name: impl Into<String>,
+        family: Family,
+        bar0: Box<dyn Bar0>,
+        reset: Box<dyn Reset>,
+        timing: Timing,
+    ) -> Self {
+        CcDevice {
+            name: name.into(),
+            family,
+            bar0,
+            reset,
+            timing,
+        }
+    }
+
+    pub fn bar0(&self) -> &dyn Bar0 {
+        self.bar0.as_ref()
+    }
+
+    fn boot_timeout(&self) -> Duration {
+        self.timing
+            .boot
+            .unwrap_or_else(|| self.family.default_boot_timeout())
+    }
+
+    /// Checks BOOT_0: all-ones = suspended/broken, `0xbad?0200` = security fault.
+    pub fn check_boot0(&self) -> Result<u32, CcError> {
+        let boot0 = self.bar0.read32(regs::BOOT_0)?;
+        if boot0 == u32::MAX {
+            return Err(CcError::AllOnes {
+                offset: regs::BOOT_0,
+            });
+        }
+        if regs::BOOT_0_SECURITY_FAULTS.contains(&boot0) {
+            return Err(CcError::SecurityFault { boot0 });
+        }
+        Ok(boot0)
+    }
+
+    /// Waits until the FSP reports boot-complete (`0xff`). On Blackwell BAR0 reads
+    /// all-ones while the boot-time firewall is up, so all-ones is waited out there;
+    /// elsewhere it is an immediate error.
+    pub fn wait_for_boot(&self) -> Result<(), CcError> {
+        let timeout = self.boot_timeout();
+        let reg = self.family.boot_complete_reg();
+        let start = Instant::now();
+        loop {
+            match self.check_boot0() {
+                Ok(_) => {
+                    let v = self.bar0.read32(reg)?;
+                    if v == regs::BOOT_COMPLETE_DONE {
+                        return Ok(());
+                    }
+                    if start.elapsed() >= timeout {
+                        return Err(CcError::BootTimeout {
+                            reg,
+                            last: v,
+                            waited_ms: start.elapsed().as_millis(),
+                        });
+                    }
+                }
+                Err(CcError::AllOnes { .. })
+                    if self.family.is_blackwell() && start.elapsed() < timeout => {}
+                Err(e) => return Err(e),
+            }
+            std::thread::sleep(self.timing.poll);
+        }
+    }
+
+    fn mode_reg(&self) -> u32 {
+        self.family.cc_reg().unwrap_or(regs::PPCIE_LS10)
+    }
+
+    /// The active mode: register reads only (works on a read-only mapping).
+    pub fn query(&self) -> Result<CcState, CcError> {
+        self.wait_for_boot()?;
+        let reg = self.mode_reg();
+        let raw = self.bar0.read32(reg)?;
+        if raw == u32::MAX {
+            return Err(CcError::AllOnes { offset: reg });
+        }
+        Ok(CcState::decode(self.family, raw))
+    }
+
+    /// Whatever the registers say right now, without waiting and without failing.
+    pub fn read_back(&self) -> ReadBack {
+        let boot_0 = self.bar0.read32(regs::BOOT_0).ok();
+        let boot_complete = self.bar0.read32(self.family.boot_complete_reg()).ok();
+        let mode_register = self.bar0.read32(self.mode_reg()).ok();
+        let state = match (boot_0, boot_complete, mode_register) {
+            (Some(b0), Some(regs::BOOT_COMPLETE_DONE), Some(raw))
+                if b0 != u32::MAX && raw != u32::MAX =>
+            {
+                Some(CcState::decode(self.family, raw))
+            }
+            _ => None,
+        };
+        ReadBack {
+            boot_0,
+            boot_complete,
+            mode_register,
+            state,
+        }
+    }
+
+    /// The FSP mailbox of this device.
+    pub fn fsp(&self) -> Fsp<'_> {
+        Fsp::new(transport::for_kind(
+            self.family.transport(),
+            self.bar0.as_ref(),
+            &self.timing,
+        ))
+    }
+
+    /// Reads pending knob values (what takes effect at the next reset).
+    pub fn pending_knobs(&self, knobs: &[Knob]) -> Result<Vec<(Knob, u16)>, CcError> {
+        self.wait_for_boot()?;
+        let fsp = self.fsp();
+        knobs.iter().map(|&k| Ok((k, fsp.knob_read(k)?))).collect()
+    }
+
+    /// Applies a knob sequence with check-and-write. If a step fails, the knobs already
+    /// changed are put back (reverse order), so a failed staging leaves nothing pending.
+    fn apply(&self, steps: &[Step]) -> Result<Vec<KnobChange>, CcError> {
+        self.wait_for_boot()?;
+        let fsp = self.fsp();
+        let mut changes = Vec::new();
+        for s in steps {
+            if s.optional {
+                match fsp.knob_read(s.knob) {
+                    Ok(_) => {}
+                    Err(CcError::FspStatus { status, .. }) => {
+                        tracing::debug!(device = %self.name, knob = %s.knob.name(), status,
+                            "firmware does not know this knob; skipped");
+                        continue;
+                    }
+                    Err(e) => {
+                        self.rollback_with(&fsp, &changes);
+                        return Err(e);
+                    }
+                }
+            }
+            match fsp.knob_check_and_write(s.knob, s.value) {
+                Ok(Some(c)) => changes.push(c),
+                Ok(None) => {}
+                Err(e) => {
+                    self.rollback_with(&fsp, &changes);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(changes)
+    }
+
+    fn rollback_with(&self, fsp: &Fsp<'_>, changes: &[KnobChange]) {
+        for c in changes.iter().rev() {
+            if let Err(e) = fsp.knob_write(c.knob, c.old) {
+                tracing::error!(device = %self.name, knob = %c.knob.name(), error = %e,
+                    "could not restore a staged knob; the next reset may apply it");
+            }
+        }
+    }
+
+    /// Puts staged knobs back to their old values (before any reset).
+    pub fn rollback(&self, changes: &[KnobChange]) -> Result<(), CcError> {
+        let fsp = self.fsp();
+        for c in changes.iter().rev() {
+            fsp.knob_write(c.knob, c.old)?;
+        }
+        Ok(())
+    }
+
+    /// Stages a CC mode (active after the next reset). Order per facts §2.2: CCM is set
+    /// first and cleared last, so a CCD-only state never exists; the BAR0 decoupler and
+    /// the knobs 2/4/34 are written on Hopper only.
+    pub fn stage_cc(&self, mode: TargetMode) -> Result<Vec<KnobChange>, CcError> {
+        if !self.family.is_gpu() {
+            return Err(CcError::Unsupported(format!(
+                "{}: an NVSwitch has no CC mode of its own (use PPCIe)",
+                self.name
+            )));
+        }
+        let hopper = self.family == Family::Hopper;
+        let mut steps = Vec::new();
+        match mode {
+            TargetMode::On => {
+                if hopper {
+                    steps.push(step(Knob::UNDOCUMENTED_2, 0));
+                    steps.push(step(Knob::UNDOCUMENTED_4, 0));
+                    steps.push(step(Knob::UNDOCUMENTED_34, 0));
+                    steps.push(Step {
+                        knob: Knob::PPCIE,
+                        value: 0,
+                        optional: true,
+                    });
+                    steps.push(step(Knob::BAR0_DECOUPLER, 2));
+                }
+                steps.push(step(Knob::CCM, 1));
+                steps.push(step(Knob::CCD, 0));
+            }
+            TargetMode::Devtools => {
+                steps.push(step(Knob::CCM, 1));
+                steps.push(step(Knob::CCD, 1));
+                if hopper {
+                    steps.push(step(Knob::BAR0_DECOUPLER, 0));
+                }
+            }
+            TargetMode::Off => {
+                steps.push(step(Knob::CCD, 0));
+                steps.push(step(Knob::CCM, 0));
+            }
+        }
+        self.apply(&steps)
+    }
+
+    /// Stages PPCIe on or off (HGX Hopper GPUs and LS10 NVSwitches).
+    pub fn stage_ppcie(&self, on: bool) -> Result<Vec<KnobChange>, CcError> {
+        if !self.family.supports_ppcie() {
+            return Err(CcError::Unsupported(format!(
+                "{}: PPCIe exists on HGX Hopper GPUs and LS10 NVSwitches only",
+                self.name
+            )));
+        }
+        let mut steps = Vec::new();
+        if on {
+            steps.push(step(Knob::UNDOCUMENTED_2, 0));
+            steps.push(step(Knob::UNDOCUMENTED_4, 0));
+            steps.push(step(Knob::UNDOCUMENTED_34, 0));
+            steps.push(step(Knob::CCD, 0));
+            steps.push(step(Knob::CCM, 0));
+            if self.family.is_gpu() {
+                steps.push(step(Knob::BAR0_DECOUPLER, 2));
+            }
+            steps.push(step(Knob::PPCIE, 1));
+        } else {
+            steps.push(step(Knob::PPCIE, 0));
+        }
+        self.apply(&steps)
+    }
+
+    /// Resets the function (sysfs `reset` on real hardware).
+    pub fn reset(&self) -> Result<(), CcError> {
+        self.reset
+            .reset()
+            .map_err(|e| CcError::Reset(format!("{}: {e}", self.name)))
+    }
+}

@@ -1,0 +1,103 @@
+//! Real devices: BAR0 through an mmap of `resource0`, reset through sysfs, all via
+//! [`HostRoot`].
+
+use crate::config::MatchConfig;
+use crate::host::mmio::{MapAccess, PowerGuard};
+use crate::host::pci::{PciAddress, PciDevice, device_dir};
+use crate::host::{HostError, HostRoot};
+
+use super::bar0::MmioBar0;
+use super::device::{CcDevice, Reset, ResetError, Timing};
+use super::regs::Family;
+
+/// `echo 1 > /sys/bus/pci/devices/<BDF>/reset`: the kernel's FLR/SBR per `reset_method`
+/// (facts §2.2: activation requires a reset; no host reboot in the normal case).
+#[derive(Debug, Clone)]
+pub struct SysfsReset {
+    pub host: HostRoot,
+    pub addr: PciAddress,
+}
+
+impl Reset for SysfsReset {
+    fn reset(&self) -> Result<(), ResetError> {
+        self.host
+            .write_attr(device_dir(&self.addr).join("reset"), "1")
+            .map_err(|e| ResetError(e.to_string()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(
+        "{0}: PCI memory decode is disabled (COMMAND bit 1 clear); cchost does not write \
+         config space — enable it by binding vfio-pci or check the device"
+    )]
+    MemoryDecodeOff(PciAddress),
+}
+
+/// The CC family of a matched GPU or NVSwitch; `None` for anything else.
+pub fn cc_family(cfg: &MatchConfig, pci: &PciDevice) -> Option<Family> {
+    let matched = cfg.is_gpu(pci.vendor, pci.device, pci.class)
+        || cfg.is_nvswitch(pci.vendor, pci.device, pci.class);
+    if !matched {
+        return None;
+    }
+    cfg.chip_for(pci.vendor, pci.device)
+        .and_then(Family::from_chip)
+}
+
+/// Every CC- or PPCIe-capable device on the host, in address order.
+pub fn candidates(
+    host: &HostRoot,
+    cfg: &MatchConfig,
+) -> Result<Vec<(PciDevice, Family)>, HostError> {
+    let mut out = Vec::new();
+    for addr in host.pci_addresses()? {
+        let pci = host.pci_device(&addr)?;
+        if let Some(f) = cc_family(cfg, &pci) {
+            out.push((pci, f));
+        }
+    }
+    Ok(out)
+}
+
+/// An opened device; keeps the device awake until dropped.
+#[derive(Debug)]
+pub struct LiveDevice {
+    pub pci: PciDevice,
+    pub device: CcDevice,
+    pub power: PowerGuard,
+}
+
+/// Wakes the device, checks memory decode, maps `resource0` (read-only for queries).
+pub fn open(
+    host: &HostRoot,
+    pci: &PciDevice,
+    family: Family,
+    access: MapAccess,
+    timing: Timing,
+) -> Result<LiveDevice, OpenError> {
+    let addr = pci.address;
+    let power = host.wake_pci_device(&addr)?;
+    if host.pci_memory_decode(&addr)? == Some(false) {
+        return Err(OpenError::MemoryDecodeOff(addr));
+    }
+    let map = host.map_resource0(&addr, access)?;
+    let device = CcDevice::new(
+        addr.to_string(),
+        family,
+        Box::new(MmioBar0(map)),
+        Box::new(SysfsReset {
+            host: host.clone(),
+            addr,
+        }),
+        timing,
+    );
+    Ok(LiveDevice {
+        pci: pci.clone(),
+        device,
+        power,
+    })
+}

@@ -1,0 +1,30 @@
+//! GPU Confidential Computing mode, natively: the FSP firmware mailbox behind a [`Bar0`]
+//! register interface (facts gpu.md §2.2).
+//!
+//! - [`bar0`]: the register trait; the real implementation wraps a `resource0` mapping.
+//! - [`regs`]: the documented register offsets and which chip family uses which.
+//! - [`transport`]: the two mailboxes (EMEM queue on Hopper/LS10, MNOC on Blackwell).
+//! - [`fsp`]: MCTP/NVDM framing and PRC knob read/write.
+//! - [`device`]: one device: boot wait, query, staging knobs, reset.
+//! - [`switch`]: mode changes for many devices at once, each reported on its own.
+//! - [`live`]: opening real devices through `HostRoot` (mapping, wake-up, sysfs reset).
+//! - [`precheck`]: may this device be switched (driverless or vfio-pci, and unused)?
+//! - [`sim`]: a register-level simulator of the FSP that the same client code drives.
+
+pub mod bar0;
+pub mod device;
+pub mod error;
+pub mod fsp;
+pub mod live;
+pub mod mode;
+pub mod precheck;
+pub mod regs;
+pub mod sim;
+pub mod switch;
+pub mod transport;
+
+pub use bar0::{Bar0, Bar0Error};
+pub use device::{CcDevice, Reset, ResetError, Timing};
+pub use error::CcError;
+pub use mode::{CcMode, CcState, TargetMode};
+pub use regs::Family;

@@ -1,0 +1,339 @@
+//! A register-level simulator of the GPU's FSP, written from the documented protocol
+//! (facts gpu.md §2.2), for tests and benchmarks. The client under test is the real one:
+//! [`SimGpu::device`] returns a [`CcDevice`] whose [`Bar0`] and [`Reset`] are the
+//! simulator's, so every register access of a query or switch lands here.
+//!
+//! What it models: the EMEM channel queues (Hopper, LS10) and the MNOC mailbox
+//! (Blackwell) at their BAR0 offsets; MCTP/NVDM framing; PRC knob read/write; a knob
+//! store whose values become active only at reset; the boot-complete register reaching
+//! `0xff` a configurable delay after reset (Blackwell BAR0 reads all-ones meanwhile, like
+//! its boot-time firewall); the mode/PPCIe registers; and injectable faults.
+//!
+//! What it cannot prove: real FSP timing, status codes, undocumented knob semantics
+//! (2/4/34, decoupler), firmware-version differences, or how real hardware behaves when
+//! a driver or VM holds the GPU. See docs/gpu-cc.md.
+
+mod emem;
+pub mod firmware;
+mod mnoc;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::bar0::{Bar0, Bar0Error};
+use super::device::{CcDevice, Reset, ResetError, Timing};
+use super::regs::{self, Family, TransportKind};
+use emem::{Emem, EmemEvent};
+use firmware::Firmware;
+use mnoc::{Mnoc, MnocEvent};
+
+/// Size of the simulated BAR0 (16 MiB, like a GPU's register BAR).
+pub const BAR0_LEN: u32 = 16 << 20;
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub family: Family,
+    /// Time from reset to boot-complete (≈1.7–1.8 s observed on H100, facts §2.2).
+    pub reset_delay: Duration,
+    /// Whether the firmware knows the PPCIe knobs (old firmware did not).
+    pub knows_ppcie_knob: bool,
+    /// Value of BOOT_0 (any plausible chip ID; the client only checks all-ones and faults).
+    pub boot_0: u32,
+}
+
+impl SimConfig {
+    pub fn new(family: Family) -> Self {
+        SimConfig {
+            family,
+            reset_delay: Duration::from_millis(1800),
+            knows_ppcie_knob: true,
+            boot_0: match family {
+                Family::Hopper | Family::Ls10 => 0x1800_00a1,
+                Family::Blackwell | Family::Gb20x => 0x1b00_00a1,
+            },
+        }
+    }
+
+    pub fn reset_delay(mut self, d: Duration) -> Self {
+        self.reset_delay = d;
+        self
+    }
+}
+
+/// Injectable faults, each modelled on a failure seen in the field (facts §5 P2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    /// The FSP never takes the command (queue stays full) and never replies.
+    NoReply,
+    /// Every RPC is answered with this non-zero status.
+    ErrorStatus(u32),
+    /// The next reset leaves mode value 2 (invalid), as after an interrupted switch.
+    InvalidModeAfterReset,
+    /// Every BAR0 read returns all-ones and writes are dropped (suspended / broken).
+    AllOnes,
+    /// After the next reset the FSP never reports boot-complete.
+    BootNeverCompletes,
+    /// The reset request itself fails.
+    ResetFails,
+}
+
+#[derive(Debug)]
+struct State {
+    cfg: SimConfig,
+    fw: Firmware,
+    emem: Emem,
+    mnoc: Mnoc,
+    /// `None`: never boots.
+    boot_done_at: Option<Instant>,
+    faults: BTreeSet<Fault>,
+    resets: u64,
+}
+
+impl State {
+    fn booted(&self) -> bool {
+        self.boot_done_at.is_some_and(|t| Instant::now() >= t)
+    }
+
+    fn mode_register(&self) -> u32 {
+        match self.cfg.family {
+            Family::Hopper => {
+                self.fw.active_mode
+                    | if self.fw.active_ppcie {
+                        regs::HOPPER_PPCIE_BIT
+                    } else {
+                        0
+                    }
+            }
+            Family::Blackwell | Family::Gb20x => self.fw.active_mode,
+            Family::Ls10 => u32::from(self.fw.active_ppcie),
+        }
+    }
+
+    fn no_reply(&self) -> bool {
+        !self.booted() || self.faults.contains(&Fault::NoReply)
+    }
+
+    /// The FSP's main loop, run on every register access: take a queued command when
+    /// booted, responsive, and the previous reply has been acknowledged.
+    fn pump(&mut self) {
+        let ch = regs::FSP_EMEM_CHANNEL;
+        let i = ch as usize;
+        if self.no_reply() || self.emem.msg_head[i] != self.emem.msg_tail[i] {
+            return;
+        }
+        if let Some(cmd) = self.emem.take_command(ch) {
+            let reply = self.fw.handle(&cmd);
+            self.emem.post_reply(ch, &reply);
+        }
+    }
+
+    fn read(&mut self, off: u32) -> u32 {
+        let family = self.cfg.family;
+        if family.transport() == TransportKind::Emem {
+            self.pump();
+        }
+        if self.faults.contains(&Fault::AllOnes) {
+            return u32::MAX;
+        }
+        let booted = self.booted();
+        if family.is_blackwell() && !booted {
+            return u32::MAX;
+        }
+        if off == regs::BOOT_0 {
+            return self.cfg.boot_0;
+        }
+        if off == family.boot_complete_reg() {
+            return if booted { regs::BOOT_COMPLETE_DONE } else { 0 };
+        }
+        if family.cc_reg() == Some(off) || (family == Family::Ls10 && off == regs::PPCIE_LS10) {
+            return if booted { self.mode_register() } else { 0 };
+        }
+        let v = match family.transport() {
+            TransportKind::Emem => self.emem.read(off),
+            TransportKind::Mnoc => self.mnoc.read(off),
+        };
+        v.unwrap_or(0)
+    }
+
+    fn write(&mut self, off: u32, value: u32) {
+        if self.faults.contains(&Fault::AllOnes) {
+            return;
+        }
+        match self.cfg.family.transport() {
+            TransportKind::Emem => {
+                if let Some(EmemEvent::Doorbell) = self.emem.write(off, value) {
+                    self.pump();
+                }
+            }
+            TransportKind::Mnoc => {
+                if let Some(MnocEvent::Message(m)) = self.mnoc.write(off, value)
+                    && !self.no_reply()
+                {
+                    let reply = self.fw.handle(&m);
+                    self.mnoc.post_reply(&reply);
+                }
+            }
+        }
+    }
+
+    fn reset(&mut self) -> Result<(), ResetError> {
+        if self.faults.contains(&Fault::ResetFails) {
+            return Err(ResetError("simulated reset failure: write error".into()));
+        }
+        self.fw.activate();
+        if self.faults.remove(&Fault::InvalidModeAfterReset) {
+            self.fw.active_mode = 2;
+        }
+        self.emem.reset_queues();
+        self.mnoc.reset();
+        self.boot_done_at = if self.faults.contains(&Fault::BootNeverCompletes) {
+            None
+        } else {
+            Some(Instant::now() + self.cfg.reset_delay)
+        };
+        self.resets += 1;
+        Ok(())
+    }
+}
+
+/// One simulated device. Cheap to clone (shared state).
+#[derive(Debug, Clone)]
+pub struct SimGpu {
+    state: Arc<Mutex<State>>,
+}
+
+impl SimGpu {
+    /// A device that has booted, with all knobs at their defaults (CC off).
+    pub fn new(cfg: SimConfig) -> Self {
+        let fw = Firmware::new(cfg.family, cfg.knows_ppcie_knob);
+        SimGpu {
+            state: Arc::new(Mutex::new(State {
+                cfg,
+                fw,
+                emem: Emem::new(),
+                mnoc: Mnoc::default(),
+                boot_done_at: Some(Instant::now()),
+                faults: BTreeSet::new(),
+                resets: 0,
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panicking test thread must not wedge the others.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn family(&self) -> Family {
+        self.lock().cfg.family
+    }
+
+    /// The register window the client uses.
+    pub fn bar0(&self) -> Box<dyn Bar0> {
+        Box::new(SimBar0(self.clone()))
+    }
+
+    /// The reset the client triggers (stands in for sysfs `reset`).
+    pub fn reset_handle(&self) -> Box<dyn Reset> {
+        Box::new(SimReset(self.clone()))
+    }
+
+    /// A client device wired to this simulator.
+    pub fn device(&self, name: impl Into<String>, timing: Timing) -> CcDevice {
+        CcDevice::new(
+            name,
+            self.family(),
+            self.bar0(),
+            self.reset_handle(),
+            timing,
+        )
+    }
+
+    pub fn inject(&self, fault: Fault) {
+        let mut s = self.lock();
+        if let Fault::ErrorStatus(st) = fault {
+            s.fw.forced_status = Some(st);
+        }
+        s.faults.insert(fault);
+    }
+
+    pub fn clear_faults(&self) {
+        let mut s = self.lock();
+        s.faults.clear();
+        s.fw.forced_status = None;
+    }
+
+    /// Pending (staged) value of a knob, `None` if the firmware does not know it.
+    pub fn pending_knob(&self, knob: u16) -> Option<u16> {
+        self.lock().fw.knobs.get(&knob).copied()
+    }
+
+    /// Sets a pending knob directly (test setup, e.g. forbidding in-band control).
+    pub fn set_knob(&self, knob: u16, value: u16) {
+        self.lock().fw.knobs.insert(knob, value);
+    }
+
+    /// Sets pending knobs and makes them active at once, as if the device had been
+    /// switched and reset earlier.
+    pub fn preset_active(&self, knobs: &[(u16, u16)]) {
+        let mut s = self.lock();
+        for &(k, v) in knobs {
+            s.fw.knobs.insert(k, v);
+        }
+        s.fw.activate();
+    }
+
+    /// The active mode register value (PPCIe register on an NVSwitch).
+    pub fn active_register(&self) -> u32 {
+        self.lock().mode_register()
+    }
+
+    pub fn rpcs(&self) -> u64 {
+        self.lock().fw.rpcs
+    }
+
+    pub fn knob_writes(&self) -> u64 {
+        self.lock().fw.knob_writes
+    }
+
+    pub fn resets(&self) -> u64 {
+        self.lock().resets
+    }
+}
+
+struct SimBar0(SimGpu);
+
+fn check(offset: u32) -> Result<(), Bar0Error> {
+    if !offset.is_multiple_of(4) {
+        return Err(Bar0Error::Unaligned { offset });
+    }
+    if offset > BAR0_LEN - 4 {
+        return Err(Bar0Error::OutOfRange {
+            offset,
+            len: BAR0_LEN,
+        });
+    }
+    Ok(())
+}
+
+impl Bar0 for SimBar0 {
+    fn read32(&self, offset: u32) -> Result<u32, Bar0Error> {
+        check(offset)?;
+        Ok(self.0.lock().read(offset))
+    }
+
+    fn write32(&self, offset: u32, value: u32) -> Result<(), Bar0Error> {
+        check(offset)?;
+        self.0.lock().write(offset, value);
+        Ok(())
+    }
+}
+
+struct SimReset(SimGpu);
+
+impl Reset for SimReset {
+    fn reset(&self) -> Result<(), ResetError> {
+        self.0.lock().reset()
+    }
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, and every test tier (unit and
+# fixture-host tests, protocol tests, and the real-kernel VM tests in tests/vm/).
+# Installs the Debian packages listed in tests/debian-packages.txt first when some are
+# missing (needs root or sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -d "$HOME/.cargo/bin" ]; then
+  PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+mapfile -t packages < <(grep -v '^\s*\(#\|$\)' tests/debian-packages.txt)
+if command -v dpkg-query >/dev/null; then
+  missing=()
+  for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed'; then
+      missing+=("$p")
+    fi
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "==> installing ${missing[*]}"
+    sudo=()
+    if [ "$(id -u)" -ne 0 ]; then sudo=(sudo); fi
+    "${sudo[@]}" apt-get update
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y --no-install-recommends "${missing[@]}"
+  fi
+else
+  echo "==> not a Debian system: make sure these are installed: ${packages[*]}" >&2
+fi
+
+if command -v rustup >/dev/null; then
+  rustup component add rustfmt clippy >/dev/null 2>&1 || true
+fi
+
+step() {
+  echo "==> $*"
+  local start=$SECONDS
+  "$@"
+  echo "==> done in $((SECONDS - start)) s: $*"
+}
+
+step cargo fmt --check
+step cargo clippy --all-targets -- -D warnings
+step cargo test
