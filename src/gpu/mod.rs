@@ -1,6 +1,6 @@
 //! GPU actuators: who uses a device, binding to vfio, and (module `cc`) CC mode.
 
+pub mod cc;
 pub mod usage;
 pub mod vfio;
 pub mod vfio_plan;
-pub mod cc;
