@@ -112,8 +112,15 @@ kill $pid"#))
     assert_eq!(states(s0), original(), "{s0}");
 
     let s1 = run.step(1).assert_success();
-    assert_eq!(s1.stderr().matches("would bind to vfio-pci").count(), 2, "{s1}");
-    assert!(s1.stderr().contains("STATE") && !s1.stderr().contains("vfio-pci yes"), "{s1}");
+    assert_eq!(
+        s1.stderr().matches("would bind to vfio-pci").count(),
+        2,
+        "{s1}"
+    );
+    assert!(
+        s1.stderr().contains("STATE") && !s1.stderr().contains("vfio-pci yes"),
+        "{s1}"
+    );
     let list = s1.json();
     let devs = list["devices"].as_array().expect("devices");
     assert_eq!(devs.len(), 2, "{list}");

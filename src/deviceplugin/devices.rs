@@ -206,8 +206,8 @@ pub fn candidates_from_inventory(inv: &GpuInventory) -> (Vec<Candidate>, Vec<Ski
                 address: p
                     .path
                     .components()
-                    .filter_map(|c| c.as_os_str().to_str()?.parse::<PciAddress>().ok())
-                    .last(),
+                    .rev()
+                    .find_map(|c| c.as_os_str().to_str()?.parse::<PciAddress>().ok()),
                 reason: p.message.clone(),
             }
         })
