@@ -106,7 +106,19 @@ impl Daemon {
         let mut tasks = Vec::new();
         for (name, f) in self.services {
             tracing::info!(service = %name, "starting");
-            tasks.push((name, tokio::spawn(f(ctx.clone()))));
+            let fut = f(ctx.clone());
+            let service = name.clone();
+            tasks.push((
+                name,
+                tokio::spawn(async move {
+                    let r = fut.await;
+                    // Say so at once; the other services keep running.
+                    if let Err(e) = &r {
+                        tracing::error!(%service, error = %e, "service failed");
+                    }
+                    r
+                }),
+            ));
         }
         stop.await;
         tracing::info!("shutting down");
@@ -116,7 +128,6 @@ impl Daemon {
             match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
                 Ok(Ok(Ok(()))) => tracing::info!(service = %name, "stopped"),
                 Ok(Ok(Err(e))) => {
-                    tracing::error!(service = %name, error = %e, "service failed");
                     first_error.get_or_insert(e);
                 }
                 Ok(Err(e)) => {
