@@ -150,3 +150,44 @@ impl Daemon {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn services_share_shutdown_and_one_failure_does_not_stop_the_others() {
+        let tmp = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(tmp.path()).unwrap();
+        let mut cfg = Config::default();
+        cfg.device_plugin.rescan_interval_s = 0;
+        let mut d = Daemon::new(host, cfg);
+        let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+        let tx = seen_tx.clone();
+        d.add_service("waits", move |mut ctx| {
+            Box::pin(async move {
+                let _ = ctx.shutdown.wait_for(|s| *s).await;
+                let _ = tx.send("waits stopped");
+                Ok(())
+            })
+        });
+        d.add_service("fails", move |_ctx| {
+            Box::pin(async move {
+                let _ = seen_tx.send("fails ran");
+                Err(DaemonError::Service {
+                    service: "fails".into(),
+                    message: "boom".into(),
+                })
+            })
+        });
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(d.run(async move {
+            let _ = stop_rx.await;
+        }));
+        assert_eq!(seen_rx.recv().await, Some("fails ran"));
+        stop_tx.send(()).unwrap();
+        let err = run.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("boom"), "{err}");
+        assert_eq!(seen_rx.recv().await, Some("waits stopped"));
+    }
+}
