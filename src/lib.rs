@@ -8,6 +8,7 @@
 //! - [`plan`]: config + inventory -> a list of actions (pure).
 //! - actuators: [`gpu`], [`hostcfg`], [`cdi`], [`journal`] (each idempotent, journaled).
 //! - services: [`deviceplugin`], [`labels`], [`dcap`], run by [`daemon`].
+//! - [`fixture`]: test support, fixture host trees laid out as the kernel lays out /sys.
 
 pub mod capture;
 pub mod cdi;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod daemon;
 pub mod dcap;
 pub mod deviceplugin;
+pub mod fixture;
 pub mod gpu;
 pub mod host;
 pub mod hostcfg;

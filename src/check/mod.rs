@@ -169,6 +169,7 @@ pub fn build_checks(ctx: &Ctx) -> Vec<Check> {
     v.push(host::iommu_cmdline());
     v.push(host::vsock());
     v.push(gpu::gpus());
+    v.push(crate::dcap::check::dcap_check());
     v.push(host::inventory_health());
     v
 }

@@ -12,7 +12,9 @@ mod labels;
 mod matching;
 mod vfio;
 
-pub use dcap::DcapConfig;
+pub use dcap::{
+    DcapConfig, DcapEnable, PccsConfig, QgsTransport, Secret, SuperviseConfig, SuperviseMode,
+};
 pub use deviceplugin::{DevicePluginConfig, PluginMode, VfioModeConfig};
 pub use kernel::{GpuChoice, KernelConfig, MechanismChoice, ProfileChoice};
 pub use labels::{LabelBackend, LabelsConfig, is_dns_subdomain};
@@ -89,6 +91,7 @@ impl Config {
         self.device_plugin.validate()?;
         self.labels.validate()?;
         self.kernel.validate()?;
+        self.dcap.validate()?;
         Ok(())
     }
 }

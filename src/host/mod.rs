@@ -13,6 +13,8 @@ pub mod exec;
 pub mod kmsg;
 mod lock;
 pub mod mmio;
+pub mod owner;
+pub mod socket;
 
 pub mod batch;
 pub mod pci;

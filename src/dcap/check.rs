@@ -1,0 +1,241 @@
+//! The DCAP subtree of `cchost check` (TDX hosts): the same probes as
+//! `cchost dcap status`, run once and shown as check nodes.
+//!
+//! Checks are synchronous; the probes are async. The report is built on a thread of its
+//! own with its own small runtime, so this works whether or not the caller is already
+//! inside a tokio runtime (the daemon is).
+
+use std::cell::OnceCell;
+use std::rc::Rc;
+
+use super::status::{self, Item, Level, Report};
+use crate::check::{Check, CheckOutcome, Ctx, Profile, Status};
+use crate::config::DcapEnable;
+
+/// Child checks: (id, title, item ids they show).
+const CHILDREN: &[(&str, &str, &[&str])] = &[
+    (
+        "dcap.qgs_conf",
+        "QGS transport config (/etc/qgs.conf)",
+        &["qgs.conf"],
+    ),
+    ("dcap.qgs", "QGS answers GET_PLATFORM_INFO", &["qgs"]),
+    ("dcap.qcnl", "QCNL config points QGS at a PCCS", &["qcnl"]),
+    (
+        "dcap.pccs",
+        "PCCS reachable and serving collateral",
+        &["pccs", "pccs.qe_identity", "pccs.tcb_info"],
+    ),
+    (
+        "dcap.registration",
+        "Platform registered with PCCS",
+        &["pccs.pckcert"],
+    ),
+    (
+        "dcap.collateral",
+        "QGS gets collateral (GET_COLLATERAL)",
+        &["qgs.collateral"],
+    ),
+    (
+        "dcap.expiry",
+        "Collateral not about to expire",
+        &["expiry."],
+    ),
+];
+
+/// The `dcap` check with its children; SKIP unless the profile is TDX and a host is
+/// given to probe.
+pub fn dcap_check() -> Check {
+    let cell: Rc<OnceCell<Option<Report>>> = Rc::new(OnceCell::new());
+    let root_cell = cell.clone();
+    let root = Check::new(
+        "dcap",
+        "Intel DCAP quote generation (QGS → PCCS)",
+        move |ctx| {
+            let Some(report) = root_cell.get_or_init(|| build(ctx)) else {
+                return skip_reason(ctx);
+            };
+            let worst = report.worst();
+            let msg = format!(
+                "QGS {}; PCCS {}",
+                report.qgs_endpoint,
+                report.pccs_url.as_deref().unwrap_or("(none)")
+            );
+            // The children carry the verdicts; a FAIL here would skip them (the tree skips
+            // the children of a failed parent), so the root at most WARNs.
+            match worst {
+                Level::Fail => CheckOutcome::warn(
+                    format!("{msg}: the chain is broken"),
+                    "see the failing DCAP checks below (or `cchost dcap status`)",
+                ),
+                Level::Warn => CheckOutcome::warn(msg, "see the DCAP warnings below"),
+                _ => CheckOutcome::pass(msg),
+            }
+        },
+    );
+    let children = CHILDREN.iter().map(|(id, title, items)| {
+        let cell = cell.clone();
+        Check::new(*id, *title, move |_ctx| {
+            let Some(Some(report)) = cell.get() else {
+                return CheckOutcome::skip("DCAP not probed");
+            };
+            outcome(report, items)
+        })
+    });
+    root.with(children.collect::<Vec<_>>())
+}
+
+fn skip_reason(ctx: &Ctx) -> CheckOutcome {
+    if ctx.config.dcap.enable == DcapEnable::Off {
+        CheckOutcome::skip("dcap.enable = off")
+    } else if ctx.profile != Some(Profile::Tdx) {
+        CheckOutcome::skip("not a TDX host: no quote generation needed")
+    } else {
+        CheckOutcome::skip("no host to probe")
+    }
+}
+
+fn build(ctx: &Ctx) -> Option<Report> {
+    let host = ctx.host?;
+    let applies = match ctx.config.dcap.enable {
+        DcapEnable::Off => false,
+        DcapEnable::On => true,
+        DcapEnable::Auto => ctx.profile == Some(Profile::Tdx),
+    };
+    if !applies {
+        return None;
+    }
+    let host = host.clone();
+    let cfg = ctx.config.dcap.clone();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            // The API key is only needed to reach Intel PCS directly; a check never
+            // fails for want of it.
+            let key = super::files::load_api_key(&cfg).ok().flatten();
+            Some(rt.block_on(status::report(
+                &host,
+                &cfg,
+                key,
+                super::collateral::now_unix(),
+            )))
+        })
+        .join()
+        .ok()
+        .flatten()
+    })
+}
+
+/// Folds the report items a child shows into one outcome (the worst wins).
+fn outcome(report: &Report, ids: &[&str]) -> CheckOutcome {
+    let mine: Vec<&Item> = report
+        .items
+        .iter()
+        .filter(|i| {
+            ids.iter()
+                .any(|id| i.id == *id || (id.ends_with('.') && i.id.starts_with(id)))
+        })
+        .collect();
+    let Some(worst) = mine.iter().max_by_key(|i| i.level) else {
+        return CheckOutcome::skip(
+            "not probed (an earlier link failed or there is nothing to check)",
+        );
+    };
+    let message = mine
+        .iter()
+        .map(|i| i.summary.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let remedy = worst
+        .remedy
+        .clone()
+        .unwrap_or_else(|| "see `cchost dcap status`".into());
+    let status = match worst.level {
+        Level::Fail => Status::Fail,
+        Level::Warn => Status::Warn,
+        Level::Skip => Status::Skip,
+        Level::Pass | Level::Info => Status::Pass,
+    };
+    CheckOutcome {
+        status,
+        message,
+        remedy: matches!(status, Status::Fail | Status::Warn).then_some(remedy),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::{Node, evaluate};
+    use crate::config::Config;
+    use crate::host::HostRoot;
+    use crate::inventory::Inventory;
+
+    fn find<'a>(nodes: &'a [Node], id: &str) -> &'a Node {
+        let mut found = None;
+        crate::check::walk(nodes, &mut |n| {
+            if n.id == id {
+                found = Some(n);
+            }
+        });
+        found.unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    #[test]
+    fn tdx_host_without_qgs_fails_with_causes_and_others_skip() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("sys/module/kvm_intel/parameters")).unwrap();
+        std::fs::write(
+            dir.path().join("sys/module/kvm_intel/parameters/tdx"),
+            "Y\n",
+        )
+        .unwrap();
+        let host = HostRoot::new(dir.path()).unwrap();
+        let mut config = Config::default();
+        // A port nobody listens on (just freed), so the PCCS probe has a known answer.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        config.dcap.pccs.url = format!("https://127.0.0.1:{port}/sgx/certification/v4/");
+        let inv = Inventory::collect(&host, &config);
+        let ctx = Ctx {
+            inv: &inv,
+            config: &config,
+            profile: Some(Profile::Tdx),
+            host: Some(&host),
+        };
+        let nodes = evaluate(&[dcap_check()], &ctx);
+        assert_eq!(nodes[0].outcome.status, Status::Warn, "{:?}", nodes[0]);
+        let qgs = find(&nodes, "dcap.qgs");
+        assert_eq!(qgs.outcome.status, Status::Fail);
+        assert!(qgs.outcome.message.contains("no socket there"), "{qgs:?}");
+        assert!(qgs.outcome.remedy.is_some());
+        let pccs = find(&nodes, "dcap.pccs");
+        assert!(
+            pccs.outcome.message.contains("nothing listening"),
+            "{pccs:?}"
+        );
+        // qgs.conf / qcnl missing: warnings with a remedy.
+        assert_eq!(find(&nodes, "dcap.qgs_conf").outcome.status, Status::Warn);
+
+        // Not a TDX profile: the whole subtree is skipped, nothing probed.
+        let ctx = Ctx {
+            profile: Some(Profile::Snp),
+            ..ctx
+        };
+        let nodes = evaluate(&[dcap_check()], &ctx);
+        assert_eq!(nodes[0].outcome.status, Status::Skip);
+        assert!(nodes[0].outcome.message.contains("not a TDX host"));
+        assert!(
+            nodes[0]
+                .children
+                .iter()
+                .all(|c| c.outcome.status == Status::Skip)
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! `cchost dcap status` and `configure` end to end: the binary on a host without TDX,
+//! and on a TDX host root with the stand-in QGS and a fake PCCS (a readable chain).
+
+mod dcap_support;
+
+use std::process::Command;
+
+use dcap_support::*;
+
+fn cchost() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cchost"));
+    c.env_remove("CCHOST_CONFIG").env_remove("CCHOST_HOST_ROOT");
+    c
+}
+
+fn run(c: &mut Command) -> (i32, String) {
+    let out = c.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn no_tdx_host_says_so_plainly() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = root.path().join("c.toml");
+    std::fs::write(&cfg, "").unwrap();
+    let (code, out) = run(cchost()
+        .arg("--host-root")
+        .arg(root.path())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["dcap", "status"]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("not applicable"), "{out}");
+    assert!(out.contains("no TDX on this host"), "{out}");
+    assert!(out.contains("no QGS here"), "{out}");
+    let (code, out) = run(cchost()
+        .arg("--host-root")
+        .arg(root.path())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["dcap", "status", "--json"]));
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["applicable"], false);
+    assert_eq!(v["tdx"], false);
+}
+
+/// An OFFLINE PCCS that has this platform registered and collateral cached.
+fn registered(path: &str) -> Reply {
+    let p = path.split('?').next().unwrap_or("");
+    let json = |body: String| Reply::Answer {
+        status: 200,
+        reason: "OK",
+        content_type: "application/json; charset=utf-8",
+        headers: vec![],
+        body,
+    };
+    match p {
+        "/sgx/certification/v4/rootcacrl" => answer(200, "308201"),
+        "/tdx/certification/v4/qe/identity" => json(
+            r#"{"enclaveIdentity":{"id":"TD_QE","nextUpdate":"2099-01-01T00:00:00Z"},"signature":"00"}"#.into(),
+        ),
+        "/tdx/certification/v4/tcb" => json(
+            r#"{"tcbInfo":{"id":"TDX","nextUpdate":"2099-01-01T00:00:00Z"},"signature":"00"}"#.into(),
+        ),
+        "/sgx/certification/v4/pckcert" if path.contains(&"5e".repeat(16)) => Reply::Answer {
+            status: 200,
+            reason: "OK",
+            content_type: "application/x-pem-file",
+            headers: vec![("SGX-FMSPC".into(), "00806F050000".into())],
+            body: "-----BEGIN CERTIFICATE-----\n".into(),
+        },
+        "/sgx/certification/v4/pckcert" => answer(461, NOT_FOUND_PLATFORM),
+        _ => express_404(p),
+    }
+}
+
+#[test]
+fn tdx_host_shows_the_chain_qgs_to_pccs() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pki = test_pki();
+    let addr = rt.block_on(fake_pccs(&pki, registered));
+    let root = tdx_root();
+    std::fs::write(root.path().join("pccs-ca.pem"), &pki.ca_pem).unwrap();
+    let cfg = root.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[dcap.pccs]\nurl = \"https://localhost:{}/sgx/certification/v4/\"\nca_bundle = \"/pccs-ca.pem\"\n",
+            addr.port()
+        ),
+    )
+    .unwrap();
+    let base = || {
+        let mut c = cchost();
+        c.arg("--host-root")
+            .arg(root.path())
+            .arg("--config")
+            .arg(&cfg);
+        c
+    };
+    // Before configure / QGS: not ready, and the output says why.
+    let (code, out) = run(base().args(["dcap", "status"]));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("[FAIL] qgs"), "{out}");
+    assert!(out.contains("no socket there"), "{out}");
+
+    let (code, out) = run(base().args(["dcap", "configure"]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("wrote"), "{out}");
+    let qgs_conf = std::fs::read_to_string(root.path().join("etc/qgs.conf")).unwrap();
+    assert!(
+        !qgs_conf.lines().any(|l| l.starts_with("port")),
+        "{qgs_conf}"
+    );
+    let (_, out) = run(base().args(["dcap", "configure"]));
+    assert!(out.contains("unchanged"), "{out}");
+
+    let _qgs = StandIn::start(&root.path().join("var/run/tdx-qgs/qgs.socket"), &[]);
+    let (code, out) = run(base().args(["dcap", "status"]));
+    assert_eq!(code, 0, "{out}");
+    for want in [
+        "[PASS] tdx",
+        "[PASS] qgs.conf",
+        "[PASS] qgs ",
+        &format!("QE ID {}", "5e".repeat(16)),
+        "[PASS] qcnl",
+        "[PASS] pccs ",
+        "[PASS] pccs.pckcert",
+        "SGX-FMSPC: 00806F050000",
+        "[PASS] pccs.tcb_info",
+        "[PASS] qgs.collateral",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    // The chain reads in order: QGS before PCCS.
+    assert!(out.find("[PASS] qgs ").unwrap() < out.find("[PASS] pccs ").unwrap());
+
+    // QGS answering 0x12001 while PCCS is fine: the collateral line says where to look.
+    drop(_qgs);
+    // A killed QGS leaves its socket file behind.
+    std::fs::remove_file(root.path().join("var/run/tdx-qgs/qgs.socket")).unwrap();
+    let _qgs = StandIn::start(
+        &root.path().join("var/run/tdx-qgs/qgs.socket"),
+        &["--mode=error"],
+    );
+    let (code, out) = run(base().args(["dcap", "status", "--json"]));
+    assert_eq!(code, 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["applicable"], true);
+    let items = v["items"].as_array().unwrap();
+    let qgs = items.iter().find(|i| i["id"] == "qgs").unwrap();
+    assert_eq!(qgs["level"], "FAIL");
+    assert!(
+        qgs["summary"].as_str().unwrap().contains("0x12001"),
+        "{qgs}"
+    );
+}
