@@ -306,8 +306,11 @@ impl HostRoot {
     pub fn write_attr(&self, host_path: impl AsRef<Path>, value: &str) -> Result<(), HostError> {
         let host_path = host_path.as_ref();
         let local = self.resolve(host_path)?;
+        // O_TRUNC as the shell's `echo v > attr` does: kernfs and procfs ignore it, and
+        // on a fixture's regular file it keeps a shorter value from leaving a tail behind.
         let mut f = fs::OpenOptions::new()
             .write(true)
+            .truncate(true)
             .open(&local)
             .map_err(|e| HostError::io(host_path, e))?;
         f.write_all(value.as_bytes())
