@@ -275,3 +275,46 @@ fn cli_generate_writes_and_prints() {
     );
     assert!(h.host.exists("/var/run/cdi/cchost-nvidia.com-pgpu.json"));
 }
+
+/// The shared fixture host with four H100s on vfio-pci (tests/host/gpus-on-vfio): it
+/// has both group nodes and iommufd cdevs, so `auto` picks iommufd, and `legacy` the
+/// groups; both specs validate.
+#[test]
+fn shared_fixture_gpus_on_vfio_in_both_modes() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/host/gpus-on-vfio");
+    let host = cchost::host::HostRoot::new(&root).unwrap();
+    let m = Config::default().matching;
+    let v = validator();
+    for (mode, want_ids, want_first) in [
+        (
+            cchost::config::VfioModeConfig::Auto,
+            vec!["0", "1", "2", "3"],
+            serde_json::json!([{"path": "/dev/vfio/devices/vfio0"}, {"path": "/dev/iommu"}]),
+        ),
+        (
+            cchost::config::VfioModeConfig::Legacy,
+            vec!["5", "7", "11", "13"],
+            serde_json::json!([{"path": "/dev/vfio/vfio"}, {"path": "/dev/vfio/5"}]),
+        ),
+    ] {
+        let cfg = DevicePluginConfig {
+            vfio_mode: mode,
+            ..Default::default()
+        };
+        let scan = devices::discover(&host, &m, &cfg).unwrap();
+        let ids: Vec<&str> = scan.devices.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, want_ids, "{mode:?}: {scan:#?}");
+        assert!(
+            scan.devices.iter().all(|d| d.health.is_healthy()),
+            "{scan:#?}"
+        );
+        let specs = cdi::specs_for(&scan).unwrap();
+        assert_eq!(specs.len(), 1);
+        let doc: Value = serde_json::from_slice(&cdi::render(&specs[0]).unwrap()).unwrap();
+        assert_valid(&v, &doc);
+        assert_eq!(
+            doc["devices"][0]["containerEdits"]["deviceNodes"],
+            want_first
+        );
+    }
+}
