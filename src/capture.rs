@@ -239,7 +239,10 @@ impl Copier<'_> {
         };
         let mut out = String::new();
         for r in log.records.iter().filter(|r| is_relevant(&r.message)) {
-            out.push_str(&format!("{},{},{},-;{}\n", r.level, r.seq, r.ts_usec, r.message));
+            out.push_str(&format!(
+                "{},{},{},-;{}\n",
+                r.level, r.seq, r.ts_usec, r.message
+            ));
         }
         Ok(out.into_bytes())
     }

@@ -21,8 +21,14 @@ fn capture_round_trips_every_scenario() {
         let original = Inventory::collect(&host, &config);
         assert_eq!(seen, original, "{name}: recording changed the inventory");
         let captured = Inventory::collect(&HostRoot::new(&dest).unwrap(), &config);
-        assert_eq!(captured, original, "{name}: capture differs from the original");
-        assert!(summary.files > 10 && summary.links > 0, "{name}: {summary:?}");
+        assert_eq!(
+            captured, original,
+            "{name}: capture differs from the original"
+        );
+        assert!(
+            summary.files > 10 && summary.links > 0,
+            "{name}: {summary:?}"
+        );
 
         // Only what cchost reads: the log's noise is gone, unrelated files are absent.
         let kmsg = fs::read_to_string(dest.join("dev/kmsg")).unwrap();

@@ -24,8 +24,8 @@ pub mod uevent;
 pub mod unix;
 
 pub use error::HostError;
-pub use record::Access;
 pub use lock::HostLock;
+pub use record::Access;
 
 use std::ffi::OsStr;
 use std::fs;
