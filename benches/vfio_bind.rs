@@ -160,6 +160,10 @@ fn main() {
         bmax - clock
     );
     println!(
+        "  cchost --version (process start alone): median {:.2} ms",
+        median(&mut v) - clock
+    );
+    println!(
         "  overhead (median of medians): {:+.1} %",
         (mc / mb - 1.0) * 100.0
     );

@@ -35,7 +35,11 @@ fn capture_round_trips_every_scenario() {
         for noise in ["EXT4-fs", "systemd[1]", "usb 1-1", "Linux version"] {
             assert!(!kmsg.contains(noise), "{name}: {noise} kept in /dev/kmsg");
         }
-        assert!(!kmsg.is_empty(), "{name}: relevant kernel lines dropped");
+        assert_eq!(
+            kmsg.lines().count(),
+            original.kernel_log.relevant.len(),
+            "{name}: the capture's log is exactly the relevant records"
+        );
         assert!(fs::metadata(dest.join("proc/cpuinfo")).is_ok());
     }
 }

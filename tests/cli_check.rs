@@ -133,3 +133,14 @@ fn empty_or_hostile_root_is_not_ready_and_does_not_crash() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Problems"));
 }
+
+/// Live: on any Linux machine `cchost check` on `/` gives a verdict (0 or 1), never a
+/// usage/I-O error, and its JSON parses.
+#[test]
+fn live_check_gives_a_verdict() {
+    let out = cchost(Path::new("/"), &["check", "--json"]);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["schema"], "cchost.check/v1");
+    assert!(v["checks"].as_array().is_some_and(|c| !c.is_empty()));
+}

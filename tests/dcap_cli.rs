@@ -1,5 +1,5 @@
 //! `cchost dcap status` and `configure` end to end: the binary on a host without TDX,
-//! and on a TDX host root with the stand-in QGS and a fake PCCS (a readable chain).
+//! and on the TDX fixture host with the stand-in QGS and a fake PCCS (a readable chain).
 
 mod dcap_support;
 
@@ -89,7 +89,7 @@ fn tdx_host_shows_the_chain_qgs_to_pccs() {
         .unwrap();
     let pki = test_pki();
     let addr = rt.block_on(fake_pccs(&pki, registered));
-    let root = tdx_root();
+    let root = tdx_fixture_root();
     std::fs::write(root.path().join("pccs-ca.pem"), &pki.ca_pem).unwrap();
     let cfg = root.path().join("c.toml");
     std::fs::write(
@@ -126,8 +126,18 @@ fn tdx_host_shows_the_chain_qgs_to_pccs() {
     assert!(out.contains("unchanged"), "{out}");
 
     let _qgs = StandIn::start(&root.path().join("var/run/tdx-qgs/qgs.socket"), &[]);
+    // QCNL trusts only the host store: a CA given to cchost alone is a WARN.
+    let (_, out) = run(base().args(["dcap", "status"]));
+    assert!(out.contains("[WARN] qcnl.trust"), "{out}");
+    std::fs::create_dir_all(root.path().join("etc/ssl/certs")).unwrap();
+    std::fs::write(
+        root.path().join("etc/ssl/certs/ca-certificates.crt"),
+        format!("{}{}", test_pki().ca_pem, pki.ca_pem),
+    )
+    .unwrap();
     let (code, out) = run(base().args(["dcap", "status"]));
     assert_eq!(code, 0, "{out}");
+    assert!(out.contains("[PASS] qcnl.trust"), "{out}");
     for want in [
         "[PASS] tdx",
         "[PASS] qgs.conf",
@@ -142,6 +152,8 @@ fn tdx_host_shows_the_chain_qgs_to_pccs() {
     ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
+    // Shown with --nocapture (the example in docs/dcap.md).
+    println!("{out}");
     // The chain reads in order: QGS before PCCS.
     assert!(out.find("[PASS] qgs ").unwrap() < out.find("[PASS] pccs ").unwrap());
 
@@ -164,4 +176,52 @@ fn tdx_host_shows_the_chain_qgs_to_pccs() {
         qgs["summary"].as_str().unwrap().contains("0x12001"),
         "{qgs}"
     );
+}
+
+#[test]
+fn check_has_a_dcap_subtree_on_tdx_hosts() {
+    let root = tdx_fixture_root();
+    let cfg = root.path().join("c.toml");
+    // A PCCS port nobody listens on (just freed): a known, fast answer.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        &cfg,
+        format!("[dcap.pccs]\nurl = \"https://127.0.0.1:{port}/sgx/certification/v4/\"\n"),
+    )
+    .unwrap();
+    let _qgs = StandIn::start(&root.path().join("var/run/tdx-qgs/qgs.socket"), &[]);
+    let (_, out) = run(cchost()
+        .arg("--host-root")
+        .arg(root.path())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["check", "--profile", "tdx", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    fn find<'a>(n: &'a serde_json::Value, id: &str) -> Option<&'a serde_json::Value> {
+        if n["id"] == id {
+            return Some(n);
+        }
+        n["children"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(n["checks"].as_array().into_iter().flatten())
+            .find_map(|c| find(c, id))
+    }
+    let qgs = find(&v, "dcap.qgs").unwrap_or_else(|| panic!("no dcap.qgs in {out}"));
+    assert_eq!(qgs["status"], "pass", "{qgs}");
+    let pccs = find(&v, "dcap.pccs").unwrap();
+    assert_eq!(pccs["status"], "fail", "{pccs}");
+    assert!(
+        pccs["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing listening"),
+        "{pccs}"
+    );
+    assert_eq!(v["ready"], false);
 }

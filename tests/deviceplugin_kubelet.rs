@@ -419,3 +419,46 @@ async fn env_option_and_per_model_resources() {
     r.mgr.join().await;
     kubelet.stop().await;
 }
+
+#[tokio::test]
+async fn a_kubelet_that_never_calls_back_is_reported() {
+    use cchost::deviceplugin::endpoint::{EndpointEvent, PluginEndpoint};
+    let (h, _) = hgx_like();
+    let dir = h.local(DP_DIR);
+    let (_tx, devices) = watch::channel(Default::default());
+    let (stop, shutdown) = watch::channel(false);
+    let (events, _watch) =
+        cchost::deviceplugin::endpoint::spawn_dir_watch(&h.host, DP_DIR, shutdown.clone()).unwrap();
+    let mut kubelet = FakeKubelet::start_silent(&dir).await;
+    let ep = PluginEndpoint {
+        host: h.host.clone(),
+        socket_dir: DP_DIR.to_string(),
+        resource: "nvidia.com/pgpu".to_string(),
+        devices,
+        pci_resource_env: false,
+        retry: Duration::from_secs(10),
+        calls: Default::default(),
+        authority_check: Duration::from_millis(300),
+    };
+    let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(ep.run(events.subscribe(), shutdown, Some(ptx)));
+    kubelet.next(WAIT).await.expect("Register");
+    let mut seen = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout(WAIT, prx.recv()).await {
+        seen.push(e.clone());
+        if e == EndpointEvent::KubeletSilent {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            EndpointEvent::Serving,
+            EndpointEvent::Registered,
+            EndpointEvent::KubeletSilent
+        ]
+    );
+    let _ = stop.send(true);
+    task.await.unwrap().unwrap();
+    kubelet.stop().await;
+}

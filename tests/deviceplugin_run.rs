@@ -17,9 +17,10 @@ async fn run_serves_follows_changes_and_stops_cleanly_on_sigterm() {
     let (h, _funcs) = hgx_like();
     let dir = h.local(DP_DIR);
     let mut kubelet = FakeKubelet::start(&dir).await;
-    // The rescan timer stands in for uevents here (a fixture tree sends none).
+    // No rescan timer: the vfio node's removal is seen through the /dev/vfio watch
+    // (a fixture tree sends no uevents).
     let cfg = h.dir.path().join("config.toml");
-    std::fs::write(&cfg, "[device_plugin]\nrescan_interval_s = 1\n").unwrap();
+    std::fs::write(&cfg, "[device_plugin]\nrescan_interval_s = 0\n").unwrap();
     let t = Instant::now();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
         .arg("--host-root")

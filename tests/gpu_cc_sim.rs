@@ -1,7 +1,7 @@
 //! The CC client end to end against the register-level FSP simulator: the same
 //! `CcDevice` code that drives `resource0` on real hardware. These prove the client
 //! follows the documented protocol and handles each failure; they cannot prove real
-//! firmware timing or undocumented knob semantics (docs/gpu-cc.md).
+//! firmware timing or undocumented knob semantics (docs/gpu.md, "CC mode").
 
 use std::time::Duration;
 
@@ -120,6 +120,27 @@ impl Bits for TargetMode {
             TargetMode::Devtools => 3,
         }
     }
+}
+
+#[test]
+fn knob_order_sets_ccm_first_and_clears_it_last() {
+    let s = sim(Family::Hopper);
+    let d = dev(&s, "gpu0");
+    d.stage_cc(TargetMode::Devtools).unwrap();
+    // CCM before CCD: a CCD-only pending state never exists.
+    assert_eq!(s.take_write_log(), vec![(8, 1), (6, 1)]);
+    d.stage_cc(TargetMode::Off).unwrap();
+    assert_eq!(s.take_write_log(), vec![(6, 0), (8, 0)]);
+    s.preset_active(&[(2, 1), (34, 1)]);
+    d.stage_cc(TargetMode::On).unwrap();
+    // Hopper: 2/4/34 cleared (only those set), decoupler 2, then CCM; CCD already 0.
+    assert_eq!(s.take_write_log(), vec![(2, 0), (34, 0), (10, 2), (8, 1)]);
+
+    let b = sim(Family::Blackwell);
+    b.preset_active(&[(2, 1)]);
+    b.device("b0", fast()).stage_cc(TargetMode::On).unwrap();
+    // Blackwell: no decoupler and no 2/4/34 clearing.
+    assert_eq!(b.take_write_log(), vec![(8, 1)]);
 }
 
 #[test]

@@ -16,10 +16,15 @@ pub fn cpu_and_kvm() -> Check {
 fn cpu(ctx: &Ctx) -> CheckOutcome {
     match &ctx.inv.cpu {
         Some(c) => CheckOutcome::pass(format!(
-            "{} ({}, {} logical CPUs)",
+            "{} ({}, {} logical CPUs{})",
             c.model_name.as_deref().unwrap_or("unknown model"),
             c.vendor_id,
-            c.logical_cpus
+            c.logical_cpus,
+            if c.has_flag("hypervisor") {
+                ", virtual machine"
+            } else {
+                ""
+            }
         )),
         None => CheckOutcome::fail(
             "/proc/cpuinfo could not be read",
@@ -126,6 +131,16 @@ fn iommu_mode(ctx: &Ctx) -> CheckOutcome {
     };
     match i.mode {
         IommuMode::Translated => CheckOutcome::pass(format!("translated{detail}")),
+        IommuMode::Passthrough | IommuMode::Mixed if ctx.profile != Some(super::Profile::Snp) => {
+            CheckOutcome::pass(format!(
+                "{}{detail}: identity-mapped default domains (fine for VFIO; SEV-SNP would need translation)",
+                if i.mode == IommuMode::Mixed {
+                    "partly passthrough"
+                } else {
+                    "passthrough"
+                }
+            ))
+        }
         IommuMode::Passthrough | IommuMode::Mixed => {
             let blocker = i.snp_blocker();
             let (remedy, what) = match blocker {
@@ -216,11 +231,12 @@ pub fn inventory_health() -> Check {
 
 fn inventory_check(ctx: &Ctx) -> CheckOutcome {
     let inv = ctx.inv;
-    if let Some(p) = inv.problems.first() {
+    let problems: Vec<_> = inv.problems.iter().chain(&inv.gpus.problems).collect();
+    if let Some(p) = problems.first() {
         return CheckOutcome::warn(
             format!(
                 "{} file(s) unreadable or malformed, first: {}: {}",
-                inv.problems.len(),
+                problems.len(),
                 p.path.display(),
                 p.message
             ),

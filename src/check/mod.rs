@@ -204,11 +204,21 @@ fn skipped(c: &Check, parent: &str) -> Node {
 
 /// Evaluates the whole tree for an inventory (`build_checks` + `evaluate`).
 pub fn build_tree(inv: &Inventory, config: &Config, profile: Profile) -> Vec<Node> {
+    build_tree_on(inv, config, profile, None)
+}
+
+/// Like [`build_tree`], with the host for subtrees that probe it live (DCAP).
+pub fn build_tree_on(
+    inv: &Inventory,
+    config: &Config,
+    profile: Profile,
+    host: Option<&HostRoot>,
+) -> Vec<Node> {
     let ctx = Ctx {
         inv,
         config,
         profile: profile.resolve(inv),
-        host: None,
+        host,
     };
     evaluate(&build_checks(&ctx), &ctx)
 }
@@ -252,10 +262,20 @@ pub const SCHEMA: &str = "cchost.check/v1";
 
 impl Report {
     pub fn new(inv: &Inventory, config: &Config, profile: Profile) -> Self {
+        Self::new_on(inv, config, profile, None)
+    }
+
+    /// Like [`Report::new`], with the host for subtrees that probe it live (DCAP).
+    pub fn new_on(
+        inv: &Inventory,
+        config: &Config,
+        profile: Profile,
+        host: Option<&HostRoot>,
+    ) -> Self {
         Self::from_nodes(
             profile,
             profile.resolve(inv),
-            build_tree(inv, config, profile),
+            build_tree_on(inv, config, profile, host),
         )
     }
 

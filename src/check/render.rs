@@ -14,7 +14,7 @@ pub fn text(report: &Report) -> String {
     };
     out.push_str(&format!("cchost check, profile {profile}\n\n"));
     for n in &report.checks {
-        node(&mut out, n, 0);
+        node(&mut out, n, 0, false);
     }
     let s = report.summary;
     out.push('\n');
@@ -28,9 +28,22 @@ pub fn text(report: &Report) -> String {
     ));
     if !report.ready {
         out.push_str("Fix first:\n");
+        // One line per distinct remedy, with every check it fixes.
+        let mut remedies: Vec<(&str, Vec<&str>)> = Vec::new();
         for f in report.findings.iter().filter(|f| f.status == Status::Fail) {
-            let line = format!("{} ({})", f.remedy.as_deref().unwrap_or(&f.message), f.id);
-            wrap_into(&mut out, "  - ", "    ", &line);
+            let r = f.remedy.as_deref().unwrap_or(&f.message);
+            match remedies.iter_mut().find(|(x, _)| *x == r) {
+                Some((_, ids)) => ids.push(&f.id),
+                None => remedies.push((r, vec![&f.id])),
+            }
+        }
+        for (r, ids) in remedies {
+            wrap_into(
+                &mut out,
+                "  - ",
+                "    ",
+                &format!("{r} ({})", ids.join(", ")),
+            );
         }
     }
     out
@@ -44,7 +57,7 @@ fn name(p: super::Profile) -> &'static str {
     }
 }
 
-fn node(out: &mut String, n: &Node, depth: usize) {
+fn node(out: &mut String, n: &Node, depth: usize, under_failure: bool) {
     // Deep trees still leave at least 40 columns for text.
     let indent = "  ".repeat(depth.min(10));
     let tag = format!("{indent}[{}] ", n.outcome.status.label());
@@ -60,8 +73,14 @@ fn node(out: &mut String, n: &Node, depth: usize) {
     {
         wrap_into(out, &format!("{cont}fix: "), &format!("{cont}     "), r);
     }
+    // Below a FAIL the skipped children show what is still to come; below a SKIP
+    // (nothing to check) they are noise.
+    if n.outcome.status == Status::Skip && !under_failure {
+        return;
+    }
+    let failed = under_failure || n.outcome.status == Status::Fail;
     for c in &n.children {
-        node(out, c, depth + 1);
+        node(out, c, depth + 1, failed);
     }
 }
 

@@ -1,7 +1,9 @@
 //! The TEE subtree: Intel TDX or AMD SEV-SNP, chosen by the profile. Each level is a
 //! precondition of the next, so the first failure is the thing to fix.
 
-use crate::inventory::tdx::TdxModuleState;
+use crate::inventory::tdx::{
+    REMEDY_MODULE_FAILED, REMEDY_NO_MODULE, REMEDY_NOHIBERNATE, TdxModuleState,
+};
 use crate::inventory::{CpuVendor, State};
 
 use super::host::{state_word, verdict_fail};
@@ -78,12 +80,24 @@ fn vendor_is(ctx: &Ctx, want: CpuVendor, other_profile: &str) -> CheckOutcome {
     }
 }
 
+fn is_vm(ctx: &Ctx) -> bool {
+    ctx.inv
+        .cpu
+        .as_ref()
+        .is_some_and(|c| c.has_flag("hypervisor"))
+}
+
 fn tdx_bios(ctx: &Ctx) -> CheckOutcome {
     let t = &ctx.inv.tdx;
     if t.host_platform_flag {
         CheckOutcome::pass("cpuinfo flag tdx_host_platform present")
     } else if t.verdict.is_yes() {
         CheckOutcome::pass("kvm_intel tdx=Y (this kernel does not print tdx_host_platform)")
+    } else if is_vm(ctx) {
+        CheckOutcome::fail(
+            "this is a virtual machine (cpuinfo flag hypervisor): TDX hosts are bare metal",
+            "run cchost on the bare-metal host",
+        )
     } else {
         CheckOutcome::fail(
             "no tdx_host_platform CPU flag: the BIOS has not enabled TDX",
@@ -117,7 +131,7 @@ fn tdx_nohibernate(ctx: &Ctx) -> CheckOutcome {
     } else {
         CheckOutcome::fail(
             "nohibernate missing: TDX initialisation is refused while hibernation is possible",
-            "add nohibernate to the kernel command line and reboot",
+            REMEDY_NOHIBERNATE,
         )
     }
 }
@@ -127,18 +141,9 @@ fn tdx_module(ctx: &Ctx) -> CheckOutcome {
     let line = t.module_log.clone().unwrap_or_default();
     match t.module {
         TdxModuleState::Initialized => CheckOutcome::pass(line),
-        TdxModuleState::Failed => CheckOutcome::fail(
-            line,
-            "update the TDX module (BIOS/firmware update); error -5 usually means it is too old",
-        ),
-        TdxModuleState::HibernationBlocked => CheckOutcome::fail(
-            line,
-            "add nohibernate to the kernel command line and reboot",
-        ),
-        TdxModuleState::NotLoaded => CheckOutcome::fail(
-            line,
-            "enable the SEAM loader in the BIOS and install a TDX module (BIOS/firmware update)",
-        ),
+        TdxModuleState::Failed => CheckOutcome::fail(line, REMEDY_MODULE_FAILED),
+        TdxModuleState::HibernationBlocked => CheckOutcome::fail(line, REMEDY_NOHIBERNATE),
+        TdxModuleState::NotLoaded => CheckOutcome::fail(line, REMEDY_NO_MODULE),
         TdxModuleState::Unknown if t.verdict.is_yes() => {
             CheckOutcome::pass("kvm_intel tdx=Y (the kernel log says nothing more)")
         }
@@ -235,6 +240,11 @@ fn snp_bios(ctx: &Ctx) -> CheckOutcome {
         CheckOutcome::pass("cpuinfo flags sev_snp present")
     } else if ctx.inv.sev.snp.is_yes() {
         CheckOutcome::pass("kvm_amd sev_snp on (cpuinfo does not show the flag)")
+    } else if is_vm(ctx) {
+        CheckOutcome::fail(
+            "this is a virtual machine (cpuinfo flag hypervisor): SEV-SNP hosts are bare metal",
+            "run cchost on the bare-metal host",
+        )
     } else {
         CheckOutcome::fail(
             format!(

@@ -191,3 +191,64 @@ fn a_subtree_can_be_added_from_outside() {
     assert_eq!(status(&r, "extra.child"), Status::Skip);
     assert_eq!(r.findings.len(), 1);
 }
+
+/// An Intel host with TDX up (module initialised, keys, nohibernate), no GPUs.
+fn tdx_host(t: &Tree, cmdline: &str, param: &str, log: &str) {
+    t.file("/proc/cpuinfo", "processor : 0\nvendor_id : GenuineIntel\nmodel name : Xeon\nflags : vmx tdx_host_platform\n")
+        .file("/proc/cmdline", format!("{cmdline}\n"))
+        .file("/proc/modules", "kvm_intel 1 0 - Live 0x0\nkvm 1 1 kvm_intel, Live 0x0\nvhost_vsock 1 0 - Live 0x0\n")
+        .file("/sys/module/kvm_intel/parameters/tdx", format!("{param}\n"))
+        .file("/sys/fs/cgroup/misc.capacity", "tdx 63\n")
+        .file("/sys/firmware/acpi/tables/DMAR", "")
+        .file("/sys/kernel/iommu_groups/0/type", "DMA-FQ\n")
+        .file("/dev/kvm", "")
+        .file("/dev/vhost-vsock", "")
+        .file("/dev/kmsg", log);
+}
+
+#[test]
+fn tdx_host_ready_and_not() {
+    let t = Tree::new();
+    tdx_host(
+        &t,
+        "intel_iommu=on nohibernate",
+        "Y",
+        "6,1,1,-;virt/tdx: module initialized\n",
+    );
+    let r = report(&t, Profile::Auto);
+    assert_eq!(r.resolved_profile, Some(Profile::Tdx));
+    assert!(r.ready, "{}", render::text(&r));
+    assert_eq!(
+        r.find("tdx.keys").unwrap().outcome.message,
+        "63 KeyIDs (at most 63 trust domains)"
+    );
+
+    let t = Tree::new();
+    tdx_host(
+        &t,
+        "intel_iommu=on",
+        "N",
+        "6,1,1,-;virt/tdx: initialization failed: Hibernation support is enabled\n",
+    );
+    let r = report(&t, Profile::Tdx);
+    assert!(!r.ready);
+    assert_eq!(status(&r, "tdx.nohibernate"), Status::Fail);
+    assert_eq!(status(&r, "tdx.module"), Status::Fail);
+    let kvm = r.find("tdx.kvm").unwrap();
+    assert_eq!(kvm.outcome.status, Status::Fail);
+    assert!(
+        kvm.outcome
+            .remedy
+            .as_deref()
+            .unwrap()
+            .contains("nohibernate")
+    );
+    assert_eq!(status(&r, "tdx.keys"), Status::Skip);
+    let text = render::text(&r);
+    // One line for the one remedy, naming all three checks it fixes.
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains("- add nohibernate to the kernel command line and reboot (tdx.nohibernate, tdx.module, tdx.kvm)"),
+        "{text}"
+    );
+}

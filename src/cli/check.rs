@@ -30,7 +30,7 @@ pub fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
         ProfileArg::Auto => Profile::Auto,
     };
     let inv = Inventory::collect(&g.host, &g.config);
-    let report = Report::new(&inv, &g.config, profile);
+    let report = Report::new_on(&inv, &g.config, profile, Some(&g.host));
     let text = if a.json {
         format!("{}\n", serde_json::to_string_pretty(&report)?)
     } else {

@@ -150,6 +150,12 @@ fn select(
         let addr: PciAddress = n
             .parse()
             .with_context(|| format!("{n:?}: not a PCI address"))?;
+        if out
+            .iter()
+            .any(|(p, _): &(PciDevice, Family)| p.address == addr)
+        {
+            continue; // named twice: switch it once
+        }
         match all.iter().find(|(p, _)| p.address == addr) {
             Some(t) => out.push(t.clone()),
             None => bail!("{addr}: not a CC-capable GPU on this host (or not matched by config)"),

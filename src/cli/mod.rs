@@ -16,6 +16,7 @@ mod capture;
 mod cdi;
 mod check;
 mod dcap;
+mod deviceplugin;
 mod gpu;
 mod gpu_cc;
 mod inventory;
@@ -73,6 +74,9 @@ pub enum Command {
     /// The host CDI spec for passthrough GPUs.
     #[command(subcommand)]
     Cdi(cdi::Command),
+    /// Ask the running device plugin what it advertises (as kubelet would).
+    #[command(subcommand, name = "device-plugin")]
+    DevicePlugin(deviceplugin::Command),
     /// Intel DCAP helpers (QGS, PCCS): state and configuration.
     #[command(subcommand)]
     Dcap(dcap::Command),
@@ -141,6 +145,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Undo(a) => undo::run(&g, a),
         Command::Render(c) => render::run(&g, c),
         Command::Cdi(c) => cdi::run(&g, c),
+        Command::DevicePlugin(c) => deviceplugin::run(&g, c),
         Command::Dcap(c) => dcap::run(&g, c),
         Command::Capture(a) => capture::run(&g, a),
     }

@@ -91,7 +91,12 @@ impl Daemon {
             reason: "start".to_string(),
         });
         let rescan = Duration::from_secs(self.config.device_plugin.rescan_interval_s);
-        let watcher = tokio::spawn(uevents::watch(changes_tx, shutdown.clone(), rescan));
+        let watcher = tokio::spawn(uevents::watch(
+            self.host.clone(),
+            changes_tx,
+            shutdown.clone(),
+            rescan,
+        ));
         let ctx = Context {
             host: self.host.clone(),
             config: self.config.clone(),
@@ -101,7 +106,19 @@ impl Daemon {
         let mut tasks = Vec::new();
         for (name, f) in self.services {
             tracing::info!(service = %name, "starting");
-            tasks.push((name, tokio::spawn(f(ctx.clone()))));
+            let fut = f(ctx.clone());
+            let service = name.clone();
+            tasks.push((
+                name,
+                tokio::spawn(async move {
+                    let r = fut.await;
+                    // Say so at once; the other services keep running.
+                    if let Err(e) = &r {
+                        tracing::error!(%service, error = %e, "service failed");
+                    }
+                    r
+                }),
+            ));
         }
         stop.await;
         tracing::info!("shutting down");
@@ -111,7 +128,6 @@ impl Daemon {
             match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
                 Ok(Ok(Ok(()))) => tracing::info!(service = %name, "stopped"),
                 Ok(Ok(Err(e))) => {
-                    tracing::error!(service = %name, error = %e, "service failed");
                     first_error.get_or_insert(e);
                 }
                 Ok(Err(e)) => {
@@ -132,5 +148,46 @@ impl Daemon {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn services_share_shutdown_and_one_failure_does_not_stop_the_others() {
+        let tmp = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(tmp.path()).unwrap();
+        let mut cfg = Config::default();
+        cfg.device_plugin.rescan_interval_s = 0;
+        let mut d = Daemon::new(host, cfg);
+        let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+        let tx = seen_tx.clone();
+        d.add_service("waits", move |mut ctx| {
+            Box::pin(async move {
+                let _ = ctx.shutdown.wait_for(|s| *s).await;
+                let _ = tx.send("waits stopped");
+                Ok(())
+            })
+        });
+        d.add_service("fails", move |_ctx| {
+            Box::pin(async move {
+                let _ = seen_tx.send("fails ran");
+                Err(DaemonError::Service {
+                    service: "fails".into(),
+                    message: "boom".into(),
+                })
+            })
+        });
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(d.run(async move {
+            let _ = stop_rx.await;
+        }));
+        assert_eq!(seen_rx.recv().await, Some("fails ran"));
+        stop_tx.send(()).unwrap();
+        let err = run.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("boom"), "{err}");
+        assert_eq!(seen_rx.recv().await, Some("waits stopped"));
     }
 }

@@ -1,15 +1,73 @@
 //! Kernel uevents -> "devices changed" notifications.
 //!
+//! Also watched with inotify: `/dev/vfio` and `/dev/vfio/devices` under the host root,
+//! so a vfio node that vanishes or comes back is seen even without a uevent (a node
+//! removed by hand, a `/dev` that is a bind mount), as NVIDIA's plugins do.
+//!
 //! A driver bind on eight GPUs is a burst of dozens of uevents; they are folded into
 //! one notification after a short quiet gap. A slow timer rescans as a safety net
 //! (a missed uevent, a netlink buffer overrun); it is not how changes are normally seen.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use super::Change;
+use crate::deviceplugin::devices::VFIO_DEVICES_DIR;
+use crate::host::HostRoot;
 use crate::host::uevent::{UeventSocket, is_passthrough_relevant};
+
+/// Directories of vfio nodes whose entries are watched.
+const NODE_DIRS: [&str; 2] = ["/dev/vfio", VFIO_DEVICES_DIR];
+
+/// Starts an inotify watch task for every node directory that exists and is not
+/// watched yet (vfio creates `/dev/vfio` only when it loads). A task ends when its
+/// directory goes away.
+fn ensure_node_watches(
+    host: &HostRoot,
+    watches: &mut BTreeMap<&'static str, JoinHandle<()>>,
+    tx: &mpsc::UnboundedSender<String>,
+) {
+    for dir in NODE_DIRS {
+        if watches.get(dir).is_some_and(|t| !t.is_finished()) {
+            continue;
+        }
+        let Ok(w) = host.watch_dir(dir).and_then(|w| {
+            w.into_async()
+                .map_err(|e| crate::host::HostError::io(dir, e))
+        }) else {
+            continue;
+        };
+        let tx = tx.clone();
+        watches.insert(
+            dir,
+            tokio::spawn(async move {
+                loop {
+                    let Ok(mut guard) = w.readable().await else {
+                        return;
+                    };
+                    match guard.get_inner().read() {
+                        Ok(events) if events.is_empty() => guard.clear_ready(),
+                        Ok(events) => {
+                            for ev in events {
+                                if ev == crate::host::unix::DirEvent::DirGone {
+                                    let _ = tx.send(format!("{dir} is gone"));
+                                    return;
+                                }
+                                if tx.send(format!("{dir}: {ev:?}")).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }),
+        );
+    }
+}
 
 /// Quiet gap that ends a burst of uevents.
 pub const DEBOUNCE: Duration = Duration::from_millis(15);
@@ -23,10 +81,14 @@ fn bump(tx: &watch::Sender<Change>, reason: String) {
 
 /// Runs until `shutdown` turns true. `rescan` of zero disables the timer.
 pub async fn watch(
+    host: HostRoot,
     tx: watch::Sender<Change>,
     mut shutdown: watch::Receiver<bool>,
     rescan: Duration,
 ) {
+    let (node_tx, mut node_rx) = mpsc::unbounded_channel();
+    let mut node_watches = BTreeMap::new();
+    ensure_node_watches(&host, &mut node_watches, &node_tx);
     let socket = match UeventSocket::open().and_then(UeventSocket::into_async) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -46,7 +108,15 @@ pub async fn watch(
     loop {
         let quiet = tokio::time::sleep(DEBOUNCE);
         tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = shutdown.wait_for(|s| *s) => {
+                for t in node_watches.values() {
+                    t.abort();
+                }
+                return;
+            }
+            Some(reason) = node_rx.recv() => {
+                pending.get_or_insert(reason);
+            }
             _ = &mut timer => {
                 bump(&tx, "rescan timer".to_string());
                 timer.as_mut().reset(tokio::time::Instant::now() + period);
@@ -54,6 +124,7 @@ pub async fn watch(
             _ = quiet, if pending.is_some() => {
                 if let Some(reason) = pending.take() {
                     tracing::debug!(%reason, "devices changed");
+                    ensure_node_watches(&host, &mut node_watches, &node_tx);
                     bump(&tx, reason);
                 }
             }

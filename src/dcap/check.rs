@@ -20,7 +20,11 @@ const CHILDREN: &[(&str, &str, &[&str])] = &[
         &["qgs.conf"],
     ),
     ("dcap.qgs", "QGS answers GET_PLATFORM_INFO", &["qgs"]),
-    ("dcap.qcnl", "QCNL config points QGS at a PCCS", &["qcnl"]),
+    (
+        "dcap.qcnl",
+        "QCNL config points QGS at a PCCS",
+        &["qcnl", "qcnl.trust"],
+    ),
     (
         "dcap.pccs",
         "PCCS reachable and serving collateral",

@@ -117,17 +117,30 @@ pub fn load_api_key(cfg: &DcapConfig) -> Result<Option<Secret>, DcapError> {
                 what: format!("dcap.pccs.api_key_file {}: empty", path.display()),
             });
         }
-        return Ok(Some(Secret::new(key.to_string())));
+        return checked_key(key, &format!("dcap.pccs.api_key_file {}", path.display()));
     }
     if let Some(var) = &cfg.pccs.api_key_env {
         return match std::env::var(var) {
-            Ok(v) if !v.trim().is_empty() => Ok(Some(Secret::new(v.trim().to_string()))),
+            Ok(v) if !v.trim().is_empty() => {
+                checked_key(v.trim(), &format!("dcap.pccs.api_key_env ${var}"))
+            }
             _ => Err(DcapError::Secret {
                 what: format!("dcap.pccs.api_key_env: ${var} is unset or empty"),
             }),
         };
     }
     Ok(None)
+}
+
+/// A key goes into an HTTP header and a JSON string: visible ASCII only, so it cannot
+/// inject a header line. The message names the source, never the value.
+fn checked_key(key: &str, source: &str) -> Result<Option<Secret>, DcapError> {
+    if key.len() > 512 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(DcapError::Secret {
+            what: format!("{source}: not a key (must be up to 512 visible ASCII characters)"),
+        });
+    }
+    Ok(Some(Secret::new(key.to_string())))
 }
 
 /// The files `cchost dcap configure` (and `apply`) want on the host.
@@ -386,6 +399,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/etc/sgx_default_qcnl.conf"), "{err}");
+    }
+
+    #[test]
+    fn api_key_from_file_is_checked_and_never_echoed() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("api-key");
+        let mut cfg = DcapConfig::default();
+        cfg.pccs.api_key_file = Some(f.clone());
+        std::fs::write(&f, "abc123\n").unwrap();
+        assert_eq!(load_api_key(&cfg).unwrap().unwrap().expose(), "abc123");
+        std::fs::write(&f, "abc\r\nX-Evil: 1").unwrap();
+        let err = load_api_key(&cfg).unwrap_err().to_string();
+        assert!(err.contains("not a key") && !err.contains("Evil"), "{err}");
+        std::fs::write(&f, "  \n").unwrap();
+        assert!(
+            load_api_key(&cfg)
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        std::fs::remove_file(&f).unwrap();
+        assert!(
+            load_api_key(&cfg)
+                .unwrap_err()
+                .to_string()
+                .contains("api_key_file")
+        );
     }
 
     #[test]

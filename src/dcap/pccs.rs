@@ -162,6 +162,22 @@ impl ProbeSettings {
     }
 }
 
+/// Are all certificates of `ca_pem` in `bundle_pem`? (QCNL's libcurl trusts only the
+/// host's system store, so a CA given to cchost alone does not help QGS.)
+pub fn bundle_contains(bundle_pem: &[u8], ca_pem: &[u8]) -> Result<bool, String> {
+    let certs = |pem: &[u8]| -> Result<Vec<Vec<u8>>, String> {
+        CertificateDer::pem_slice_iter(pem)
+            .map(|c| c.map(|c| c.as_ref().to_vec()).map_err(|e| e.to_string()))
+            .collect()
+    };
+    let wanted = certs(ca_pem)?;
+    if wanted.is_empty() {
+        return Err("no certificate in it".into());
+    }
+    let have = certs(bundle_pem)?;
+    Ok(wanted.iter().all(|w| have.contains(w)))
+}
+
 /// A parsed HTTP answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {

@@ -445,7 +445,7 @@ pub fn hex(b: &[u8]) -> String {
 /// Parses hex (e.g. an FMSPC `00806F050000`); `None` when it is not even-length hex.
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -110,16 +110,16 @@ impl Report {
         }
         for i in &self.items {
             s.push_str(&format!(
-                "  [{}] {:<18} {}\n",
+                "  [{}] {:<24} {}\n",
                 i.level.tag(),
                 i.id,
                 i.summary
             ));
             for e in &i.evidence {
-                s.push_str(&format!("         {:<18} evidence: {e}\n", ""));
+                s.push_str(&format!("         {:<24} evidence: {e}\n", ""));
             }
             if let Some(r) = &i.remedy {
-                s.push_str(&format!("         {:<18} remedy:   {r}\n", ""));
+                s.push_str(&format!("         {:<24} remedy:   {r}\n", ""));
             }
         }
         s
@@ -286,6 +286,9 @@ pub async fn report(
             None
         }
     };
+    if let Some(it) = trust_store_item(host, cfg, qcnl.as_ref()) {
+        items.push(it);
+    }
     // Probe the PCCS QGS really uses (the QCNL file), falling back to cchost's config.
     let pccs_url = qcnl
         .as_ref()
@@ -371,8 +374,8 @@ pub async fn report(
                         .evidence(format!("{c:?}")),
                     );
                     for (what, blob) in [
-                        ("qgs TCB info", &c.tcb_info),
-                        ("qgs QE identity", &c.qe_identity),
+                        ("QGS TCB info", &c.tcb_info),
+                        ("QGS QE identity", &c.qe_identity),
                     ] {
                         items.push(expiry_item(
                             what,
@@ -478,7 +481,10 @@ fn qgs_remedy(e: &QgsError, cfg: &DcapConfig) -> String {
 }
 
 fn expiry_item(what: &str, e: Result<Expiry, collateral::ExpiryError>, cfg: &DcapConfig) -> Item {
-    let id = format!("expiry.{}", what.replace(' ', "_").to_lowercase());
+    let id = format!(
+        "expiry.{}",
+        what.replace(" TDX", "").replace(' ', "_").to_lowercase()
+    );
     match e {
         Err(err) => Item::new(
             &id,
@@ -657,5 +663,57 @@ fn pccs_remedy(v: &Verdict) -> Option<&'static str> {
         }
         Verdict::Untrusted => "set dcap.pccs.ca_bundle to the CA that signed the PCCS certificate",
         Verdict::TlsFailed => "check the PCCS certificate and TLS settings",
+    })
+}
+
+/// With a CA bundle configured and verification on, QGS trusts PCCS only if that CA is
+/// in the host's system store (QCNL uses libcurl's default store).
+fn trust_store_item(host: &HostRoot, cfg: &DcapConfig, qcnl: Option<&QcnlConf>) -> Option<Item> {
+    let ca = cfg.pccs.ca_bundle.as_ref()?;
+    if qcnl.and_then(|q| q.use_secure_cert) == Some(false) {
+        return None;
+    }
+    let ca_pem = match host.read_bytes(ca) {
+        Ok(b) => b,
+        Err(e) => {
+            return Some(Item::new(
+                "qcnl.trust",
+                Level::Fail,
+                format!("dcap.pccs.ca_bundle: {e}"),
+            ));
+        }
+    };
+    let mut system = None;
+    for p in pccs::SYSTEM_CA_BUNDLES {
+        if let Ok(Some(b)) = host.read_string_opt(p) {
+            system = Some((p, b));
+            break;
+        }
+    }
+    let remedy = format!(
+        "install {} into the host trust store (Debian: /usr/local/share/ca-certificates/*.crt + update-ca-certificates; RHEL: /etc/pki/ca-trust/source/anchors + update-ca-trust)",
+        ca.display()
+    );
+    let Some((path, bundle)) = system else {
+        return Some(
+            Item::new(
+                "qcnl.trust",
+                Level::Warn,
+                "no system CA bundle on the host: QGS cannot verify PCCS",
+            )
+            .remedy(remedy),
+        );
+    };
+    Some(match pccs::bundle_contains(bundle.as_bytes(), &ca_pem) {
+        Ok(true) => Item::new("qcnl.trust", Level::Pass, "the PCCS CA is in the host trust store")
+            .evidence(format!("{} found in {path}", ca.display())),
+        Ok(false) => Item::new(
+            "qcnl.trust",
+            Level::Warn,
+            "the PCCS CA is not in the host trust store: QGS (QCNL) will reject the PCCS certificate",
+        )
+        .evidence(format!("{} not found in {path}", ca.display()))
+        .remedy(remedy),
+        Err(e) => Item::new("qcnl.trust", Level::Fail, format!("{}: {e}", ca.display())),
     })
 }

@@ -132,8 +132,18 @@ pub async fn run(
 /// configured) and no stale socket is left. A socket that still answers means another
 /// QGS runs: that is an error, not something to delete.
 pub async fn prepare_socket(host: &HostRoot, s: &Settings) -> Result<(), DcapError> {
-    let Endpoint::Unix { path } = &s.endpoint else {
-        return Ok(());
+    let path = match &s.endpoint {
+        Endpoint::Unix { path } => path,
+        Endpoint::Vsock { .. } => {
+            // QGS in vsock mode needs the host side of vsock; probing from the host
+            // itself (CID 1) needs the loopback transport (facts/dcap.md §2.1).
+            for m in ["vhost_vsock", "vsock_loopback"] {
+                if let Err(e) = host.modprobe(m) {
+                    tracing::warn!(module = m, error = %e, "cannot load vsock module");
+                }
+            }
+            return Ok(());
+        }
     };
     let dir = path.parent().ok_or_else(|| {
         DcapError::Config(format!("socket path {} has no directory", path.display()))

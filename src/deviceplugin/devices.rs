@@ -3,9 +3,8 @@
 //! names cannot drift apart (facts gpu.md §3.3: CDI kind == resource name, CDI device
 //! name == device-plugin ID).
 //!
-//! The input is a list of [`Candidate`]s (matched GPU / NVSwitch functions). Today
-//! they come from `host::pci` + `config::MatchConfig` ([`candidates_from_pci`]); the
-//! inventory can produce the same list later without touching the rest.
+//! The input is a list of [`Candidate`]s (matched GPU / NVSwitch functions), taken
+//! from the GPU inventory ([`candidates_from_inventory`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,8 +12,9 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::config::{DevicePluginConfig, MatchConfig, VfioModeConfig};
-use crate::host::pci::{PciAddress, PciDevice};
+use crate::host::pci::PciAddress;
 use crate::host::{HostError, HostRoot};
+use crate::inventory::gpu::{GpuInventory, GpuKind};
 
 pub const VFIO_CONTAINER: &str = "/dev/vfio/vfio";
 pub const IOMMU_DEV: &str = "/dev/iommu";
@@ -171,48 +171,60 @@ pub fn model_name(vendor: u16, device: u16) -> String {
         .unwrap_or_else(|| format!("PCI_{vendor:04X}_{device:04X}"))
 }
 
-/// Reads matched GPU / NVSwitch functions from sysfs. A function whose attributes
-/// cannot be read is reported in the second list and never blocks the others.
-pub fn candidates_from_pci(
-    host: &HostRoot,
-    matching: &MatchConfig,
-) -> Result<(Vec<Candidate>, Vec<Skipped>), HostError> {
-    let mut out = Vec::new();
-    let mut skipped = Vec::new();
-    for addr in host.pci_addresses()? {
-        let dev: PciDevice = match host.pci_device(&addr) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(address = %addr, error = %e, "skipping a PCI function whose sysfs attributes cannot be read");
-                skipped.push(Skipped {
-                    address: Some(addr),
-                    reason: e.to_string(),
-                });
-                continue;
+/// The matched GPU / NVSwitch functions of the inventory, as candidates. What the
+/// inventory could not read is reported in the second list (with the PCI address the
+/// failing path names) and never blocks the others.
+pub fn candidates_from_inventory(inv: &GpuInventory) -> (Vec<Candidate>, Vec<Skipped>) {
+    let candidates = inv
+        .devices
+        .iter()
+        .map(|d| Candidate {
+            address: d.address,
+            class: match d.kind {
+                GpuKind::Gpu => DeviceClass::Gpu,
+                GpuKind::NvSwitch => DeviceClass::NvSwitch,
+            },
+            vendor: d.vendor,
+            device: d.device,
+            model: d
+                .model
+                .clone()
+                .unwrap_or_else(|| model_name(d.vendor, d.device)),
+            numa_node: d.numa_node,
+            iommu_group: d.iommu_group.as_ref().map(|g| g.number),
+            driver: d.driver.clone(),
+            vfio_dev: d.vfio_dev.clone(),
+            upstream: upstream_bridges(&d.sysfs_path, &d.address),
+        })
+        .collect();
+    let skipped = inv
+        .problems
+        .iter()
+        .map(|p| {
+            tracing::warn!(path = %p.path.display(), error = %p.message, "skipping what cannot be read");
+            Skipped {
+                address: p
+                    .path
+                    .components()
+                    .rev()
+                    .find_map(|c| c.as_os_str().to_str()?.parse::<PciAddress>().ok()),
+                reason: p.message.clone(),
             }
-        };
-        let class = if matching.is_gpu(dev.vendor, dev.device, dev.class) {
-            DeviceClass::Gpu
-        } else if matching.is_nvswitch(dev.vendor, dev.device, dev.class) {
-            DeviceClass::NvSwitch
-        } else {
-            continue;
-        };
-        let upstream = dev.upstream_bridges();
-        out.push(Candidate {
-            address: addr,
-            class,
-            vendor: dev.vendor,
-            device: dev.device,
-            model: model_name(dev.vendor, dev.device),
-            numa_node: dev.numa_node,
-            iommu_group: dev.iommu_group,
-            driver: dev.driver,
-            vfio_dev: dev.vfio_dev,
-            upstream,
-        });
+        })
+        .collect();
+    (candidates, skipped)
+}
+
+/// Bridges above a function, root port first, from its canonical sysfs path.
+fn upstream_bridges(sysfs_path: &std::path::Path, me: &PciAddress) -> Vec<PciAddress> {
+    let mut out: Vec<PciAddress> = sysfs_path
+        .components()
+        .filter_map(|c| c.as_os_str().to_str()?.parse().ok())
+        .collect();
+    if out.last() == Some(me) {
+        out.pop();
     }
-    Ok((out, skipped))
+    out
 }
 
 /// Picks the vfio mode: configured, or from the nodes the host actually has.
@@ -401,13 +413,14 @@ fn check_health(
     Health::Healthy
 }
 
-/// Full scan: sysfs + config -> devices.
+/// Full scan: the GPU inventory + config -> devices.
 pub fn discover(
     host: &HostRoot,
     matching: &MatchConfig,
     cfg: &DevicePluginConfig,
 ) -> Result<Discovery, HostError> {
-    let (candidates, skipped) = candidates_from_pci(host, matching)?;
+    let inv = crate::inventory::gpu::discover_gpus(host, matching);
+    let (candidates, skipped) = candidates_from_inventory(&inv);
     Ok(discover_from(host, cfg, candidates, skipped))
 }
 

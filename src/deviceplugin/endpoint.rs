@@ -9,6 +9,8 @@
 //! cchost. Non-socket files (kubelet's `DEPRECATION` note) are ignored.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -34,6 +36,11 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 /// First retry after a failed Register right after kubelet.sock appeared (kubelet
 /// creates the socket file a moment before it listens on it).
 const FAST_RETRY: Duration = Duration::from_millis(25);
+/// Kubelet dials the plugin right after a successful Register. No call at all within
+/// this time means kubelet cannot talk to us: the known cause is an old kubelet
+/// (before kubernetes PR #112597, 1.26) whose grpc-go sends the socket path as
+/// `:authority`, which the HTTP/2 server (h2) rejects (facts k8s-cdi-rust.md §1.10).
+pub const AUTHORITY_CHECK: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
@@ -145,6 +152,10 @@ pub struct PluginEndpoint {
     /// Slow retry of Register while kubelet is away (its return is normally seen
     /// through the directory watch at once).
     pub retry: Duration,
+    /// Calls kubelet made into the plugin (any server instance).
+    pub calls: Arc<AtomicU64>,
+    /// How long after Register kubelet must have called us (see [`AUTHORITY_CHECK`]).
+    pub authority_check: Duration,
 }
 
 struct Serving {
@@ -170,6 +181,8 @@ impl Serving {
 pub enum EndpointEvent {
     Serving,
     Registered,
+    /// Kubelet accepted Register but never called the plugin (the `:authority` quirk).
+    KubeletSilent,
     Stopped,
 }
 
@@ -195,7 +208,8 @@ impl PluginEndpoint {
             self.devices.clone(),
             self.pci_resource_env,
             stop_rx.clone(),
-        );
+        )
+        .with_call_counter(self.calls.clone());
         let mut until = stop_rx;
         let task = tokio::spawn(
             Server::builder()
@@ -237,6 +251,8 @@ impl PluginEndpoint {
         let mut retry_at: Option<tokio::time::Instant> = None;
         let mut backoff = FAST_RETRY;
         let mut warned = false;
+        // (deadline, calls before Register): see AUTHORITY_CHECK.
+        let mut authority_check: Option<(tokio::time::Instant, u64)> = None;
         loop {
             if serving.is_none() {
                 match self.serve() {
@@ -271,8 +287,10 @@ impl PluginEndpoint {
             let need_register = kubelet.is_some() && registered_with != kubelet;
             let now = tokio::time::Instant::now();
             if need_register && retry_at.is_none_or(|t| now >= t) {
+                let calls_before = self.calls.load(Ordering::Relaxed);
                 match register(&self.host, &self.socket_dir, &self.resource, &name).await {
                     Ok(()) => {
+                        authority_check = Some((now + self.authority_check, calls_before));
                         registered_with = kubelet;
                         retry_at = None;
                         backoff = FAST_RETRY;
@@ -296,10 +314,13 @@ impl PluginEndpoint {
                 warned = true;
             }
             // Wake for the next retry, or (safety net for a missed event) slowly.
-            let wake = match retry_at {
+            let mut wake = match retry_at {
                 Some(t) if need_register => t,
                 _ => now + self.retry,
             };
+            if let Some((t, _)) = authority_check {
+                wake = wake.min(t);
+            }
             let mut drop_server = false;
             tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => break,
@@ -324,6 +345,18 @@ impl PluginEndpoint {
                     Err(broadcast::error::RecvError::Closed) => break,
                     Ok(_) => {}
                 },
+            }
+            if let Some((t, before)) = authority_check
+                && tokio::time::Instant::now() >= t
+            {
+                authority_check = None;
+                if self.calls.load(Ordering::Relaxed) == before {
+                    tracing::error!(
+                        resource = %self.resource,
+                        "kubelet accepted the registration but never called the plugin; a kubelet older than 1.26 sends the socket path as the HTTP/2 :authority, which this gRPC server rejects (see docs/deviceplugin.md)"
+                    );
+                    report(EndpointEvent::KubeletSilent);
+                }
             }
             if drop_server && let Some(s) = serving.take() {
                 s.stop().await;

@@ -111,6 +111,8 @@ impl PluginManager {
             devices: rx,
             pci_resource_env: self.cfg.pci_resource_env,
             retry: Duration::from_secs(10),
+            calls: Default::default(),
+            authority_check: endpoint::AUTHORITY_CHECK,
         };
         let progress = self.progress.clone().map(|p| {
             let (etx, mut erx) = mpsc::unbounded_channel();

@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
@@ -29,6 +31,8 @@ pub struct PluginService {
     env_name: Option<String>,
     /// Flips to true when this server instance stops (ends ListAndWatch streams).
     stop: watch::Receiver<bool>,
+    /// Calls that reached this service (kubelet's calls, for the `:authority` check).
+    calls: Arc<AtomicU64>,
 }
 
 /// `nvidia.com/pgpu` -> `PCI_RESOURCE_NVIDIA_COM_PGPU` (KubeVirt's rule, facts §1.7).
@@ -74,7 +78,14 @@ impl PluginService {
             devices,
             env_name,
             stop,
+            calls: Arc::default(),
         }
+    }
+
+    /// Counts the calls that reach this service; shared with the endpoint.
+    pub fn with_call_counter(mut self, calls: Arc<AtomicU64>) -> Self {
+        self.calls = calls;
+        self
     }
 
     pub fn options() -> api::DevicePluginOptions {
@@ -179,6 +190,7 @@ impl DevicePlugin for PluginService {
         &self,
         _req: Request<api::Empty>,
     ) -> Result<Response<api::DevicePluginOptions>, Status> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
         Ok(Response::new(Self::options()))
     }
 
@@ -188,6 +200,7 @@ impl DevicePlugin for PluginService {
         &self,
         _req: Request<api::Empty>,
     ) -> Result<Response<Self::ListAndWatchStream>, Status> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(4);
         let mut devices = self.devices.clone();
         let mut stop = self.stop.clone();

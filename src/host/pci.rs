@@ -181,14 +181,38 @@ impl HostRoot {
     /// optional ones that are missing are `None`, malformed ones are errors.
     pub fn pci_device(&self, addr: &PciAddress) -> Result<PciDevice, HostError> {
         let dir = device_dir(addr);
+        // The directory is resolved inside the root once; its attributes are read
+        // relative to it without following links (see host/pci_scan.rs).
+        let local = self.resolve(&dir)?;
+        let attr_opt = |name: &str| -> Result<Option<String>, HostError> {
+            match self.read_small_nofollow(&local.join(name), &dir.join(name)) {
+                Ok(s) => Ok(Some(s.trim().to_string())),
+                Err(e) if e.is_not_found() => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        let link_opt = |name: &str| -> Result<Option<String>, HostError> {
+            match std::fs::read_link(local.join(name)) {
+                Ok(t) => Ok(t
+                    .file_name()
+                    .and_then(std::ffi::OsStr::to_str)
+                    .map(str::to_string)),
+                Err(e) => {
+                    let e = HostError::io(dir.join(name), e);
+                    if e.is_not_found() { Ok(None) } else { Err(e) }
+                }
+            }
+        };
         let req_hex = |name: &str| -> Result<u64, HostError> {
             let p = dir.join(name);
-            let raw = self.read_attr(&p)?;
+            let raw = attr_opt(name)?.ok_or_else(|| {
+                HostError::io(&p, std::io::Error::from(std::io::ErrorKind::NotFound))
+            })?;
             parse_hex(&p, &raw)
         };
         let opt_hex = |name: &str| -> Result<Option<u64>, HostError> {
             let p = dir.join(name);
-            match self.read_attr_opt(&p)? {
+            match attr_opt(name)? {
                 Some(raw) => parse_hex(&p, &raw).map(Some),
                 None => Ok(None),
             }
@@ -217,7 +241,7 @@ impl HostRoot {
                     .map_err(|_| HostError::malformed(dir.join("revision"), "above 0xff"))
             })
             .transpose()?;
-        let numa_node = match self.read_attr_opt(dir.join("numa_node"))? {
+        let numa_node = match attr_opt("numa_node")? {
             None => None,
             Some(s) => {
                 let n: i64 = s.parse().map_err(|_| {
@@ -226,7 +250,7 @@ impl HostRoot {
                 u32::try_from(n).ok()
             }
         };
-        let iommu_group = match self.link_name(dir.join("iommu_group"))? {
+        let iommu_group = match link_opt("iommu_group")? {
             None => None,
             Some(g) => Some(g.parse().map_err(|_| {
                 HostError::malformed(
@@ -235,12 +259,11 @@ impl HostRoot {
                 )
             })?),
         };
-        let driver = self.link_name(dir.join("driver"))?;
-        let driver_override = self
-            .read_attr_opt(dir.join("driver_override"))?
-            .filter(|s| !s.is_empty() && s != "(null)");
-        let modalias = self.read_attr_opt(dir.join("modalias"))?;
-        let boot_vga = match self.read_attr_opt(dir.join("boot_vga"))? {
+        let driver = link_opt("driver")?;
+        let driver_override =
+            attr_opt("driver_override")?.filter(|s| !s.is_empty() && s != "(null)");
+        let modalias = attr_opt("modalias")?;
+        let boot_vga = match attr_opt("boot_vga")? {
             None => None,
             Some(s) => Some(match s.as_str() {
                 "1" => true,
@@ -253,7 +276,6 @@ impl HostRoot {
                 }
             }),
         };
-        let local = self.resolve(&dir)?;
         let sysfs_path = self.to_host_path(&local).unwrap_or_else(|| dir.clone());
         let vfio_dev = self
             .list_dir_opt(dir.join("vfio-dev"))?

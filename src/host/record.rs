@@ -20,9 +20,11 @@ pub enum Access {
     Read,
 }
 
+type Log = Arc<Mutex<BTreeSet<(PathBuf, Access)>>>;
+
 /// Shared by the clones of one recording `HostRoot`; `None` when not recording.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Recorder(Option<Arc<Mutex<BTreeSet<(PathBuf, Access)>>>>);
+pub(super) struct Recorder(Option<Log>);
 
 // Recording does not change which host a `HostRoot` is.
 impl PartialEq for Recorder {

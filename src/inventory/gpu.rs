@@ -43,6 +43,10 @@ pub struct RelatedFunction {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IommuGroupInfo {
     pub number: u32,
+    /// The group's default domain type (`DMA`, `DMA-FQ`, `identity`, `blocked`,
+    /// `unmanaged`); `None` before Linux 5.11 or when unreadable.
+    #[serde(default)]
+    pub domain_type: Option<String>,
     /// The group's other members (the device itself is left out).
     pub others: Vec<RelatedFunction>,
 }
@@ -147,6 +151,13 @@ pub fn read_vfio_aliases(host: &HostRoot) -> (VfioAliases, Option<Problem>, Opti
     let path = format!("/lib/modules/{release}/modules.alias");
     match host.read_string(&path) {
         Ok(text) => (VfioAliases::parse(&text), None, Some(path)),
+        // Kernels without loadable modules (and minimal images) have none: not a fault,
+        // but the choice says why it fell back.
+        Err(e) if e.is_not_found() => (
+            VfioAliases::unavailable(format!("{path} does not exist")),
+            None,
+            Some(path),
+        ),
         Err(e) => (VfioAliases::default(), Some(Problem::from(e)), Some(path)),
     }
 }
@@ -221,6 +232,7 @@ pub fn discover_gpus(host: &HostRoot, m: &MatchConfig) -> GpuInventory {
             Some(n) => match host.iommu_group_devices(n) {
                 Ok(members) => Some(IommuGroupInfo {
                     number: n,
+                    domain_type: group_type(host, n, &mut inv.problems),
                     others: members
                         .iter()
                         .filter(|a| *a != addr)
@@ -231,6 +243,7 @@ pub fn discover_gpus(host: &HostRoot, m: &MatchConfig) -> GpuInventory {
                     inv.problems.push(e.into());
                     Some(IommuGroupInfo {
                         number: n,
+                        domain_type: group_type(host, n, &mut inv.problems),
                         others: Vec::new(),
                     })
                 }
@@ -256,6 +269,16 @@ pub fn discover_gpus(host: &HostRoot, m: &MatchConfig) -> GpuInventory {
         ));
     }
     inv
+}
+
+fn group_type(host: &HostRoot, n: u32, problems: &mut Vec<Problem>) -> Option<String> {
+    match host.read_attr_opt(format!("/sys/kernel/iommu_groups/{n}/type")) {
+        Ok(t) => t.filter(|t| !t.is_empty()),
+        Err(e) => {
+            problems.push(e.into());
+            None
+        }
+    }
 }
 
 /// All functions of the slot of `addr`, as a BTreeMap range.
@@ -430,6 +453,7 @@ mod tests {
         assert_eq!(g.subsystem_device, Some(0x1234));
         let grp = g.iommu_group.as_ref().unwrap();
         assert_eq!(grp.number, 1);
+        assert_eq!(grp.domain_type.as_deref(), Some("DMA"));
         let others: Vec<String> = grp.others.iter().map(|o| o.address.to_string()).collect();
         assert_eq!(others, ["0000:00:01.0", "0000:3c:00.0"]);
         let foreign = g.foreign_group_members();
@@ -530,6 +554,19 @@ mod tests {
         let inv = discover_gpus(&t.host, &MatchConfig::default());
         assert_eq!(inv.devices.len(), 1);
         assert_eq!(inv.devices[0].vfio.driver, "vfio-pci");
+        assert!(inv.problems.is_empty(), "missing is not broken");
+        match &inv.devices[0].vfio.source {
+            VfioChoiceSource::Fallback { reason } => {
+                assert!(
+                    reason.contains("6.1.0/modules.alias does not exist"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // An unreadable one is a problem.
+        t.file("/lib/modules/6.1.0/modules.alias", [0xff, 0xfe]);
+        let inv = discover_gpus(&t.host, &MatchConfig::default());
         assert_eq!(inv.problems.len(), 1);
         assert!(inv.problems[0].path.ends_with("6.1.0/modules.alias"));
     }

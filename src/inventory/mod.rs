@@ -142,10 +142,12 @@ impl Problem {
     }
 
     pub fn from_host(e: &HostError) -> Self {
-        Problem {
-            path: e.path().map(Path::to_path_buf).unwrap_or_default(),
-            message: e.to_string(),
-        }
+        let path = e.path().map(Path::to_path_buf).unwrap_or_default();
+        // HostError's text starts with the path; the problem holds it separately.
+        let full = e.to_string();
+        let prefix = format!("{}: ", path.display());
+        let message = full.strip_prefix(&prefix).unwrap_or(&full).to_string();
+        Problem { path, message }
     }
 }
 

@@ -16,6 +16,8 @@ const VFIO_ALIAS_PREFIX: &str = "alias vfio_pci:";
 pub struct VfioAliases {
     /// (pattern without the `vfio_pci:` prefix, module name), in file order.
     entries: Vec<(String, String)>,
+    /// Why there is no alias list (modules.alias missing), for the fallback's reason.
+    unavailable: Option<String>,
 }
 
 /// How the vfio driver for a device was chosen.
@@ -80,7 +82,18 @@ impl VfioAliases {
                 entries.push((pattern.to_string(), module.to_string()));
             }
         }
-        VfioAliases { entries }
+        VfioAliases {
+            entries,
+            unavailable: None,
+        }
+    }
+
+    /// No alias list at all; every device falls back to vfio-pci, giving `why`.
+    pub fn unavailable(why: impl Into<String>) -> Self {
+        VfioAliases {
+            entries: Vec::new(),
+            unavailable: Some(why.into()),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -114,7 +127,11 @@ impl VfioAliases {
                     pattern: format!("vfio_pci:{pattern}"),
                 },
             },
-            None => VfioChoice::fallback("no vfio_pci: alias in modules.alias matches"),
+            None => VfioChoice::fallback(
+                self.unavailable
+                    .clone()
+                    .unwrap_or_else(|| "no vfio_pci: alias in modules.alias matches".to_string()),
+            ),
         }
     }
 }

@@ -61,14 +61,9 @@ impl SevInfo {
             .filter(|l| l.contains("API:") && l.contains("SEV"))
             .cloned()
             .collect();
-        let mut verdicts = LEVELS.iter().map(|&(param, flag, misc_key)| {
+        let [sev, sev_es, snp] = LEVELS.map(|(param, flag, misc_key)| {
             level_verdict(i, param, flag, misc_key, dev_sev, &firmware)
         });
-        let (sev, sev_es, snp) = (
-            verdicts.next().expect("three levels"),
-            verdicts.next().expect("three levels"),
-            verdicts.next().expect("three levels"),
-        );
         SevInfo {
             sev,
             sev_es,
@@ -165,24 +160,19 @@ fn level_verdict(
     if p.is_some_and(ModuleParam::is_on) {
         return Verdict::yes(ev);
     }
-    if p.is_none() && !i.kernel.module("kvm_amd").available() {
+    if let Some(c) = i.cpu
+        && c.has_flag("hypervisor")
+        && !has_flag
+    {
         return Verdict::no(
             ev,
-            "kvm_amd is not loaded",
-            "load it: modprobe kvm_amd (if it refuses, enable SVM in the BIOS)",
+            format!(
+                "this is a virtual machine (cpuinfo flag hypervisor): a {name} host must be bare metal"
+            ),
+            "run cchost on the bare-metal host",
         );
     }
-    if p.is_none() {
-        return Verdict::no(
-            ev,
-            format!("this kernel's kvm_amd has no {param} parameter"),
-            if snp {
-                "boot Linux 6.11 or newer (SEV-SNP host support) built with CONFIG_KVM_AMD_SEV"
-            } else {
-                "boot a kernel built with CONFIG_KVM_AMD_SEV"
-            },
-        );
-    }
+    // iommu=pt may also clear the CPU flag, so it is named before the BIOS.
     if snp && let Some((reason, remedy)) = i.iommu.snp_blocker() {
         return Verdict::no(ev, format!("SNP off: {reason}"), remedy);
     }
@@ -194,6 +184,24 @@ fn level_verdict(
                 "enable SMEE, SEV-SNP, SNP memory coverage and the IOMMU in the BIOS (EPYC 7003 or newer)"
             } else {
                 "enable SMEE and SEV (with ASIDs for SEV-ES) in the BIOS"
+            },
+        );
+    }
+    if p.is_none() && !i.kernel.module("kvm_amd").available() {
+        return Verdict::no(
+            ev,
+            "kvm_amd is not loaded",
+            i.kernel.load_remedy("kvm_amd", ""),
+        );
+    }
+    if p.is_none() {
+        return Verdict::no(
+            ev,
+            format!("this kernel's kvm_amd has no {param} parameter"),
+            if snp {
+                "boot Linux 6.11 or newer (SEV-SNP host support) built with CONFIG_KVM_AMD_SEV"
+            } else {
+                "boot a kernel built with CONFIG_KVM_AMD_SEV"
             },
         );
     }
@@ -267,9 +275,19 @@ mod tests {
     }
 
     fn judge(cmdline: &str, groups: usize, p: &[(&str, &str)], log: &[&str]) -> SevInfo {
+        judge_flags("svm sev sev_es sev_snp", cmdline, groups, p, log)
+    }
+
+    fn judge_flags(
+        flags: &str,
+        cmdline: &str,
+        groups: usize,
+        p: &[(&str, &str)],
+        log: &[&str],
+    ) -> SevInfo {
         let cpu = CpuInfo::parse(
             Path::new("/proc/cpuinfo"),
-            "vendor_id : AuthenticAMD\nflags : svm sev sev_es sev_snp\n",
+            &format!("vendor_id : AuthenticAMD\nflags : {flags}\n"),
         )
         .unwrap();
         let mut k = KernelInfo {
@@ -369,5 +387,27 @@ mod tests {
                 .unwrap()
                 .contains("no sev_snp parameter")
         );
+    }
+
+    #[test]
+    fn virtual_machine_and_bios_are_named() {
+        let s = judge_flags("svm hypervisor", "", 4, &[], &[]);
+        assert!(s.snp.reason.as_deref().unwrap().contains("virtual machine"));
+        let s = judge_flags(
+            "svm sev",
+            "",
+            4,
+            &[("sev", "Y"), ("sev_es", "N"), ("sev_snp", "N")],
+            &[],
+        );
+        assert!(s.sev.is_yes());
+        assert!(
+            s.snp.remedy.as_deref().unwrap().contains("BIOS"),
+            "{:?}",
+            s.snp
+        );
+        // iommu=pt is named even when the CPU flag is gone.
+        let s = judge_flags("svm sev sev_es", "iommu=pt", 4, &[("sev_snp", "N")], &[]);
+        assert!(s.snp.reason.as_deref().unwrap().contains("iommu=pt"));
     }
 }

@@ -14,6 +14,13 @@ use super::verdict::{Evidence, Verdict};
 
 pub const TDX_PARAM: &str = "/sys/module/kvm_intel/parameters/tdx";
 
+/// Remedies shared with the check tree, so that one cause reads as one fix.
+pub const REMEDY_MODULE_FAILED: &str =
+    "update the TDX module (a BIOS/firmware update); error -5 usually means the module is too old";
+pub const REMEDY_NOHIBERNATE: &str = "add nohibernate to the kernel command line and reboot";
+pub const REMEDY_NO_MODULE: &str =
+    "enable the SEAM loader in the BIOS and install a TDX module (BIOS/firmware update)";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TdxModuleState {
@@ -152,11 +159,21 @@ impl TdxInfo {
         if param.is_some_and(ModuleParam::is_on) {
             return Verdict::yes(ev);
         }
+        if let Some(c) = cpu
+            && c.has_flag("hypervisor")
+            && !host_platform_flag
+        {
+            return Verdict::no(
+                ev,
+                "this is a virtual machine (cpuinfo flag hypervisor): a TDX host must be bare metal",
+                "run cchost on the bare-metal host",
+            );
+        }
         if param.is_none() && !kernel.module("kvm_intel").available() {
             return Verdict::no(
                 ev,
                 "kvm_intel is not loaded",
-                "load it with TDX on: modprobe kvm_intel tdx=1 (if it refuses, enable VT-x in the BIOS)",
+                kernel.load_remedy("kvm_intel", "tdx=1"),
             );
         }
         if param.is_none() {
@@ -179,7 +196,7 @@ impl TdxInfo {
             return Verdict::no(
                 ev,
                 "TDX initialisation is refused while hibernation is enabled (nohibernate missing)",
-                "add nohibernate to the kernel command line and reboot",
+                REMEDY_NOHIBERNATE,
             );
         }
         if module == TdxModuleState::Failed {
@@ -189,14 +206,14 @@ impl TdxInfo {
                     "the TDX module failed to initialise: {}",
                     module_log.as_deref().unwrap_or("see the kernel log")
                 ),
-                "update the TDX module (a BIOS/firmware update); error -5 usually means the module is too old",
+                REMEDY_MODULE_FAILED,
             );
         }
         if module == TdxModuleState::NotLoaded {
             return Verdict::no(
                 ev,
                 "no TDX module is loaded (the SEAM loader found none)",
-                "enable the SEAM loader in the BIOS and install a TDX module (BIOS/firmware update)",
+                REMEDY_NO_MODULE,
             );
         }
         Verdict::no(

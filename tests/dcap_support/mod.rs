@@ -256,3 +256,24 @@ pub async fn fake_pccs(
     });
     addr
 }
+
+/// The committed TDX fixture host (8×H100, 4 NVSwitch) copied to a temp dir, with the
+/// QGS socket directory added; a minimal TDX root when the fixture is not in this tree.
+pub fn tdx_fixture_root() -> tempfile::TempDir {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/host/tdx-8xh100-4nvswitch");
+    if !fixture.is_dir() {
+        return tdx_root();
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // cp -a keeps the kernel-style symlinks exactly.
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", fixture.display()))
+        .arg(dir.path())
+        .status()
+        .expect("cp");
+    assert!(st.success(), "copying the fixture failed");
+    std::fs::create_dir_all(dir.path().join("var/run/tdx-qgs")).unwrap();
+    std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+    dir
+}

@@ -259,6 +259,9 @@ pub struct Registered {
 
 struct KubeletRegistration {
     dir: PathBuf,
+    /// false: behave like a pre-1.26 kubelet whose calls the plugin's HTTP/2 server
+    /// rejects (it accepts Register but never reaches the plugin).
+    dial_back: bool,
     tx: mpsc::UnboundedSender<Registered>,
     log: Arc<Mutex<Vec<Registered>>>,
 }
@@ -277,6 +280,15 @@ impl Registration for KubeletRegistration {
             return Err(Status::invalid_argument(
                 "endpoint must be a bare file name",
             ));
+        }
+        if !self.dial_back {
+            let r = Registered {
+                req,
+                served_before_register: false,
+            };
+            self.log.lock().unwrap().push(r.clone());
+            let _ = self.tx.send(r);
+            return Ok(Response::new(api::Empty {}));
         }
         // Like kubelet: dial the plugin's socket at once.
         let served = match connect_plugin(&self.dir.join(&req.endpoint)).await {
@@ -308,6 +320,15 @@ pub struct FakeKubelet {
 impl FakeKubelet {
     /// Starts like kubelet does: remove every socket in the directory, then listen.
     pub async fn start(dir: &Path) -> FakeKubelet {
+        Self::start_with(dir, true).await
+    }
+
+    /// A kubelet that never calls the plugin back (see `KubeletRegistration`).
+    pub async fn start_silent(dir: &Path) -> FakeKubelet {
+        Self::start_with(dir, false).await
+    }
+
+    async fn start_with(dir: &Path, dial_back: bool) -> FakeKubelet {
         for e in std::fs::read_dir(dir).unwrap() {
             let e = e.unwrap();
             use std::os::unix::fs::FileTypeExt;
@@ -321,6 +342,7 @@ impl FakeKubelet {
         let log = Arc::new(Mutex::new(Vec::new()));
         let svc = KubeletRegistration {
             dir: dir.to_path_buf(),
+            dial_back,
             tx,
             log: log.clone(),
         };

@@ -178,3 +178,52 @@ impl<'a> Fsp<'a> {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(nvdm: u32, echo: u32, status: u32, payload: &[u32]) -> Vec<u32> {
+        let mut r = vec![mctp_header(), message_header(nvdm), 0, echo, status];
+        r.extend_from_slice(payload);
+        r
+    }
+
+    #[test]
+    fn headers_follow_the_documented_bit_layout() {
+        assert_eq!(mctp_header(), 0xc000_0000);
+        assert_eq!(message_header(NVDM_TYPE_PRC), 0x1310_de7e);
+    }
+
+    #[test]
+    fn replies_are_checked_field_by_field() {
+        let ok = reply(NVDM_TYPE_RESPONSE, NVDM_TYPE_PRC, 0, &[7]);
+        assert_eq!(parse_reply(&ok, NVDM_TYPE_PRC).unwrap(), &[7]);
+        let short = &ok[..4];
+        assert!(matches!(
+            parse_reply(short, NVDM_TYPE_PRC),
+            Err(CcError::Protocol(_))
+        ));
+        let wrong_type = reply(0x14, NVDM_TYPE_PRC, 0, &[]);
+        assert!(matches!(
+            parse_reply(&wrong_type, NVDM_TYPE_PRC),
+            Err(CcError::Protocol(_))
+        ));
+        let wrong_echo = reply(NVDM_TYPE_RESPONSE, 0x10, 0, &[]);
+        assert!(matches!(
+            parse_reply(&wrong_echo, NVDM_TYPE_PRC),
+            Err(CcError::Protocol(_))
+        ));
+        let mut not_nvidia = ok.clone();
+        not_nvidia[1] = 0x1500_0000 | (0x8086 << 8) | 0x7e;
+        assert!(matches!(
+            parse_reply(&not_nvidia, NVDM_TYPE_PRC),
+            Err(CcError::Protocol(_))
+        ));
+        let refused = reply(NVDM_TYPE_RESPONSE, NVDM_TYPE_PRC, 0x3, &[]);
+        assert!(matches!(
+            parse_reply(&refused, NVDM_TYPE_PRC),
+            Err(CcError::FspStatus { status: 3, .. })
+        ));
+    }
+}

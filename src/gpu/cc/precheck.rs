@@ -2,10 +2,7 @@
 //! nothing uses it: a bound nvidia driver or a running VM makes the FSP queue time out or
 //! refuse, and an interrupted switch leaves the invalid mode (facts §2.2, §5 P2).
 //!
-//! [`users_of`] is the swap point for the shared `gpu::usage::users_of` once it lands; it
-//! scans `/proc/*/fd` through the host door for the device's VFIO nodes and sysfs files.
-
-use std::path::{Path, PathBuf};
+//! Users are found by [`crate::gpu::usage::users_of`] (open fds and mappings in `/proc`).
 
 use crate::host::pci::PciDevice;
 use crate::host::{HostError, HostRoot};
@@ -26,54 +23,6 @@ pub enum Refusal {
     Host(#[from] HostError),
 }
 
-/// Host paths whose open file descriptors mean "this device is in use".
-fn device_nodes(pci: &PciDevice) -> (Vec<PathBuf>, PathBuf) {
-    let mut nodes = Vec::new();
-    if let Some(g) = pci.iommu_group {
-        nodes.push(PathBuf::from(format!("/dev/vfio/{g}")));
-    }
-    if let Some(v) = &pci.vfio_dev {
-        nodes.push(PathBuf::from(format!("/dev/vfio/devices/{v}")));
-    }
-    (nodes, pci.sysfs_path.clone())
-}
-
-/// Processes holding the device's VFIO group/cdev node or one of its sysfs files
-/// (`resource0`, `config`, ...), as "pid N (comm) holds PATH".
-pub fn users_of(host: &HostRoot, pci: &PciDevice) -> Result<Vec<String>, HostError> {
-    let (nodes, sysfs) = device_nodes(pci);
-    let canonical_dir = pci.dir();
-    let hit = |t: &Path| {
-        nodes.iter().any(|n| t == n) || t.starts_with(&sysfs) || t.starts_with(&canonical_dir)
-    };
-    let mut users = Vec::new();
-    let own = std::process::id().to_string();
-    for pid in host.list_dir_opt("/proc")? {
-        if !pid.bytes().all(|b| b.is_ascii_digit()) || (host.is_live() && pid == own) {
-            continue;
-        }
-        let fd_dir = PathBuf::from("/proc").join(&pid).join("fd");
-        // Processes come and go, and some fd directories are not readable: skip those.
-        let Ok(fds) = host.list_dir(&fd_dir) else {
-            continue;
-        };
-        for fd in fds {
-            let Ok(target) = host.read_link(fd_dir.join(&fd)) else {
-                continue;
-            };
-            if hit(&target) {
-                let comm = host
-                    .read_attr_opt(PathBuf::from("/proc").join(&pid).join("comm"))
-                    .ok()
-                    .flatten()
-                    .unwrap_or_else(|| "?".into());
-                users.push(format!("pid {pid} ({comm}) holds {}", target.display()));
-            }
-        }
-    }
-    Ok(users)
-}
-
 /// Refuses a device that has a non-VFIO driver or any user.
 pub fn check_switchable(host: &HostRoot, pci: &PciDevice) -> Result<(), Refusal> {
     if let Some(d) = &pci.driver
@@ -89,7 +38,10 @@ pub fn check_switchable(host: &HostRoot, pci: &PciDevice) -> Result<(), Refusal>
 
 /// Refuses a device somebody uses (the read-only query's precondition, facts §2.3).
 pub fn check_unused(host: &HostRoot, pci: &PciDevice) -> Result<(), Refusal> {
-    let users = users_of(host, pci)?;
+    let users: Vec<String> = crate::gpu::usage::users_of(host, pci)?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     if users.is_empty() {
         Ok(())
     } else {

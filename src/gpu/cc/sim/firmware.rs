@@ -61,6 +61,8 @@ pub struct Firmware {
     pub forced_status: Option<u32>,
     pub rpcs: u64,
     pub knob_writes: u64,
+    /// Every accepted knob write, in order: (knob, value).
+    pub write_log: Vec<(u16, u16)>,
 }
 
 impl Firmware {
@@ -79,6 +81,7 @@ impl Firmware {
             forced_status: None,
             rpcs: 0,
             knob_writes: 0,
+            write_log: Vec::new(),
         };
         fw.activate();
         fw
@@ -156,6 +159,7 @@ impl Firmware {
                 }
                 self.knobs.insert(knob, value as u16);
                 self.knob_writes += 1;
+                self.write_log.push((knob, value as u16));
                 reply(nvdm, STATUS_OK, &[])
             }
             _ => reply(nvdm, STATUS_UNSUPPORTED, &[]),

@@ -11,7 +11,7 @@
 //!
 //! What it cannot prove: real FSP timing, status codes, undocumented knob semantics
 //! (2/4/34, decoupler), firmware-version differences, or how real hardware behaves when
-//! a driver or VM holds the GPU. See docs/gpu-cc.md.
+//! a driver or VM holds the GPU. See docs/gpu.md, "CC mode".
 
 mod emem;
 pub mod firmware;
@@ -295,6 +295,11 @@ impl SimGpu {
 
     pub fn knob_writes(&self) -> u64 {
         self.lock().fw.knob_writes
+    }
+
+    /// Every knob write the firmware accepted, in order, and clears the log.
+    pub fn take_write_log(&self) -> Vec<(u16, u16)> {
+        std::mem::take(&mut self.lock().fw.write_log)
     }
 
     pub fn resets(&self) -> u64 {
