@@ -192,6 +192,8 @@ impl HostRoot {
             }
         };
         let link_opt = |name: &str| -> Result<Option<String>, HostError> {
+            // Recorded like `read_link`, or `cchost capture` leaves the link out.
+            self.record(&dir.join(name), super::Access::Link);
             match std::fs::read_link(local.join(name)) {
                 Ok(t) => Ok(t
                     .file_name()
