@@ -1,6 +1,7 @@
 //! Node configuration on a real kernel: `cchost apply` loads vhost_vsock with the
 //! guest's own modprobe (kmod) and persists it, `/dev/vhost-vsock` appears, a second
-//! apply changes nothing, `cchost undo` puts everything back.
+//! apply changes nothing, `cchost undo` puts everything back; and kernel arguments
+//! planned into /etc/default/grub, booted, turn `check`'s IOMMU command-line checks green.
 
 #[path = "vm/harness.rs"]
 mod harness;
@@ -51,4 +52,109 @@ fn vhost_vsock_loaded_persisted_and_undone_on_the_real_kernel() {
     assert_eq!(after["labels"]["cchost.io/vsock"], "true");
     run.step(5).assert_success();
     assert_eq!(run.step(6).lines(), ["0", "no-node", "no-file"]);
+}
+const GRUB: &str = "# If you change this file, run 'update-grub' afterwards to update
+# /boot/grub/grub.cfg.
+
+GRUB_DEFAULT=0
+GRUB_TIMEOUT=5
+GRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"
+GRUB_CMDLINE_LINUX=\"intel_iommu=off amd_iommu=on\"
+";
+
+/// Stands in for update-grub (no grub in the guest): it evaluates the defaults as
+/// grub-mkconfig does, by sourcing them, and writes the `linux` line it would generate.
+const UPDATE_GRUB: &str = "#!/bin/sh
+set -e
+. /etc/default/grub
+mkdir -p /boot/grub
+echo \"linux /vmlinuz $GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT\" > /boot/grub/grub.cfg
+";
+
+const TDX_PROFILE: &str = "[kernel]\nprofile = \"tdx\"\nvhost_vsock = false\n";
+
+fn find<'a>(nodes: &'a Value, id: &str) -> Option<&'a Value> {
+    for n in nodes.as_array()? {
+        if n["id"] == id {
+            return Some(n);
+        }
+        if let Some(c) = n.get("children").and_then(|c| find(c, id)) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+fn status(check: &Value, id: &str) -> String {
+    let nodes = check.get("checks").unwrap_or(check);
+    let n = find(nodes, id).unwrap_or_else(|| panic!("no check {id} in {check:#}"));
+    n["status"].as_str().unwrap_or_default().to_lowercase()
+}
+
+#[test]
+fn planned_kernel_arguments_boot_and_turn_the_cmdline_checks_green() {
+    // Boot 1: booted with what the grub defaults say, both wrong for the profile.
+    let first = Vm::new()
+        .kernel_args("intel_iommu=off amd_iommu=on quiet")
+        .config(TDX_PROFILE)
+        .file("/etc/default/grub", GRUB)
+        .file_mode("/usr/sbin/update-grub", UPDATE_GRUB, 0o755)
+        .cmd("cchost check --json")
+        .cmd("cchost plan --json")
+        .cmd("cchost apply")
+        .cmd("cchost plan --json")
+        .fetch("/etc/default/grub")
+        .fetch("/boot/grub/grub.cfg")
+        .run();
+    let check = first.step(0).json();
+    assert_eq!(status(&check, "iommu.enabled"), "fail", "{check:#}");
+    assert_eq!(status(&check, "iommu.cmdline"), "warn", "{check:#}");
+    let plan = first.step(1).assert_code(1).json();
+    assert_eq!(actions(&plan), ["kernel-args"], "{plan:#}");
+    assert_eq!(plan["actions"][0]["mechanism"], "grub");
+    assert_eq!(plan["reboot_required"], true);
+    let out = first.step(2).assert_success().stdout();
+    assert!(out.contains("Reboot required"), "{out}");
+    // The boot configuration is right now; the running kernel still is not.
+    let pending = first.step(3).assert_success().json();
+    assert!(actions(&pending).is_empty(), "{pending:#}");
+    assert_eq!(pending["reboot_required"], true);
+    let grub = std::fs::read_to_string(first.fetched("/etc/default/grub")).unwrap();
+    assert_eq!(
+        grub,
+        GRUB.replace(
+            "GRUB_CMDLINE_LINUX=\"intel_iommu=off amd_iommu=on\"",
+            "GRUB_CMDLINE_LINUX=\"kvm_intel.tdx=1 nohibernate intel_iommu=on\""
+        )
+    );
+    let cfg = std::fs::read_to_string(first.fetched("/boot/grub/grub.cfg")).unwrap();
+    let args = cfg
+        .trim()
+        .strip_prefix("linux /vmlinuz ")
+        .unwrap_or_else(|| panic!("{cfg}"))
+        .to_string();
+    assert_eq!(args, "kvm_intel.tdx=1 nohibernate intel_iommu=on quiet");
+
+    // Boot 2: the generated command line.
+    let second = Vm::new()
+        .kernel_args(&args)
+        .config(TDX_PROFILE)
+        .file("/etc/default/grub", &grub)
+        .file_mode("/usr/sbin/update-grub", UPDATE_GRUB, 0o755)
+        .cmd("cchost check --json")
+        .cmd("cchost plan --json")
+        .run();
+    assert!(
+        second.cmdline.contains("nohibernate intel_iommu=on"),
+        "{}",
+        second.cmdline
+    );
+    let check = second.step(0).json();
+    for id in ["iommu.enabled", "iommu.mode", "iommu.cmdline"] {
+        assert_eq!(status(&check, id), "pass", "{id}: {check:#}");
+    }
+    let plan = second.step(1).assert_success().json();
+    assert!(actions(&plan).is_empty(), "{plan:#}");
+    assert_eq!(plan["reboot_required"], false);
+    assert_eq!(plan["running_findings"], serde_json::json!([]), "{plan:#}");
 }
