@@ -66,6 +66,20 @@ async fn run_serves_follows_changes_and_stops_cleanly_on_sigterm() {
     let d13 = update.devices.iter().find(|d| d.id == "13").unwrap();
     assert_eq!(d13.health, "Unhealthy");
 
+    // The labels service runs beside the plugin: without a cluster it publishes the
+    // node's labels in the NFD local feature file under the host root.
+    let feature_file = h
+        .dir
+        .path()
+        .join("etc/kubernetes/node-feature-discovery/features.d/cchost");
+    let deadline = Instant::now() + WAIT;
+    while !feature_file.exists() && Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let features =
+        std::fs::read_to_string(&feature_file).expect("cchost run writes the NFD feature file");
+    assert!(features.contains("cchost.io/tee="), "{features}");
+
     let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = tokio::time::timeout(WAIT, child.wait())

@@ -68,9 +68,17 @@ impl Daemon {
         }
     }
 
-    /// The standard set: the passthrough service (CDI spec + device plugin).
+    /// The standard set: the passthrough service (CDI spec + device plugin), node
+    /// labels (Kubernetes or the NFD feature file, `[labels]`), and QGS supervision on
+    /// TDX hosts (`[dcap.supervise]`, off unless configured).
     pub fn with_default_services(mut self) -> Self {
         self.add_service("passthrough", |ctx| Box::pin(passthrough::run(ctx)));
+        if self.config.labels.backend != crate::config::LabelBackend::Off {
+            self.add_service("labels", |ctx| Box::pin(run_labels(ctx)));
+        }
+        if self.config.dcap.supervise.mode != crate::config::SuperviseMode::Off {
+            self.add_service("dcap", |ctx| Box::pin(run_dcap(ctx)));
+        }
         self
     }
 
@@ -149,6 +157,37 @@ impl Daemon {
             None => Ok(()),
         }
     }
+}
+
+/// Node labels as a daemon service: the labeler recomputes from a fresh inventory each
+/// round and writes only on change; its errors are retried, never fatal.
+async fn run_labels(ctx: Context) -> Result<(), DaemonError> {
+    use crate::labels::service::{LabelerContext, inventory_facts, run_labeler};
+    let lctx = LabelerContext {
+        host: ctx.host.clone(),
+        config: ctx.config.labels.clone(),
+        facts: inventory_facts((*ctx.config).clone()),
+    };
+    let mut shutdown = ctx.shutdown.clone();
+    run_labeler(lctx, async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    })
+    .await;
+    Ok(())
+}
+
+/// QGS supervision (child process or qgsd.service over D-Bus).
+async fn run_dcap(ctx: Context) -> Result<(), DaemonError> {
+    crate::dcap::supervisor::run(
+        ctx.host.clone(),
+        ctx.config.dcap.clone(),
+        ctx.shutdown.clone(),
+    )
+    .await
+    .map_err(|e| DaemonError::Service {
+        service: "dcap".to_string(),
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -208,7 +208,8 @@ pub fn candidates_from_inventory(inv: &GpuInventory) -> (Vec<Candidate>, Vec<Ski
                     .components()
                     .rev()
                     .find_map(|c| c.as_os_str().to_str()?.parse::<PciAddress>().ok()),
-                reason: p.message.clone(),
+                // Name the file at fault: "which attribute" is what an operator needs.
+                reason: format!("{}: {}", p.path.display(), p.message),
             }
         })
         .collect();
