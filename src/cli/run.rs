@@ -15,6 +15,14 @@ pub fn run(g: &Global, _a: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // A killed `cchost gpu bind` or `apply` may have left a step half done: finish or
+    // roll it back before serving anything, as the journal promises.
+    {
+        let mut journal = cchost::journal::Journal::open(&g.host)?;
+        for r in cchost::journal::recover(&mut journal, &super::undo::restorers())? {
+            tracing::warn!(kind = %r.kind, subject = %r.subject, "recovered an interrupted step of an earlier run");
+        }
+    }
     let daemon = Daemon::new(g.host.clone(), g.config.clone()).with_default_services();
     rt.block_on(async move {
         use tokio::signal::unix::{SignalKind, signal};

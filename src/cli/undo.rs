@@ -18,7 +18,7 @@ pub struct Args {
 
 /// Every kind of journal entry cchost writes, with what restores it. A command that
 /// journals a new kind adds its restorer here.
-fn restorers() -> Vec<&'static dyn Restorer> {
+pub fn restorers() -> Vec<&'static dyn Restorer> {
     let mut v: Vec<&'static dyn Restorer> = vec![&FileRestorer];
     v.extend(super::gpu::restorers());
     v.extend(super::plan::restorers());
