@@ -94,9 +94,18 @@ fn skip_reason(ctx: &Ctx) -> CheckOutcome {
         CheckOutcome::skip("dcap.enable = off")
     } else if ctx.profile != Some(Profile::Tdx) {
         CheckOutcome::skip("not a TDX host: no quote generation needed")
+    } else if tdx_off(ctx) {
+        CheckOutcome::skip(
+            "TDX is not enabled here: quote generation comes after it (see the TDX checks)",
+        )
     } else {
         CheckOutcome::skip("no host to probe")
     }
+}
+
+/// The inventory says TDX is off (not merely unknown).
+fn tdx_off(ctx: &Ctx) -> bool {
+    ctx.inv.tdx.verdict.state == crate::inventory::verdict::State::No
 }
 
 fn build(ctx: &Ctx) -> Option<Report> {
@@ -104,7 +113,9 @@ fn build(ctx: &Ctx) -> Option<Report> {
     let applies = match ctx.config.dcap.enable {
         DcapEnable::Off => false,
         DcapEnable::On => true,
-        DcapEnable::Auto => ctx.profile == Some(Profile::Tdx),
+        // A TDX-capable CPU with TDX off (not set up yet, or a VM) has no guests to
+        // quote for: probing QGS there would report an empty chain as a PASS.
+        DcapEnable::Auto => ctx.profile == Some(Profile::Tdx) && !tdx_off(ctx),
     };
     if !applies {
         return None;
