@@ -42,7 +42,7 @@ fn run_rolls_back_an_interrupted_file_write_at_start() {
         "[device_plugin]\nrescan_interval_s = 0\n[labels]\nbackend = \"off\"\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cchost"))
+    let child = Command::new(env!("CARGO_BIN_EXE_cchost"))
         .arg("--host-root")
         .arg(dir.path())
         .arg("--config")
