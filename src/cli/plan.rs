@@ -35,7 +35,17 @@ fn make_plan(g: &Global) -> Plan {
     for p in &inv.problems {
         tracing::warn!(path = %p.path.display(), "{}", p.message);
     }
-    let facts = NodeFacts::from_inventory(&inv);
+    let mut facts = NodeFacts::from_inventory(&inv);
+    if g.config.labels.nvidia {
+        // The CC mode labels, as `cchost run` would set them now (read-only queries).
+        let query = cchost::labels::cc_mode::live_query(&g.host);
+        cchost::labels::cc_mode::CcModeCache::default().fill(
+            &g.host,
+            &g.config.matching,
+            &mut facts,
+            &query,
+        );
+    }
     let inputs = plan::gather(&g.host, &g.host, &g.config, facts);
     plan::build(&g.config, &inputs)
 }

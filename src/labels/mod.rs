@@ -2,6 +2,7 @@
 //! ([`compute`]), then written by a backend (Server-Side Apply on the Node, a NodeFeature
 //! object, or an NFD local feature file). See docs/labels.md.
 
+pub mod cc_mode;
 pub mod compute;
 
 pub use compute::{NodeLabels, compute};

@@ -16,14 +16,24 @@ use crate::plan::NodeFacts;
 /// How the labeler reads the facts each round (the inventory, in `cchost run`).
 pub type FactSource = Arc<dyn Fn(&HostRoot) -> Result<NodeFacts, String> + Send + Sync>;
 
-/// The fact source `cchost run` uses: a fresh inventory of the host each round.
+/// The fact source `cchost run` uses: a fresh inventory of the host each round, plus the
+/// GPUs' CC mode read from their firmware where that is safe ([`super::cc_mode`]).
 pub fn inventory_facts(config: crate::config::Config) -> FactSource {
+    let cache = std::sync::Mutex::new(super::cc_mode::CcModeCache::default());
     Arc::new(move |host: &HostRoot| {
         let inv = crate::inventory::Inventory::collect(host, &config);
         for p in &inv.problems {
             tracing::debug!(path = %p.path.display(), "{}", p.message);
         }
-        Ok(NodeFacts::from_inventory(&inv))
+        let mut facts = NodeFacts::from_inventory(&inv);
+        if config.labels.nvidia {
+            let query = super::cc_mode::live_query(host);
+            cache
+                .lock()
+                .map_err(|_| "CC mode cache poisoned".to_string())?
+                .fill(host, &config.matching, &mut facts, &query);
+        }
+        Ok(facts)
     })
 }
 

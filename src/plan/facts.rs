@@ -69,6 +69,9 @@ pub enum CcMode {
     Off,
     Devtools,
     Ppcie,
+    /// The firmware could not be queried, or reported the invalid mode (2) an interrupted
+    /// switch leaves (NVIDIA's `failed`).
+    Failed,
 }
 
 impl CcMode {
@@ -78,6 +81,7 @@ impl CcMode {
             CcMode::Off => "off",
             CcMode::Devtools => "devtools",
             CcMode::Ppcie => "ppcie",
+            CcMode::Failed => "failed",
         }
     }
 }

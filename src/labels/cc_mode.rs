@@ -1,0 +1,123 @@
+//! The GPUs' CC mode for the `nvidia.com/cc.mode.state` / `cc.ready.state` labels.
+//!
+//! The inventory does not touch firmware, so the labeler reads the mode itself, read-only,
+//! through the same client `cchost gpu cc query` uses (a read-only mapping of
+//! `resource0`, facts gpu.md §2.2–2.3). It only asks a GPU that is driverless or on
+//! vfio-pci and that nobody uses: a bound nvidia driver owns the device, and a running VM
+//! owns its BAR0. A GPU that cannot be asked now keeps the mode last read in this
+//! process — the mode only changes through a reset, which needs the GPU unused — so the
+//! labels do not flap while a pod runs. A GPU never read leaves the node without the two
+//! labels rather than guessing.
+//!
+//! A query that reaches the firmware and fails (boot never completes, BAR0 all-ones, the
+//! invalid mode 2) is NVIDIA's `failed`.
+
+use std::collections::HashMap;
+
+use crate::config::MatchConfig;
+use crate::gpu::cc::precheck::{self, SWITCHABLE_DRIVERS};
+use crate::gpu::cc::{self, CcError, CcState, Family, Timing, live};
+use crate::host::HostRoot;
+use crate::host::mmio::MapAccess;
+use crate::host::pci::{PciAddress, PciDevice};
+use crate::plan::facts::{CcMode, NodeFacts};
+
+/// Why a GPU's mode was not read this time (the last known value, if any, stands).
+#[derive(Debug, thiserror::Error)]
+pub enum NotAsked {
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Unreadable(String),
+}
+
+/// Reads one device's state: the live mapping in `cchost run`, a simulator in tests.
+pub type Query<'a> = dyn Fn(&PciDevice, Family) -> Result<Result<CcState, CcError>, NotAsked> + 'a;
+
+/// The live reader: precheck (driver, users), read-only map, query.
+pub fn live_query(
+    host: &HostRoot,
+) -> impl Fn(&PciDevice, Family) -> Result<Result<CcState, CcError>, NotAsked> + '_ {
+    move |pci, family| {
+        if let Some(d) = &pci.driver
+            && !SWITCHABLE_DRIVERS.contains(&d.as_str())
+        {
+            return Err(NotAsked::Busy(format!("bound to {d}")));
+        }
+        precheck::check_unused(host, pci).map_err(|e| NotAsked::Busy(e.to_string()))?;
+        let dev = live::open(host, pci, family, MapAccess::ReadOnly, Timing::default())
+            .map_err(|e| NotAsked::Unreadable(e.to_string()))?;
+        Ok(dev.device.query())
+    }
+}
+
+/// The modes read so far, by PCI address.
+#[derive(Debug, Default)]
+pub struct CcModeCache {
+    last: HashMap<String, CcMode>,
+}
+
+impl CcModeCache {
+    /// Fills `cc_mode` of every CC-capable GPU in `facts`: read now when it may be read,
+    /// else the last value read.
+    pub fn fill(
+        &mut self,
+        host: &HostRoot,
+        matching: &MatchConfig,
+        facts: &mut NodeFacts,
+        query: &Query<'_>,
+    ) {
+        for gpu in facts.gpus.iter_mut().filter(|g| g.cc_capable) {
+            let read = read_one(host, matching, &gpu.address, query);
+            match read {
+                Ok(mode) => {
+                    self.last.insert(gpu.address.clone(), mode);
+                }
+                Err(why) => {
+                    tracing::debug!(device = %gpu.address, reason = %why,
+                        "CC mode not read now; the last value read stands");
+                }
+            }
+            gpu.cc_mode = self.last.get(&gpu.address).copied();
+        }
+        // Devices that left the host are forgotten.
+        self.last
+            .retain(|a, _| facts.gpus.iter().any(|g| &g.address == a));
+    }
+}
+
+fn read_one(
+    host: &HostRoot,
+    matching: &MatchConfig,
+    address: &str,
+    query: &Query<'_>,
+) -> Result<CcMode, NotAsked> {
+    let addr: PciAddress = address
+        .parse()
+        .map_err(|e| NotAsked::Unreadable(format!("{address}: {e}")))?;
+    let pci = host
+        .pci_device(&addr)
+        .map_err(|e| NotAsked::Unreadable(e.to_string()))?;
+    let family = live::cc_family(matching, &pci)
+        .ok_or_else(|| NotAsked::Unreadable(format!("{address}: no CC family for its chip")))?;
+    Ok(match query(&pci, family)? {
+        Ok(state) => mode_of(&state),
+        Err(e) => {
+            tracing::warn!(device = %address, error = %e, "CC mode query failed");
+            CcMode::Failed
+        }
+    })
+}
+
+/// The label's view of a state: PPCIe wins, the invalid mode is a failure.
+fn mode_of(state: &CcState) -> CcMode {
+    if state.ppcie == Some(true) {
+        return CcMode::Ppcie;
+    }
+    match state.mode {
+        Some(cc::CcMode::On) => CcMode::On,
+        Some(cc::CcMode::Devtools) => CcMode::Devtools,
+        Some(cc::CcMode::Off) | None => CcMode::Off,
+        Some(cc::CcMode::Invalid) => CcMode::Failed,
+    }
+}
