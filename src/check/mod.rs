@@ -11,6 +11,7 @@
 
 mod gpu;
 mod host;
+mod kernel_args;
 pub mod render;
 mod tee;
 
@@ -167,6 +168,7 @@ pub fn build_checks(ctx: &Ctx) -> Vec<Check> {
     v.push(tee::tee(ctx.profile));
     v.push(host::iommu());
     v.push(host::iommu_cmdline());
+    v.push(kernel_args::kernel_args());
     v.push(host::vsock());
     v.push(gpu::gpus());
     v.push(crate::dcap::check::dcap_check());

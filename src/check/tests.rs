@@ -222,6 +222,8 @@ fn tdx_host_ready_and_not() {
         r.find("tdx.keys").unwrap().outcome.message,
         "63 KeyIDs (at most 63 trust domains)"
     );
+    // kvm_intel.tdx=1 is not on the command line, but TDX is already on in KVM.
+    assert_eq!(status(&r, "kernel.args"), Status::Pass);
 
     let t = Tree::new();
     tdx_host(
@@ -244,6 +246,15 @@ fn tdx_host_ready_and_not() {
             .contains("nohibernate")
     );
     assert_eq!(status(&r, "tdx.keys"), Status::Skip);
+    let args = r.find("kernel.args").unwrap();
+    assert_eq!(args.outcome.status, Status::Fail);
+    assert!(
+        args.outcome.message.contains("missing kvm_intel.tdx=1")
+            && args.outcome.message.contains("missing nohibernate")
+            && !args.outcome.message.contains("intel_iommu"),
+        "{}",
+        args.outcome.message
+    );
     let text = render::text(&r);
     // One line for the one remedy, naming all three checks it fixes.
     let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");

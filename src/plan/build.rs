@@ -109,7 +109,8 @@ impl Plan {
     }
 }
 
-fn choose(cfg: &Config, f: &NodeFacts) -> ProfileChoiceMade {
+/// The kernel profile `kernel.profile` and `kernel.gpu` ask for, `auto` resolved from the facts.
+pub fn choose(cfg: &Config, f: &NodeFacts) -> ProfileChoiceMade {
     let (platform, why) = match cfg.kernel.profile {
         ProfileChoice::Tdx => (Platform::Tdx, "kernel.profile = \"tdx\"".to_string()),
         ProfileChoice::Snp => (Platform::Snp, "kernel.profile = \"snp\"".to_string()),
