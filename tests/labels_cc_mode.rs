@@ -128,6 +128,29 @@ fn one_gpu_off_or_broken_fails_the_node() {
     assert_eq!(state(&l), (Some("failed"), Some("")));
 }
 
+/// A `resource0` too small for the registers (the one-page fixture file) is a mapping
+/// problem, not a GPU verdict: no CC state label.
+#[test]
+fn a_mapping_without_the_registers_is_not_a_failure() {
+    let h = host();
+    let path = h
+        .host
+        .resolve(
+            Path::new("/sys/bus/pci/devices")
+                .join(&h.gpus[1])
+                .join("resource0"),
+        )
+        .unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let l = labels(&h, &mut CcModeCache::default());
+    assert_eq!(state(&l), (None, None));
+}
+
 /// A GPU a VM holds is not queried: the last mode read stands (no flapping while a pod
 /// runs), and a process that never read it writes no CC state label at all.
 #[test]

@@ -10,7 +10,8 @@
 //! labels rather than guessing.
 //!
 //! A query that reaches the firmware and fails (boot never completes, BAR0 all-ones, the
-//! invalid mode 2) is NVIDIA's `failed`.
+//! invalid mode 2) is NVIDIA's `failed`; a mapping that cannot hold the registers is
+//! not asked.
 
 use std::collections::HashMap;
 
@@ -102,6 +103,9 @@ fn read_one(
         .ok_or_else(|| NotAsked::Unreadable(format!("{address}: no CC family for its chip")))?;
     Ok(match query(&pci, family)? {
         Ok(state) => mode_of(&state),
+        // The mapping itself is wrong (a BAR smaller than the registers, as in a fixture
+        // tree): that says nothing about the GPU.
+        Err(CcError::Bar0(e)) => return Err(NotAsked::Unreadable(e.to_string())),
         Err(e) => {
             tracing::warn!(device = %address, error = %e, "CC mode query failed");
             CcMode::Failed
