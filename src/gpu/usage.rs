@@ -150,7 +150,27 @@ fn skip_vanished<T>(r: Result<T, HostError>) -> Result<Option<T>, HostError> {
     match r {
         Ok(v) => Ok(Some(v)),
         Err(e) if e.is_not_found() || is_esrch(&e) => Ok(None),
-        Err(e) => Err(e),
+        Err(e) => Err(explain_denied(e)),
+    }
+}
+
+/// Root without CAP_SYS_PTRACE (a container without it, or without the host's PID
+/// namespace) gets EACCES on other processes' `fd` links. Seen on a real H100 guest,
+/// where `/proc/1/fd/0` was denied to root. Say what is missing instead of a bare errno.
+fn explain_denied(e: HostError) -> HostError {
+    match e {
+        HostError::Io { path, source } if source.raw_os_error() == Some(libc::EACCES) => {
+            HostError::Io {
+                path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "permission denied: cchost cannot see which processes use the device; it \
+                     needs root with CAP_SYS_PTRACE (in a pod: privileged and hostPID: true). \
+                     \"Cannot tell\" is not taken for \"unused\"",
+                ),
+            }
+        }
+        e => e,
     }
 }
 
@@ -447,6 +467,21 @@ mod tests {
         let err = users_of(&t.host(), &dev).unwrap_err();
         assert!(err.to_string().contains("/proc/500/fd"), "{err}");
         fs::set_permissions(&fd, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn denied_fd_links_name_the_missing_capability() {
+        let denied = HostError::io(
+            "/proc/1/fd/0",
+            std::io::Error::from_raw_os_error(libc::EACCES),
+        );
+        let msg = explain_denied(denied).to_string();
+        assert!(
+            msg.starts_with("/proc/1/fd/0: permission denied") && msg.contains("CAP_SYS_PTRACE"),
+            "{msg}"
+        );
+        let other = HostError::io("/proc/1/fd/0", std::io::Error::from_raw_os_error(libc::EIO));
+        assert!(!explain_denied(other).to_string().contains("CAP_SYS_PTRACE"));
     }
 
     #[test]
