@@ -53,6 +53,18 @@ impl SinkError {
     }
 }
 
+/// Every (API group, resource, verb) this module asks the API server for; the shipped
+/// RBAC (deploy/kubernetes/cchost.yaml) is tested against it. `nodefeatures` only with
+/// `labels.backend = "node-feature"`, in cchost's namespace.
+pub const RBAC_NEEDED: &[(&str, &str, &str)] = &[
+    ("", "nodes", "get"),
+    ("", "nodes", "patch"),
+    ("", "nodes/status", "patch"),
+    ("nfd.k8s-sigs.io", "nodefeatures", "get"),
+    ("nfd.k8s-sigs.io", "nodefeatures", "create"),
+    ("nfd.k8s-sigs.io", "nodefeatures", "patch"),
+];
+
 fn api_err(e: kube::Error, what: &str, verb: &str, resource: &str, scope: &str) -> SinkError {
     match &e {
         kube::Error::Api(s) if s.code == 403 => SinkError::Forbidden {
