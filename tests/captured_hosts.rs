@@ -73,3 +73,20 @@ fn real_h100_host_is_not_ready_and_says_why() {
         "{out}"
     );
 }
+
+/// The guest's kernel is locked down (its log says so; there is no securityfs file), and
+/// on the machine the read-only mmap of resource0 failed with EPERM: `check` says native
+/// CC mode is out of reach there, with the evidence.
+#[test]
+fn real_h100_host_is_locked_down() {
+    let (code, out) = cchost(&["inventory", "--json", "--host-root", H100]);
+    assert_eq!(code, 0, "{out}");
+    let inv: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(inv["lockdown"]["mode"], "locked", "{out}");
+    let (_, out) = cchost(&["check", "--host-root", H100]);
+    let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains("[WARN] GPU registers reachable for CC mode (no kernel lockdown): kernel lockdown is on (kernel log: Kernel is locked down from Kernel configuration"),
+        "{out}"
+    );
+}

@@ -144,3 +144,51 @@ fn live_check_gives_a_verdict() {
     assert_eq!(v["schema"], "cchost.check/v1");
     assert!(v["checks"].as_array().is_some_and(|c| !c.is_empty()));
 }
+
+/// Kernel lockdown (seen on a real H100 guest: the resource0 mmap failed with EPERM):
+/// `check` warns that native CC mode is out of reach and says what to do; without
+/// lockdown the same host passes.
+#[test]
+fn kernel_lockdown_warns_that_cc_mode_cannot_be_reached() {
+    fn bar_access(root: &Path) -> serde_json::Value {
+        let out = cchost(root, &["check", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        fn find(nodes: &serde_json::Value, id: &str) -> Option<serde_json::Value> {
+            for n in nodes.as_array()? {
+                if n["id"] == id {
+                    return Some(n.clone());
+                }
+                if let Some(c) = n.get("children").and_then(|c| find(c, id)) {
+                    return Some(c);
+                }
+            }
+            None
+        }
+        find(&v["checks"], "gpu.bar_access").expect("gpu.bar_access in the report")
+    }
+    let dir = tempfile::tempdir().unwrap();
+    cchost::fixture::scenarios::gpus_on_vfio(dir.path())
+        .build()
+        .unwrap();
+    let root = dir.path();
+    write(
+        root,
+        "/sys/kernel/security/lockdown",
+        "[none] integrity confidentiality\n",
+    );
+    let n = bar_access(root);
+    assert_eq!(n["status"], "pass", "{n:#}");
+
+    write(
+        root,
+        "/sys/kernel/security/lockdown",
+        "none [integrity] confidentiality\n",
+    );
+    let n = bar_access(root);
+    assert_eq!(n["status"], "warn", "{n:#}");
+    assert!(
+        n["message"].as_str().unwrap().contains("[integrity]")
+            && n["remedy"].as_str().unwrap().contains("Secure Boot"),
+        "{n:#}"
+    );
+}

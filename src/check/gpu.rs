@@ -14,6 +14,11 @@ pub fn gpus() -> Check {
             groups,
         ),
         Check::new("gpu.boot_vga", "No GPU drives the boot console", boot_vga),
+        Check::new(
+            "gpu.bar_access",
+            "GPU registers reachable for CC mode (no kernel lockdown)",
+            bar_access,
+        ),
         Check::new("gpu.vfio_module", "vfio-pci available", vfio_module),
         Check::new(
             "gpu.vfio_bound",
@@ -81,6 +86,30 @@ fn cc(ctx: &Ctx) -> CheckOutcome {
         gpus.len(),
         chips.into_iter().collect::<Vec<_>>().join(", ")
     ))
+}
+
+/// Native CC mode needs user-space BAR0 mappings (sysfs `resource0`), which kernel
+/// lockdown refuses (inventory/lockdown.rs). Binding and passthrough are unaffected.
+fn bar_access(ctx: &Ctx) -> CheckOutcome {
+    if ctx.inv.gpus.gpus().all(|d| !d.cc_capable) {
+        return CheckOutcome::skip("no CC-capable GPU");
+    }
+    let l = &ctx.inv.lockdown;
+    let evidence = l.evidence.clone().unwrap_or_default();
+    if l.blocks_bar_mappings() {
+        return CheckOutcome::warn(
+            format!(
+                "kernel lockdown is on ({evidence}): the kernel refuses mappings of resource0, \
+                 so `cchost gpu cc` cannot query or switch CC mode here (passthrough still works)"
+            ),
+            "query and switch CC mode from a boot without kernel lockdown (Secure Boot \
+             off, or `mokutil --disable-validation`)",
+        );
+    }
+    match l.mode {
+        Some(_) => CheckOutcome::pass(evidence),
+        None => CheckOutcome::pass("no lockdown reported (no securityfs file, no log line)"),
+    }
 }
 
 fn groups(ctx: &Ctx) -> CheckOutcome {

@@ -143,6 +143,21 @@ impl Drop for PowerGuard {
     }
 }
 
+/// EPERM from mmap of a `resourceN` file is kernel lockdown (pci_mmap_resource checks
+/// LOCKDOWN_PCI_ACCESS; the kernel logs "direct PCI access is restricted"), seen on the
+/// real H100 guest. Say so instead of a bare "Operation not permitted".
+fn explain_mmap_error(e: std::io::Error) -> std::io::Error {
+    if e.raw_os_error() == Some(libc::EPERM) {
+        std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "mapping refused (EPERM): kernel lockdown forbids user-space PCI BAR access; \
+             see `cchost check` (gpu.bar_access)",
+        )
+    } else {
+        e
+    }
+}
+
 impl HostRoot {
     /// Maps a resource file (a BAR) given as a host path, resolved inside the root.
     pub fn map_resource(
@@ -178,7 +193,7 @@ impl HostRoot {
             MapAccess::ReadOnly => opts.map_raw_read_only(&file),
             MapAccess::ReadWrite => opts.map_raw(&file),
         }
-        .map_err(|e| HostError::io(host_path, e))?;
+        .map_err(|e| HostError::io(host_path, explain_mmap_error(e)))?;
         Ok(MmioMap {
             map,
             access,

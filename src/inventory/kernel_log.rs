@@ -25,7 +25,17 @@ pub struct KernelLogInfo {
 /// Is this message about something the inventory judges?
 pub fn is_relevant(msg: &str) -> bool {
     const MARKERS: &[&str] = &[
-        "tdx", "TDX", "SEV", "SNP", "AMD-Vi", "DMAR", "iommu:", "IOMMU", "RMI ABI", "ccp ",
+        "tdx",
+        "TDX",
+        "SEV",
+        "SNP",
+        "AMD-Vi",
+        "DMAR",
+        "iommu:",
+        "IOMMU",
+        "RMI ABI",
+        "ccp ",
+        "locked down",
     ];
     // One line per device when groups are set up: not evidence of anything.
     !msg.contains("to iommu group") && MARKERS.iter().any(|m| msg.contains(m))

@@ -8,6 +8,7 @@ pub mod gpu;
 pub mod iommu;
 pub mod kernel;
 pub mod kernel_log;
+pub mod lockdown;
 pub mod misc;
 pub mod modalias;
 pub mod modules;
@@ -48,6 +49,9 @@ pub struct Inventory {
     pub sev: SevInfo,
     pub cca: CcaInfo,
     pub iommu: IommuInfo,
+    /// Kernel lockdown: in integrity mode user space cannot map GPU BARs.
+    #[serde(default)]
+    pub lockdown: lockdown::LockdownInfo,
     /// misc.capacity as read, when present.
     pub misc_capacity: Option<misc::MiscCapacity>,
     pub gpus: GpuInventory,
@@ -71,6 +75,7 @@ impl Inventory {
         };
         let kernel = KernelInfo::collect(host, &mut problems);
         let kernel_log = KernelLogInfo::collect(host, &mut problems);
+        let lockdown = lockdown::LockdownInfo::collect(host, &kernel_log, &mut problems);
         let misc_capacity = misc::read_misc_capacity(host).unwrap_or_else(|e| {
             problems.push(e.into());
             None
@@ -118,6 +123,7 @@ impl Inventory {
             sev,
             cca,
             iommu,
+            lockdown,
             misc_capacity,
             gpus,
             problems,
