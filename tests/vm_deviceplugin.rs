@@ -164,3 +164,44 @@ cat /tmp/run.log"#))
         "{s4}"
     );
 }
+
+/// `vfio.bind_on_start`: `cchost run` alone moves the matched devices to vfio-pci (the
+/// real driver bind, journaled) and serves them; `cchost undo` afterwards puts the
+/// original drivers back.
+#[test]
+fn run_binds_matched_devices_at_start_and_undo_restores_them() {
+    let config = format!("{CONFIG}\n[vfio]\nbind_on_start = true\n");
+    let run = Vm::new()
+        .config(&config)
+        .file("/etc/dp-test.sh", LIB)
+        .cmd(&lib(r#"
+drv() { d=$(readlink /sys/bus/pci/devices/$1/driver); echo ${d##*/}; }
+echo "BEFORE $(drv $EDU) $(drv $TD)"
+cchost run 2>/tmp/run.log & echo $! > /tmp/run.pid
+i=0; while [ ! -S $SOCK ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
+echo "DURING $(drv $EDU) $(drv $TD)"
+cchost device-plugin query | tr -d ' \n'; echo
+kill -TERM $(cat /tmp/run.pid)
+i=0; while kill -0 $(cat /tmp/run.pid) 2>/dev/null && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
+cchost undo >/dev/null || exit 1
+echo "AFTER $(drv $EDU) $(drv $TD)"
+cat /tmp/run.log"#))
+        .run();
+    let s = run.step(0).assert_success();
+    let out = s.stdout();
+    let line = |tag: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(tag))
+            .unwrap_or_else(|| panic!("no {tag} in {s}"))
+            .to_string()
+    };
+    let before = line("BEFORE ");
+    assert_ne!(before, "vfio-pci vfio-pci", "{s}");
+    assert_eq!(line("DURING "), "vfio-pci vfio-pci", "{s}");
+    assert_eq!(line("AFTER "), before, "undo restores the drivers: {s}");
+    assert_eq!(
+        out.matches("\"health\":\"Healthy\"").count(),
+        2,
+        "both devices served: {s}"
+    );
+}

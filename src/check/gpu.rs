@@ -221,7 +221,7 @@ fn vfio_bound(ctx: &Ctx) -> CheckOutcome {
                 want.len(),
                 bad.join(", ")
             ),
-            "cchost gpu bind --all (or cchost apply)",
+            "cchost gpu bind --all (or set vfio.bind_on_start = true for `cchost run`)",
         )
     } else {
         CheckOutcome::pass(format!("{} device(s) on vfio", want.len()))

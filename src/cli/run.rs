@@ -22,6 +22,13 @@ pub fn run(g: &Global, _a: Args) -> anyhow::Result<ExitCode> {
         for r in cchost::journal::recover(&mut journal, &super::undo::restorers())? {
             tracing::warn!(kind = %r.kind, subject = %r.subject, "recovered an interrupted step of an earlier run");
         }
+        if g.config.vfio.bind_on_start {
+            let done = cchost::daemon::bind_on_start::bind_matched(&mut journal, &g.config);
+            tracing::info!(bound = ?done.bound, already = ?done.already, "vfio.bind_on_start");
+            for r in done.refused.iter().chain(&done.failed) {
+                tracing::warn!("vfio.bind_on_start: {r}");
+            }
+        }
     }
     let daemon = Daemon::new(g.host.clone(), g.config.clone()).with_default_services();
     rt.block_on(async move {

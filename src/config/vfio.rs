@@ -20,6 +20,9 @@ pub struct VfioConfig {
     /// How long to wait for /dev/vfio/<group> (or /dev/vfio/devices/vfioN) to appear
     /// after a bind, in milliseconds (devtmpfs creates the node asynchronously).
     pub device_node_timeout_ms: u64,
+    /// `cchost run` binds every matched GPU (and NVSwitch, per `bind_nvswitches`) at
+    /// start, as `cchost gpu bind --all` would; refused devices are logged and left.
+    pub bind_on_start: bool,
 }
 
 impl Default for VfioConfig {
@@ -30,6 +33,7 @@ impl Default for VfioConfig {
             allow_foreign_group_members: false,
             load_modules: true,
             device_node_timeout_ms: 2000,
+            bind_on_start: false,
         }
     }
 }
@@ -47,6 +51,7 @@ mod tests {
         assert!(!c.allow_foreign_group_members);
         assert!(c.load_modules);
         assert_eq!(c.device_node_timeout_ms, 2000);
+        assert!(!c.bind_on_start);
     }
 
     #[test]

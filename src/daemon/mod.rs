@@ -8,6 +8,7 @@
 //! More services (node labels, DCAP helpers) are added with [`Daemon::add_service`];
 //! each gets a [`Context`] and returns when `ctx.shutdown` turns true.
 
+pub mod bind_on_start;
 pub mod passthrough;
 pub mod uevents;
 
