@@ -40,6 +40,16 @@ pub enum CcError {
     Reset(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error(
+        "{source}; the knobs staged so far could not be put back ({knobs}): the next reset applies them"
+    )]
+    LeftStaged {
+        #[source]
+        source: Box<CcError>,
+        knobs: String,
+    },
+    #[error("journal: {0}; nothing was written to this device")]
+    Journal(String),
     #[error("after the reset the device reports {found}, not the requested {expected}")]
     Mismatch { expected: String, found: CcState },
 }
