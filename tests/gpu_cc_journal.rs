@@ -38,6 +38,8 @@ fn fast() -> Timing {
         rpc: Duration::from_millis(200),
         boot: Some(Duration::from_millis(1000)),
         poll: Duration::from_millis(1),
+        firewall: Duration::from_millis(500),
+        firewall_fallback: Duration::from_millis(50),
     }
 }
 

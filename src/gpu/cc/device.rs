@@ -1,12 +1,14 @@
 //! One CC-capable device: a [`Bar0`], a [`Reset`], and the family that says which
 //! registers and mailbox to use. The same code drives real hardware and the simulator.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::bar0::Bar0;
 use super::error::CcError;
+use super::firewall::{self, ConfigSpace};
 use super::fsp::{Fsp, Knob, KnobChange};
 use super::mode::{CcState, Setting, TargetMode, Wanted};
 use super::regs::{self, Family};
@@ -20,6 +22,10 @@ pub struct Timing {
     /// `None`: the family default.
     pub boot: Option<Duration>,
     pub poll: Duration,
+    /// Blackwell: how long the boot-time BAR0 firewall may stay up (5 s).
+    pub firewall: Duration,
+    /// Blackwell without NVIDIA's DVSEC capability: the sleep after a reset (3 s).
+    pub firewall_fallback: Duration,
 }
 
 impl Timing {
@@ -27,6 +33,8 @@ impl Timing {
         rpc: Duration::from_secs(5),
         boot: None,
         poll: Duration::from_millis(10),
+        firewall: Duration::from_secs(5),
+        firewall_fallback: Duration::from_secs(3),
     };
 }
 
@@ -94,6 +102,10 @@ pub struct CcDevice {
     pub family: Family,
     bar0: Box<dyn Bar0>,
     reset: Box<dyn Reset>,
+    /// Config space, for Blackwell's BAR0 firewall bit.
+    config: Option<Box<dyn ConfigSpace>>,
+    /// A reset happened and the next boot wait has not run yet.
+    just_reset: AtomicBool,
     pub timing: Timing,
 }
 
@@ -119,8 +131,41 @@ impl CcDevice {
             family,
             bar0,
             reset,
+            config: None,
+            just_reset: AtomicBool::new(false),
             timing,
         }
+    }
+
+    /// Gives the device its config space (read for Blackwell's BAR0 firewall; without
+    /// it a Blackwell device sleeps the fallback time after each reset).
+    pub fn with_config(mut self, config: Box<dyn ConfigSpace>) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Blackwell: before trusting BAR0, wait for the boot-time firewall to drop (the
+    /// DVSEC bit; after a reset without the capability, the fallback sleep).
+    fn wait_bar0_firewall(&self) -> Result<(), CcError> {
+        if !self.family.is_blackwell() {
+            return Ok(());
+        }
+        let after_reset = self.just_reset.swap(false, Ordering::SeqCst);
+        let t = &self.timing;
+        match &self.config {
+            Some(c) => {
+                firewall::wait(
+                    c.as_ref(),
+                    after_reset,
+                    t.firewall,
+                    t.firewall_fallback,
+                    t.poll,
+                )?;
+            }
+            None if after_reset => std::thread::sleep(t.firewall_fallback),
+            None => {}
+        }
+        Ok(())
     }
 
     pub fn bar0(&self) -> &dyn Bar0 {
@@ -151,6 +196,7 @@ impl CcDevice {
     /// all-ones while the boot-time firewall is up, so all-ones is waited out there;
     /// elsewhere it is an immediate error.
     pub fn wait_for_boot(&self) -> Result<(), CcError> {
+        self.wait_bar0_firewall()?;
         let timeout = self.boot_timeout();
         let reg = self.family.boot_complete_reg();
         let start = Instant::now();
@@ -432,6 +478,8 @@ impl CcDevice {
     pub fn reset(&self) -> Result<(), CcError> {
         self.reset
             .reset()
-            .map_err(|e| CcError::Reset(format!("{}: {e}", self.name)))
+            .map_err(|e| CcError::Reset(format!("{}: {e}", self.name)))?;
+        self.just_reset.store(true, Ordering::SeqCst);
+        Ok(())
     }
 }

@@ -48,6 +48,13 @@ pub enum CcError {
         source: Box<CcError>,
         knobs: String,
     },
+    #[error("reading PCI config space: {0}")]
+    Config(String),
+    #[error(
+        "the Blackwell boot-time BAR0 firewall (NVIDIA DVSEC bit 20) was still up after \
+         {waited_ms} ms"
+    )]
+    FirewallTimeout { waited_ms: u128 },
     #[error("journal: {0}; nothing was written to this device")]
     Journal(String),
     #[error("after the reset the device reports {found}, not the requested {expected}")]

@@ -8,6 +8,7 @@ use crate::host::{HostError, HostRoot};
 
 use super::bar0::MmioBar0;
 use super::device::{CcDevice, Reset, ResetError, Timing};
+use super::firewall::ConfigSpace;
 use super::regs::Family;
 
 /// `echo 1 > /sys/bus/pci/devices/<BDF>/reset`: the kernel's FLR/SBR per `reset_method`
@@ -23,6 +24,19 @@ impl Reset for SysfsReset {
         self.host
             .write_attr(device_dir(&self.addr).join("reset"), "1")
             .map_err(|e| ResetError(e.to_string()))
+    }
+}
+
+/// Config space through sysfs `config` (read-only).
+#[derive(Debug, Clone)]
+pub struct SysfsConfig {
+    pub host: HostRoot,
+    pub addr: PciAddress,
+}
+
+impl ConfigSpace for SysfsConfig {
+    fn read(&self) -> Result<Vec<u8>, String> {
+        self.host.pci_config(&self.addr).map_err(|e| e.to_string())
     }
 }
 
@@ -140,7 +154,11 @@ pub fn open(
             addr,
         }),
         timing,
-    );
+    )
+    .with_config(Box::new(SysfsConfig {
+        host: host.clone(),
+        addr,
+    }));
     Ok(LiveDevice {
         pci: pci.clone(),
         device,

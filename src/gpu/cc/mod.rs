@@ -6,6 +6,7 @@
 //! - [`transport`]: the two mailboxes (EMEM queue on Hopper/LS10, MNOC on Blackwell).
 //! - [`fsp`]: MCTP/NVDM framing and PRC knob read/write.
 //! - [`device`]: one device: boot wait, query, staging knobs, reset.
+//! - [`firewall`]: Blackwell's boot-time BAR0 firewall bit in the NVIDIA DVSEC.
 //! - [`switch`]: mode changes for many devices at once, each reported on its own.
 //! - [`journaled`]: the same switches written to the journal first; undo and recovery.
 //! - [`live`]: opening real devices through `HostRoot` (mapping, wake-up, sysfs reset).
@@ -15,6 +16,7 @@
 pub mod bar0;
 pub mod device;
 pub mod error;
+pub mod firewall;
 pub mod fsp;
 pub mod journaled;
 pub mod live;
