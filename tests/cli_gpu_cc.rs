@@ -167,3 +167,31 @@ fn set_needs_devices_or_all_and_a_known_device() {
     assert!(err.contains("0000:99:00.0"), "{err}");
     untouched(&fx);
 }
+
+#[test]
+fn undo_of_a_cc_switch_goes_through_the_switch_checks() {
+    // An earlier `gpu cc set on` journaled the GPU (CC was off); since then somebody
+    // bound the nvidia driver: undo must refuse, touch nothing and keep the entry.
+    let fx = Fixture::h100(Some("nvidia"), BOOTED_ON);
+    let journal = fx.root().join("var/lib/cchost/journal.json");
+    std::fs::create_dir_all(journal.parent().unwrap()).unwrap();
+    let text = format!(
+        r#"{{"version":1,"next_seq":2,"entries":[{{"seq":1,"kind":"gpu.cc","subject":"{BDF}",
+        "state":"applied","change":{{"setting":{{"cc":"on"}}}},
+        "restore":{{"family":"hopper","vendor":4318,"device":9008,
+        "before":{{"mode":"off","ppcie":false,"raw":0}}}},"at_unix":0}}]}}"#
+    );
+    std::fs::write(&journal, &text).unwrap();
+    let (code, out, err) = fx.run(&["undo"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("gpu.cc") && err.contains("bound to nvidia"),
+        "{err}"
+    );
+    // Kept, marked as being restored: the next start or undo tries again.
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&journal).unwrap()).unwrap();
+    assert_eq!(v["entries"][0]["kind"], "gpu.cc");
+    assert_eq!(v["entries"][0]["state"], "restoring");
+    untouched(&fx);
+}

@@ -16,6 +16,8 @@ fn fast() -> Timing {
         rpc: Duration::from_millis(150),
         boot: Some(Duration::from_millis(500)),
         poll: Duration::from_millis(1),
+        firewall: Duration::from_millis(500),
+        firewall_fallback: Duration::from_millis(50),
     }
 }
 
@@ -258,6 +260,56 @@ fn blackwell_boot_firewall_window_is_waited_out() {
     assert_eq!(d.bar0().read32(0).unwrap(), u32::MAX);
     // ...and the query waits until the firewall drops and the FSP has booted.
     assert_eq!(d.query().unwrap().mode, Some(CcMode::On));
+}
+
+#[test]
+fn blackwell_waits_for_the_dvsec_firewall_bit_before_trusting_bar0() {
+    for family in [Family::Blackwell, Family::Gb20x] {
+        let s = SimGpu::new(
+            SimConfig::new(family)
+                .reset_delay(Duration::from_millis(80))
+                .firewall(Duration::from_millis(60)),
+        );
+        let out = switch::set_cc_one(&dev(&s, "gpu0"), TargetMode::On);
+        assert_eq!(out.status, Status::Switched, "{family:?} {:?}", out.error);
+        // The client watched config space, not BAR0, while the firewall was up.
+        assert_eq!(s.firewalled_reads(), 0, "{family:?}");
+    }
+}
+
+#[test]
+fn blackwell_without_the_dvsec_sleeps_the_fallback_and_ignores_other_vendors_dvsec() {
+    // The config space holds only a foreign vendor's DVSEC with bit 20 set: it must not
+    // be taken for NVIDIA's (that would wait out the whole firewall timeout and fail).
+    let s = SimGpu::new(
+        SimConfig::new(Family::Blackwell)
+            .reset_delay(Duration::from_millis(40))
+            .firewall(Duration::from_millis(30))
+            .without_dvsec(),
+    );
+    // fast(): fallback 50 ms, longer than the 30 ms window.
+    let out = switch::set_cc_one(&dev(&s, "gpu0"), TargetMode::On);
+    assert_eq!(out.status, Status::Switched, "{:?}", out.error);
+    assert_eq!(s.firewalled_reads(), 0);
+}
+
+#[test]
+fn a_firewall_that_never_drops_fails_the_switch_with_its_own_error() {
+    let s = SimGpu::new(
+        SimConfig::new(Family::Blackwell)
+            .reset_delay(Duration::from_millis(20))
+            .firewall(Duration::from_secs(3600)),
+    );
+    let t = Timing {
+        firewall: Duration::from_millis(100),
+        ..fast()
+    };
+    let out = switch::set_cc_one(&s.device("gpu0", t), TargetMode::On);
+    assert_eq!(out.status, Status::Failed);
+    let e = out.error.unwrap();
+    assert!(e.contains("BAR0 firewall") && e.contains("still up"), "{e}");
+    // The read-back shows what BAR0 says now: all-ones behind the firewall.
+    assert_eq!(out.read_back.unwrap().boot_0, Some(u32::MAX));
 }
 
 #[test]

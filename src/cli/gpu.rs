@@ -5,6 +5,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use serde::Serialize;
 
+use cchost::gpu::cc::device::Timing;
+use cchost::gpu::cc::journaled::CcRestorer;
+use cchost::gpu::cc::live::MmioOpener;
 use cchost::gpu::vfio::{self, Step, VfioRestorer};
 use cchost::gpu::vfio_plan::{self, PlanError, Selection};
 use cchost::host::pci::PciAddress;
@@ -72,13 +75,20 @@ pub fn run(g: &Global, c: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+static MMIO_OPENER: MmioOpener = MmioOpener {
+    timing: Timing::DEFAULT,
+};
+static CC_RESTORER: CcRestorer<'static> = CcRestorer {
+    opener: &MMIO_OPENER,
+};
+
 /// The journal restorers of the GPU steps (also used by `undo`).
-pub fn restorers() -> [&'static dyn Restorer; 2] {
-    [&VfioRestorer::BIND, &VfioRestorer::UNBIND]
+pub fn restorers() -> [&'static dyn Restorer; 3] {
+    [&VfioRestorer::BIND, &VfioRestorer::UNBIND, &CC_RESTORER]
 }
 
 /// Opens the journal and finishes or rolls back GPU steps an earlier run left half done.
-fn open_journal(g: &Global) -> anyhow::Result<Journal> {
+pub(super) fn open_journal(g: &Global) -> anyhow::Result<Journal> {
     let mut j = Journal::open(&g.host)?;
     for r in journal::recover(&mut j, &restorers())? {
         eprintln!(

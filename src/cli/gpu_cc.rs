@@ -1,18 +1,22 @@
 //! `cchost gpu cc query | set | ppcie`: Confidential Computing mode by hand.
 //!
 //! Queries map `resource0` read-only and only read registers. `set` requires each GPU to
-//! be driverless or on vfio-pci and unused, stages the knobs, resets all GPUs together
-//! through sysfs and verifies each one.
+//! be driverless or on vfio-pci and unused, journals the state before (a `gpu.cc` entry
+//! that `cchost undo` restores), stages the knobs, resets all GPUs together through
+//! sysfs and verifies each one.
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context as _, bail};
 use clap::ValueEnum;
 use serde::Serialize;
 
 use cchost::gpu::cc::device::Timing;
+use cchost::gpu::cc::journaled;
+use cchost::gpu::cc::live::MmioOpener;
 use cchost::gpu::cc::live::{self, LiveDevice};
 use cchost::gpu::cc::precheck;
-use cchost::gpu::cc::switch::{self, Outcome, PpcieReport, Status};
+use cchost::gpu::cc::switch::{self, Outcome, PpcieReport, Status, SwitchStep};
 use cchost::gpu::cc::{CcDevice, CcState, Family, TargetMode};
 use cchost::host::mmio::MapAccess;
 use cchost::host::pci::{PciAddress, PciDevice};
@@ -169,17 +173,40 @@ fn open_all(
     targets: &[(PciDevice, Family)],
     access: MapAccess,
 ) -> Vec<Result<LiveDevice, String>> {
+    let opener = MmioOpener::default();
     targets
         .iter()
-        .map(|(p, f)| {
-            let check = match access {
-                MapAccess::ReadOnly => precheck::check_unused(&g.host, p),
-                MapAccess::ReadWrite => precheck::check_switchable(&g.host, p),
-            };
-            check.map_err(|e| e.to_string())?;
-            live::open(&g.host, p, *f, access, Timing::default()).map_err(|e| e.to_string())
+        .map(|(p, f)| match access {
+            MapAccess::ReadOnly => {
+                precheck::check_unused(&g.host, p).map_err(|e| e.to_string())?;
+                live::open(&g.host, p, *f, access, Timing::default()).map_err(|e| e.to_string())
+            }
+            MapAccess::ReadWrite => live::open_for_switch(&g.host, p, *f, &opener),
         })
         .collect()
+}
+
+/// Crash tests: `CCHOST_TEST_KILL_AFTER_STEP=N` SIGKILLs cchost right after the N-th
+/// switch step (counted across devices), like `gpu bind`'s.
+fn kill_observer() -> anyhow::Result<impl Fn(&str, SwitchStep) + Sync> {
+    let kill_after: Option<u32> = match std::env::var("CCHOST_TEST_KILL_AFTER_STEP") {
+        Ok(v) => Some(
+            v.parse()
+                .with_context(|| format!("CCHOST_TEST_KILL_AFTER_STEP={v:?}: not a number"))?,
+        ),
+        Err(_) => None,
+    };
+    let n = AtomicU32::new(0);
+    Ok(move |dev: &str, step: SwitchStep| {
+        let k = n.fetch_add(1, Ordering::SeqCst) + 1;
+        tracing::debug!(dev, ?step, n = k, "CC step done");
+        if kill_after == Some(k) {
+            eprintln!(
+                "CCHOST_TEST_KILL_AFTER_STEP: killing myself after step {k} ({dev} {step:?})"
+            );
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+    })
 }
 
 fn query(g: &Global, targets: Vec<(PciDevice, Family)>, json: bool) -> anyhow::Result<ExitCode> {
@@ -261,12 +288,14 @@ fn set(
     mode: TargetMode,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    let mut journal = super::gpu::open_journal(g)?;
+    let observe = kill_observer()?;
     let opened = open_all(g, &targets, MapAccess::ReadWrite);
-    let devs: Vec<&CcDevice> = opened
+    let devs: Vec<(&PciDevice, &CcDevice)> = opened
         .iter()
-        .filter_map(|r| r.as_ref().ok().map(|l| &l.device))
+        .filter_map(|r| r.as_ref().ok().map(|l| (&l.pci, &l.device)))
         .collect();
-    let mut results = switch::set_cc_all(&devs, mode).into_iter();
+    let mut results = journaled::set_cc(&mut journal, &devs, mode, &observe).into_iter();
     let outs: Vec<Outcome> = targets
         .iter()
         .zip(&opened)
@@ -294,6 +323,8 @@ fn ppcie_set(
     on: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    let mut journal = super::gpu::open_journal(g)?;
+    let observe = kill_observer()?;
     let opened = open_all(g, &targets, MapAccess::ReadWrite);
     // All or nothing: one refused device stops the whole board before any change.
     let refused: Vec<String> = opened
@@ -326,11 +357,11 @@ fn ppcie_set(
         };
         return finish_ppcie(&report, json);
     }
-    let devs: Vec<&CcDevice> = opened
+    let devs: Vec<(&PciDevice, &CcDevice)> = opened
         .iter()
-        .filter_map(|r| r.as_ref().ok().map(|l| &l.device))
+        .filter_map(|r| r.as_ref().ok().map(|l| (&l.pci, &l.device)))
         .collect();
-    let report = switch::set_ppcie_all(&devs, on);
+    let report = journaled::set_ppcie(&mut journal, &devs, on, &observe);
     finish_ppcie(&report, json)
 }
 

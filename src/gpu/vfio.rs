@@ -11,6 +11,7 @@
 //! only acts.
 
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -73,8 +74,36 @@ pub enum Step {
     Committed,
 }
 
-/// Called after each step.
-pub type Observer<'a> = &'a mut dyn FnMut(&PciAddress, Step);
+/// Called after each step. `Send`: parallel binds share it (behind a lock).
+pub type Observer<'a> = &'a mut (dyn FnMut(&PciAddress, Step) + Send);
+
+/// The journal and the observer, shared by threads binding devices in parallel. The
+/// journal is locked only around its own writes; the sysfs writes of different devices
+/// run concurrently (the kernel serializes binds of one device, not of different ones).
+pub struct Shared<'j, 'o> {
+    journal: Mutex<&'j mut Journal>,
+    observe: Mutex<Observer<'o>>,
+}
+
+impl<'j, 'o> Shared<'j, 'o> {
+    pub fn new(journal: &'j mut Journal, observe: Observer<'o>) -> Self {
+        Shared {
+            journal: Mutex::new(journal),
+            observe: Mutex::new(observe),
+        }
+    }
+
+    /// The journal, exclusively (a poisoned lock still holds a consistent journal: every
+    /// change to it is written through before the lock is released).
+    pub fn journal(&self) -> MutexGuard<'_, &'j mut Journal> {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn observe(&self, a: &PciAddress, step: Step) {
+        let mut o = self.observe.lock().unwrap_or_else(|p| p.into_inner());
+        (*o)(a, step);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VfioError {
@@ -137,6 +166,23 @@ pub fn bind(
     observe: Observer<'_>,
 ) -> Result<BindOutcome, VfioError> {
     let host = journal.host().clone();
+    bind_shared(
+        &Shared::new(journal, observe),
+        &host,
+        address,
+        driver,
+        node_timeout,
+    )
+}
+
+/// [`bind`] with a journal shared with other threads.
+pub fn bind_shared(
+    shared: &Shared<'_, '_>,
+    host: &HostRoot,
+    address: &PciAddress,
+    driver: &str,
+    node_timeout: Duration,
+) -> Result<BindOutcome, VfioError> {
     let dev = host.pci_device(address)?;
     if dev.driver.as_deref() == Some(driver) {
         return Ok(BindOutcome::AlreadyBound {
@@ -146,27 +192,31 @@ pub fn bind(
     let subject = address.to_string();
     let current = Binding::of(&dev);
     // A device cchost moved before (and someone moved since) keeps its first original.
-    let seq = match journal.find(BIND_KIND, &subject).map(|e| e.seq) {
-        Some(seq) => {
-            journal.reapplying(seq)?;
-            seq
+    let seq = {
+        let mut journal = shared.journal();
+        match journal.find(BIND_KIND, &subject).map(|e| e.seq) {
+            Some(seq) => {
+                journal.reapplying(seq)?;
+                seq
+            }
+            None => journal.begin(
+                BIND_KIND,
+                &subject,
+                Binding {
+                    driver: Some(driver.to_string()),
+                    driver_override: Some(driver.to_string()),
+                },
+                &current,
+            )?,
         }
-        None => journal.begin(
-            BIND_KIND,
-            &subject,
-            Binding {
-                driver: Some(driver.to_string()),
-                driver_override: Some(driver.to_string()),
-            },
-            &current,
-        )?,
     };
-    observe(address, Step::Journaled);
-    move_to(&host, &dev, driver, observe)?;
-    wait_for_node(&host, address, driver, node_timeout)?;
-    observe(address, Step::NodeReady);
-    journal.applied(seq)?;
-    observe(address, Step::Committed);
+    shared.observe(address, Step::Journaled);
+    let mut observe = |a: &PciAddress, s: Step| shared.observe(a, s);
+    move_to(host, &dev, driver, &mut observe)?;
+    wait_for_node(host, address, driver, node_timeout)?;
+    shared.observe(address, Step::NodeReady);
+    shared.journal().applied(seq)?;
+    shared.observe(address, Step::Committed);
     Ok(BindOutcome::Bound {
         from: current,
         driver: driver.to_string(),

@@ -494,33 +494,44 @@ pub fn apply_bind(
         drivers.push(d);
     }
     let timeout = Duration::from_millis(config.vfio.device_node_timeout_ms);
-    let mut out = Vec::new();
-    for (it, driver) in plan.items.iter().zip(drivers) {
-        if !it.changes {
-            out.push(ItemResult {
-                address: it.address,
-                outcome: Ok(BindOutcome::AlreadyBound {
-                    driver: it.current.driver.clone().unwrap_or_default(),
-                }),
-            });
-            continue;
-        }
-        match vfio::bind(journal, &it.address, &driver, timeout, observe) {
-            Ok(o) => out.push(ItemResult {
-                address: it.address,
-                outcome: Ok(o),
-            }),
-            Err(e) => {
-                let mut msg = e.to_string();
-                msg.push_str(&roll_back_one(journal, &it.address));
-                out.push(ItemResult {
-                    address: it.address,
-                    outcome: Err(msg),
-                });
-                break;
-            }
-        }
-    }
+    // One thread per function that moves: binds of different devices overlap (a real
+    // GPU's unbind from nvidia takes long), each journaled on its own. A function that
+    // fails is put back at once; the others are not stopped by it.
+    let shared = vfio::Shared::new(journal, observe);
+    let out = std::thread::scope(|s| {
+        let handles: Vec<_> = plan
+            .items
+            .iter()
+            .zip(drivers)
+            .map(|(it, driver)| {
+                let (shared, host) = (&shared, &host);
+                s.spawn(move || {
+                    if !it.changes {
+                        return ItemResult {
+                            address: it.address,
+                            outcome: Ok(BindOutcome::AlreadyBound {
+                                driver: it.current.driver.clone().unwrap_or_default(),
+                            }),
+                        };
+                    }
+                    let outcome = vfio::bind_shared(shared, host, &it.address, &driver, timeout)
+                        .map_err(|e| {
+                            let mut msg = e.to_string();
+                            msg.push_str(&roll_back_one(&mut shared.journal(), &it.address));
+                            msg
+                        });
+                    ItemResult {
+                        address: it.address,
+                        outcome,
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
     Ok(out)
 }
 

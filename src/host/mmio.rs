@@ -235,6 +235,12 @@ impl HostRoot {
         Ok(guard)
     }
 
+    /// The device's PCI configuration space as sysfs `config` shows it (4 KiB with the
+    /// extended capabilities for root; 64 bytes otherwise). Read-only.
+    pub fn pci_config(&self, addr: &PciAddress) -> Result<Vec<u8>, HostError> {
+        self.read_bytes_limited(device_dir(addr).join("config"), 4096)
+    }
+
     /// Whether the PCI COMMAND register has Memory Space Enable set (bit 1 at config
     /// offset 4). `None` when config space is shorter than that. cchost checks this and
     /// refuses rather than writing config space (facts gpu.md §2.3).

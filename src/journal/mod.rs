@@ -252,6 +252,28 @@ impl Journal {
         self.set_state(seq, EntryState::Applying)
     }
 
+    /// Like [`Journal::reapplying`], and records the new change (the `restore` stays:
+    /// it holds the state before cchost's first change).
+    pub fn reapplying_with(
+        &mut self,
+        seq: u64,
+        change: impl Serialize,
+    ) -> Result<(), JournalError> {
+        let change = serde_json::to_value(&change).map_err(|e| JournalError::Corrupt {
+            path: self.host.lexical(JOURNAL_PATH),
+            reason: format!("cannot encode a change for entry #{seq}: {e}"),
+        })?;
+        let e = self
+            .file
+            .entries
+            .iter_mut()
+            .find(|e| e.seq == seq)
+            .ok_or(JournalError::NoSuchEntry(seq))?;
+        e.change = change;
+        e.state = EntryState::Applying;
+        self.save()
+    }
+
     /// Marks a change complete.
     pub fn applied(&mut self, seq: u64) -> Result<(), JournalError> {
         self.set_state(seq, EntryState::Applied)

@@ -1,14 +1,16 @@
 //! One CC-capable device: a [`Bar0`], a [`Reset`], and the family that says which
 //! registers and mailbox to use. The same code drives real hardware and the simulator.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::bar0::Bar0;
 use super::error::CcError;
+use super::firewall::{self, ConfigSpace};
 use super::fsp::{Fsp, Knob, KnobChange};
-use super::mode::{CcState, TargetMode};
+use super::mode::{CcState, Setting, TargetMode, Wanted};
 use super::regs::{self, Family};
 use super::transport;
 
@@ -20,15 +22,25 @@ pub struct Timing {
     /// `None`: the family default.
     pub boot: Option<Duration>,
     pub poll: Duration,
+    /// Blackwell: how long the boot-time BAR0 firewall may stay up (5 s).
+    pub firewall: Duration,
+    /// Blackwell without NVIDIA's DVSEC capability: the sleep after a reset (3 s).
+    pub firewall_fallback: Duration,
+}
+
+impl Timing {
+    pub const DEFAULT: Timing = Timing {
+        rpc: Duration::from_secs(5),
+        boot: None,
+        poll: Duration::from_millis(10),
+        firewall: Duration::from_secs(5),
+        firewall_fallback: Duration::from_secs(3),
+    };
 }
 
 impl Default for Timing {
     fn default() -> Self {
-        Timing {
-            rpc: Duration::from_secs(5),
-            boot: None,
-            poll: Duration::from_millis(10),
-        }
+        Timing::DEFAULT
     }
 }
 
@@ -90,6 +102,10 @@ pub struct CcDevice {
     pub family: Family,
     bar0: Box<dyn Bar0>,
     reset: Box<dyn Reset>,
+    /// Config space, for Blackwell's BAR0 firewall bit.
+    config: Option<Box<dyn ConfigSpace>>,
+    /// A reset happened and the next boot wait has not run yet.
+    just_reset: AtomicBool,
     pub timing: Timing,
 }
 
@@ -115,8 +131,41 @@ impl CcDevice {
             family,
             bar0,
             reset,
+            config: None,
+            just_reset: AtomicBool::new(false),
             timing,
         }
+    }
+
+    /// Gives the device its config space (read for Blackwell's BAR0 firewall; without
+    /// it a Blackwell device sleeps the fallback time after each reset).
+    pub fn with_config(mut self, config: Box<dyn ConfigSpace>) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Blackwell: before trusting BAR0, wait for the boot-time firewall to drop (the
+    /// DVSEC bit; after a reset without the capability, the fallback sleep).
+    fn wait_bar0_firewall(&self) -> Result<(), CcError> {
+        if !self.family.is_blackwell() {
+            return Ok(());
+        }
+        let after_reset = self.just_reset.swap(false, Ordering::SeqCst);
+        let t = &self.timing;
+        match &self.config {
+            Some(c) => {
+                firewall::wait(
+                    c.as_ref(),
+                    after_reset,
+                    t.firewall,
+                    t.firewall_fallback,
+                    t.poll,
+                )?;
+            }
+            None if after_reset => std::thread::sleep(t.firewall_fallback),
+            None => {}
+        }
+        Ok(())
     }
 
     pub fn bar0(&self) -> &dyn Bar0 {
@@ -147,6 +196,7 @@ impl CcDevice {
     /// all-ones while the boot-time firewall is up, so all-ones is waited out there;
     /// elsewhere it is an immediate error.
     pub fn wait_for_boot(&self) -> Result<(), CcError> {
+        self.wait_bar0_firewall()?;
         let timeout = self.boot_timeout();
         let reg = self.family.boot_complete_reg();
         let start = Instant::now();
@@ -226,11 +276,23 @@ impl CcDevice {
     }
 
     /// Applies a knob sequence with check-and-write. If a step fails, the knobs already
-    /// changed are put back (reverse order), so a failed staging leaves nothing pending.
+    /// changed are put back (reverse order), so a failed staging leaves nothing pending;
+    /// if putting them back fails too, the error is [`CcError::LeftStaged`].
     fn apply(&self, steps: &[Step]) -> Result<Vec<KnobChange>, CcError> {
         self.wait_for_boot()?;
         let fsp = self.fsp();
         let mut changes = Vec::new();
+        let fail = |changes: &[KnobChange], e: CcError| {
+            let left = self.rollback_with(&fsp, changes);
+            if left.is_empty() {
+                e
+            } else {
+                CcError::LeftStaged {
+                    source: Box::new(e),
+                    knobs: left.join(", "),
+                }
+            }
+        };
         for s in steps {
             if s.optional {
                 match fsp.knob_read(s.knob) {
@@ -240,31 +302,29 @@ impl CcDevice {
                             "firmware does not know this knob; skipped");
                         continue;
                     }
-                    Err(e) => {
-                        self.rollback_with(&fsp, &changes);
-                        return Err(e);
-                    }
+                    Err(e) => return Err(fail(&changes, e)),
                 }
             }
             match fsp.knob_check_and_write(s.knob, s.value) {
                 Ok(Some(c)) => changes.push(c),
                 Ok(None) => {}
-                Err(e) => {
-                    self.rollback_with(&fsp, &changes);
-                    return Err(e);
-                }
+                Err(e) => return Err(fail(&changes, e)),
             }
         }
         Ok(changes)
     }
 
-    fn rollback_with(&self, fsp: &Fsp<'_>, changes: &[KnobChange]) {
+    /// Puts changed knobs back (reverse order); returns the ones that could not be.
+    fn rollback_with(&self, fsp: &Fsp<'_>, changes: &[KnobChange]) -> Vec<String> {
+        let mut left = Vec::new();
         for c in changes.iter().rev() {
             if let Err(e) = fsp.knob_write(c.knob, c.old) {
                 tracing::error!(device = %self.name, knob = %c.knob.name(), error = %e,
                     "could not restore a staged knob; the next reset may apply it");
+                left.push(format!("{}={}", c.knob.name(), c.new));
             }
         }
+        left
     }
 
     /// Puts staged knobs back to their old values (before any reset).
@@ -276,10 +336,27 @@ impl CcDevice {
         Ok(())
     }
 
-    /// Stages a CC mode (active after the next reset). Order per facts §2.2: CCM is set
-    /// first and cleared last, so a CCD-only state never exists; the BAR0 decoupler and
-    /// the knobs 2/4/34 are written on Hopper only.
-    pub fn stage_cc(&self, mode: TargetMode) -> Result<Vec<KnobChange>, CcError> {
+    /// Are the knobs of a sequence already at its values? Knob reads only: used to skip
+    /// journaling a change that would write nothing, and by recovery to tell a finished
+    /// switch from a half-done one.
+    fn is_staged(&self, steps: &[Step]) -> Result<bool, CcError> {
+        self.wait_for_boot()?;
+        let fsp = self.fsp();
+        for s in steps {
+            match fsp.knob_read(s.knob) {
+                Ok(v) if v == s.value => {}
+                Ok(_) => return Ok(false),
+                Err(CcError::FspStatus { .. }) if s.optional => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// The knob sequence of a CC mode. Order per facts §2.2: CCM is set first and
+    /// cleared last, so a CCD-only state never exists; the BAR0 decoupler and the knobs
+    /// 2/4/34 are written on Hopper only.
+    fn cc_steps(&self, mode: TargetMode) -> Result<Vec<Step>, CcError> {
         if !self.family.is_gpu() {
             return Err(CcError::Unsupported(format!(
                 "{}: an NVSwitch has no CC mode of its own (use PPCIe)",
@@ -316,11 +393,11 @@ impl CcDevice {
                 steps.push(step(Knob::CCM, 0));
             }
         }
-        self.apply(&steps)
+        Ok(steps)
     }
 
-    /// Stages PPCIe on or off (HGX Hopper GPUs and LS10 NVSwitches).
-    pub fn stage_ppcie(&self, on: bool) -> Result<Vec<KnobChange>, CcError> {
+    /// The knob sequence of PPCIe on or off (HGX Hopper GPUs and LS10 NVSwitches).
+    fn ppcie_steps(&self, on: bool) -> Result<Vec<Step>, CcError> {
         if !self.family.supports_ppcie() {
             return Err(CcError::Unsupported(format!(
                 "{}: PPCIe exists on HGX Hopper GPUs and LS10 NVSwitches only",
@@ -341,13 +418,68 @@ impl CcDevice {
         } else {
             steps.push(step(Knob::PPCIE, 0));
         }
-        self.apply(&steps)
+        Ok(steps)
+    }
+
+    /// The knob sequence of a [`Setting`].
+    fn setting_steps(&self, s: Setting) -> Result<Vec<Step>, CcError> {
+        match s {
+            Setting::Cc(m) => self.cc_steps(m),
+            Setting::Ppcie(on) => self.ppcie_steps(on),
+        }
+    }
+
+    /// The knob sequence that restores a [`Wanted`] state: PPCIe on alone (it implies CC
+    /// off); otherwise PPCIe off first (if the family has it), then the CC mode.
+    fn wanted_steps(&self, w: &Wanted) -> Result<Vec<Step>, CcError> {
+        if w.ppcie == Some(true) {
+            return self.ppcie_steps(true);
+        }
+        let mut steps = Vec::new();
+        if w.ppcie == Some(false) && self.family.supports_ppcie() {
+            steps.push(Step {
+                knob: Knob::PPCIE,
+                value: 0,
+                optional: self.family.is_gpu(),
+            });
+        }
+        if let Some(m) = w.cc {
+            steps.extend(self.cc_steps(m)?);
+        }
+        Ok(steps)
+    }
+
+    /// Stages a CC mode (active after the next reset).
+    pub fn stage_cc(&self, mode: TargetMode) -> Result<Vec<KnobChange>, CcError> {
+        self.apply(&self.cc_steps(mode)?)
+    }
+
+    /// Stages PPCIe on or off (HGX Hopper GPUs and LS10 NVSwitches).
+    pub fn stage_ppcie(&self, on: bool) -> Result<Vec<KnobChange>, CcError> {
+        self.apply(&self.ppcie_steps(on)?)
+    }
+
+    /// Stages what restores a state read earlier (active after the next reset).
+    pub fn stage_wanted(&self, w: &Wanted) -> Result<Vec<KnobChange>, CcError> {
+        self.apply(&self.wanted_steps(w)?)
+    }
+
+    /// Are the pending knobs already those of `s`? (Reads only.)
+    pub fn setting_is_staged(&self, s: Setting) -> Result<bool, CcError> {
+        self.is_staged(&self.setting_steps(s)?)
+    }
+
+    /// Are the pending knobs already those that restore `w`? (Reads only.)
+    pub fn wanted_is_staged(&self, w: &Wanted) -> Result<bool, CcError> {
+        self.is_staged(&self.wanted_steps(w)?)
     }
 
     /// Resets the function (sysfs `reset` on real hardware).
     pub fn reset(&self) -> Result<(), CcError> {
         self.reset
             .reset()
-            .map_err(|e| CcError::Reset(format!("{}: {e}", self.name)))
+            .map_err(|e| CcError::Reset(format!("{}: {e}", self.name)))?;
+        self.just_reset.store(true, Ordering::SeqCst);
+        Ok(())
     }
 }

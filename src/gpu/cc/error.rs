@@ -40,6 +40,23 @@ pub enum CcError {
     Reset(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error(
+        "{source}; the knobs staged so far could not be put back ({knobs}): the next reset applies them"
+    )]
+    LeftStaged {
+        #[source]
+        source: Box<CcError>,
+        knobs: String,
+    },
+    #[error("reading PCI config space: {0}")]
+    Config(String),
+    #[error(
+        "the Blackwell boot-time BAR0 firewall (NVIDIA DVSEC bit 20) was still up after \
+         {waited_ms} ms"
+    )]
+    FirewallTimeout { waited_ms: u128 },
+    #[error("journal: {0}; nothing was written to this device")]
+    Journal(String),
     #[error("after the reset the device reports {found}, not the requested {expected}")]
     Mismatch { expected: String, found: CcState },
 }

@@ -8,6 +8,7 @@ use crate::host::{HostError, HostRoot};
 
 use super::bar0::MmioBar0;
 use super::device::{CcDevice, Reset, ResetError, Timing};
+use super::firewall::ConfigSpace;
 use super::regs::Family;
 
 /// `echo 1 > /sys/bus/pci/devices/<BDF>/reset`: the kernel's FLR/SBR per `reset_method`
@@ -23,6 +24,19 @@ impl Reset for SysfsReset {
         self.host
             .write_attr(device_dir(&self.addr).join("reset"), "1")
             .map_err(|e| ResetError(e.to_string()))
+    }
+}
+
+/// Config space through sysfs `config` (read-only).
+#[derive(Debug, Clone)]
+pub struct SysfsConfig {
+    pub host: HostRoot,
+    pub addr: PciAddress,
+}
+
+impl ConfigSpace for SysfsConfig {
+    fn read(&self) -> Result<Vec<u8>, String> {
+        self.host.pci_config(&self.addr).map_err(|e| e.to_string())
     }
 }
 
@@ -68,7 +82,53 @@ pub fn candidates(
 pub struct LiveDevice {
     pub pci: PciDevice,
     pub device: CcDevice,
-    pub power: PowerGuard,
+    /// `None` where there is no runtime PM to hold (the simulator).
+    pub power: Option<PowerGuard>,
+}
+
+/// Opens a device's register window for a switch. [`MmioOpener`] maps `resource0`;
+/// tests plug in the simulator here, so the journaled switch, undo and recovery run the
+/// same code above [`super::Bar0`] for both.
+pub trait Opener: Sync {
+    fn open(
+        &self,
+        host: &HostRoot,
+        pci: &PciDevice,
+        family: Family,
+        access: MapAccess,
+    ) -> Result<LiveDevice, OpenError>;
+}
+
+/// The real thing: [`open`] with the given timing.
+#[derive(Debug, Clone, Default)]
+pub struct MmioOpener {
+    pub timing: Timing,
+}
+
+impl Opener for MmioOpener {
+    fn open(
+        &self,
+        host: &HostRoot,
+        pci: &PciDevice,
+        family: Family,
+        access: MapAccess,
+    ) -> Result<LiveDevice, OpenError> {
+        open(host, pci, family, access, self.timing.clone())
+    }
+}
+
+/// The checks and the opening a switch needs: driverless or on vfio-pci, unused
+/// ([`super::precheck`]), then a read-write mapping.
+pub fn open_for_switch(
+    host: &HostRoot,
+    pci: &PciDevice,
+    family: Family,
+    opener: &dyn Opener,
+) -> Result<LiveDevice, String> {
+    super::precheck::check_switchable(host, pci).map_err(|e| e.to_string())?;
+    opener
+        .open(host, pci, family, MapAccess::ReadWrite)
+        .map_err(|e| e.to_string())
 }
 
 /// Wakes the device, checks memory decode, maps `resource0` (read-only for queries).
@@ -94,10 +154,14 @@ pub fn open(
             addr,
         }),
         timing,
-    );
+    )
+    .with_config(Box::new(SysfsConfig {
+        host: host.clone(),
+        addr,
+    }));
     Ok(LiveDevice {
         pci: pci.clone(),
         device,
-        power,
+        power: Some(power),
     })
 }

@@ -6,7 +6,9 @@
 //! - [`transport`]: the two mailboxes (EMEM queue on Hopper/LS10, MNOC on Blackwell).
 //! - [`fsp`]: MCTP/NVDM framing and PRC knob read/write.
 //! - [`device`]: one device: boot wait, query, staging knobs, reset.
+//! - [`firewall`]: Blackwell's boot-time BAR0 firewall bit in the NVIDIA DVSEC.
 //! - [`switch`]: mode changes for many devices at once, each reported on its own.
+//! - [`journaled`]: the same switches written to the journal first; undo and recovery.
 //! - [`live`]: opening real devices through `HostRoot` (mapping, wake-up, sysfs reset).
 //! - [`precheck`]: may this device be switched (driverless or vfio-pci, and unused)?
 //! - [`sim`]: a register-level simulator of the FSP that the same client code drives.
@@ -14,7 +16,9 @@
 pub mod bar0;
 pub mod device;
 pub mod error;
+pub mod firewall;
 pub mod fsp;
+pub mod journaled;
 pub mod live;
 pub mod mode;
 pub mod precheck;
@@ -26,5 +30,5 @@ pub mod transport;
 pub use bar0::{Bar0, Bar0Error};
 pub use device::{CcDevice, Reset, ResetError, Timing};
 pub use error::CcError;
-pub use mode::{CcMode, CcState, TargetMode};
+pub use mode::{CcMode, CcState, Setting, TargetMode, Wanted};
 pub use regs::Family;

@@ -67,6 +67,73 @@ impl std::fmt::Display for TargetMode {
     }
 }
 
+/// A change `cchost gpu cc set` / `ppcie set` makes: what the journal records as the
+/// change of a `gpu.cc` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Setting {
+    /// A CC mode (GPUs).
+    Cc(TargetMode),
+    /// PPCIe on or off (HGX Hopper GPUs and LS10 NVSwitches).
+    Ppcie(bool),
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Setting::Cc(m) => write!(f, "cc {m}"),
+            Setting::Ppcie(on) => write!(f, "ppcie {}", if *on { "on" } else { "off" }),
+        }
+    }
+}
+
+/// The state a restore puts a device back into, derived from the state read before a
+/// change: the CC mode (GPUs) and the PPCIe flag (families that have one). `None`
+/// fields are left as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wanted {
+    pub cc: Option<TargetMode>,
+    pub ppcie: Option<bool>,
+}
+
+impl Wanted {
+    /// What restores `before`. The invalid mode (value 2) is never a target: a device
+    /// that was invalid before cchost touched it has nothing worth restoring.
+    pub fn from_state(before: &CcState) -> Result<Wanted, CcMode> {
+        let cc = match before.mode {
+            None => None,
+            Some(CcMode::Off) => Some(TargetMode::Off),
+            Some(CcMode::On) => Some(TargetMode::On),
+            Some(CcMode::Devtools) => Some(TargetMode::Devtools),
+            Some(CcMode::Invalid) => return Err(CcMode::Invalid),
+        };
+        Ok(Wanted {
+            cc,
+            ppcie: before.ppcie,
+        })
+    }
+
+    /// Does `state` show this?
+    pub fn matches(&self, state: &CcState) -> bool {
+        self.cc.is_none_or(|m| state.mode == Some(m.as_mode()))
+            && self.ppcie.is_none_or(|p| state.ppcie == Some(p))
+    }
+}
+
+impl std::fmt::Display for Wanted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(m) = self.cc {
+            parts.push(format!("cc={m}"));
+        }
+        if let Some(p) = self.ppcie {
+            parts.push(format!("ppcie={}", if p { "on" } else { "off" }));
+        }
+        f.write_str(&parts.join(" "))
+    }
+}
+
 /// What the registers say, after the FSP reported boot-complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CcState {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Architecture, ChipRange};
 
@@ -89,7 +89,7 @@ pub const MNOC_CREDIT_BYTES: usize = 64;
 pub const MNOC_MAX_PACKET: usize = 4160;
 
 /// The chip families the CC code distinguishes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     /// GH100 (H100/H200/H800/H20).

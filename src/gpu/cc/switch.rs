@@ -8,13 +8,14 @@ use serde::Serialize;
 use super::device::{CcDevice, ReadBack};
 use super::error::CcError;
 use super::fsp::KnobChange;
-use super::mode::{CcMode, CcState, TargetMode};
+use super::mode::{CcMode, CcState, Setting, TargetMode, Wanted};
 use super::regs::Family;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
-    /// Already in the requested mode; no knob written, no reset.
+    /// Already in the requested mode; no reset. (A restore may have put pending knobs
+    /// back, listed in `knobs_changed`.)
     Unchanged,
     /// Knobs staged, device reset, new mode verified.
     Switched,
@@ -42,7 +43,44 @@ pub struct Outcome {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub read_back: Option<ReadBack>,
+    /// Whether the device may now differ from `before`: a reset happened, or knobs were
+    /// left staged. `false` for a failure that was cleanly rolled back.
+    #[serde(skip)]
+    pub changed: bool,
 }
+
+/// One point of a switch, reported to [`Progress::step`] once it is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchStep {
+    /// [`Progress::begin`] accepted the change (the journal entry is on disk).
+    Journaled,
+    /// The knobs are written (pending in the firmware).
+    Staged,
+    /// The reset was issued: the pending knobs are becoming active.
+    Reset,
+    /// The mode read back after boot is the requested one.
+    Verified,
+    /// [`Progress::finish`] recorded the outcome (the journal entry is settled).
+    Committed,
+}
+
+/// Hooks into a switch, called from the device's own thread: the journal (begin before
+/// the first knob write, settle after), progress output, crash tests.
+pub trait Progress: Sync {
+    /// The state was read and a knob is about to be written. An error leaves the
+    /// device untouched (reported as failed).
+    fn begin(&self, _dev: &CcDevice, _setting: Setting, _before: &CcState) -> Result<(), CcError> {
+        Ok(())
+    }
+    fn step(&self, _dev: &CcDevice, _step: SwitchStep) {}
+    /// The device's outcome is final.
+    fn finish(&self, _dev: &CcDevice, _outcome: &mut Outcome) {}
+}
+
+/// No hooks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quiet;
+impl Progress for Quiet {}
 
 impl Outcome {
     fn new(dev: &CcDevice, requested: String) -> Self {
@@ -56,6 +94,7 @@ impl Outcome {
             knobs_changed: Vec::new(),
             error: None,
             read_back: None,
+            changed: false,
         }
     }
 
@@ -71,6 +110,7 @@ impl Outcome {
             knobs_changed: Vec::new(),
             error: Some(why),
             read_back: None,
+            changed: false,
         }
     }
 
@@ -140,47 +180,122 @@ pub fn ppcie_matches(family: Family, on: bool, state: &CcState) -> bool {
 
 /// Query, stage, reset, wait for boot, verify: one device.
 pub fn set_cc_one(dev: &CcDevice, mode: TargetMode) -> Outcome {
+    set_cc_one_with(dev, mode, &Quiet)
+}
+
+/// [`set_cc_one`] with hooks.
+pub fn set_cc_one_with(dev: &CcDevice, mode: TargetMode, progress: &dyn Progress) -> Outcome {
     let mut out = Outcome::new(dev, mode.to_string());
     let before = match dev.query() {
         Ok(s) => s,
         Err(e) => return out.fail(dev, &e),
     };
     out.before = Some(before);
+    // Nothing to do (active and pending agree): no journal entry, no knob write.
+    if cc_matches(dev.family, mode, &before) {
+        match dev.setting_is_staged(Setting::Cc(mode)) {
+            Ok(true) => {
+                out.status = Status::Unchanged;
+                out.after = Some(before);
+                return out;
+            }
+            Ok(false) => {}
+            Err(e) => return out.fail(dev, &e),
+        }
+    }
+    if let Err(e) = progress.begin(dev, Setting::Cc(mode), &before) {
+        return out.fail(dev, &e);
+    }
+    progress.step(dev, SwitchStep::Journaled);
     let changes = match dev.stage_cc(mode) {
         Ok(c) => c,
-        Err(e) => return out.fail(dev, &e),
+        Err(e) => {
+            out.changed = matches!(e, CcError::LeftStaged { .. });
+            return out.fail(dev, &e);
+        }
     };
     out.record(&changes);
+    progress.step(dev, SwitchStep::Staged);
     if changes.is_empty() && cc_matches(dev.family, mode, &before) {
         out.status = Status::Unchanged;
         out.after = Some(before);
         return out;
     }
-    reset_and_verify(dev, out, &changes, |s| cc_matches(dev.family, mode, s))
+    reset_and_verify(
+        dev,
+        out,
+        &changes,
+        |s| cc_matches(dev.family, mode, s),
+        progress,
+    )
+}
+
+/// Puts a device back into a state read earlier (undo and crash recovery): query,
+/// stage what restores it, and reset only if the active state differs — a device whose
+/// active state is already right only gets its pending knobs put back.
+pub fn restore_one(dev: &CcDevice, want: &Wanted, progress: &dyn Progress) -> Outcome {
+    let mut out = Outcome::new(dev, format!("restore {want}"));
+    let now = match dev.query() {
+        Ok(s) => s,
+        Err(e) => return out.fail(dev, &e),
+    };
+    out.before = Some(now);
+    let active_ok = want.matches(&now);
+    if active_ok {
+        match dev.wanted_is_staged(want) {
+            Ok(true) => {
+                out.status = Status::Unchanged;
+                out.after = Some(now);
+                return out;
+            }
+            Ok(false) => {}
+            Err(e) => return out.fail(dev, &e),
+        }
+    }
+    let changes = match dev.stage_wanted(want) {
+        Ok(c) => c,
+        Err(e) => {
+            out.changed = matches!(e, CcError::LeftStaged { .. });
+            return out.fail(dev, &e);
+        }
+    };
+    out.record(&changes);
+    progress.step(dev, SwitchStep::Staged);
+    if active_ok {
+        out.status = Status::Unchanged;
+        out.after = Some(now);
+        out.changed = !changes.is_empty();
+        return out;
+    }
+    reset_and_verify(dev, out, &changes, |s| want.matches(s), progress)
 }
 
 fn reset_and_verify(
     dev: &CcDevice,
-    out: Outcome,
+    mut out: Outcome,
     changes: &[KnobChange],
     ok: impl Fn(&CcState) -> bool,
+    progress: &dyn Progress,
 ) -> Outcome {
     if let Err(e) = dev.reset() {
         // The knobs are staged but not active: take them back so that no later,
         // unrelated reset activates a half-finished switch.
         if let Err(rb) = dev.rollback(changes) {
             tracing::error!(device = %dev.name, error = %rb, "could not roll back staged knobs");
+            out.changed = true;
         }
         return out.fail(dev, &e);
     }
+    out.changed = true;
+    progress.step(dev, SwitchStep::Reset);
     let after = match dev.query() {
         Ok(s) => s,
         Err(e) => return out.fail(dev, &e),
     };
     if ok(&after) {
-        let mut out = out;
         out.status = Status::Switched;
         out.after = Some(after);
+        progress.step(dev, SwitchStep::Verified);
         out
     } else {
         let e = CcError::Mismatch {
@@ -193,7 +308,20 @@ fn reset_and_verify(
 
 /// Switches every device to `mode` in parallel; one outcome per device, in input order.
 pub fn set_cc_all(devs: &[&CcDevice], mode: TargetMode) -> Vec<Outcome> {
-    parallel(devs, |d| set_cc_one(d, mode))
+    set_cc_all_with(devs, mode, &Quiet)
+}
+
+/// [`set_cc_all`] with hooks; [`Progress::finish`] runs in each device's thread.
+pub fn set_cc_all_with(
+    devs: &[&CcDevice],
+    mode: TargetMode,
+    progress: &dyn Progress,
+) -> Vec<Outcome> {
+    parallel(devs, |d| {
+        let mut o = set_cc_one_with(d, mode, progress);
+        progress.finish(d, &mut o);
+        o
+    })
 }
 
 /// The result of a PPCIe change: all devices of the group, and the group's verdict.
@@ -211,6 +339,21 @@ pub struct PpcieReport {
 /// staged are put back and nothing is reset. Resets then run together, each device is
 /// verified on its own.
 pub fn set_ppcie_all(devs: &[&CcDevice], on: bool) -> PpcieReport {
+    set_ppcie_all_with(devs, on, &Quiet)
+}
+
+/// [`set_ppcie_all`] with hooks: [`Progress::begin`] runs for each device that needs a
+/// change once every device answered its query, before that device's first knob write;
+/// [`Progress::finish`] for every device at the end.
+pub fn set_ppcie_all_with(devs: &[&CcDevice], on: bool, progress: &dyn Progress) -> PpcieReport {
+    let mut report = ppcie_group(devs, on, progress);
+    for (d, o) in devs.iter().zip(report.devices.iter_mut()) {
+        progress.finish(d, o);
+    }
+    report
+}
+
+fn ppcie_group(devs: &[&CcDevice], on: bool, progress: &dyn Progress) -> PpcieReport {
     let requested = if on { "ppcie on" } else { "ppcie off" }.to_string();
     let fresh = |d: &CcDevice| Outcome::new(d, requested.clone());
     let report = |devices: Vec<Outcome>| {
@@ -261,8 +404,32 @@ pub fn set_ppcie_all(devs: &[&CcDevice], on: bool) -> PpcieReport {
     }
     let before: Vec<CcState> = before.into_iter().flatten().collect();
 
-    // 2. Stage everywhere; on any failure put the staged knobs back and stop.
-    let staged: Vec<Result<Vec<KnobChange>, CcError>> = parallel(devs, |d| d.stage_ppcie(on));
+    // 2. Stage everywhere (journaling first where something changes); on any failure
+    //    put the staged knobs back and stop.
+    let setting = Setting::Ppcie(on);
+    let indexed: Vec<(usize, &CcDevice)> = devs.iter().copied().enumerate().collect();
+    let staged: Vec<Result<Vec<KnobChange>, CcError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = indexed
+            .iter()
+            .map(|&(i, d)| {
+                let b = before[i];
+                s.spawn(move || {
+                    if ppcie_matches(d.family, on, &b) && d.setting_is_staged(setting)? {
+                        return Ok(Vec::new());
+                    }
+                    progress.begin(d, setting, &b)?;
+                    progress.step(d, SwitchStep::Journaled);
+                    let c = d.stage_ppcie(on)?;
+                    progress.step(d, SwitchStep::Staged);
+                    Ok(c)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
     if staged.iter().any(Result::is_err) {
         let outs = devs
             .iter()
@@ -280,6 +447,7 @@ pub fn set_ppcie_all(devs: &[&CcDevice], on: bool) -> PpcieReport {
                         ),
                         Err(e) => {
                             o.record(&changes);
+                            o.changed = true;
                             o.fail(
                                 d,
                                 &CcError::Protocol(format!(
@@ -289,7 +457,10 @@ pub fn set_ppcie_all(devs: &[&CcDevice], on: bool) -> PpcieReport {
                             )
                         }
                     },
-                    Err(e) => o.fail(d, &e),
+                    Err(e) => {
+                        o.changed = matches!(e, CcError::LeftStaged { .. });
+                        o.fail(d, &e)
+                    }
                 }
             })
             .collect();
@@ -313,7 +484,7 @@ pub fn set_ppcie_all(devs: &[&CcDevice], on: bool) -> PpcieReport {
                         o.after = Some(b);
                         return o;
                     }
-                    reset_and_verify(d, o, &changes, |s| ppcie_matches(d.family, on, s))
+                    reset_and_verify(d, o, &changes, |s| ppcie_matches(d.family, on, s), progress)
                 })
             })
             .collect();

@@ -6,8 +6,10 @@
 //! What it models: the EMEM channel queues (Hopper, LS10) and the MNOC mailbox
 //! (Blackwell) at their BAR0 offsets; MCTP/NVDM framing; PRC knob read/write; a knob
 //! store whose values become active only at reset; the boot-complete register reaching
-//! `0xff` a configurable delay after reset (Blackwell BAR0 reads all-ones meanwhile, like
-//! its boot-time firewall); the mode/PPCIe registers; and injectable faults.
+//! `0xff` a configurable delay after reset; Blackwell's boot-time BAR0 firewall (BAR0
+//! reads all-ones for a configurable time after reset, shown by bit 20 of NVIDIA's DVSEC
+//! capability in a modelled config space, or without that capability); the mode/PPCIe
+//! registers; and injectable faults.
 //!
 //! What it cannot prove: real FSP timing, status codes, undocumented knob semantics
 //! (2/4/34, decoupler), firmware-version differences, or how real hardware behaves when
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use super::bar0::{Bar0, Bar0Error};
 use super::device::{CcDevice, Reset, ResetError, Timing};
+use super::firewall::ConfigSpace;
 use super::regs::{self, Family, TransportKind};
 use emem::{Emem, EmemEvent};
 use firmware::Firmware;
@@ -40,6 +43,12 @@ pub struct SimConfig {
     pub knows_ppcie_knob: bool,
     /// Value of BOOT_0 (any plausible chip ID; the client only checks all-ones and faults).
     pub boot_0: u32,
+    /// Blackwell: how long the BAR0 firewall stays up after a reset (`None`: until the
+    /// FSP has booted).
+    pub firewall: Option<Duration>,
+    /// Blackwell: whether config space carries NVIDIA's DVSEC with the firewall bit
+    /// (without it, a foreign vendor's DVSEC with bit 20 set sits there as a decoy).
+    pub dvsec: bool,
 }
 
 impl SimConfig {
@@ -52,7 +61,19 @@ impl SimConfig {
                 Family::Hopper | Family::Ls10 => 0x1800_00a1,
                 Family::Blackwell | Family::Gb20x => 0x1b00_00a1,
             },
+            firewall: None,
+            dvsec: true,
         }
+    }
+
+    pub fn firewall(mut self, window: Duration) -> Self {
+        self.firewall = Some(window);
+        self
+    }
+
+    pub fn without_dvsec(mut self) -> Self {
+        self.dvsec = false;
+        self
     }
 
     pub fn reset_delay(mut self, d: Duration) -> Self {
@@ -86,6 +107,10 @@ struct State {
     mnoc: Mnoc,
     /// `None`: never boots.
     boot_done_at: Option<Instant>,
+    /// Blackwell: when the BAR0 firewall drops (`None`: never).
+    firewall_down_at: Option<Instant>,
+    /// BAR0 reads answered all-ones because the firewall was up.
+    firewalled_reads: u64,
     faults: BTreeSet<Fault>,
     resets: u64,
 }
@@ -93,6 +118,34 @@ struct State {
 impl State {
     fn booted(&self) -> bool {
         self.boot_done_at.is_some_and(|t| Instant::now() >= t)
+    }
+
+    fn firewall_up(&self) -> bool {
+        self.cfg.family.is_blackwell() && self.firewall_down_at.is_none_or(|t| Instant::now() < t)
+    }
+
+    /// PCI config space: IDs, COMMAND with memory decode, and an extended capability
+    /// list (AER, then a DVSEC) on Blackwell.
+    fn config_space(&self) -> Vec<u8> {
+        let mut c = vec![0u8; 4096];
+        let mut put = |off: usize, v: u32| c[off..off + 4].copy_from_slice(&v.to_le_bytes());
+        let device: u32 = match self.cfg.family {
+            Family::Hopper => 0x2330,
+            Family::Blackwell => 0x2901,
+            Family::Gb20x => 0x2bb5,
+            Family::Ls10 => 0x22a3,
+        };
+        put(0x0, 0x10de | (device << 16));
+        put(0x4, 0x0006);
+        if self.cfg.family.is_blackwell() {
+            put(0x100, 0x0001 | (2 << 16) | (0x140 << 20));
+            put(0x140, 0x0023 | (1 << 16));
+            let vendor = if self.cfg.dvsec { 0x10de } else { 0x8086 };
+            put(0x144, vendor | (0x10 << 20));
+            let up = !self.cfg.dvsec || self.firewall_up();
+            put(0x148, if up { 1 << 20 } else { 0 });
+        }
+        c
     }
 
     fn mode_register(&self) -> u32 {
@@ -137,7 +190,8 @@ impl State {
             return u32::MAX;
         }
         let booted = self.booted();
-        if family.is_blackwell() && !booted {
+        if self.firewall_up() {
+            self.firewalled_reads += 1;
             return u32::MAX;
         }
         if off == regs::BOOT_0 {
@@ -192,6 +246,10 @@ impl State {
         } else {
             Some(Instant::now() + self.cfg.reset_delay)
         };
+        self.firewall_down_at = match self.cfg.firewall {
+            Some(w) => Some(Instant::now() + w),
+            None => self.boot_done_at,
+        };
         self.resets += 1;
         Ok(())
     }
@@ -214,6 +272,8 @@ impl SimGpu {
                 emem: Emem::new(),
                 mnoc: Mnoc::default(),
                 boot_done_at: Some(Instant::now()),
+                firewall_down_at: Some(Instant::now()),
+                firewalled_reads: 0,
                 faults: BTreeSet::new(),
                 resets: 0,
             })),
@@ -239,6 +299,11 @@ impl SimGpu {
         Box::new(SimReset(self.clone()))
     }
 
+    /// The device's config space, as sysfs `config` would show it.
+    pub fn config(&self) -> Box<dyn ConfigSpace> {
+        Box::new(SimConfigSpace(self.clone()))
+    }
+
     /// A client device wired to this simulator.
     pub fn device(&self, name: impl Into<String>, timing: Timing) -> CcDevice {
         CcDevice::new(
@@ -248,6 +313,12 @@ impl SimGpu {
             self.reset_handle(),
             timing,
         )
+        .with_config(self.config())
+    }
+
+    /// BAR0 reads that hit the firewall (answered all-ones).
+    pub fn firewalled_reads(&self) -> u64 {
+        self.lock().firewalled_reads
     }
 
     pub fn inject(&self, fault: Fault) {
@@ -332,6 +403,14 @@ impl Bar0 for SimBar0 {
         check(offset)?;
         self.0.lock().write(offset, value);
         Ok(())
+    }
+}
+
+struct SimConfigSpace(SimGpu);
+
+impl ConfigSpace for SimConfigSpace {
+    fn read(&self) -> Result<Vec<u8>, String> {
+        Ok(self.0.lock().config_space())
     }
 }
 
