@@ -11,6 +11,7 @@ pub mod kernel_log;
 pub mod misc;
 pub mod modalias;
 pub mod modules;
+pub mod pci_names;
 pub mod render;
 pub mod sev;
 pub mod tdx;
