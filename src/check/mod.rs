@@ -11,6 +11,7 @@
 
 mod gpu;
 mod host;
+mod passthrough;
 pub mod render;
 mod tee;
 
@@ -169,6 +170,7 @@ pub fn build_checks(ctx: &Ctx) -> Vec<Check> {
     v.push(host::iommu_cmdline());
     v.push(host::vsock());
     v.push(gpu::gpus());
+    v.push(passthrough::passthrough());
     v.push(crate::dcap::check::dcap_check());
     v.push(host::inventory_health());
     v
