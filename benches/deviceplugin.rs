@@ -6,7 +6,8 @@
 //! 3. health change (a vfio node vanishes / returns) -> ListAndWatch update;
 //! 4. kernel uevent -> ListAndWatch update through `cchost run` (needs root and a
 //!    PCI device to send a synthetic `change` uevent; skipped otherwise);
-//! 5. idle RSS of `cchost run`;
+//! 5. idle RSS of `cchost run` (median of several processes; `CCHOST_BENCH_ONLY=rss`
+//!    runs only this);
 //! 6. size of the (stripped) binary.
 //!
 //! Run: `cargo bench --bench deviceplugin`. Prints medians; asserts nothing.
@@ -240,7 +241,8 @@ async fn uevent_to_update() {
     kubelet.stop().await;
 }
 
-async fn idle_rss() {
+/// `/proc/<pid>/status` fields of one idle `cchost run`, in KiB.
+async fn idle_rss_once() -> Vec<(&'static str, u64)> {
     let (h, _) = eight_gpus();
     let mut kubelet = FakeKubelet::start(&h.local(DP_DIR)).await;
     let child = spawn_run(&h, "");
@@ -254,16 +256,57 @@ async fn idle_rss() {
     s.message().await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-    for key in ["VmRSS", "VmHWM", "Threads"] {
-        if let Some(line) = status.lines().find(|l| l.starts_with(key)) {
-            println!(
-                "cchost run idle (8 GPUs, registered, 1 stream): {}",
-                line.split_whitespace().collect::<Vec<_>>().join(" ")
-            );
-        }
-    }
+    let fields = ["VmRSS", "RssAnon", "RssFile", "VmHWM", "Threads"]
+        .into_iter()
+        .filter_map(|key| {
+            let line = status.lines().find(|l| l.starts_with(&format!("{key}:")))?;
+            Some((key, line.split_whitespace().nth(1)?.parse().ok()?))
+        })
+        .collect();
     stop(child);
     kubelet.stop().await;
+    fields
+}
+
+/// Median of several idle `cchost run` processes (`CCHOST_BENCH_RSS_RUNS`, default 7).
+async fn idle_rss() {
+    let runs: usize = std::env::var("CCHOST_BENCH_RSS_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    let mut all = Vec::new();
+    for _ in 0..runs {
+        all.push(idle_rss_once().await);
+    }
+    let keys: Vec<&str> = all
+        .first()
+        .map(|f| f.iter().map(|(k, _)| *k).collect())
+        .unwrap_or_default();
+    let line: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            let mut v: Vec<u64> = all
+                .iter()
+                .filter_map(|f| f.iter().find(|(key, _)| key == k).map(|(_, v)| *v))
+                .collect();
+            v.sort_unstable();
+            let med = v[v.len() / 2];
+            if *k == "Threads" {
+                format!("{k} {med}")
+            } else {
+                format!(
+                    "{k} {:.1} MiB (min {:.1}, max {:.1})",
+                    med as f64 / 1024.0,
+                    v[0] as f64 / 1024.0,
+                    v[v.len() - 1] as f64 / 1024.0
+                )
+            }
+        })
+        .collect();
+    println!(
+        "cchost run idle (8 GPUs, registered, 1 stream; median of {runs} processes): {}",
+        line.join(", ")
+    );
 }
 
 fn binary_size() {
@@ -283,11 +326,15 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // `CCHOST_BENCH_ONLY=rss` measures the idle footprint alone (a quick run).
+    let only_rss = std::env::var("CCHOST_BENCH_ONLY").is_ok_and(|v| v == "rss");
     rt.block_on(async {
-        start_to_register().await;
-        allocate_latency().await;
-        health_to_update().await;
-        uevent_to_update().await;
+        if !only_rss {
+            start_to_register().await;
+            allocate_latency().await;
+            health_to_update().await;
+            uevent_to_update().await;
+        }
         idle_rss().await;
     });
     binary_size();

@@ -12,6 +12,7 @@
 mod gpu;
 mod host;
 mod kernel_args;
+mod passthrough;
 pub mod render;
 mod tee;
 
@@ -171,6 +172,7 @@ pub fn build_checks(ctx: &Ctx) -> Vec<Check> {
     v.push(kernel_args::kernel_args());
     v.push(host::vsock());
     v.push(gpu::gpus());
+    v.push(passthrough::passthrough());
     v.push(crate::dcap::check::dcap_check());
     v.push(host::inventory_health());
     v

@@ -35,6 +35,17 @@ pub fn run(g: &Global, _a: Args) -> anyhow::Result<ExitCode> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+        // Start-up is over within milliseconds; then the pages of code that only it
+        // ran are handed back (src/daemon/trim.rs, docs/performance.md).
+        tokio::spawn(async {
+            tokio::time::sleep(cchost::daemon::TRIM_AFTER).await;
+            let t = cchost::daemon::trim::trim_executable();
+            tracing::debug!(
+                bytes = t.bytes,
+                paged_out = t.paged_out,
+                "start-up pages trimmed"
+            );
+        });
         let stop = async move {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM"),

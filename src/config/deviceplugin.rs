@@ -26,6 +26,17 @@ pub enum VfioModeConfig {
     Iommufd,
 }
 
+/// Where `cchost run` hears about device changes (`host::device_events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventSource {
+    /// Kernel uevents from a netlink socket (no library; the default).
+    Netlink,
+    /// systemd-udevd's processed events through libudev (needs the `udev` cargo
+    /// feature and udevd on the host).
+    Udev,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DevicePluginConfig {
@@ -51,6 +62,8 @@ pub struct DevicePluginConfig {
     /// Safety-net rescan interval of `cchost run` in seconds (uevents drive normal
     /// updates); 0 disables it.
     pub rescan_interval_s: u64,
+    /// Device-event source of `cchost run`: "netlink" or "udev".
+    pub event_source: EventSource,
 }
 
 impl Default for DevicePluginConfig {
@@ -66,6 +79,7 @@ impl Default for DevicePluginConfig {
             vfio_drivers: vec!["vfio-pci".to_string(), "nvgrace_gpu_vfio_pci".to_string()],
             vfio_mode: VfioModeConfig::Auto,
             rescan_interval_s: 300,
+            event_source: EventSource::Netlink,
         }
     }
 }
@@ -87,6 +101,13 @@ impl DevicePluginConfig {
         }
         if !self.gpu_resource.is_empty() && self.gpu_resource == self.nvswitch_resource {
             return Err("device_plugin.gpu_resource and nvswitch_resource must differ".into());
+        }
+        if self.event_source == EventSource::Udev && !cfg!(feature = "udev") {
+            return Err(
+                "device_plugin.event_source = \"udev\": this cchost was built without \
+                 the `udev` cargo feature (cargo build --features udev); use \"netlink\""
+                    .into(),
+            );
         }
         for (key, value) in [("socket_dir", &self.socket_dir), ("cdi_dir", &self.cdi_dir)] {
             if !value.starts_with('/') {

@@ -15,7 +15,7 @@ mod vfio;
 pub use dcap::{
     DcapConfig, DcapEnable, PccsConfig, QgsTransport, Secret, SuperviseConfig, SuperviseMode,
 };
-pub use deviceplugin::{DevicePluginConfig, PluginMode, VfioModeConfig};
+pub use deviceplugin::{DevicePluginConfig, EventSource, PluginMode, VfioModeConfig};
 pub use kernel::{GpuChoice, KernelConfig, MechanismChoice, ProfileChoice};
 pub use labels::{LabelBackend, LabelsConfig, is_dns_subdomain};
 pub use matching::{Architecture, ChipRange, DeviceMatch, MatchConfig};

@@ -10,6 +10,8 @@
 
 pub mod bind_on_start;
 pub mod passthrough;
+pub mod status;
+pub mod trim;
 pub mod uevents;
 
 use std::future::Future;
@@ -50,6 +52,10 @@ pub enum DaemonError {
 
 pub type ServiceFuture = Pin<Box<dyn Future<Output = Result<(), DaemonError>> + Send>>;
 type ServiceFn = Box<dyn FnOnce(Context) -> ServiceFuture + Send>;
+
+/// When `cchost run` drops the executable's start-up pages ([`trim`]), once: start-up
+/// (first scan, CDI write, serve, register) takes milliseconds, so 2 s is well after it.
+pub const TRIM_AFTER: Duration = Duration::from_secs(2);
 
 /// How long services get to finish after the shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -105,6 +111,7 @@ impl Daemon {
             changes_tx,
             shutdown.clone(),
             rescan,
+            self.config.device_plugin.event_source,
         ));
         let ctx = Context {
             host: self.host.clone(),

@@ -7,6 +7,7 @@ use crate::config::PluginMode;
 use crate::deviceplugin::PluginManager;
 use crate::deviceplugin::devices::{self, Discovery};
 
+use super::status::{self, PassthroughStatus};
 use super::{Context, DaemonError};
 
 fn fail(message: impl std::fmt::Display) -> DaemonError {
@@ -68,13 +69,22 @@ pub async fn run(mut ctx: Context) -> Result<(), DaemonError> {
     } else {
         None
     };
+    let mut last_status: Option<PassthroughStatus> = None;
     loop {
         let change = ctx.changes.borrow_and_update().clone();
         tracing::debug!(seq = change.seq, reason = %change.reason, "rescanning devices");
-        if let Some(scan) = scan_and_write(&ctx)
-            && let Some(p) = plugins.as_mut()
-        {
-            p.update(&scan);
+        if let Some(scan) = scan_and_write(&ctx) {
+            if let Some(p) = plugins.as_mut() {
+                p.update(&scan);
+            }
+            let now = PassthroughStatus::from_scan(&scan);
+            match status::publish(&ctx.host, now.clone(), last_status.as_ref()) {
+                Ok(s) => last_status = Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot write the status file");
+                    last_status = None;
+                }
+            }
         }
         tokio::select! {
             _ = ctx.shutdown.wait_for(|s| *s) => break,
@@ -82,7 +92,9 @@ pub async fn run(mut ctx: Context) -> Result<(), DaemonError> {
         }
     }
     // The CDI spec stays as it is: every write was atomic, and it still describes the
-    // devices that running pods use. Endpoints remove their sockets.
+    // devices that running pods use. Endpoints remove their sockets; the status file
+    // describes a running daemon and goes.
+    status::remove(&ctx.host);
     if let Some(p) = plugins.take() {
         for e in p.join().await {
             tracing::error!(error = %e, "device plugin ended with an error");

@@ -15,9 +15,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::Change;
+use crate::config::EventSource;
 use crate::deviceplugin::devices::VFIO_DEVICES_DIR;
 use crate::host::HostRoot;
-use crate::host::uevent::{UeventSocket, is_passthrough_relevant};
+use crate::host::device_events;
+use crate::host::uevent::is_passthrough_relevant;
 
 /// Directories of vfio nodes whose entries are watched.
 const NODE_DIRS: [&str; 2] = ["/dev/vfio", VFIO_DEVICES_DIR];
@@ -85,14 +87,18 @@ pub async fn watch(
     tx: watch::Sender<Change>,
     mut shutdown: watch::Receiver<bool>,
     rescan: Duration,
+    source: EventSource,
 ) {
     let (node_tx, mut node_rx) = mpsc::unbounded_channel();
     let mut node_watches = BTreeMap::new();
     ensure_node_watches(&host, &mut node_watches, &node_tx);
-    let socket = match UeventSocket::open().and_then(UeventSocket::into_async) {
-        Ok(s) => Some(s),
+    let socket = match device_events::open(source).and_then(|s| s.into_async()) {
+        Ok(s) => {
+            tracing::debug!(source = s.get_ref().0.name(), "listening to device events");
+            Some(s)
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot listen to kernel uevents (in a pod: hostNetwork is needed); relying on the rescan timer");
+            tracing::warn!(error = %e, ?source, "cannot listen to device events (in a pod: hostNetwork is needed); relying on the rescan timer");
             None
         }
     };
@@ -136,7 +142,7 @@ pub async fn watch(
             } => {
                 let Ok(mut guard) = ready else { continue };
                 loop {
-                    match guard.get_inner().recv() {
+                    match guard.get_inner().0.recv() {
                         Ok(Some(ev)) if is_passthrough_relevant(&ev) => {
                             let reason = format!("uevent {} {} {}", ev.subsystem().unwrap_or("?"), ev.action, ev.devpath);
                             pending.get_or_insert(reason);
@@ -148,7 +154,7 @@ pub async fn watch(
                         }
                         Err(e) => {
                             // ENOBUFS: the kernel dropped uevents; rescan to be safe.
-                            tracing::warn!(error = %e, "uevent socket error; rescanning");
+                            tracing::warn!(error = %e, "device event source error; rescanning");
                             pending.get_or_insert_with(|| "uevent overrun".to_string());
                             break;
                         }

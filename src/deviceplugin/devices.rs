@@ -100,6 +100,29 @@ pub struct PassthroughDevice {
 pub struct Skipped {
     pub address: Option<PciAddress>,
     pub reason: String,
+    /// Set when the function was skipped because one of its sysfs files could not be
+    /// read or parsed (a fault to report), not because it is not eligible (a state).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<Unreadable>,
+}
+
+/// The file at fault when a function is skipped as unreadable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    /// Host path, e.g. `/sys/bus/pci/devices/0000:07:00.0/numa_node`.
+    pub file: PathBuf,
+    pub error: String,
+}
+
+impl Skipped {
+    /// Not eligible (wrong driver, no IOMMU group, ...): the function was read fine.
+    pub fn because(address: PciAddress, reason: impl Into<String>) -> Self {
+        Skipped {
+            address: Some(address),
+            reason: reason.into(),
+            unreadable: None,
+        }
+    }
 }
 
 /// Everything one scan found.
@@ -113,6 +136,11 @@ pub struct Discovery {
 }
 
 impl Discovery {
+    /// Functions skipped because a sysfs file could not be read or parsed.
+    pub fn unreadable(&self) -> impl Iterator<Item = &Skipped> {
+        self.skipped.iter().filter(|s| s.unreadable.is_some())
+    }
+
     /// The resource names in use, sorted.
     pub fn resources(&self) -> Vec<String> {
         let mut r: Vec<String> = self.devices.iter().map(|d| d.resource.clone()).collect();
@@ -166,8 +194,8 @@ pub fn model_resource_class(model: &str) -> String {
 
 /// pci.ids model name, or `PCI_VVVV_DDDD` when the ID is not in the database.
 pub fn model_name(vendor: u16, device: u16) -> String {
-    pci_ids::Device::from_vid_pid(vendor, device)
-        .map(|d| d.name().to_string())
+    crate::inventory::pci_names::device_name(vendor, device)
+        .map(str::to_string)
         .unwrap_or_else(|| format!("PCI_{vendor:04X}_{device:04X}"))
 }
 
@@ -197,23 +225,47 @@ pub fn candidates_from_inventory(inv: &GpuInventory) -> (Vec<Candidate>, Vec<Ski
             upstream: upstream_bridges(&d.sysfs_path, &d.address),
         })
         .collect();
-    let skipped = inv
-        .problems
-        .iter()
-        .map(|p| {
-            tracing::warn!(path = %p.path.display(), error = %p.message, "skipping what cannot be read");
-            Skipped {
-                address: p
-                    .path
-                    .components()
-                    .rev()
-                    .find_map(|c| c.as_os_str().to_str()?.parse::<PciAddress>().ok()),
+    for p in &inv.problems {
+        tracing::warn!(path = %p.path.display(), error = %p.message, "cannot read");
+    }
+    let skipped = unreadable_from_inventory(inv);
+    (candidates, skipped)
+}
+
+/// The PCI functions the GPU inventory could not read, as skipped functions: one entry
+/// per function that is not in the inventory's device list because a file of it could
+/// not be read or parsed (it may be a GPU; its vendor/class may be what failed), plus
+/// a failed listing of `/sys/bus/pci/devices` (then nothing is advertised). Problems
+/// that do not drop a function (an unreadable IOMMU group type, modules.alias) are
+/// `cchost inventory`'s to report, not skips. Pure: `cchost check` reports the same.
+pub fn unreadable_from_inventory(inv: &GpuInventory) -> Vec<Skipped> {
+    let listed: std::collections::BTreeSet<PciAddress> =
+        inv.devices.iter().map(|d| d.address).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for p in &inv.problems {
+        let address = p
+            .path
+            .components()
+            .rev()
+            .find_map(|c| c.as_os_str().to_str()?.parse::<PciAddress>().ok());
+        let keep = match address {
+            Some(a) => !listed.contains(&a) && seen.insert(a),
+            None => p.path == std::path::Path::new(crate::host::pci::PCI_DEVICES),
+        };
+        if keep {
+            out.push(Skipped {
+                address,
                 // Name the file at fault: "which attribute" is what an operator needs.
                 reason: format!("{}: {}", p.path.display(), p.message),
-            }
-        })
-        .collect();
-    (candidates, skipped)
+                unreadable: Some(Unreadable {
+                    file: p.path.clone(),
+                    error: p.message.clone(),
+                }),
+            });
+        }
+    }
+    out
 }
 
 /// Bridges above a function, root port first, from its canonical sysfs path.
@@ -266,32 +318,28 @@ pub fn discover_from(
             }
             DeviceClass::Gpu => cfg.gpu_resource.clone(),
             DeviceClass::NvSwitch if cfg.nvswitch_resource.is_empty() => {
-                skipped.push(Skipped {
-                    address: Some(c.address),
-                    reason: "NVSwitch not advertised (device_plugin.nvswitch_resource is empty)"
-                        .into(),
-                });
+                skipped.push(Skipped::because(
+                    c.address,
+                    "NVSwitch not advertised (device_plugin.nvswitch_resource is empty)",
+                ));
                 continue;
             }
             DeviceClass::NvSwitch => cfg.nvswitch_resource.clone(),
         };
         let driver = c.driver.clone().unwrap_or_default();
         if !cfg.vfio_drivers.contains(&driver) {
-            skipped.push(Skipped {
-                address: Some(c.address),
-                reason: if driver.is_empty() {
+            skipped.push(Skipped::because(
+                c.address,
+                if driver.is_empty() {
                     "no driver bound (not bound to vfio-pci)".to_string()
                 } else {
                     format!("bound to {driver}, not to a vfio driver")
                 },
-            });
+            ));
             continue;
         }
         let Some(group) = c.iommu_group else {
-            skipped.push(Skipped {
-                address: Some(c.address),
-                reason: "no IOMMU group (IOMMU off?)".into(),
-            });
+            skipped.push(Skipped::because(c.address, "no IOMMU group (IOMMU off?)"));
             continue;
         };
         let (id, nodes) = match mode {
@@ -306,10 +354,10 @@ pub fn discover_from(
                     .and_then(|v| v.strip_prefix("vfio"))
                     .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
                 else {
-                    skipped.push(Skipped {
-                        address: Some(c.address),
-                        reason: "iommufd mode, but the function has no vfio-dev/vfioN cdev".into(),
-                    });
+                    skipped.push(Skipped::because(
+                        c.address,
+                        "iommufd mode, but the function has no vfio-dev/vfioN cdev",
+                    ));
                     continue;
                 };
                 (
@@ -357,6 +405,7 @@ pub fn discover_from(
             skipped.push(Skipped {
                 address: d.functions.first().copied(),
                 reason: format!("ID {} is already advertised under another resource", d.id),
+                unreadable: None,
             });
             false
         }

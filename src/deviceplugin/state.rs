@@ -123,10 +123,10 @@ mod tests {
                 vec![]
             )
         ));
-        let skipped = vec![Skipped {
-            address: Some("0000:02:00.0".parse().unwrap()),
-            reason: "bound to nvidia, not to a vfio driver".into(),
-        }];
+        let skipped = vec![Skipped::because(
+            "0000:02:00.0".parse().unwrap(),
+            "bound to nvidia, not to a vfio driver",
+        )];
         assert!(publish(
             &tx,
             "r.io/x",

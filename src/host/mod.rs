@@ -18,8 +18,11 @@ pub mod owner;
 pub mod socket;
 
 pub mod batch;
+pub mod device_events;
 pub mod pci;
 pub mod pci_scan;
+#[cfg(feature = "udev")]
+pub mod udev;
 pub mod uevent;
 pub mod unix;
 

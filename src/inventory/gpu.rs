@@ -349,7 +349,7 @@ fn build_device(
     slot_functions: Vec<RelatedFunction>,
 ) -> GpuDevice {
     let chip = m.chip_for(dev.vendor, dev.device);
-    let model = pci_ids::Device::from_vid_pid(dev.vendor, dev.device).map(|d| d.name().to_string());
+    let model = super::pci_names::device_name(dev.vendor, dev.device).map(str::to_string);
     let vfio = match &dev.modalias {
         Some(alias) => aliases.choose(alias),
         None => VfioChoice::fallback("the device has no modalias attribute"),

@@ -12,6 +12,7 @@ pub mod lockdown;
 pub mod misc;
 pub mod modalias;
 pub mod modules;
+pub mod pci_names;
 pub mod render;
 pub mod sev;
 pub mod tdx;

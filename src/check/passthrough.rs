@@ -1,0 +1,58 @@
+//! The device plugin's view: a PCI function whose sysfs attributes cannot be read or
+//! parsed is skipped by the plugin (it never blocks the others), and this check says
+//! which one, which file, and what to do. Same scan as `cchost run`
+//! (`deviceplugin::devices::unreadable_from_inventory`), from the checked inventory.
+
+use super::{Check, CheckOutcome, Ctx};
+use crate::deviceplugin::devices::unreadable_from_inventory;
+
+pub fn passthrough() -> Check {
+    Check::new(
+        "deviceplugin.readable",
+        "Device plugin can read every matched PCI function",
+        readable,
+    )
+}
+
+fn readable(ctx: &Ctx) -> CheckOutcome {
+    let skipped = unreadable_from_inventory(&ctx.inv.gpus);
+    let Some(first) = skipped.first() else {
+        let n = ctx.inv.gpus.devices.len();
+        return if n == 0 {
+            CheckOutcome::pass("no GPU or NVSwitch matched; nothing unreadable")
+        } else {
+            CheckOutcome::pass(format!("{n} matched function(s) read in full"))
+        };
+    };
+    let list: Vec<String> = skipped
+        .iter()
+        .map(|s| {
+            let (file, error) = s
+                .unreadable
+                .as_ref()
+                .map(|u| (u.file.display().to_string(), u.error.as_str()))
+                .unwrap_or_default();
+            match s.address {
+                Some(a) => format!("{a} ({file}: {error})"),
+                None => format!("{file}: {error}"),
+            }
+        })
+        .collect();
+    let file = first
+        .unreadable
+        .as_ref()
+        .map(|u| u.file.display().to_string())
+        .unwrap_or_default();
+    CheckOutcome::warn(
+        format!(
+            "{} PCI function(s) skipped by the device plugin as unreadable: {}",
+            skipped.len(),
+            list.join("; ")
+        ),
+        format!(
+            "read the file by hand (cat {file}) and check the kernel log for the device; a \
+             malformed or failing attribute is a driver or device fault: reset or rebind the \
+             device, or reboot; `cchost run` advertises it at the next device event"
+        ),
+    )
+}
