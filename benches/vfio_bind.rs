@@ -12,6 +12,10 @@
 //! measured too and subtracted, and `cchost --version` is timed to show how much of
 //! cchost's time is only starting the process. Prints the medians and cchost's overhead. Run with
 //! `cargo bench --bench vfio_bind` (env `VFIO_BENCH_ROUNDS`, default 21).
+//!
+//! `CCHOST_BENCH_STATIC_BIN=<path>` adds a second cchost binary (a static, non-PIE build,
+//! docs/performance.md "vfio bind") to the same guest as `/bin/cchost-static`: it binds
+//! in the same rounds, alternating with the others, so both builds meet the same load.
 
 // The harness's own unit tests are compiled out here, leaving their imports unused.
 #[allow(unused_imports)]
@@ -44,7 +48,9 @@ echo pci-stub > /sys/bus/pci/devices/$td/driver_override
 echo $td > /sys/bus/pci/drivers/pci-stub/bind
 "#;
 
-fn script(rounds: usize) -> String {
+fn script(rounds: usize, with_static: bool) -> String {
+    let ways = if with_static { "c s b" } else { "c b" };
+    let ways_rev = if with_static { "b s c" } else { "b c" };
     format!(
         r#"
 bdf_of() {{
@@ -62,15 +68,27 @@ check() {{ [ "$(drv $EDU)" = "$1" ] && [ "$(drv $TD)" = "$2" ] || {{ echo "bad s
 cchost gpu bind --all >/dev/null && cchost gpu unbind --all >/dev/null || exit 1
 sh /etc/bare-bind.sh $EDU $TD && sh /etc/bare-restore.sh $EDU $TD || exit 1
 check "" pci-stub
+S=0
+if [ -x /bin/cchost-static ]; then
+  cchost-static gpu bind --all >/dev/null && cchost-static gpu unbind --all >/dev/null || exit 1
+  check "" pci-stub
+fi
 i=0
 while [ $i -lt {rounds} ]; do
-  if [ $((i % 2)) = 0 ]; then order="c b"; else order="b c"; fi
+  if [ $((i % 2)) = 0 ]; then order="{ways}"; else order="{ways_rev}"; fi
   for w in $order; do
     if [ $w = c ]; then
       t0=$(now); cchost gpu bind --all >/dev/null || exit 1; t1=$(now)
       check vfio-pci vfio-pci
       cchost gpu unbind --all >/dev/null || exit 1
       c=$((t1 - t0))
+    elif [ $w = s ]; then
+      t0=$(now); cchost-static gpu bind --all >/dev/null || exit 1; t1=$(now)
+      check vfio-pci vfio-pci
+      cchost-static gpu unbind --all >/dev/null || exit 1
+      s=$((t1 - t0))
+      t0=$(now); cchost-static --version >/dev/null; t1=$(now); S=$((t1 - t0))
+      t0=$(now); cchost-static gpu bind --all --dry-run >/dev/null; t1=$(now); SD=$((t1 - t0))
     else
       t0=$(now); sh /etc/bare-bind.sh $EDU $TD || exit 1; t1=$(now)
       check vfio-pci vfio-pci
@@ -81,7 +99,9 @@ while [ $i -lt {rounds} ]; do
   done
   t0=$(now); t1=$(now); e=$((t1 - t0))
   t0=$(now); cchost --version >/dev/null; t1=$(now); v=$((t1 - t0))
-  echo "ROUND $c $b $e $v"
+  t0=$(now); /bin/true; t1=$(now); tr=$((t1 - t0))
+  t0=$(now); cchost gpu bind --all --dry-run >/dev/null; t1=$(now); dd=$((t1 - t0))
+  echo "ROUND $c $b $e $v ${{s:-0}} $S $tr $dd ${{SD:-0}}"
   i=$((i + 1))
 done
 "#
@@ -108,24 +128,37 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(21);
-    let run = Vm::new()
+    let static_bin = std::env::var_os("CCHOST_BENCH_STATIC_BIN").map(std::path::PathBuf::from);
+    let mut vm = Vm::new();
+    if let Some(p) = &static_bin {
+        let data = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        vm = vm.file_mode("/bin/cchost-static", data, 0o755);
+    }
+    let run = vm
         .config(CONFIG)
         .file("/etc/bare-bind.sh", BARE_BIND)
         .file("/etc/bare-restore.sh", BARE_RESTORE)
         .step_timeout(std::time::Duration::from_secs(590))
         .timeout(std::time::Duration::from_secs(600))
-        .cmd(&script(rounds))
+        .cmd(&script(rounds, static_bin.is_some()))
         .run();
     let step = run.step(0).assert_success();
     let (mut c, mut b, mut e, mut v) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut s, mut sv, mut t) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut dd, mut sd) = (Vec::new(), Vec::new());
     for l in step.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
-        if let ["ROUND", cc, bb, ee, vv] = f[..] {
+        if let ["ROUND", cc, bb, ee, vv, ss, ssv, tt, ddd, sdd] = f[..] {
             let ms = |s: &str| s.parse::<f64>().expect("ns") / 1e6;
             c.push(ms(cc));
             b.push(ms(bb));
             e.push(ms(ee));
             v.push(ms(vv));
+            s.push(ms(ss));
+            sv.push(ms(ssv));
+            t.push(ms(tt));
+            dd.push(ms(ddd));
+            sd.push(ms(sdd));
         }
     }
     assert_eq!(c.len(), rounds, "{step}");
@@ -164,9 +197,47 @@ fn main() {
         median(&mut v) - clock
     );
     println!(
+        "  /bin/true (process start of a tiny static binary): median {:.2} ms",
+        median(&mut t) - clock
+    );
+    println!(
+        "  cchost gpu bind --all --dry-run (start, config, inventory, refusal checks incl. /proc scan; no journal, no writes): median {:.2} ms",
+        median(&mut dd) - clock
+    );
+    println!(
         "  overhead (median of medians): {:+.1} %",
         (mc / mb - 1.0) * 100.0
     );
+    if static_bin.is_some() {
+        let ms = median(&mut s) - clock;
+        let (smin, smax) = (
+            s.iter().cloned().fold(f64::MAX, f64::min),
+            s.iter().cloned().fold(0.0, f64::max),
+        );
+        println!(
+            "  static cchost gpu bind --all: median {ms:.2} ms (min {:.2}, max {:.2})",
+            smin - clock,
+            smax - clock
+        );
+        println!(
+            "  static cchost --version: median {:.2} ms",
+            median(&mut sv) - clock
+        );
+        println!(
+            "  static cchost gpu bind --all --dry-run: median {:.2} ms",
+            median(&mut sd) - clock
+        );
+        let mut sratios: Vec<f64> = s
+            .iter()
+            .zip(&b)
+            .map(|(s, b)| (s - clock) / (b - clock))
+            .collect();
+        println!(
+            "  static overhead: median of medians {:+.1} %, median of per-round ratios {:+.1} %",
+            (ms / mb - 1.0) * 100.0,
+            (median(&mut sratios) - 1.0) * 100.0
+        );
+    }
     println!(
         "  overhead (median of per-round ratios): {:+.1} %",
         (median(&mut ratios) - 1.0) * 100.0

@@ -195,3 +195,19 @@ fn undo_of_a_cc_switch_goes_through_the_switch_checks() {
     assert_eq!(v["entries"][0]["state"], "restoring");
     untouched(&fx);
 }
+
+#[test]
+fn a_proc_entry_that_cannot_be_read_refuses_the_query_and_says_why() {
+    // Seen on a real H100 host (a Firecracker guest): root could list /proc/1/fd but not
+    // read its links. Here /proc/4242/fd is a symlink loop, which cannot be listed
+    // either (and root's permissions cannot get around it).
+    let fx = Fixture::h100(None, BOOTED_ON);
+    std::fs::create_dir_all(fx.root().join("proc/4242")).unwrap();
+    symlink("fd", fx.root().join("proc/4242/fd")).unwrap();
+    let (code, out, err) = fx.run(&["gpu", "cc", "query", BDF]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("cannot tell whether a process uses it") && out.contains("/proc/4242/fd"),
+        "{out}"
+    );
+}

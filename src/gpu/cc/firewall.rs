@@ -133,6 +133,40 @@ mod tests {
         assert_eq!(firewall_up(&chain(false), 0x180), Some(false));
     }
 
+    /// The extended capability headers of a real H100 SXM5's config space (read with
+    /// `od` in a Firecracker guest, 2026-11-23): ID-0 entries that only link onwards,
+    /// LTR, AER, a VSEC, power budgeting, DSN; an off-list word at 0x140; no DVSEC.
+    fn h100_in_a_vm() -> Vec<u8> {
+        let mut c = vec![0u8; 4096];
+        for (off, v) in [
+            (0x100, 0x12c0_0000),
+            (0x12c, 0x1341_0018),
+            (0x134, 0x1b81_0000),
+            (0x140, 0x14c1_0024),
+            (0x1b8, 0x2482_0001),
+            (0x248, 0x2501_0000),
+            (0x250, 0x2a41_0000),
+            (0x2a4, 0x2b81_000b),
+            (0x2b8, 0x2f01_0004),
+            (0x2f0, 0x0001_0003),
+        ] {
+            put(&mut c, off, v);
+        }
+        c
+    }
+
+    #[test]
+    fn a_real_hopper_list_has_no_nvidia_dvsec_and_id0_entries_are_followed() {
+        let c = h100_in_a_vm();
+        assert_eq!(find_nvidia_dvsec(&c), None);
+        // The same list with NVIDIA's DVSEC hung after its last entry is walked to it.
+        let mut c = c;
+        put(&mut c, 0x2f0, 0x0001_0003 | (0x300 << 20));
+        put(&mut c, 0x300, 0x0023 | (1 << 16));
+        put(&mut c, 0x304, 0x10de | (0x10 << 20));
+        assert_eq!(find_nvidia_dvsec(&c), Some(0x300));
+    }
+
     #[test]
     fn absent_short_or_looping_lists_find_nothing() {
         assert_eq!(find_nvidia_dvsec(&[0u8; 64]), None); // unprivileged 64-byte read

@@ -19,6 +19,15 @@ pub enum Refusal {
     Driver { device: String, driver: String },
     #[error("{device} is in use: {}; stop those first (power off the VM)", users.join("; "))]
     InUse { device: String, users: Vec<String> },
+    #[error(
+        "{device}: cannot tell whether a process uses it ({source}); refusing rather than \
+         guessing"
+    )]
+    Scan {
+        device: String,
+        #[source]
+        source: HostError,
+    },
     #[error(transparent)]
     Host(#[from] HostError),
 }
@@ -38,7 +47,11 @@ pub fn check_switchable(host: &HostRoot, pci: &PciDevice) -> Result<(), Refusal>
 
 /// Refuses a device somebody uses (the read-only query's precondition, facts §2.3).
 pub fn check_unused(host: &HostRoot, pci: &PciDevice) -> Result<(), Refusal> {
-    let users: Vec<String> = crate::gpu::usage::users_of(host, pci)?
+    let users: Vec<String> = crate::gpu::usage::users_of(host, pci)
+        .map_err(|source| Refusal::Scan {
+            device: pci.address.to_string(),
+            source,
+        })?
         .iter()
         .map(ToString::to_string)
         .collect();
