@@ -175,19 +175,28 @@ pub fn bind(
     )
 }
 
-/// [`bind`] with a journal shared with other threads.
-pub fn bind_shared(
+/// A bind whose journal entry is on disk and whose sysfs writes are still to come.
+#[derive(Debug)]
+pub struct Begun {
+    seq: u64,
+    dev: PciDevice,
+    current: Binding,
+    driver: String,
+}
+
+/// The journal half of a bind: reads the device and writes its entry (`applying`).
+/// `None` when the device is already on `driver`. Parallel binds begin every device
+/// first, in plan order, so the journal's order (and undo's) does not depend on how
+/// the threads are scheduled.
+pub fn begin_bind(
     shared: &Shared<'_, '_>,
     host: &HostRoot,
     address: &PciAddress,
     driver: &str,
-    node_timeout: Duration,
-) -> Result<BindOutcome, VfioError> {
+) -> Result<Option<Begun>, VfioError> {
     let dev = host.pci_device(address)?;
     if dev.driver.as_deref() == Some(driver) {
-        return Ok(BindOutcome::AlreadyBound {
-            driver: driver.to_string(),
-        });
+        return Ok(None);
     }
     let subject = address.to_string();
     let current = Binding::of(&dev);
@@ -211,16 +220,49 @@ pub fn bind_shared(
         }
     };
     shared.observe(address, Step::Journaled);
-    let mut observe = |a: &PciAddress, s: Step| shared.observe(a, s);
-    move_to(host, &dev, driver, &mut observe)?;
-    wait_for_node(host, address, driver, node_timeout)?;
-    shared.observe(address, Step::NodeReady);
-    shared.journal().applied(seq)?;
-    shared.observe(address, Step::Committed);
-    Ok(BindOutcome::Bound {
-        from: current,
+    Ok(Some(Begun {
+        seq,
+        dev,
+        current,
         driver: driver.to_string(),
+    }))
+}
+
+/// The sysfs half of a bind begun with [`begin_bind`]: the writes, the device-node
+/// wait, the commit.
+pub fn finish_bind(
+    shared: &Shared<'_, '_>,
+    host: &HostRoot,
+    b: Begun,
+    node_timeout: Duration,
+) -> Result<BindOutcome, VfioError> {
+    let address = b.dev.address;
+    let mut observe = |a: &PciAddress, s: Step| shared.observe(a, s);
+    move_to(host, &b.dev, &b.driver, &mut observe)?;
+    wait_for_node(host, &address, &b.driver, node_timeout)?;
+    shared.observe(&address, Step::NodeReady);
+    shared.journal().applied(b.seq)?;
+    shared.observe(&address, Step::Committed);
+    Ok(BindOutcome::Bound {
+        from: b.current,
+        driver: b.driver,
     })
+}
+
+/// [`bind`] with a journal shared with other threads.
+pub fn bind_shared(
+    shared: &Shared<'_, '_>,
+    host: &HostRoot,
+    address: &PciAddress,
+    driver: &str,
+    node_timeout: Duration,
+) -> Result<BindOutcome, VfioError> {
+    match begin_bind(shared, host, address, driver)? {
+        None => Ok(BindOutcome::AlreadyBound {
+            driver: driver.to_string(),
+        }),
+        Some(b) => finish_bind(shared, host, b, node_timeout),
+    }
 }
 
 /// The four writes of gpu.md §1.5 (bind) from the state `dev` shows.

@@ -494,32 +494,48 @@ pub fn apply_bind(
         drivers.push(d);
     }
     let timeout = Duration::from_millis(config.vfio.device_node_timeout_ms);
-    // One thread per function that moves: binds of different devices overlap (a real
-    // GPU's unbind from nvidia takes long), each journaled on its own. A function that
-    // fails is put back at once; the others are not stopped by it.
+    // Journal entries first, one per function that moves, in plan order (so undo's
+    // order does not depend on thread scheduling); then one thread per function: the
+    // sysfs writes of different devices overlap (a real GPU's unbind from nvidia takes
+    // long). A function that fails is put back at once; the others carry on.
     let shared = vfio::Shared::new(journal, observe);
+    let fail = |address: &PciAddress, e: VfioError| {
+        let mut msg = e.to_string();
+        msg.push_str(&roll_back_one(&mut shared.journal(), address));
+        msg
+    };
+    let begun: Vec<Result<Option<vfio::Begun>, String>> = plan
+        .items
+        .iter()
+        .zip(&drivers)
+        .map(|(it, driver)| {
+            if !it.changes {
+                return Ok(None);
+            }
+            vfio::begin_bind(&shared, &host, &it.address, driver).map_err(|e| fail(&it.address, e))
+        })
+        .collect();
     let out = std::thread::scope(|s| {
         let handles: Vec<_> = plan
             .items
             .iter()
             .zip(drivers)
-            .map(|(it, driver)| {
-                let (shared, host) = (&shared, &host);
+            .zip(begun)
+            .map(|((it, driver), begun)| {
+                let (shared, host, fail) = (&shared, &host, &fail);
                 s.spawn(move || {
-                    if !it.changes {
-                        return ItemResult {
-                            address: it.address,
-                            outcome: Ok(BindOutcome::AlreadyBound {
-                                driver: it.current.driver.clone().unwrap_or_default(),
-                            }),
-                        };
-                    }
-                    let outcome = vfio::bind_shared(shared, host, &it.address, &driver, timeout)
-                        .map_err(|e| {
-                            let mut msg = e.to_string();
-                            msg.push_str(&roll_back_one(&mut shared.journal(), &it.address));
-                            msg
-                        });
+                    let outcome = match begun {
+                        Err(msg) => Err(msg),
+                        Ok(None) => Ok(BindOutcome::AlreadyBound {
+                            driver: if it.changes {
+                                driver
+                            } else {
+                                it.current.driver.clone().unwrap_or_default()
+                            },
+                        }),
+                        Ok(Some(b)) => vfio::finish_bind(shared, host, b, timeout)
+                            .map_err(|e| fail(&it.address, e)),
+                    };
                     ItemResult {
                         address: it.address,
                         outcome,
