@@ -29,6 +29,24 @@ pub fn run(g: &Global, _a: Args) -> anyhow::Result<ExitCode> {
                 tracing::warn!("vfio.bind_on_start: {r}");
             }
         }
+        if let Some(mode) = g.config.cc.mode_on_start.target() {
+            let opener = cchost::gpu::cc::live::MmioOpener::default();
+            let done =
+                cchost::daemon::cc_on_start::set_mode(&mut journal, &g.config, mode, &opener);
+            for o in &done.outcomes {
+                match &o.error {
+                    None => {
+                        tracing::info!(device = %o.device, status = ?o.status, "cc.mode_on_start = {mode}")
+                    }
+                    Some(e) => {
+                        tracing::error!(device = %o.device, error = %e, "cc.mode_on_start = {mode} failed")
+                    }
+                }
+            }
+            for r in &done.refused {
+                tracing::warn!("cc.mode_on_start: {r}");
+            }
+        }
     }
     let daemon = Daemon::new(g.host.clone(), g.config.clone()).with_default_services();
     rt.block_on(async move {

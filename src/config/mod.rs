@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod cc;
 mod dcap;
 mod deviceplugin;
 mod kernel;
@@ -12,6 +13,7 @@ mod labels;
 mod matching;
 mod vfio;
 
+pub use cc::{CcConfig, ModeOnStart};
 pub use dcap::{
     DcapConfig, DcapEnable, PccsConfig, QgsTransport, Secret, SuperviseConfig, SuperviseMode,
 };
@@ -40,6 +42,8 @@ pub struct Config {
     pub kernel: KernelConfig,
     /// Intel DCAP helpers (QGS, QCNL/PCCS).
     pub dcap: DcapConfig,
+    /// The GPUs' CC mode as `cchost run` keeps it.
+    pub cc: CcConfig,
 }
 
 #[derive(Debug, thiserror::Error)]

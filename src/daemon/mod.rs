@@ -9,6 +9,7 @@
 //! each gets a [`Context`] and returns when `ctx.shutdown` turns true.
 
 pub mod bind_on_start;
+pub mod cc_on_start;
 pub mod passthrough;
 pub mod status;
 pub mod trim;
