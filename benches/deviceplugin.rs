@@ -254,7 +254,13 @@ async fn idle_rss_once() -> Vec<(&'static str, u64)> {
         .unwrap();
     let mut s = c.list_and_watch(api::Empty {}).await.unwrap().into_inner();
     s.message().await.unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // `CCHOST_BENCH_RSS_WAIT_S` (default 3): how long the daemon idles before the reading;
+    // 65 s includes one periodic labels round (every 60 s).
+    let wait = std::env::var("CCHOST_BENCH_RSS_WAIT_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    tokio::time::sleep(Duration::from_secs(wait)).await;
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
     let fields = ["VmRSS", "RssAnon", "RssFile", "VmHWM", "Threads"]
         .into_iter()

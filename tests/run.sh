@@ -46,5 +46,5 @@ step cargo clippy --all-targets -- -D warnings
 # The optional libudev event source (needs libudev-dev): lint it and run its unit tests
 # (they need no udevd; events from a running udevd are not tested here).
 step cargo clippy --all-targets --features udev -- -D warnings
-step cargo test --lib --features udev -- host::udev host::device_events
+step cargo test --lib --features udev -- host::udev host::device_events config::
 step cargo test

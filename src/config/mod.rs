@@ -122,4 +122,25 @@ mod tests {
             .to_string();
         assert!(err.contains("colour"), "{err}");
     }
+
+    #[test]
+    fn the_udev_event_source_needs_the_udev_build() {
+        let r = Config::from_toml(
+            "[device_plugin]\nevent_source = \"udev\"\n",
+            Path::new("c.toml"),
+        );
+        if cfg!(feature = "udev") {
+            assert_eq!(r.unwrap().device_plugin.event_source, EventSource::Udev);
+        } else {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains("udev` cargo feature"), "{e}");
+        }
+        let e = Config::from_toml(
+            "[device_plugin]\nevent_source = \"dbus\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("dbus"), "{e}");
+    }
 }

@@ -17,12 +17,14 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Endpoint, Server};
 
 use super::api::{
     self, device_plugin_server::DevicePluginServer, registration_client::RegistrationClient,
 };
+use super::authority::AuthorityShim;
 use super::service::PluginService;
 use super::state::DeviceList;
 use crate::host::unix::DirEvent;
@@ -37,9 +39,10 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 /// creates the socket file a moment before it listens on it).
 const FAST_RETRY: Duration = Duration::from_millis(25);
 /// Kubelet dials the plugin right after a successful Register. No call at all within
-/// this time means kubelet cannot talk to us: the known cause is an old kubelet
+/// this time means kubelet cannot talk to us. The known cause used to be an old kubelet
 /// (before kubernetes PR #112597, 1.26) whose grpc-go sends the socket path as
-/// `:authority`, which the HTTP/2 server (h2) rejects (facts k8s-cdi-rust.md §1.10).
+/// `:authority`, which the HTTP/2 server (h2) rejects (facts k8s-cdi-rust.md §1.10);
+/// `authority.rs` now rewrites that, so this check catches whatever else breaks.
 pub const AUTHORITY_CHECK: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -214,9 +217,14 @@ impl PluginEndpoint {
         let task = tokio::spawn(
             Server::builder()
                 .add_service(DevicePluginServer::new(svc))
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
-                    let _ = until.wait_for(|s| *s).await;
-                }),
+                .serve_with_incoming_shutdown(
+                    // Old kubelets' path-shaped :authority is rewritten before h2
+                    // sees it (authority.rs).
+                    UnixListenerStream::new(listener).map(|c| c.map(AuthorityShim::new)),
+                    async move {
+                        let _ = until.wait_for(|s| *s).await;
+                    },
+                ),
         );
         Ok(Serving { stop, task })
     }

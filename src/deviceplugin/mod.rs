@@ -5,10 +5,12 @@
 //! - [`service`]: the gRPC `DevicePlugin` service (Allocate, ListAndWatch, ...).
 //! - [`preferred`]: the GetPreferredAllocation rule (same NUMA node, then same switch).
 //! - [`endpoint`]: serve the socket, register, survive kubelet restarts.
+//! - [`authority`]: old kubelets' path-shaped `:authority`, rewritten below h2.
 //!
 //! [`PluginManager`] runs one endpoint per resource name and feeds every scan to them.
 
 pub mod api;
+pub mod authority;
 pub mod devices;
 pub mod endpoint;
 pub mod preferred;
