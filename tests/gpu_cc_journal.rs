@@ -8,23 +8,25 @@
 //! step of any device: each switch thread stops there, without any clean-up, and only
 //! what is on disk (the journal) and in the device (the simulator) survives.
 
+#[path = "support/sim_opener.rs"]
+mod sim_opener;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use cchost::fixture::{FixtureHost, PciSpec};
-use cchost::gpu::cc::device::Timing;
 use cchost::gpu::cc::journaled::{self, CC_KIND, CcRestorer};
-use cchost::gpu::cc::live::{LiveDevice, OpenError, Opener, open_for_switch};
+use cchost::gpu::cc::live::{LiveDevice, open_for_switch};
 use cchost::gpu::cc::sim::{SimConfig, SimGpu};
 use cchost::gpu::cc::switch::{Status, SwitchStep};
 use cchost::gpu::cc::{CcMode, Family, TargetMode};
 use cchost::gpu::vfio::{BIND_KIND, Binding};
 use cchost::host::HostRoot;
-use cchost::host::mmio::MapAccess;
 use cchost::host::pci::PciDevice;
 use cchost::journal::{self, Entry, EntryState, Journal, Recovery, RestoreError, Restorer};
+use sim_opener::{SimOpener, fast};
 
 const GPU0: &str = "0000:3b:00.0";
 const GPU1: &str = "0000:5d:00.0";
@@ -32,38 +34,6 @@ const SW0: &str = "0000:8a:00.0";
 /// Knob IDs (facts §2.2): CCM (CC on), PPCIe.
 const CCM: u16 = 8;
 const PPCIE: u16 = 45;
-
-fn fast() -> Timing {
-    Timing {
-        rpc: Duration::from_millis(200),
-        boot: Some(Duration::from_millis(1000)),
-        poll: Duration::from_millis(1),
-        firewall: Duration::from_millis(500),
-        firewall_fallback: Duration::from_millis(50),
-    }
-}
-
-/// Hands out simulated devices by address.
-struct SimOpener(HashMap<String, SimGpu>);
-
-impl Opener for SimOpener {
-    fn open(
-        &self,
-        _host: &HostRoot,
-        pci: &PciDevice,
-        family: Family,
-        access: MapAccess,
-    ) -> Result<LiveDevice, OpenError> {
-        assert_eq!(access, MapAccess::ReadWrite);
-        let sim = &self.0[&pci.address.to_string()];
-        assert_eq!(sim.family(), family);
-        Ok(LiveDevice {
-            pci: pci.clone(),
-            device: sim.device(pci.address.to_string(), fast()),
-            power: None,
-        })
-    }
-}
 
 struct Rig {
     _dir: tempfile::TempDir,

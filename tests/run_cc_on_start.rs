@@ -2,54 +2,25 @@
 //! and journal as `cchost gpu cc set`, with an `Opener` that hands out the FSP simulator
 //! instead of an mmap of `resource0` (everything above `Bar0` is the real code).
 
+#[path = "support/sim_opener.rs"]
+mod sim_opener;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
 use cchost::config::Config;
 use cchost::daemon::cc_on_start::set_mode;
 use cchost::fixture::{FixtureHost, PciSpec};
-use cchost::gpu::cc::device::Timing;
 use cchost::gpu::cc::journaled::CC_KIND;
-use cchost::gpu::cc::live::{LiveDevice, OpenError, Opener};
+
 use cchost::gpu::cc::sim::{SimConfig, SimGpu};
 use cchost::gpu::cc::switch::Status;
 use cchost::gpu::cc::{CcMode, Family, TargetMode};
-use cchost::host::HostRoot;
-use cchost::host::mmio::MapAccess;
-use cchost::host::pci::PciDevice;
 use cchost::journal::Journal;
+use sim_opener::{SimOpener, fast};
 
 const ON_VFIO: [&str; 2] = ["0000:3b:00.0", "0000:5d:00.0"];
 const ON_NVIDIA: &str = "0000:9a:00.0";
-
-fn timing() -> Timing {
-    Timing {
-        rpc: Duration::from_millis(200),
-        boot: Some(Duration::from_millis(1000)),
-        poll: Duration::from_millis(1),
-        firewall: Duration::from_millis(500),
-        firewall_fallback: Duration::from_millis(50),
-    }
-}
-
-struct SimOpener(HashMap<String, SimGpu>);
-
-impl Opener for SimOpener {
-    fn open(
-        &self,
-        _host: &HostRoot,
-        pci: &PciDevice,
-        _family: Family,
-        _access: MapAccess,
-    ) -> Result<LiveDevice, OpenError> {
-        let sim = &self.0[&pci.address.to_string()];
-        Ok(LiveDevice {
-            pci: pci.clone(),
-            device: sim.device(pci.address.to_string(), timing()),
-            power: None,
-        })
-    }
-}
 
 #[test]
 fn run_switches_idle_vfio_gpus_and_leaves_the_rest() {
@@ -71,7 +42,7 @@ fn run_switches_idle_vfio_gpus_and_leaves_the_rest() {
     let host = fx.build().unwrap();
     std::fs::create_dir_all(dir.path().join("proc")).unwrap();
     let opener = SimOpener(sims.clone());
-    let mode = |a: &str| sims[a].device(a, timing()).query().unwrap().mode.unwrap();
+    let mode = |a: &str| sims[a].device(a, fast()).query().unwrap().mode.unwrap();
     let config = Config::default();
 
     let mut journal = Journal::open(&host).unwrap();
