@@ -117,6 +117,14 @@ fn the_pod_sees_the_host_as_cchost_needs() {
         .collect();
     assert!(env.contains(&("NODE_NAME", "spec.nodeName")), "{env:?}");
     assert!(env.contains(&("POD_NAMESPACE", "metadata.namespace")));
+    // The log filter cchost reads (src/cli/mod.rs), not RUST_LOG.
+    assert!(
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "CCHOST_LOG")
+    );
 }
 
 #[test]
@@ -167,6 +175,10 @@ fn systemd_parses_the_unit_without_a_warning() {
     let words: Vec<&str> = exec.split_whitespace().collect();
     assert_eq!(words[0], "/usr/local/bin/cchost");
     assert_eq!(&words[1..], ["--host-root", "/", "run"]);
+    assert!(
+        text.contains("\nEnvironment=CCHOST_LOG="),
+        "the log filter cchost reads"
+    );
     // systemd-analyze checks that ExecStart's binary exists: point it at this build.
     let dir = tempfile::tempdir().unwrap();
     let unit = dir.path().join("cchost.service");
