@@ -13,11 +13,12 @@
 //! invalid mode 2) is NVIDIA's `failed`; a mapping that cannot hold the registers is
 //! not asked.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::config::MatchConfig;
-use crate::gpu::cc::precheck::{self, SWITCHABLE_DRIVERS};
+use crate::gpu::cc::precheck::SWITCHABLE_DRIVERS;
 use crate::gpu::cc::{self, CcError, CcState, Family, Timing, live};
+use crate::gpu::usage;
 use crate::host::HostRoot;
 use crate::host::mmio::MapAccess;
 use crate::host::pci::{PciAddress, PciDevice};
@@ -32,20 +33,16 @@ pub enum NotAsked {
     Unreadable(String),
 }
 
-/// Reads one device's state: the live mapping in `cchost run`, a simulator in tests.
+/// Reads one device's state once it may be asked: the live read-only mapping in
+/// `cchost run` and `cchost plan`.
 pub type Query<'a> = dyn Fn(&PciDevice, Family) -> Result<Result<CcState, CcError>, NotAsked> + 'a;
 
-/// The live reader: precheck (driver, users), read-only map, query.
+/// The live reader: read-only map, query. [`CcModeCache::fill`] has already checked the
+/// driver and that nobody uses the device.
 pub fn live_query(
     host: &HostRoot,
 ) -> impl Fn(&PciDevice, Family) -> Result<Result<CcState, CcError>, NotAsked> + '_ {
     move |pci, family| {
-        if let Some(d) = &pci.driver
-            && !SWITCHABLE_DRIVERS.contains(&d.as_str())
-        {
-            return Err(NotAsked::Busy(format!("bound to {d}")));
-        }
-        precheck::check_unused(host, pci).map_err(|e| NotAsked::Busy(e.to_string()))?;
         let dev = live::open(host, pci, family, MapAccess::ReadOnly, Timing::default())
             .map_err(|e| NotAsked::Unreadable(e.to_string()))?;
         Ok(dev.device.query())
@@ -60,7 +57,8 @@ pub struct CcModeCache {
 
 impl CcModeCache {
     /// Fills `cc_mode` of every CC-capable GPU in `facts`: read now when it may be read,
-    /// else the last value read.
+    /// else the last value read. This runs every labeler round, so the processes are
+    /// scanned once for all GPUs, not once per GPU.
     pub fn fill(
         &mut self,
         host: &HostRoot,
@@ -68,17 +66,39 @@ impl CcModeCache {
         facts: &mut NodeFacts,
         query: &Query<'_>,
     ) {
-        for gpu in facts.gpus.iter_mut().filter(|g| g.cc_capable) {
-            let read = read_one(host, matching, &gpu.address, query);
-            match read {
-                Ok(mode) => {
-                    self.last.insert(gpu.address.clone(), mode);
-                }
-                Err(why) => {
-                    tracing::debug!(device = %gpu.address, reason = %why,
-                        "CC mode not read now; the last value read stands");
-                }
+        let mut askable: Vec<(PciDevice, Family)> = Vec::new();
+        for gpu in facts.gpus.iter().filter(|g| g.cc_capable) {
+            match askable_device(host, matching, &gpu.address) {
+                Ok(d) => askable.push(d),
+                Err(why) => not_now(&gpu.address, &why),
             }
+        }
+        let pcis: Vec<PciDevice> = askable.iter().map(|(p, _)| p.clone()).collect();
+        let busy: HashSet<PciAddress> = match usage::users_of_all(host, &pcis) {
+            Ok(holders) => holders.into_iter().map(|(a, _)| a).collect(),
+            // "Cannot tell" is not "unused": ask none of them.
+            Err(e) => {
+                let why = NotAsked::Busy(format!("cannot tell who uses the GPUs: {e}"));
+                for p in &pcis {
+                    not_now(&p.address.to_string(), &why);
+                }
+                pcis.iter().map(|p| p.address).collect()
+            }
+        };
+        for (pci, family) in askable {
+            let address = pci.address.to_string();
+            if busy.contains(&pci.address) {
+                not_now(&address, &NotAsked::Busy("in use".to_string()));
+                continue;
+            }
+            match read_mode(&address, query(&pci, family)) {
+                Ok(mode) => {
+                    self.last.insert(address, mode);
+                }
+                Err(why) => not_now(&address, &why),
+            }
+        }
+        for gpu in facts.gpus.iter_mut().filter(|g| g.cc_capable) {
             gpu.cc_mode = self.last.get(&gpu.address).copied();
         }
         // Devices that left the host are forgotten.
@@ -87,12 +107,17 @@ impl CcModeCache {
     }
 }
 
-fn read_one(
+fn not_now(address: &str, why: &NotAsked) {
+    tracing::debug!(device = %address, reason = %why,
+        "CC mode not read now; the last value read stands");
+}
+
+/// The device behind an address, when its driver lets it be asked (none, or vfio).
+fn askable_device(
     host: &HostRoot,
     matching: &MatchConfig,
     address: &str,
-    query: &Query<'_>,
-) -> Result<CcMode, NotAsked> {
+) -> Result<(PciDevice, Family), NotAsked> {
     let addr: PciAddress = address
         .parse()
         .map_err(|e| NotAsked::Unreadable(format!("{address}: {e}")))?;
@@ -101,7 +126,19 @@ fn read_one(
         .map_err(|e| NotAsked::Unreadable(e.to_string()))?;
     let family = live::cc_family(matching, &pci)
         .ok_or_else(|| NotAsked::Unreadable(format!("{address}: no CC family for its chip")))?;
-    Ok(match query(&pci, family)? {
+    if let Some(d) = &pci.driver
+        && !SWITCHABLE_DRIVERS.contains(&d.as_str())
+    {
+        return Err(NotAsked::Busy(format!("bound to {d}")));
+    }
+    Ok((pci, family))
+}
+
+fn read_mode(
+    address: &str,
+    read: Result<Result<CcState, CcError>, NotAsked>,
+) -> Result<CcMode, NotAsked> {
+    Ok(match read? {
         Ok(state) => mode_of(&state),
         // The mapping itself is wrong (a BAR smaller than the registers, as in a fixture
         // tree): that says nothing about the GPU.
