@@ -22,9 +22,7 @@
 #[path = "../tests/vm/harness.rs"]
 mod harness;
 
-use harness::Vm;
-
-const CONFIG: &str = "[[match.gpu]]\nvendor = 0x1234\ndevices = [0x11e8]\n\n[[match.gpu]]\nvendor = 0x1b36\ndevices = [0x0005]\n";
+use harness::{FIND_STAND_INS, STAND_IN_MATCH, Vm};
 
 const BARE_BIND: &str = r#"for d in "$@"; do
   s=/sys/bus/pci/devices/$d
@@ -53,12 +51,7 @@ fn script(rounds: usize, with_static: bool) -> String {
     let ways_rev = if with_static { "b s c" } else { "b c" };
     format!(
         r#"
-bdf_of() {{
-  for d in /sys/bus/pci/devices/*; do
-    if [ "$(cat $d/vendor)" = "$1" ] && [ "$(cat $d/device)" = "$2" ]; then echo ${{d##*/}}; return; fi
-  done
-}}
-EDU=$(bdf_of 0x1234 0x11e8); TD=$(bdf_of 0x1b36 0x0005)
+{FIND_STAND_INS}
 modprobe pci_stub || exit 1
 sh /etc/bare-restore.sh $EDU $TD || exit 1
 now() {{ set -- $(grep -m1 'now at' /proc/timer_list); echo $3; }}
@@ -135,7 +128,7 @@ fn main() {
         vm = vm.file_mode("/bin/cchost-static", data, 0o755);
     }
     let run = vm
-        .config(CONFIG)
+        .config(STAND_IN_MATCH)
         .file("/etc/bare-bind.sh", BARE_BIND)
         .file("/etc/bare-restore.sh", BARE_RESTORE)
         .step_timeout(std::time::Duration::from_secs(590))

@@ -7,19 +7,15 @@
 #[path = "vm/harness.rs"]
 mod harness;
 
-use harness::Vm;
+use harness::{FIND_STAND_INS, STAND_IN_MATCH, Vm};
 
-const CONFIG: &str = "[[match.gpu]]\nvendor = 0x1234\ndevices = [0x11e8]\n\n[[match.gpu]]\nvendor = 0x1b36\ndevices = [0x0005]\n\n[device_plugin]\nmode = \"on\"\nrescan_interval_s = 0\n";
+const PLUGIN: &str = "\n[device_plugin]\nmode = \"on\"\nrescan_interval_s = 0\n";
+
+fn config() -> String {
+    format!("{STAND_IN_MATCH}{PLUGIN}")
+}
 
 const LIB: &str = r#"
-bdf_of() {
-  for d in /sys/bus/pci/devices/*; do
-    if [ "$(cat $d/vendor)" = "$1" ] && [ "$(cat $d/device)" = "$2" ]; then echo ${d##*/}; return; fi
-  done
-}
-EDU=$(bdf_of 0x1234 0x11e8)
-TD=$(bdf_of 0x1b36 0x0005)
-grp() { g=$(readlink /sys/bus/pci/devices/$1/iommu_group); echo ${g##*/}; }
 SPEC=/var/run/cdi/cchost-nvidia.com-pgpu.json
 SOCK=/var/lib/kubelet/device-plugins/cchost-nvidia.com-pgpu.sock
 # Wait (at most 5 s) until the plugin reports device $1 with health $2 (query prints
@@ -41,8 +37,8 @@ fn lib(script: &str) -> String {
 #[test]
 fn cdi_and_plugin_follow_real_vfio_binding() {
     let run = Vm::new()
-        .config(CONFIG)
-        .file("/etc/dp-test.sh", LIB)
+        .config(&config())
+        .file("/etc/dp-test.sh", format!("{FIND_STAND_INS}{LIB}"))
         // 0: bind, write the spec, show the real nodes
         .cmd(&lib(r#"
 cchost gpu bind --all >/dev/null || exit 1
@@ -170,10 +166,10 @@ cat /tmp/run.log"#))
 /// original drivers back.
 #[test]
 fn run_binds_matched_devices_at_start_and_undo_restores_them() {
-    let config = format!("{CONFIG}\n[vfio]\nbind_on_start = true\n");
+    let config = format!("{}\n[vfio]\nbind_on_start = true\n", config());
     let run = Vm::new()
         .config(&config)
-        .file("/etc/dp-test.sh", LIB)
+        .file("/etc/dp-test.sh", format!("{FIND_STAND_INS}{LIB}"))
         .cmd(&lib(r#"
 drv() { d=$(readlink /sys/bus/pci/devices/$1/driver); echo ${d##*/}; }
 echo "BEFORE $(drv $EDU) $(drv $TD)"

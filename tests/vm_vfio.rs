@@ -7,20 +7,10 @@
 #[path = "vm/harness.rs"]
 mod harness;
 
-use harness::{StepResult, Vm};
+use harness::{FIND_STAND_INS, STAND_IN_MATCH, StepResult, Vm};
 
-const CONFIG: &str = "[[match.gpu]]\nvendor = 0x1234\ndevices = [0x11e8]\n\n[[match.gpu]]\nvendor = 0x1b36\ndevices = [0x0005]\n";
-
-/// Sourced by every step: finds the devices and prints their state.
+/// Sourced by every step after [`FIND_STAND_INS`]: prints the devices' state.
 const LIB: &str = r#"
-bdf_of() {
-  for d in /sys/bus/pci/devices/*; do
-    if [ "$(cat $d/vendor)" = "$1" ] && [ "$(cat $d/device)" = "$2" ]; then echo ${d##*/}; return; fi
-  done
-}
-EDU=$(bdf_of 0x1234 0x11e8)
-TD=$(bdf_of 0x1b36 0x0005)
-grp() { g=$(readlink /sys/bus/pci/devices/$1/iommu_group); echo ${g##*/}; }
 # "STATE bdf driver override node": node = yes when /dev/vfio/<group> is a char device.
 state() {
   d=/sys/bus/pci/devices/$1; drv=$(readlink $d/driver); g=$(grp $1)
@@ -72,8 +62,8 @@ fn on_vfio() -> Vec<(String, String, String)> {
 #[test]
 fn bind_unbind_undo_and_refusals_on_a_real_kernel() {
     let run = Vm::new()
-        .config(CONFIG)
-        .file("/etc/vfio-test.sh", LIB)
+        .config(STAND_IN_MATCH)
+        .file("/etc/vfio-test.sh", format!("{FIND_STAND_INS}{LIB}"))
         // 0: the original state
         .cmd(&lib("setup && both && echo EDU=$EDU TD=$TD"))
         // 1: a dry run changes nothing (not even the state directory); list sees both
@@ -196,8 +186,8 @@ const STEPS_PER_DEVICE: u32 = 7;
 #[test]
 fn sigkill_after_every_step_of_a_two_device_bind_is_recovered() {
     let mut vm = Vm::new()
-        .config(CONFIG)
-        .file("/etc/vfio-test.sh", LIB)
+        .config(STAND_IN_MATCH)
+        .file("/etc/vfio-test.sh", format!("{FIND_STAND_INS}{LIB}"))
         .cmd(&lib("setup && both"));
     let total = 2 * STEPS_PER_DEVICE;
     for n in 1..=total {

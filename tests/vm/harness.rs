@@ -27,6 +27,23 @@ use std::process::{Command, Stdio};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// The `[match]` config that makes the guest's two emulated test devices stand in for
+/// GPUs: `edu` (1234:11e8) and `pci-testdev` (1b36:0005).
+pub const STAND_IN_MATCH: &str = "[[match.gpu]]\nvendor = 0x1234\ndevices = [0x11e8]\n\n[[match.gpu]]\nvendor = 0x1b36\ndevices = [0x0005]\n";
+
+/// Guest shell lines that set `EDU` and `TD` to the stand-ins' addresses and define
+/// `grp BDF` (the device's IOMMU group number).
+pub const FIND_STAND_INS: &str = r#"
+bdf_of() {
+  for d in /sys/bus/pci/devices/*; do
+    if [ "$(cat $d/vendor)" = "$1" ] && [ "$(cat $d/device)" = "$2" ]; then echo ${d##*/}; return; fi
+  done
+}
+EDU=$(bdf_of 0x1234 0x11e8)
+TD=$(bdf_of 0x1b36 0x0005)
+grp() { g=$(readlink /sys/bus/pci/devices/$1/iommu_group); echo ${g##*/}; }
+"#;
+
 /// Kernel modules placed in the guest, with everything they depend on (from the
 /// kernel's own modules.dep). Adding a name here rebuilds the cached base layer.
 pub const GUEST_MODULES: &[&str] = &[
