@@ -186,3 +186,37 @@ fn a_gpu_in_use_keeps_its_last_read_mode() {
         Some("true")
     );
 }
+
+/// An idle vfio GPU is usually runtime-suspended: the labeler wakes it for its first read
+/// (and puts `power/control` back), but not every round after that.
+#[test]
+fn a_suspended_gpu_is_woken_once_not_every_round() {
+    let h = host();
+    let dir = |g: &str| {
+        h.host
+            .resolve(Path::new("/sys/bus/pci/devices").join(g))
+            .unwrap()
+    };
+    for g in &h.gpus {
+        std::fs::create_dir_all(dir(g).join("power")).unwrap();
+        std::fs::write(dir(g).join("power/runtime_status"), "suspended\n").unwrap();
+        std::fs::write(dir(g).join("power/control"), "auto\n").unwrap();
+    }
+    let mut cache = CcModeCache::default();
+    assert_eq!(state(&labels(&h, &mut cache)), (Some("on"), Some("true")));
+    let control = std::fs::read_to_string(dir(&h.gpus[0]).join("power/control")).unwrap();
+    assert_eq!(
+        control.trim(),
+        "auto",
+        "power/control restored after the read"
+    );
+
+    // The registers now say off; a known, suspended GPU is not woken to find out.
+    for g in &h.gpus {
+        set_bar0(&h, g, GH100_BOOT_0, regs::BOOT_COMPLETE_DONE, 0);
+    }
+    assert_eq!(state(&labels(&h, &mut cache)), (Some("on"), Some("true")));
+    // A GPU not known yet is woken and read.
+    let fresh = labels(&h, &mut CcModeCache::default());
+    assert_eq!(state(&fresh), (Some("off"), Some("false")));
+}

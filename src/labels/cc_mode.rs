@@ -7,7 +7,7 @@
 //! owns its BAR0. A GPU that cannot be asked now keeps the mode last read in this
 //! process — the mode only changes through a reset, which needs the GPU unused — so the
 //! labels do not flap while a pod runs. A GPU never read leaves the node without the two
-//! labels rather than guessing.
+//! labels rather than guessing. A runtime-suspended GPU is woken for its first read only.
 //!
 //! A query that reaches the firmware and fails (boot never completes, BAR0 all-ones, the
 //! invalid mode 2) is NVIDIA's `failed`; a mapping that cannot hold the registers is
@@ -21,7 +21,7 @@ use crate::gpu::cc::{self, CcError, CcState, Family, Timing, live};
 use crate::gpu::usage;
 use crate::host::HostRoot;
 use crate::host::mmio::MapAccess;
-use crate::host::pci::{PciAddress, PciDevice};
+use crate::host::pci::{PciAddress, PciDevice, device_dir};
 use crate::plan::facts::{CcMode, NodeFacts};
 
 /// Why a GPU's mode was not read this time (the last known value, if any, stands).
@@ -68,7 +68,8 @@ impl CcModeCache {
     ) {
         let mut askable: Vec<(PciDevice, Family)> = Vec::new();
         for gpu in facts.gpus.iter().filter(|g| g.cc_capable) {
-            match askable_device(host, matching, &gpu.address) {
+            let known = self.last.contains_key(&gpu.address);
+            match askable_device(host, matching, &gpu.address, known) {
                 Ok(d) => askable.push(d),
                 Err(why) => not_now(&gpu.address, &why),
             }
@@ -112,11 +113,15 @@ fn not_now(address: &str, why: &NotAsked) {
         "CC mode not read now; the last value read stands");
 }
 
-/// The device behind an address, when its driver lets it be asked (none, or vfio).
+/// The device behind an address, when its driver lets it be asked (none, or vfio). An
+/// idle GPU on vfio-pci is usually runtime-suspended, and reading it means waking it
+/// (`power/control`): that is done once, for a GPU whose mode is not known yet, never
+/// every round, so the labeler does not undo runtime power management.
 fn askable_device(
     host: &HostRoot,
     matching: &MatchConfig,
     address: &str,
+    known: bool,
 ) -> Result<(PciDevice, Family), NotAsked> {
     let addr: PciAddress = address
         .parse()
@@ -130,6 +135,16 @@ fn askable_device(
         && !SWITCHABLE_DRIVERS.contains(&d.as_str())
     {
         return Err(NotAsked::Busy(format!("bound to {d}")));
+    }
+    if known {
+        let status = host
+            .read_attr_opt(device_dir(&addr).join("power/runtime_status"))
+            .map_err(|e| NotAsked::Unreadable(e.to_string()))?;
+        if status.as_deref().is_some_and(|s| s != "active") {
+            return Err(NotAsked::Busy(
+                "runtime-suspended; not woken again".to_string(),
+            ));
+        }
     }
     Ok((pci, family))
 }
