@@ -45,6 +45,12 @@ impl KernelLogInfo {
     pub fn collect(host: &HostRoot, problems: &mut Vec<Problem>) -> Self {
         match host.kernel_log() {
             Ok(log) => {
+                if log.dropped > 0 {
+                    problems.push(Problem::new(
+                        KMSG,
+                        "longer than cchost reads; the oldest records were left out",
+                    ));
+                }
                 if log.skipped > 0 {
                     problems.push(Problem::new(
                         KMSG,

@@ -232,7 +232,10 @@ impl Journal {
         let change = to_json(&change)?;
         let restore = to_json(&restore)?;
         let seq = self.file.next_seq;
-        self.file.next_seq += 1;
+        self.file.next_seq = seq.checked_add(1).ok_or_else(|| JournalError::Corrupt {
+            path: self.host.lexical(JOURNAL_PATH),
+            reason: format!("next_seq {seq} leaves no room for another entry"),
+        })?;
         self.file.entries.push(Entry {
             seq,
             kind: kind.to_string(),
@@ -326,6 +329,15 @@ fn parse(bytes: &[u8]) -> Result<JournalFile, String> {
         return Err(format!(
             "format version {} (this cchost reads version {FORMAT_VERSION})",
             file.version
+        ));
+    }
+    // A sequence number that cannot be incremented would wrap to 0 on the next change
+    // and leave a journal this function rejects (issue 14.4): refuse it while nothing
+    // has been changed yet.
+    if file.next_seq == u64::MAX {
+        return Err(format!(
+            "next_seq {} leaves no room for another entry",
+            file.next_seq
         ));
     }
     let mut seqs = std::collections::BTreeSet::new();

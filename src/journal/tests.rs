@@ -84,6 +84,8 @@ fn corrupt_journal_is_an_error_naming_the_file() {
         r#"{"version":1,"next_seq":1,"entries":[],"extra":1}"#,
         r#"{"version":9,"next_seq":1,"entries":[]}"#,
         r#"{"version":1,"next_seq":1,"entries":[{"seq":1,"kind":"k","subject":"s","state":"applied","change":null,"restore":null,"at_unix":0}]}"#,
+        // Issue 14.4: the next change would overflow the sequence number.
+        r#"{"version":1,"next_seq":18446744073709551615,"entries":[]}"#,
     ] {
         fs::write(&p, bad).unwrap();
         let err = Journal::open(&host).unwrap_err().to_string();
