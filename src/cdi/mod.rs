@@ -17,8 +17,8 @@ pub use spec::{
     validate_kind, validate_vendor,
 };
 
-use crate::deviceplugin::devices::Discovery;
 use crate::host::{HostError, HostRoot};
+use crate::inventory::passthrough::Discovery;
 
 /// Prefix of every spec file cchost owns in the CDI directory.
 pub const FILE_PREFIX: &str = "cchost-";

@@ -14,10 +14,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::api::{self, device_plugin_server::DevicePlugin};
-use super::devices::{Health, PassthroughDevice};
 use super::preferred::preferred;
 use super::state::DeviceList;
 use crate::cdi::Spec;
+use crate::inventory::passthrough::{Health, PassthroughDevice};
 
 /// Permissions kubelet passes to the runtime for vfio nodes (mknod, read, write).
 pub const NODE_PERMISSIONS: &str = "mrw";

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::devices::{Discovery, Health, PassthroughDevice, numeric_key};
+use crate::inventory::passthrough::{Discovery, Health, PassthroughDevice, numeric_key};
 
 /// The devices of one resource, as a shared snapshot.
 pub type DeviceList = Arc<Vec<PassthroughDevice>>;
@@ -80,7 +80,7 @@ pub fn publish(tx: &watch::Sender<DeviceList>, resource: &str, scan: &Discovery)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deviceplugin::devices::{DeviceClass, Skipped, VfioMode};
+    use crate::inventory::passthrough::{DeviceClass, Skipped, VfioMode};
 
     fn dev(id: &str, f: &str) -> PassthroughDevice {
         PassthroughDevice {

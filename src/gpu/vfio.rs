@@ -7,7 +7,7 @@
 //! driver is left alone. Every change is journaled before it starts, with the
 //! binding (driver + override) that restores it.
 //!
-//! What to bind, and whether it is safe, is decided before (see `vfio_plan`); this module
+//! What to bind, and whether it is safe, is decided before (see `plan::vfio`); this module
 //! only acts.
 
 use std::path::PathBuf;

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::modules;
 use super::profile::{ArgProfile, Platform};
 use crate::config::KernelConfig;
-use crate::plan::facts::CpuVendor;
+use crate::inventory::facts::CpuVendor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

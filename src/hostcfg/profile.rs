@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::args::{ArgEdit, ArgMatch, KernelArg};
 use crate::config::KernelConfig;
-use crate::plan::facts::{CpuVendor, NodeFacts};
+use crate::inventory::facts::{CpuVendor, NodeFacts};
 
 /// The TEE the host is set up for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]

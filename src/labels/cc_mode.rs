@@ -22,7 +22,7 @@ use crate::gpu::usage;
 use crate::host::HostRoot;
 use crate::host::mmio::MapAccess;
 use crate::host::pci::{PciAddress, PciDevice, device_dir};
-use crate::plan::facts::{CcMode, NodeFacts};
+use crate::inventory::facts::{CcMode, NodeFacts};
 
 /// Why a GPU's mode was not read this time (the last known value, if any, stands).
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::config::LabelsConfig;
-use crate::plan::facts::{CcMode, IommuMode, NodeFacts};
+use crate::inventory::facts::{CcMode, IommuMode, NodeFacts};
 
 pub const TDX_LABEL: &str = "intel.feature.node.kubernetes.io/tdx";
 pub const SNP_LABEL: &str = "amd.feature.node.kubernetes.io/snp";
@@ -217,7 +217,7 @@ pub fn valid_label_value(v: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::facts::*;
+    use crate::inventory::facts::*;
 
     fn gpu(model: &str, cc: bool, mode: Option<CcMode>) -> GpuFacts {
         GpuFacts {

@@ -490,7 +490,10 @@ mod tests {
         );
         assert_eq!(model_resource_class("3D thing."), "GPU_3D_THING");
         assert!(
-            crate::cdi::validate_class(&model_resource_class("a".repeat(100).as_str())).is_ok()
+            crate::config::cdi_names::validate_class(&model_resource_class(
+                "a".repeat(100).as_str()
+            ))
+            .is_ok()
         );
     }
 
