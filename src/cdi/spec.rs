@@ -1,5 +1,5 @@
 //! The CDI spec document: a small serde model of the fields cchost writes, the name
-//! rules, and the lowest `cdiVersion` those fields need (facts k8s-cdi-rust.md §2.1–2.4).
+//! rules, and the lowest `cdiVersion` those fields need (docs/facts/k8s.md#cdi-spec).
 
 use std::collections::BTreeMap;
 
@@ -58,7 +58,7 @@ fn fmt_version(v: Version) -> String {
 impl Spec {
     /// The lowest cdiVersion that can express this spec. Runtimes reject a spec whose
     /// version is lower than its fields need, and old runtimes reject versions they do
-    /// not know, so the lowest one is the most compatible (facts §2.1).
+    /// not know, so the lowest one is the most compatible (docs/facts/k8s.md#cdi-spec).
     pub fn minimum_version(&self) -> String {
         let mut v: Version = (0, 3, 0);
         let mut need = |w: Version| v = v.max(w);

@@ -1,6 +1,6 @@
 //! The CDI name rules (vendor, class, kind, device name) of the CDI specification
 //! (cncf-tags/container-device-interface, SPEC.md "Kind" and "Devices",
-//! `pkg/parser/parser.go`). They live in `config` so that resource names in the config are
+//! `pkg/parser/parser.go`; docs/facts/k8s.md#cdi-spec). They live in `config` so that resource names in the config are
 //! refused when it is loaded without `config` importing `cdi`; [`crate::cdi`] re-exports
 //! them.
 

@@ -47,7 +47,7 @@ pub enum DcapError {
 }
 
 /// Host path of the kvm_intel TDX switch; TDX is on only when it reads exactly `Y`
-/// (the NFD rule, facts/cpu-tee.md).
+/// (the NFD rule, docs/facts/cpu-tee.md#kvm-params).
 pub const KVM_INTEL_TDX: &str = "/sys/module/kvm_intel/parameters/tdx";
 
 /// Is TDX enabled on this host? Returns the verdict and the evidence line.

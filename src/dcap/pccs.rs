@@ -1,5 +1,5 @@
 //! The PCCS probe: a small HTTPS GET of our own (rustls with the ring provider) that
-//! tells apart what a real PCCS answers (facts/pccs-observed.md):
+//! tells apart what a real PCCS answers (docs/facts/dcap.md#pccs-observed):
 //! 404 "No cache data" (empty cache, OFFLINE/REQ), a wrong-URL 404 (Express's HTML page),
 //! a LAZY-mode hang (~63 s then 502) when Intel PCS is unreachable, a closed connection,
 //! and nothing listening. The hang is recognised without waiting for it: the TCP

@@ -2,7 +2,7 @@
 //!
 //! A device that was advertised and then loses its vfio node or leaves vfio-pci stays
 //! in the list as Unhealthy (kubelet then stops handing it out but keeps it in capacity,
-//! facts k8s-cdi-rust.md §1.6), and turns Healthy again when it comes back.
+//! docs/facts/k8s.md#device-health), and turns Healthy again when it comes back.
 
 use std::sync::Arc;
 

@@ -1,5 +1,5 @@
 //! Which kernel arguments each profile needs and which it must not have, each with the
-//! fact it comes from (../shared/facts/cpu-tee.md §2.2, §4, §5).
+//! fact it comes from (docs/facts/cpu-tee.md#kernel-args, #iommu).
 
 use serde::Serialize;
 
