@@ -29,7 +29,7 @@ pub fn run(g: &Global, _a: Args) -> anyhow::Result<ExitCode> {
                 tracing::warn!("vfio.bind_on_start: {r}");
             }
         }
-        if let Some(mode) = g.config.cc.mode_on_start.target() {
+        if let Some(mode) = cchost::gpu::cc::TargetMode::on_start(g.config.cc.mode_on_start) {
             let opener = cchost::gpu::cc::live::MmioOpener::default();
             let done =
                 cchost::daemon::cc_on_start::set_mode(&mut journal, &g.config, mode, &opener);

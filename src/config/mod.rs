@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod cc;
+pub mod cdi_names;
 mod dcap;
 mod deviceplugin;
 mod kernel;

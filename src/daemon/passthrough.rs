@@ -5,7 +5,7 @@
 use crate::cdi;
 use crate::config::PluginMode;
 use crate::deviceplugin::PluginManager;
-use crate::deviceplugin::devices::{self, Discovery};
+use crate::inventory::passthrough::{self, Discovery};
 
 use super::status::{self, PassthroughStatus};
 use super::{Context, DaemonError};
@@ -20,7 +20,7 @@ fn fail(message: impl std::fmt::Display) -> DaemonError {
 /// One pass: scan and write the CDI spec. Errors are logged; the last good state stays.
 pub fn scan_and_write(ctx: &Context) -> Option<Discovery> {
     let cfg = &ctx.config.device_plugin;
-    let scan = match devices::discover(&ctx.host, &ctx.config.matching, cfg) {
+    let scan = match passthrough::discover(&ctx.host, &ctx.config.matching, cfg) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "device scan failed; keeping the last state");

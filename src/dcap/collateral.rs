@@ -2,7 +2,7 @@
 //!
 //! TCB info and QE identity are valid for about 30 days; PCCS refreshes them daily and
 //! QPL caches them for a week, so a stale copy anywhere in the chain makes verifiers fail
-//! (facts/dcap.md §9.6). cchost reads `nextUpdate` and warns well before it passes.
+//! (docs/facts/dcap.md#collateral-expiry). cchost reads `nextUpdate` and warns well before it passes.
 
 use serde::Serialize;
 use serde_json::Value;

@@ -1,6 +1,6 @@
 //! The PCCS probe: one HTTPS GET (hyper's HTTP/1 client connection over rustls with the
 //! ring provider, one phase timed at a time) that tells apart what a real PCCS answers
-//! (facts/pccs-observed.md):
+//! (docs/facts/dcap.md#pccs-observed):
 //! 404 "No cache data" (empty cache, OFFLINE/REQ), a wrong-URL 404 (Express's HTML page),
 //! a LAZY-mode hang (~63 s then 502) when Intel PCS is unreachable, a closed connection,
 //! and nothing listening. The hang is recognised without waiting for it: the TCP

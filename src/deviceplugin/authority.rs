@@ -1,5 +1,4 @@
-//! The old-kubelet `:authority` quirk, worked around below h2 (facts k8s-cdi-rust.md
-//! §1.10): kubelets before 1.26 (grpc-go) send the plugin socket's path
+//! The old-kubelet `:authority` quirk, worked around below h2 (docs/facts/k8s.md#grpc-authority): kubelets before 1.26 (grpc-go) send the plugin socket's path
 //! (`/var/lib/kubelet/device-plugins/cchost-...sock`) as the HTTP/2 `:authority`, which
 //! h2 rejects as a malformed request, so such a kubelet could register the plugin but
 //! never call it.

@@ -11,7 +11,6 @@
 
 pub mod api;
 pub mod authority;
-pub mod devices;
 pub mod endpoint;
 pub mod preferred;
 pub mod service;
@@ -26,7 +25,7 @@ use tokio::task::JoinHandle;
 use crate::config::DevicePluginConfig;
 use crate::host::HostRoot;
 use crate::host::unix::DirEvent;
-use devices::Discovery;
+use crate::inventory::passthrough::Discovery;
 use endpoint::{EndpointEvent, PluginEndpoint, PluginError};
 use state::DeviceList;
 

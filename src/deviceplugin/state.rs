@@ -2,13 +2,13 @@
 //!
 //! A device that was advertised and then loses its vfio node or leaves vfio-pci stays
 //! in the list as Unhealthy (kubelet then stops handing it out but keeps it in capacity,
-//! facts k8s-cdi-rust.md §1.6), and turns Healthy again when it comes back.
+//! docs/facts/k8s.md#device-health), and turns Healthy again when it comes back.
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::devices::{Discovery, Health, PassthroughDevice, numeric_key};
+use crate::inventory::passthrough::{Discovery, Health, PassthroughDevice, numeric_key};
 
 /// The devices of one resource, as a shared snapshot.
 pub type DeviceList = Arc<Vec<PassthroughDevice>>;
@@ -80,7 +80,7 @@ pub fn publish(tx: &watch::Sender<DeviceList>, resource: &str, scan: &Discovery)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deviceplugin::devices::{DeviceClass, Skipped, VfioMode};
+    use crate::inventory::passthrough::{DeviceClass, Skipped, VfioMode};
 
     fn dev(id: &str, f: &str) -> PassthroughDevice {
         PassthroughDevice {

@@ -1,13 +1,13 @@
 //! Moving one PCI function between drivers through sysfs, journaled.
 //!
-//! The bind sequence is NVIDIA vfio-manage's (../shared/facts/gpu.md §1.5): clear
+//! The bind sequence is NVIDIA vfio-manage's (docs/facts/gpu.md#sysfs-bind-sequence): clear
 //! `driver_override`, unbind from the current driver, write the vfio driver's name to
 //! `driver_override`, write the address to `/sys/bus/pci/drivers/<driver>/bind`. No
 //! `new_id`, no `drivers_probe`, no remove/rescan. A device already on the target
 //! driver is left alone. Every change is journaled before it starts, with the
 //! binding (driver + override) that restores it.
 //!
-//! What to bind, and whether it is safe, is decided before (see `vfio_plan`); this module
+//! What to bind, and whether it is safe, is decided before (see `plan::vfio`); this module
 //! only acts.
 
 use std::path::PathBuf;
@@ -265,7 +265,7 @@ pub fn bind_shared(
     }
 }
 
-/// The four writes of gpu.md §1.5 (bind) from the state `dev` shows.
+/// The four writes of docs/facts/gpu.md#sysfs-bind-sequence (bind) from the state `dev` shows.
 fn move_to(
     host: &HostRoot,
     dev: &PciDevice,
@@ -344,7 +344,7 @@ pub enum UnbindOutcome {
     NotBound { binding: Binding },
     /// Put back to the binding the journal recorded before cchost's bind.
     Restored { to: Binding },
-    /// Bound to vfio by someone else: released, left driverless (gpu.md §1.5).
+    /// Bound to vfio by someone else: released, left driverless (docs/facts/gpu.md#sysfs-bind-sequence).
     Released { from: Binding },
 }
 
@@ -458,7 +458,7 @@ fn ensure_driver_dir(host: &HostRoot, driver: &str) -> Result<(), VfioError> {
 }
 
 /// Finds (loading it if allowed) the driver directory for a vfio module: the first of
-/// `candidates` present under /sys/bus/pci/drivers (gpu.md §1.4: `vfio_pci` registers
+/// `candidates` present under /sys/bus/pci/drivers (docs/facts/gpu.md#vfio-driver-choice: `vfio_pci` registers
 /// as `vfio-pci`). Also makes sure the type1 IOMMU backend is there for the group
 /// interface.
 pub fn ensure_vfio_driver(

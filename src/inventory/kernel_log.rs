@@ -1,7 +1,7 @@
 //! The kernel-log lines that carry TEE and IOMMU facts. The whole log is read once
 //! (see [`HostRoot::kernel_log`]); only lines that mention TDX, SEV/SNP, the IOMMU or
 //! Arm RME are kept, and the verdicts match them loosely because the wording changes
-//! between kernel versions (../shared/facts/cpu-tee.md §3.5).
+//! between kernel versions (docs/facts/cpu-tee.md#tdx-linux).
 
 use serde::{Deserialize, Serialize};
 

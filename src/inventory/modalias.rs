@@ -4,7 +4,7 @@
 //! publish `alias vfio_pci:v…d…sv…sd…bc…sc…i… <module>` lines in
 //! `/lib/modules/<release>/modules.alias`; plain `vfio_pci` publishes an all-wildcard
 //! one. Like NVIDIA's vfio-manage (and libvirt), the pattern with the fewest `*`
-//! wildcards wins and `vfio-pci` is the fallback (../shared/facts/gpu.md §1.4).
+//! wildcards wins and `vfio-pci` is the fallback (docs/facts/gpu.md#vfio-driver-choice).
 
 use serde::{Deserialize, Serialize};
 
@@ -37,7 +37,7 @@ pub struct VfioChoice {
     pub module: String,
     /// Name of the driver directory under /sys/bus/pci/drivers for the plain vfio-pci
     /// case; variant drivers register under their own name, which the binder looks up
-    /// as `module` first and then with `_` replaced by `-` (gpu.md §1.4).
+    /// as `module` first and then with `_` replaced by `-` (docs/facts/gpu.md#vfio-driver-choice).
     pub driver: String,
     #[serde(flatten)]
     pub source: VfioChoiceSource,

@@ -11,7 +11,7 @@ use super::nfdfile::FileLabeler;
 use super::{NodeLabels, compute};
 use crate::config::{LabelBackend, LabelsConfig};
 use crate::host::HostRoot;
-use crate::plan::NodeFacts;
+use crate::inventory::NodeFacts;
 
 /// How the labeler reads the facts each round (the inventory, in `cchost run`).
 pub type FactSource = Arc<dyn Fn(&HostRoot) -> Result<NodeFacts, String> + Send + Sync>;
