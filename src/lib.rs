@@ -8,6 +8,7 @@
 //! - [`plan`]: config + inventory -> a list of actions (pure).
 //! - actuators: [`gpu`], [`hostcfg`], [`cdi`], [`journal`] (each idempotent, journaled).
 //! - services: [`deviceplugin`], [`labels`], [`dcap`], run by [`daemon`].
+//! - [`observe`]: metrics, health, systemd notification and Kubernetes Events.
 //! - [`fixture`]: test support, fixture host trees laid out as the kernel lays out /sys.
 
 pub mod capture;
@@ -24,4 +25,5 @@ pub mod hostcfg;
 pub mod inventory;
 pub mod journal;
 pub mod labels;
+pub mod observe;
 pub mod plan;
