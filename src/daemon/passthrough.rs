@@ -62,6 +62,8 @@ fn pass(
     ctx: &Context,
     last: Option<PassthroughStatus>,
 ) -> (Option<Discovery>, Option<PassthroughStatus>) {
+    #[cfg(test)]
+    tests::record_pass_thread();
     let Some(scan) = scan_and_write(ctx) else {
         return (None, last);
     };
@@ -197,4 +199,67 @@ pub async fn run(mut ctx: Context) -> Result<(), DaemonError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::thread::ThreadId;
+
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::daemon::Change;
+    use crate::host::HostRoot;
+    use crate::observe::health::{Health, State};
+
+    static PASS_THREADS: Mutex<Vec<ThreadId>> = Mutex::new(Vec::new());
+
+    pub(super) fn record_pass_thread() {
+        if let Ok(mut t) = PASS_THREADS.lock() {
+            t.push(std::thread::current().id());
+        }
+    }
+
+    /// Issue 13 item 11: the scan, the CDI write and the status write never run on the
+    /// runtime's (only) thread, which must stay free for Allocate.
+    #[tokio::test(flavor = "current_thread")]
+    async fn scans_and_writes_run_off_the_runtime_thread() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.device_plugin.mode = PluginMode::Off;
+        let (stop, shutdown) = watch::channel(false);
+        let (_changes_tx, changes) = watch::channel(Change {
+            seq: 0,
+            reason: "start".into(),
+        });
+        let health = Arc::new(Health::default());
+        let ctx = Context {
+            host: HostRoot::new(tmp.path()).unwrap(),
+            config: Arc::new(cfg),
+            shutdown,
+            changes,
+            health: health.clone(),
+            name: "passthrough".into(),
+        };
+        let runtime_thread = std::thread::current().id();
+        let mut seen = health.subscribe();
+        let task = tokio::spawn(run(ctx));
+        while !health
+            .readiness()
+            .parts
+            .contains(&("passthrough".to_string(), State::Serving))
+        {
+            seen.changed().await.unwrap();
+        }
+        stop.send(true).unwrap();
+        task.await.unwrap().unwrap();
+        let threads = PASS_THREADS.lock().unwrap().clone();
+        assert!(!threads.is_empty(), "a pass ran");
+        assert!(
+            threads.iter().all(|t| *t != runtime_thread),
+            "a pass ran on the runtime thread"
+        );
+    }
 }
