@@ -9,6 +9,7 @@
 //! - services: [`labels`], [`deviceplugin`], [`dcap`].
 //! - [`plan`]: config + facts -> what would change (changes nothing).
 //! - [`apply`] (carries a plan out), [`check`] (the readiness tree).
+//! - [`observe`]: metrics, health, systemd notification and Kubernetes Events.
 //! - [`daemon`] (`cchost run`), [`capture`].
 
 pub mod apply;
@@ -26,4 +27,5 @@ pub mod hostcfg;
 pub mod inventory;
 pub mod journal;
 pub mod labels;
+pub mod observe;
 pub mod plan;

@@ -12,6 +12,7 @@ mod deviceplugin;
 mod kernel;
 mod labels;
 mod matching;
+mod observe;
 mod vfio;
 
 pub use cc::{CcConfig, ModeOnStart};
@@ -22,6 +23,7 @@ pub use deviceplugin::{DevicePluginConfig, EventSource, PluginMode, VfioModeConf
 pub use kernel::{GpuChoice, KernelConfig, MechanismChoice, ProfileChoice};
 pub use labels::{LabelBackend, LabelsConfig, is_dns_subdomain};
 pub use matching::{Architecture, ChipRange, DeviceMatch, MatchConfig};
+pub use observe::{KubeEvents, ObserveConfig};
 pub use vfio::VfioConfig;
 
 /// Where the configuration is read from when `--config` is not given.
@@ -45,6 +47,8 @@ pub struct Config {
     pub dcap: DcapConfig,
     /// The GPUs' CC mode as `cchost run` keeps it.
     pub cc: CcConfig,
+    /// Health endpoint, metrics and Kubernetes Events of `cchost run`.
+    pub observe: ObserveConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +101,7 @@ impl Config {
         self.labels.validate()?;
         self.kernel.validate()?;
         self.dcap.validate()?;
+        self.observe.validate()?;
         Ok(())
     }
 }

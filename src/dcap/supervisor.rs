@@ -117,6 +117,17 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), DcapError> {
     let (tx, _rx) = watch::channel(State::default());
+    run_with_state(host, cfg, shutdown, tx).await
+}
+
+/// [`run`], publishing what the supervisor sees on `tx` (the daemon's metrics and
+/// readiness follow it).
+pub async fn run_with_state(
+    host: HostRoot,
+    cfg: DcapConfig,
+    shutdown: watch::Receiver<bool>,
+    tx: watch::Sender<State>,
+) -> Result<(), DcapError> {
     let settings = Settings::from_config(&cfg);
     match cfg.supervise.mode {
         SuperviseMode::Off => Ok(()),
@@ -137,11 +148,16 @@ pub async fn prepare_socket(host: &HostRoot, s: &Settings) -> Result<(), DcapErr
         Endpoint::Vsock { .. } => {
             // QGS in vsock mode needs the host side of vsock; probing from the host
             // itself (CID 1) needs the loopback transport (docs/facts/dcap.md#qgs-service).
-            for m in ["vhost_vsock", "vsock_loopback"] {
-                if let Err(e) = host.modprobe(m) {
-                    tracing::warn!(module = m, error = %e, "cannot load vsock module");
+            // modprobe runs a process and waits: not on the runtime's thread.
+            let host = host.clone();
+            let loaded = tokio::task::spawn_blocking(move || {
+                for m in ["vhost_vsock", "vsock_loopback"] {
+                    if let Err(e) = host.modprobe(m) {
+                        tracing::warn!(module = m, error = %e, "cannot load vsock module");
+                    }
                 }
-            }
+            });
+            let _ = loaded.await;
             return Ok(());
         }
     };

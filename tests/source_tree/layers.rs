@@ -9,8 +9,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 const LAYERS: &[&[&str]] = &[
-    // Leaves: the door to the host's files, and the configuration.
-    &["host", "config"],
+    // Leaves: the door to the host's files, the configuration, and the process-wide
+    // health and metrics registry (imports nothing of the crate).
+    &["host", "config", "observe"],
     // What the host is (inventory, node facts, the passthrough-device model), the
     // journal of changes, and the fixture hosts the tests build.
     &["inventory", "journal", "fixture"],
