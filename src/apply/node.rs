@@ -88,7 +88,7 @@ pub fn apply(
             }
             Action::PersistModules { path, content, .. } => {
                 let p = path.display().to_string();
-                journal::write_file(journal, &p, content, 0o644)?
+                journal::write_file(host, journal, &p, content, 0o644)?
             }
         };
         done.push(Done {

@@ -194,7 +194,7 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let mut observe = step_observer()?;
-    let results = apply::vfio::apply_bind(journal, &g.config, &plan, &mut observe)?;
+    let results = apply::vfio::apply_bind(&g.host, journal, &g.config, &plan, &mut observe)?;
     let failed = results.iter().any(|r| r.outcome.is_err()) || results.len() < plan.items.len();
     if a.json {
         print_json(&results)?;
@@ -246,7 +246,7 @@ fn unbind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let mut observe = step_observer()?;
-    let results = apply::vfio::apply_unbind(journal, &plan, &mut observe);
+    let results = apply::vfio::apply_unbind(&g.host, journal, &plan, &mut observe);
     let failed = results.iter().any(|r| r.outcome.is_err());
     if a.json {
         print_json(&results)?;

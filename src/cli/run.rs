@@ -27,7 +27,8 @@ pub fn run(g: &Global, _a: Args) -> anyhow::Result<ExitCode> {
             tracing::warn!(kind = %r.kind, subject = %r.subject, "recovered an interrupted step of an earlier run");
         }
         if g.config.vfio.bind_on_start {
-            let done = cchost::daemon::bind_on_start::bind_matched(&mut journal, &g.config);
+            let done =
+                cchost::daemon::bind_on_start::bind_matched(&g.host, &mut journal, &g.config);
             tracing::info!(bound = ?done.bound, already = ?done.already, "vfio.bind_on_start");
             for r in &done.refused {
                 tracing::warn!("vfio.bind_on_start: {r}");
@@ -48,8 +49,13 @@ pub fn run(g: &Global, _a: Args) -> anyhow::Result<ExitCode> {
         }
         if let Some(mode) = cchost::gpu::cc::TargetMode::on_start(g.config.cc.mode_on_start) {
             let opener = cchost::gpu::cc::live::MmioOpener::default();
-            let done =
-                cchost::daemon::cc_on_start::set_mode(&mut journal, &g.config, mode, &opener);
+            let done = cchost::daemon::cc_on_start::set_mode(
+                &g.host,
+                &mut journal,
+                &g.config,
+                mode,
+                &opener,
+            );
             for o in &done.outcomes {
                 METRICS.cc_switches_total.inc(&[match o.status {
                     Status::Switched => "switched",

@@ -8,6 +8,7 @@
 use crate::apply;
 use crate::config::Config;
 use crate::gpu::vfio::{BindOutcome, Step};
+use crate::host::HostRoot;
 use crate::host::pci::PciAddress;
 use crate::inventory::gpu::{GpuKind, discover_gpus};
 use crate::journal::Journal;
@@ -23,11 +24,10 @@ pub struct StartBind {
     pub failed: Vec<String>,
 }
 
-pub fn bind_matched(journal: &mut Journal, config: &Config) -> StartBind {
-    let host = journal.host().clone();
-    let inv = discover_gpus(&host, &config.matching);
+pub fn bind_matched(host: &HostRoot, journal: &mut Journal, config: &Config) -> StartBind {
+    let inv = discover_gpus(host, &config.matching);
     let mut out = StartBind::default();
-    let plans = match plan_bind(&host, config, &inv, &Selection::All) {
+    let plans = match plan_bind(host, config, &inv, &Selection::All) {
         Ok(p) => vec![p],
         Err(PlanError::Refused(_)) => {
             // Device by device: the good ones are bound, the refused ones named.
@@ -38,7 +38,7 @@ pub fn bind_matched(journal: &mut Journal, config: &Config) -> StartBind {
                 .filter(|d| d.kind == GpuKind::Gpu || config.vfio.bind_nvswitches);
             for d in wanted {
                 let sel = Selection::Addresses(vec![d.address]);
-                match plan_bind(&host, config, &inv, &sel) {
+                match plan_bind(host, config, &inv, &sel) {
                     Ok(p) => plans.push(p),
                     Err(PlanError::Refused(rs)) => out
                         .refused
@@ -55,7 +55,7 @@ pub fn bind_matched(journal: &mut Journal, config: &Config) -> StartBind {
     };
     let mut quiet = |_: &PciAddress, _: Step| {};
     for plan in plans {
-        match apply::vfio::apply_bind(journal, config, &plan, &mut quiet) {
+        match apply::vfio::apply_bind(host, journal, config, &plan, &mut quiet) {
             Ok(results) => {
                 for r in results {
                     let a = r.address.to_string();

@@ -159,16 +159,16 @@ pub enum BindOutcome {
 /// Binds one function to `driver` (a directory name under /sys/bus/pci/drivers, which
 /// must exist). The caller has checked that the device may be moved.
 pub fn bind(
+    host: &HostRoot,
     journal: &mut Journal,
     address: &PciAddress,
     driver: &str,
     node_timeout: Duration,
     observe: Observer<'_>,
 ) -> Result<BindOutcome, VfioError> {
-    let host = journal.host().clone();
     bind_shared(
         &Shared::new(journal, observe),
-        &host,
+        host,
         address,
         driver,
         node_timeout,
@@ -351,12 +351,12 @@ pub enum UnbindOutcome {
 /// Releases a device from vfio: back to what the journal recorded, or, for a device
 /// cchost did not bind, driverless with `driver_override` cleared.
 pub fn unbind(
+    host: &HostRoot,
     journal: &mut Journal,
     address: &PciAddress,
     is_vfio_driver: &dyn Fn(&str) -> bool,
     observe: Observer<'_>,
 ) -> Result<UnbindOutcome, VfioError> {
-    let host = journal.host().clone();
     let subject = address.to_string();
     if let Some(entry) = journal.find(BIND_KIND, &subject).cloned() {
         let original: Binding = entry.restore_as().map_err(|e| JournalError::Restore {
@@ -365,7 +365,7 @@ pub fn unbind(
         })?;
         journal.restoring(entry.seq)?;
         observe(address, Step::Journaled);
-        restore_binding(&host, address, &original)?;
+        restore_binding(host, address, &original)?;
         journal.forget(entry.seq)?;
         observe(address, Step::Committed);
         return Ok(UnbindOutcome::Restored { to: original });
@@ -381,7 +381,7 @@ pub fn unbind(
     };
     let seq = journal.begin(UNBIND_KIND, &subject, &target, &current)?;
     observe(address, Step::Journaled);
-    restore_binding(&host, address, &target)?;
+    restore_binding(host, address, &target)?;
     journal.applied(seq)?;
     observe(address, Step::Committed);
     Ok(UnbindOutcome::Released { from: current })

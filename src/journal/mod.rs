@@ -192,7 +192,9 @@ impl Journal {
         self.host.lexical(JOURNAL_PATH)
     }
 
-    pub fn host(&self) -> &HostRoot {
+    /// The host the journal lives on, for the journal's own restores. Actuators take the
+    /// host as a parameter beside the journal rather than pulling it out of here.
+    pub(crate) fn host(&self) -> &HostRoot {
         &self.host
     }
 

@@ -185,11 +185,12 @@ fn file_change_is_journaled_and_undone() {
     fs::create_dir_all(dir.path().join("etc")).unwrap();
     fs::write(dir.path().join("etc/existing.conf"), "old\n").unwrap();
     let mut j = Journal::open(&host).unwrap();
-    assert!(write_file(&mut j, "/etc/existing.conf", "new\n", 0o644).unwrap());
-    assert!(write_file(&mut j, "/etc/existing.conf", "newer\n", 0o644).unwrap());
-    assert!(!write_file(&mut j, "/etc/existing.conf", "newer\n", 0o644).unwrap());
+    assert!(write_file(&host, &mut j, "/etc/existing.conf", "new\n", 0o644).unwrap());
+    assert!(write_file(&host, &mut j, "/etc/existing.conf", "newer\n", 0o644).unwrap());
+    assert!(!write_file(&host, &mut j, "/etc/existing.conf", "newer\n", 0o644).unwrap());
     assert!(
         write_file(
+            &host,
             &mut j,
             "/etc/modules-load.d/cchost.conf",
             "vfio_pci\n",
