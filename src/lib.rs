@@ -21,6 +21,8 @@ pub mod daemon;
 pub mod dcap;
 pub mod deviceplugin;
 pub mod fixture;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gpu;
 pub mod host;
 pub mod hostcfg;

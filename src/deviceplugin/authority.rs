@@ -276,6 +276,28 @@ pub fn rewrite_authority(b: &mut [u8]) {
     }
 }
 
+/// [`crate::fuzzing::hpack_stream`]: the rewriter fed in pieces, then ended as
+/// [`AuthorityShim`] ends it at EOF.
+pub(crate) fn feed_for_fuzzing(input: &[u8], cuts: &[u8]) -> Vec<u8> {
+    let mut rw = Rewriter::default();
+    let mut out = Vec::new();
+    let mut rest = input;
+    for &c in cuts {
+        if c == 0 || rest.is_empty() {
+            break;
+        }
+        let n = usize::from(c).min(rest.len());
+        rw.push(&rest[..n]);
+        rest = &rest[n..];
+        out.append(&mut rw.output);
+    }
+    rw.push(rest);
+    out.append(&mut rw.output);
+    out.append(&mut rw.block);
+    out.append(&mut rw.input);
+    out
+}
+
 /// A connection whose client-to-server bytes pass through the `:authority` rewrite.
 pub struct AuthorityShim<T> {
     inner: T,

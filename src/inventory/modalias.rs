@@ -144,7 +144,7 @@ impl VfioAliases {
 /// Whether [`glob_match`] matches `pattern` exactly as fnmatch(3) does.
 ///
 /// libkmod matches wildcard aliases with `fnmatch(pattern, modalias, 0)`
-/// (libkmod/libkmod-index.c, `index_searchwild_all`): POSIX XCU §2.13 "Pattern
+/// (libkmod/libkmod-index.c, `index_searchwild__all`): POSIX XCU §2.13 "Pattern
 /// Matching Notation" with glibc's extensions. modpost (scripts/mod/file2alias.c,
 /// `do_pci_entry`) writes `vfio_pci:` patterns of ASCII letters, digits and `*` only,
 /// so cchost implements `*`, `?` and classes of plain characters and refuses the rest
@@ -187,7 +187,7 @@ pub fn supported_pattern(p: &[u8]) -> Result<(), &'static str> {
 /// fnmatch(3) without flags, as libkmod uses for aliases, for the patterns that
 /// [`supported_pattern`] accepts: `*`, `?` and `[...]` classes (with `!`/`^` negation
 /// and ranges).
-fn glob_match(pat: &[u8], s: &[u8]) -> bool {
+pub(crate) fn glob_match(pat: &[u8], s: &[u8]) -> bool {
     // Iterative matcher with single-star backtracking: linear in practice.
     let (mut p, mut i) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;

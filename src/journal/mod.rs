@@ -325,6 +325,11 @@ impl Journal {
     }
 }
 
+/// [`parse`] for `crate::fuzzing`.
+pub(crate) fn parse_for_fuzzing(bytes: &[u8]) -> Result<(), String> {
+    parse(bytes).map(|_| ())
+}
+
 fn parse(bytes: &[u8]) -> Result<JournalFile, String> {
     let file: JournalFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if file.version != FORMAT_VERSION {
