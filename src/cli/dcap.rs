@@ -24,6 +24,11 @@ pub enum Command {
     Supervise,
 }
 
+/// `status` and `supervise` read /sys (TDX state); `configure` only writes /etc files.
+pub fn reads_the_host(c: &Command) -> bool {
+    !matches!(c, Command::Configure { .. })
+}
+
 pub fn run(g: &Global, c: Command) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -84,6 +84,18 @@ pub enum Command {
     Capture(capture::Args),
 }
 
+impl Command {
+    /// Commands whose answers come from the host's /sys, /proc and /dev (not `render`,
+    /// which writes for another machine, nor `undo`, which only replays the journal).
+    fn reads_the_host(&self) -> bool {
+        match self {
+            Command::Render(_) | Command::Undo(_) | Command::DevicePlugin(_) => false,
+            Command::Dcap(c) => dcap::reads_the_host(c),
+            _ => true,
+        }
+    }
+}
+
 /// What every command gets: the host door and the configuration.
 pub struct Global {
     pub host: HostRoot,
@@ -129,6 +141,23 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
     };
+    if cli.command.reads_the_host() {
+        let missing = host.missing_kernel_dirs();
+        if !missing.is_empty() {
+            anyhow::bail!(
+                "host root {} is not a whole host: {} missing or empty; nothing was checked. \
+                 Point --host-root at the host's / (in a DaemonSet, mount the host's / at /host \
+                 with its /sys, /proc and /dev)",
+                host.root().display(),
+                missing
+                    .iter()
+                    .map(|d| format!("{d}/"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                    + if missing.len() == 1 { " is" } else { " are" }
+            );
+        }
+    }
     let config = Config::load(&config_path, explicit)?;
     let g = Global {
         host,

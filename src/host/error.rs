@@ -21,6 +21,11 @@ pub enum HostError {
     NotADirectory(PathBuf),
     #[error("{}: {what}", path.display())]
     Malformed { path: PathBuf, what: String },
+    #[error("{}: is {}, not a regular file; refusing to open it", path.display(), found.describe())]
+    UnexpectedKind {
+        path: PathBuf,
+        found: super::NodeKind,
+    },
 }
 
 impl HostError {
@@ -54,7 +59,8 @@ impl HostError {
         match self {
             HostError::Io { path, .. }
             | HostError::TooLarge { path, .. }
-            | HostError::Malformed { path, .. } => Some(path),
+            | HostError::Malformed { path, .. }
+            | HostError::UnexpectedKind { path, .. } => Some(path),
             HostError::NotUtf8(p)
             | HostError::SymlinkLoop(p)
             | HostError::BadPath(p)

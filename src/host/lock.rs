@@ -29,9 +29,16 @@ impl HostRoot {
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(&local)
             .map_err(|e| HostError::io(host_path, e))?;
+        let meta = file.metadata().map_err(|e| HostError::io(host_path, e))?;
+        if !meta.file_type().is_file() {
+            return Err(HostError::UnexpectedKind {
+                path: host_path.to_path_buf(),
+                found: super::kind_of(&meta.file_type()),
+            });
+        }
         loop {
             // SAFETY: flock on a descriptor we own; no memory is passed.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };

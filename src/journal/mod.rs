@@ -20,7 +20,10 @@
 //! A journal that does not parse is an error naming the file, and nothing is changed.
 
 mod file;
+mod merge;
 mod restore;
+
+pub use merge::take_back;
 
 pub use file::{FILE_KIND, FileChange, FileRestore, FileRestorer, write_file};
 pub use restore::{Recovery, RestoreError, Restored, Restorer, recover, undo_all};
