@@ -10,6 +10,9 @@ use crate::deviceplugin::devices::{self, Discovery};
 use super::status::{self, PassthroughStatus};
 use super::{Context, DaemonError};
 
+/// How soon a failed scan is tried again.
+const SCAN_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn fail(message: impl std::fmt::Display) -> DaemonError {
     DaemonError::Service {
         service: "passthrough".to_string(),
@@ -73,7 +76,9 @@ pub async fn run(mut ctx: Context) -> Result<(), DaemonError> {
     loop {
         let change = ctx.changes.borrow_and_update().clone();
         tracing::debug!(seq = change.seq, reason = %change.reason, "rescanning devices");
-        if let Some(scan) = scan_and_write(&ctx) {
+        let scanned = scan_and_write(&ctx);
+        let failed = scanned.is_none();
+        if let Some(scan) = scanned {
             if let Some(p) = plugins.as_mut() {
                 p.update(&scan);
             }
@@ -86,9 +91,13 @@ pub async fn run(mut ctx: Context) -> Result<(), DaemonError> {
                 }
             }
         }
+        // A scan that failed is tried again soon, not only at the next device event.
         tokio::select! {
             _ = ctx.shutdown.wait_for(|s| *s) => break,
             r = ctx.changes.changed() => if r.is_err() { break },
+            _ = tokio::time::sleep(SCAN_RETRY), if failed => {
+                tracing::info!("retrying the device scan");
+            }
         }
     }
     // The CDI spec stays as it is: every write was atomic, and it still describes the

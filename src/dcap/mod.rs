@@ -11,6 +11,7 @@
 
 pub mod check;
 pub mod collateral;
+pub mod configure;
 pub mod files;
 pub mod pccs;
 pub mod proto;

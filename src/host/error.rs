@@ -26,6 +26,16 @@ pub enum HostError {
         path: PathBuf,
         found: super::NodeKind,
     },
+    #[error(
+        "{}: another cchost process holds this lock (gave up after {:.1} s); \
+         let it finish, or raise --lock-wait",
+        path.display(),
+        waited.as_secs_f64()
+    )]
+    Locked {
+        path: PathBuf,
+        waited: std::time::Duration,
+    },
 }
 
 impl HostError {
@@ -60,7 +70,8 @@ impl HostError {
             HostError::Io { path, .. }
             | HostError::TooLarge { path, .. }
             | HostError::Malformed { path, .. }
-            | HostError::UnexpectedKind { path, .. } => Some(path),
+            | HostError::UnexpectedKind { path, .. }
+            | HostError::Locked { path, .. } => Some(path),
             HostError::NotUtf8(p)
             | HostError::SymlinkLoop(p)
             | HostError::BadPath(p)

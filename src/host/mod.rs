@@ -28,7 +28,7 @@ pub mod uevent;
 pub mod unix;
 
 pub use error::HostError;
-pub use lock::HostLock;
+pub use lock::{HostLock, LockWait};
 pub use open::{Resolution, open_regular_local};
 pub use record::Access;
 

@@ -3,5 +3,10 @@
 
 mod support;
 
+mod concurrency;
+mod dcap_configure;
 mod fifo;
 mod not_a_host;
+mod output;
+mod readonly;
+mod remedies;
