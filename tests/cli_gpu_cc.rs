@@ -60,7 +60,8 @@ impl Fixture {
             )
             .unwrap();
         }
-        std::fs::create_dir_all(root.join("proc")).unwrap();
+        std::fs::create_dir_all(root.join("proc/sys")).unwrap();
+        std::fs::create_dir_all(root.join("dev/vfio")).unwrap();
         Fixture { dir }
     }
 

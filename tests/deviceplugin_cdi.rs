@@ -276,6 +276,57 @@ fn cli_generate_writes_and_prints() {
     assert!(h.host.exists("/var/run/cdi/cchost-nvidia.com-pgpu.json"));
 }
 
+/// Issue 13 item 5: a PCI bus that cannot be listed is not "every device gone":
+/// `cdi generate` fails (exit 2, saying why) and the specs written before stay.
+#[test]
+fn cli_generate_fails_and_keeps_the_specs_when_the_bus_cannot_be_read() {
+    let (h, _) = hgx_like();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
+            .args(["--host-root"])
+            .arg(h.dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["cdi", "generate"]).status.success());
+    let spec = "/var/run/cdi/cchost-nvidia.com-pgpu.json";
+    let before = std::fs::read(h.local(spec)).unwrap();
+    // The bus directory turns unreadable (a symlink loop stands in for an I/O error).
+    let bus = h.local("/sys/bus/pci/devices");
+    std::fs::rename(&bus, bus.with_file_name("devices.away")).unwrap();
+    std::os::unix::fs::symlink("devices", &bus).unwrap();
+    for args in [&["cdi", "generate"][..], &["cdi", "generate", "--stdout"]] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("cannot list the PCI bus"), "{err}");
+    }
+    assert_eq!(std::fs::read(h.local(spec)).unwrap(), before);
+}
+
+/// `cdi generate --stdout` prints one JSON document (an array of specs) even when
+/// there are several kinds.
+#[test]
+fn cli_generate_stdout_is_one_json_document() {
+    let (h, _) = hgx_like();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
+        .args(["--host-root"])
+        .arg(h.dir.path())
+        .args(["cdi", "generate", "--stdout"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let specs = v.as_array().expect("an array of specs");
+    assert!(specs.len() >= 2, "{v}");
+    let v = validator();
+    for s in specs {
+        assert!(v.is_valid(s), "{s}");
+    }
+}
+
 /// The shared fixture host with four H100s on vfio-pci (tests/host/gpus-on-vfio): it
 /// has both group nodes and iommufd cdevs, so `auto` picks iommufd, and `legacy` the
 /// groups; both specs validate.

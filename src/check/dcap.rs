@@ -229,6 +229,7 @@ mod tests {
             config: &config,
             profile: Some(Profile::Tdx),
             dcap: probed.as_ref(),
+            bind_all: None,
         };
         let nodes = evaluate(&[dcap_check()], &ctx);
         assert_eq!(nodes[0].outcome.status, Status::Warn, "{:?}", nodes[0]);
@@ -249,6 +250,7 @@ mod tests {
         let ctx = Ctx {
             profile: Some(Profile::Snp),
             dcap: None,
+            bind_all: None,
             ..ctx
         };
         let nodes = evaluate(&[dcap_check()], &ctx);

@@ -119,6 +119,10 @@ pub struct Ctx<'a> {
     /// The DCAP chain, probed live before evaluation ([`dcap::probe`]); `None` when it
     /// was not probed (not a TDX host, `dcap.enable = off`, or no host to probe).
     pub dcap: Option<&'a crate::dcap::status::Report>,
+    /// What `cchost gpu bind --all` would do on this host, planned before evaluation so
+    /// the passthrough check offers that command only when it would not refuse; `None`
+    /// when there is no host to plan on.
+    pub bind_all: Option<&'a Result<crate::plan::vfio::Plan, crate::plan::vfio::PlanError>>,
 }
 
 pub type CheckFn = Box<dyn Fn(&Ctx) -> CheckOutcome>;
@@ -222,11 +226,15 @@ pub fn build_tree_on(
 ) -> Vec<Node> {
     let resolved = profile.resolve(inv);
     let probed = host.and_then(|h| dcap::probe(h, inv, config, resolved));
+    let bind_all = host.map(|h| {
+        crate::plan::vfio::plan_bind(h, config, &inv.gpus, &crate::plan::vfio::Selection::All)
+    });
     let ctx = Ctx {
         inv,
         config,
         profile: resolved,
         dcap: probed.as_ref(),
+        bind_all: bind_all.as_ref(),
     };
     evaluate(&build_checks(&ctx), &ctx)
 }

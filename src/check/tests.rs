@@ -175,6 +175,7 @@ fn a_subtree_can_be_added_from_outside() {
         config: &cfg,
         profile: Some(Profile::Snp),
         dcap: None,
+        bind_all: None,
     };
     let mut checks = build_checks(&ctx);
     checks.push(

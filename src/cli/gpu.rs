@@ -16,6 +16,7 @@ use cchost::journal::{self, Journal, Restorer};
 use cchost::plan::vfio::{PlanError, Selection, plan_bind, plan_unbind};
 
 use super::Global;
+use super::output::outln;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -139,7 +140,7 @@ fn warn_pending(entries: &[journal::Entry]) {
 }
 
 fn print_json(v: &impl Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
@@ -189,7 +190,7 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
             } else {
                 format!("already on {}", it.current)
             };
-            println!("{} {what}", it.address);
+            outln!("{} {what}", it.address);
         }
         return Ok(ExitCode::SUCCESS);
     };
@@ -202,10 +203,10 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
         for r in &results {
             match &r.outcome {
                 Ok(vfio::BindOutcome::AlreadyBound { driver }) => {
-                    println!("{} already on {driver}", r.address)
+                    outln!("{} already on {driver}", r.address)
                 }
                 Ok(vfio::BindOutcome::Bound { from, driver }) => {
-                    println!("{} bound to {driver} (was {from})", r.address)
+                    outln!("{} bound to {driver} (was {from})", r.address)
                 }
                 Err(e) => eprintln!("{} FAILED: {e}", r.address),
             }
@@ -241,7 +242,7 @@ fn unbind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
             return print_json(&plan).map(|_| ExitCode::SUCCESS);
         }
         for it in &plan.items {
-            println!("{} would be released (now {})", it.address, it.current);
+            outln!("{} would be released (now {})", it.address, it.current);
         }
         return Ok(ExitCode::SUCCESS);
     };
@@ -254,13 +255,13 @@ fn unbind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
         for r in &results {
             match &r.outcome {
                 Ok(vfio::UnbindOutcome::NotBound { binding }) => {
-                    println!("{} not on vfio ({binding}); nothing to do", r.address)
+                    outln!("{} not on vfio ({binding}); nothing to do", r.address)
                 }
                 Ok(vfio::UnbindOutcome::Restored { to }) => {
-                    println!("{} restored to {to}", r.address)
+                    outln!("{} restored to {to}", r.address)
                 }
                 Ok(vfio::UnbindOutcome::Released { from }) => {
-                    println!("{} released from {from}; left without a driver", r.address)
+                    outln!("{} released from {from}; left without a driver", r.address)
                 }
                 Err(e) => eprintln!("{} FAILED: {e}", r.address),
             }
@@ -317,12 +318,17 @@ fn list(g: &Global, a: ListArgs) -> anyhow::Result<ExitCode> {
         print_json(&serde_json::json!({ "devices": rows, "problems": inv.problems }))?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<14} {:<9} {:<10} {:<14} {:<6} {:<22} MODEL",
-        "ADDRESS", "KIND", "ID", "DRIVER", "GROUP", "CCHOST"
+        "ADDRESS",
+        "KIND",
+        "ID",
+        "DRIVER",
+        "GROUP",
+        "CCHOST"
     );
     for r in &rows {
-        println!(
+        outln!(
             "{:<14} {:<9} {:<10} {:<14} {:<6} {:<22} {}",
             r.address.to_string(),
             format!("{:?}", r.kind).to_lowercase(),

@@ -12,7 +12,21 @@ use super::Global;
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
+/// Held by the one `cchost run` of a host root for as long as it runs.
+pub const RUN_LOCK: &str = "/run/cchost/run.lock";
+
 pub fn run(g: &Global, _a: Args) -> anyhow::Result<ExitCode> {
+    // One daemon per host root: a second would fight over the plugin sockets, the CDI
+    // spec and the status file (and remove the first one's on exit).
+    let _one = match g.host.lock_exclusive(RUN_LOCK, cchost::host::LockWait::No) {
+        Ok(l) => l,
+        Err(cchost::host::HostError::Locked { .. }) => anyhow::bail!(
+            "another `cchost run` is already running on host root {} (it holds {}); not starting a second one",
+            g.host.root().display(),
+            g.host.lexical(RUN_LOCK).display()
+        ),
+        Err(e) => return Err(e).context("cannot take the daemon lock"),
+    };
     // One thread: the daemon mostly sleeps, and a small idle footprint matters on a
     // node (docs/performance.md).
     let rt = tokio::runtime::Builder::new_current_thread()

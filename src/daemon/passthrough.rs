@@ -18,6 +18,9 @@ use super::{Context, DaemonError};
 use crate::observe::events;
 use crate::observe::metrics::METRICS;
 
+/// How soon a failed scan is tried again.
+const SCAN_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn fail(message: impl std::fmt::Display) -> DaemonError {
     DaemonError::Service {
         service: "passthrough".to_string(),
@@ -172,6 +175,7 @@ pub async fn run(mut ctx: Context) -> Result<(), DaemonError> {
             .await
             .map_err(|e| fail(format!("device scan panicked: {e}")))?;
         last_status = written;
+        let failed = scan.is_none();
         if let Some(scan) = scan {
             if let Some(p) = plugins.as_mut() {
                 p.update(&scan);
@@ -184,9 +188,13 @@ pub async fn run(mut ctx: Context) -> Result<(), DaemonError> {
             ctx.serving();
             first = false;
         }
+        // A scan that failed is tried again soon, not only at the next device event.
         tokio::select! {
             _ = ctx.shutdown.wait_for(|s| *s) => break,
             r = ctx.changes.changed() => if r.is_err() { break },
+            _ = tokio::time::sleep(SCAN_RETRY), if failed => {
+                tracing::info!("retrying the device scan");
+            }
         }
     }
     // The CDI spec stays as it is: every write was atomic, and it still describes the

@@ -11,6 +11,7 @@
 //! - [`supervisor`]: run QGS as a child, or drive `qgsd.service` over D-Bus ([`systemd`]).
 
 pub mod collateral;
+pub mod configure;
 pub mod files;
 pub mod pccs;
 pub mod proto;

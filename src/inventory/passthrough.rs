@@ -471,6 +471,20 @@ pub fn discover(
 ) -> Result<Discovery, HostError> {
     let inv = crate::inventory::gpu::discover_gpus(host, matching);
     let (candidates, skipped) = candidates_from_inventory(&inv);
+    // A bus that cannot be listed says nothing about the devices on it: an error, so
+    // that no caller takes "nothing found" for "every device gone".
+    if let Some(bus) = skipped
+        .iter()
+        .find(|s| s.address.is_none() && s.unreadable.is_some())
+    {
+        return Err(HostError::malformed(
+            crate::host::pci::PCI_DEVICES,
+            format!(
+                "cannot list the PCI bus, so no device can be told present or gone ({})",
+                bus.reason
+            ),
+        ));
+    }
     Ok(discover_from(host, cfg, candidates, skipped))
 }
 

@@ -127,6 +127,7 @@ impl TdxInfo {
             module,
             &module_log,
             nohibernate,
+            log.readable,
             ev,
         );
         TdxInfo {
@@ -149,6 +150,7 @@ impl TdxInfo {
         module: TdxModuleState,
         module_log: &Option<String>,
         nohibernate: bool,
+        log_readable: bool,
         ev: Vec<Evidence>,
     ) -> Verdict {
         if let Some(c) = cpu
@@ -214,6 +216,23 @@ impl TdxInfo {
                 ev,
                 "no TDX module is loaded (the SEAM loader found none)",
                 REMEDY_NO_MODULE,
+            );
+        }
+        // kvm_intel turns its tdx parameter back to N when TDX initialisation fails
+        // (arch/x86/kvm/vmx/tdx.c, tdx_bringup): asking for tdx=1 again is no remedy.
+        let asked = kernel
+            .cmdline
+            .value("kvm_intel.tdx")
+            .is_some_and(|v| matches!(v, "1" | "y" | "Y" | "on"));
+        if asked {
+            return Verdict::no(
+                ev,
+                if log_readable {
+                    "kvm_intel.tdx=1 is on the command line, yet kvm_intel has tdx=N: TDX initialisation failed, and the kernel log does not say why"
+                } else {
+                    "kvm_intel.tdx=1 is on the command line, yet kvm_intel has tdx=N: TDX initialisation failed; the kernel log, which says why, could not be read"
+                },
+                "read the kernel log as root (`dmesg | grep -i tdx`) for the reason TDX did not initialise, then fix that (BIOS TDX settings, TDX module)",
             );
         }
         Verdict::no(
@@ -284,6 +303,33 @@ mod tests {
         assert_eq!(t.keys, Some(63));
         assert_eq!(t.module, TdxModuleState::Initialized);
         assert!(t.verdict.evidence.iter().any(|e| e.observed == "Y"));
+    }
+
+    /// Issue 13 item 8: with kvm_intel.tdx=1 already on the command line, the remedy is
+    /// not "add kvm_intel.tdx=1".
+    #[test]
+    fn tdx_asked_for_but_off_does_not_say_add_it() {
+        let unreadable = KernelLogInfo {
+            readable: false,
+            relevant: Vec::new(),
+        };
+        let t = TdxInfo::judge(
+            Some(&cpu("vmx tdx_host_platform")),
+            &kernel("nohibernate kvm_intel.tdx=1", ModuleState::Loaded),
+            &unreadable,
+            Some(&param("N")),
+            None,
+        );
+        let remedy = t.verdict.remedy.clone().unwrap_or_default();
+        assert!(!remedy.contains("add kvm_intel.tdx=1"), "{t:?}");
+        assert!(
+            t.verdict
+                .reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("could not be read"),
+            "{t:?}"
+        );
     }
 
     #[test]

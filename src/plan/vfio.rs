@@ -111,7 +111,7 @@ impl std::fmt::Display for Refusal {
             ),
             Refusal::NoIommu { address } => write!(
                 f,
-                "{address} has no IOMMU group: the IOMMU is off (enable VT-d/AMD-Vi in firmware and add intel_iommu=on or amd_iommu=on to the kernel command line)"
+                "{address} has no IOMMU group: the IOMMU is off (enable VT-d/AMD-Vi in firmware; on Intel also add intel_iommu=on to the kernel command line, while the AMD IOMMU is on by default and amd_iommu=on is not a valid value)"
             ),
             Refusal::BootVga { address } => write!(
                 f,
