@@ -13,7 +13,7 @@ mod labels;
 mod matching;
 mod vfio;
 
-pub use cc::{CcConfig, ModeOnStart};
+pub use cc::{CcConfig, DefaultMode, ModeOnStart};
 pub use dcap::{
     DcapConfig, DcapEnable, PccsConfig, QgsTransport, Secret, SuperviseConfig, SuperviseMode,
 };
