@@ -173,6 +173,7 @@ pub fn build_checks(ctx: &Ctx) -> Vec<Check> {
     v.push(host::vsock());
     v.push(gpu::gpus());
     v.push(passthrough::passthrough());
+    v.push(passthrough::cdi_conflicts());
     v.push(crate::dcap::check::dcap_check());
     v.push(host::inventory_health());
     v
