@@ -191,6 +191,22 @@ fn per_model_resource_names() {
         scan.resources(),
         ["nvidia.com/GH100_H100_SXM5_80GB", "nvidia.com/nvswitch"]
     );
+    // `nvswitch_resource = ""` too: per-model NVSwitch names (NVSWITCH_ALIAS="").
+    let cfg = DevicePluginConfig {
+        gpu_resource: String::new(),
+        nvswitch_resource: String::new(),
+        ..Default::default()
+    };
+    let scan = passthrough::discover(&h.host, &Config::default().matching, &cfg).unwrap();
+    let mut resources = scan.resources();
+    resources.sort();
+    assert_eq!(
+        resources,
+        [
+            "nvidia.com/GH100_H100_NVSWITCH",
+            "nvidia.com/GH100_H100_SXM5_80GB"
+        ]
+    );
 }
 
 #[test]
@@ -368,4 +384,54 @@ fn shared_fixture_gpus_on_vfio_in_both_modes() {
             want_first
         );
     }
+}
+
+/// A leftover spec of NVIDIA's sandbox device plugin (`nvidia.com-pgpu.yaml`, kind
+/// `nvidia.com/pgpu`) makes every `nvidia.com/pgpu` device unresolvable: `check` fails
+/// and names the file; the toolkit's `nvidia.yaml` (kind `nvidia.com/gpu`) is fine.
+#[test]
+fn a_foreign_spec_with_cchost_s_kind_fails_check_and_names_the_file() {
+    use cchost::check::{Profile, Report, Status};
+    use cchost::inventory::Inventory;
+    let (h, _) = hgx_like();
+    let cfg = Config::default();
+    let report = |h: &FakeHost| {
+        let inv = Inventory::collect(&h.host, &cfg);
+        Report::new_on(&inv, &cfg, Profile::Auto, Some(&h.host))
+    };
+    let r = report(&h);
+    let c = r.find("cdi.conflicts").expect("the check");
+    assert_eq!(c.outcome.status, Status::Pass, "{:?}", c.outcome);
+
+    h.write(
+        "/etc/cdi/nvidia.com-pgpu.yaml",
+        "cdiVersion: 0.5.0\nkind: nvidia.com/pgpu\ndevices:\n- name: \"12\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/12\n",
+    );
+    let r = report(&h);
+    let c = r.find("cdi.conflicts").expect("the check");
+    assert_eq!(c.outcome.status, Status::Fail, "{:?}", c.outcome);
+    assert!(
+        c.outcome.message.contains("/etc/cdi/nvidia.com-pgpu.yaml")
+            && c.outcome.message.contains("nvidia.com/pgpu"),
+        "{:?}",
+        c.outcome
+    );
+    assert!(
+        c.outcome
+            .remedy
+            .as_deref()
+            .unwrap()
+            .contains("remove /etc/cdi/nvidia.com-pgpu.yaml"),
+        "{:?}",
+        c.outcome
+    );
+    assert!(!r.ready);
+
+    // The device names that clash are named too (the daemon's message).
+    let scan = passthrough::discover(&h.host, &cfg.matching, &cfg.device_plugin).unwrap();
+    let kinds = scan.resources().into_iter().collect();
+    let ids = scan.devices.iter().map(|d| d.id.clone()).collect();
+    let found = cdi::foreign::conflicts(&h.host, "/var/run/cdi", &kinds, &ids);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].devices, ["12"]);
 }

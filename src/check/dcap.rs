@@ -230,6 +230,7 @@ mod tests {
             profile: Some(Profile::Tdx),
             dcap: probed.as_ref(),
             bind_all: None,
+            cdi_conflicts: None,
         };
         let nodes = evaluate(&[dcap_check()], &ctx);
         assert_eq!(nodes[0].outcome.status, Status::Warn, "{:?}", nodes[0]);
@@ -251,6 +252,7 @@ mod tests {
             profile: Some(Profile::Snp),
             dcap: None,
             bind_all: None,
+            cdi_conflicts: None,
             ..ctx
         };
         let nodes = evaluate(&[dcap_check()], &ctx);

@@ -123,6 +123,9 @@ pub struct Ctx<'a> {
     /// the passthrough check offers that command only when it would not refuse; `None`
     /// when there is no host to plan on.
     pub bind_all: Option<&'a Result<crate::plan::vfio::Plan, crate::plan::vfio::PlanError>>,
+    /// Other CDI specs on the host that define cchost's kinds ([`crate::cdi::foreign`]),
+    /// read before evaluation; `None` when there is no host to read.
+    pub cdi_conflicts: Option<&'a [crate::cdi::foreign::Conflict]>,
 }
 
 pub type CheckFn = Box<dyn Fn(&Ctx) -> CheckOutcome>;
@@ -178,6 +181,7 @@ pub fn build_checks(ctx: &Ctx) -> Vec<Check> {
     v.push(host::vsock());
     v.push(gpu::gpus());
     v.push(passthrough::passthrough());
+    v.push(passthrough::cdi_conflicts());
     v.push(dcap::dcap_check());
     v.push(host::inventory_health());
     v
@@ -229,12 +233,18 @@ pub fn build_tree_on(
     let bind_all = host.map(|h| {
         crate::plan::vfio::plan_bind(h, config, &inv.gpus, &crate::plan::vfio::Selection::All)
     });
+    let cdi_conflicts = host.map(|h| {
+        let cfg = &config.device_plugin;
+        let kinds = crate::cdi::foreign::planned_kinds(cfg, &inv.gpus);
+        crate::cdi::foreign::conflicts(h, &cfg.cdi_dir, &kinds, &Default::default())
+    });
     let ctx = Ctx {
         inv,
         config,
         profile: resolved,
         dcap: probed.as_ref(),
         bind_all: bind_all.as_ref(),
+        cdi_conflicts: cdi_conflicts.as_deref(),
     };
     evaluate(&build_checks(&ctx), &ctx)
 }

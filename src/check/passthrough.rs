@@ -14,6 +14,42 @@ pub fn passthrough() -> Check {
     )
 }
 
+/// No other CDI spec claims cchost's kinds (cdi::foreign).
+pub fn cdi_conflicts() -> Check {
+    Check::new(
+        "cdi.conflicts",
+        "No other CDI spec defines cchost's device kinds",
+        no_conflicts,
+    )
+}
+
+fn no_conflicts(ctx: &Ctx) -> CheckOutcome {
+    use crate::cdi::foreign;
+    let Some(found) = ctx.cdi_conflicts else {
+        return CheckOutcome::skip("not read (no host)");
+    };
+    let kinds = foreign::planned_kinds(&ctx.config.device_plugin, &ctx.inv.gpus);
+    let Some(first) = found.first() else {
+        return CheckOutcome::pass(format!(
+            "no other spec in {} or {} defines {}",
+            foreign::SPEC_DIRS[0],
+            foreign::SPEC_DIRS[1],
+            kinds.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    };
+    let list: Vec<String> = found.iter().map(ToString::to_string).collect();
+    CheckOutcome::fail(
+        format!(
+            "{}: a device defined by two CDI specs is unresolvable, so pods asking for it fail",
+            list.join("; ")
+        ),
+        format!(
+            "remove {} (left by the stack cchost replaces, e.g. NVIDIA's sandbox device plugin), or give cchost other names (device_plugin.gpu_resource / nvswitch_resource)",
+            first.path.display()
+        ),
+    )
+}
+
 fn readable(ctx: &Ctx) -> CheckOutcome {
     let skipped = unreadable_from_inventory(&ctx.inv.gpus);
     let Some(first) = skipped.first() else {

@@ -38,6 +38,7 @@ fn make_plan(g: &Global) -> Plan {
         tracing::warn!(path = %p.path.display(), "{}", p.message);
     }
     let mut facts = NodeFacts::from_inventory(&inv);
+    facts.duties = cchost::labels::duties::duties(&g.config, &g.host);
     if g.config.labels.nvidia {
         // The CC mode labels, as `cchost run` would set them now (read-only queries;
         // plan never wakes a suspended GPU, it says what it could not read).

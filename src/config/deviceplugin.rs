@@ -47,7 +47,7 @@ pub struct DevicePluginConfig {
     pub gpu_resource: String,
     /// Vendor prefix of per-model resource names.
     pub model_prefix: String,
-    /// Resource name (and CDI kind) of NVSwitches. Empty: NVSwitches are not advertised.
+    /// Resource name (and CDI kind) of NVSwitches. Empty: one resource per model.
     pub nvswitch_resource: String,
     /// Also return `PCI_RESOURCE_<NAME>=<bdf,...>` in Allocate (KubeVirt style).
     pub pci_resource_env: bool,

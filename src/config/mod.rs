@@ -16,7 +16,7 @@ mod observe;
 pub mod paths;
 mod vfio;
 
-pub use cc::{CcConfig, ModeOnStart};
+pub use cc::{CcConfig, DefaultMode, ModeOnStart};
 pub use dcap::{
     DcapConfig, DcapEnable, PccsConfig, QgsTransport, Secret, SuperviseConfig, SuperviseMode,
 };

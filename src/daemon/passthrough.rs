@@ -44,6 +44,16 @@ pub fn scan_and_write(ctx: &Context) -> Option<Discovery> {
             None => tracing::info!(reason = %s.reason, "not advertised"),
         }
     }
+    let kinds: std::collections::BTreeSet<String> = scan.resources().into_iter().collect();
+    let ids: std::collections::BTreeSet<String> =
+        scan.devices.iter().map(|d| d.id.clone()).collect();
+    for c in cdi::foreign::conflicts(&ctx.host, &cfg.cdi_dir, &kinds, &ids) {
+        tracing::error!(
+            file = %c.path.display(),
+            kind = %c.kind,
+            "CONFLICTING CDI SPEC: {c}; the runtime cannot resolve these devices while it is there: remove the file"
+        );
+    }
     match cdi::sync(&ctx.host, &cfg.cdi_dir, &scan) {
         Ok(r) => {
             if !r.written.is_empty() || !r.removed.is_empty() {
@@ -250,6 +260,7 @@ mod tests {
             changes,
             health: health.clone(),
             name: "passthrough".into(),
+            cc_modes: Default::default(),
         };
         let runtime_thread = std::thread::current().id();
         let mut seen = health.subscribe();

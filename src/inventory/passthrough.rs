@@ -317,12 +317,10 @@ pub fn discover_from(
                 format!("{}/{}", cfg.model_prefix, model_resource_class(&c.model))
             }
             DeviceClass::Gpu => cfg.gpu_resource.clone(),
+            // Empty: one resource per model, as NVIDIA's sandbox device plugin does with
+            // `NVSWITCH_ALIAS=""` (the same rule as `P_GPU_ALIAS=""`).
             DeviceClass::NvSwitch if cfg.nvswitch_resource.is_empty() => {
-                skipped.push(Skipped::because(
-                    c.address,
-                    "NVSwitch not advertised (device_plugin.nvswitch_resource is empty)",
-                ));
-                continue;
+                format!("{}/{}", cfg.model_prefix, model_resource_class(&c.model))
             }
             DeviceClass::NvSwitch => cfg.nvswitch_resource.clone(),
         };

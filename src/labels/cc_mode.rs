@@ -73,9 +73,27 @@ pub fn live_query_no_wake(
 #[derive(Debug, Default)]
 pub struct CcModeCache {
     last: HashMap<String, CcMode>,
+    /// A node mode the CC manager wants but could not apply everywhere yet (a device in
+    /// use); shown as `<prefix>/cc.mode.pending`.
+    pending: Option<String>,
 }
 
+/// The cache shared by the labeler and the label-driven CC manager, which records the
+/// state each switch verified (a switched GPU is often runtime-suspended afterwards and
+/// would not be read again).
+pub type SharedCcModes = std::sync::Arc<std::sync::Mutex<CcModeCache>>;
+
 impl CcModeCache {
+    /// Records a state read by someone else (a switch's verified `after`).
+    pub fn record(&mut self, address: &str, state: &CcState) {
+        self.last.insert(address.to_string(), mode_of(state));
+    }
+
+    /// Sets or clears the mode waiting for busy devices.
+    pub fn set_pending(&mut self, mode: Option<String>) {
+        self.pending = mode;
+    }
+
     /// Fills `cc_mode` of every CC-capable GPU in `facts`: read now when it may be read,
     /// else the last value read. This runs every labeler round, so the processes are
     /// scanned once for all GPUs, not once per GPU.
@@ -128,6 +146,7 @@ impl CcModeCache {
         for gpu in facts.gpus.iter_mut().filter(|g| g.cc_capable) {
             gpu.cc_mode = self.last.get(&gpu.address).copied();
         }
+        facts.cc_pending = self.pending.clone();
         // Devices that left the host are forgotten.
         self.last
             .retain(|a, _| facts.gpus.iter().any(|g| &g.address == a));

@@ -59,6 +59,9 @@ impl SinkError {
 pub const RBAC_NEEDED: &[(&str, &str, &str)] = &[
     ("", "nodes", "get"),
     ("", "nodes", "patch"),
+    // The watch on the own Node (labels::node_watch, `cc.follow_label`).
+    ("", "nodes", "list"),
+    ("", "nodes", "watch"),
     ("", "nodes/status", "patch"),
     ("nfd.k8s-sigs.io", "nodefeatures", "get"),
     ("nfd.k8s-sigs.io", "nodefeatures", "create"),

@@ -18,14 +18,17 @@ pub type FactSource = Arc<dyn Fn(&HostRoot) -> Result<NodeFacts, String> + Send 
 
 /// The fact source `cchost run` uses: a fresh inventory of the host each round, plus the
 /// GPUs' CC mode read from their firmware where that is safe ([`super::cc_mode`]).
-pub fn inventory_facts(config: crate::config::Config) -> FactSource {
-    let cache = std::sync::Mutex::new(super::cc_mode::CcModeCache::default());
+pub fn inventory_facts(
+    config: crate::config::Config,
+    cache: super::cc_mode::SharedCcModes,
+) -> FactSource {
     Arc::new(move |host: &HostRoot| {
         let inv = crate::inventory::Inventory::collect(host, &config);
         for p in &inv.problems {
             tracing::debug!(path = %p.path.display(), "{}", p.message);
         }
         let mut facts = NodeFacts::from_inventory(&inv);
+        facts.duties = super::duties::duties(&config, host);
         if config.labels.nvidia {
             let query = super::cc_mode::live_query(host);
             cache
