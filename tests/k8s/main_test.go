@@ -7,7 +7,6 @@ package k8s
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -24,8 +23,8 @@ import (
 const (
 	nodeA     = "node-a"
 	nodeB     = "node-b"
-	cchostNS  = "cchost"
-	cchostSA  = "cchost"
+	cchostNS  = harness.CchostNamespace
+	cchostSA  = harness.CchostServiceAccount
 	testImage = harness.ImageName
 )
 
@@ -40,7 +39,7 @@ type env struct {
 	cluster   *harness.Cluster
 	hostRoot  string
 	manifests []*unstructured.Unstructured
-	policy    []*unstructured.Unstructured
+	deploy    *harness.Deploy
 	config    string // the ConfigMap's config.toml, as deployed
 	cchost    *harness.Cchost
 	tokenA    string
@@ -98,52 +97,25 @@ func setUp() error {
 		HostRoot:        e.hostRoot,
 		VfioGroups:      fixtureGroups,
 		RuntimeHandlers: []string{kataCCHandler},
+		// Faster than the kubelet's 10 s: the tests wait for allocatable changes.
+		NodeStatusUpdateFrequency: 2 * time.Second,
 	})
 	if err != nil {
 		return err
 	}
 	ctx := context.Background()
-	if e.manifests, err = harness.Objects(filepath.Join(e.repo, "deploy/kubernetes/cchost.yaml")); err != nil {
+	if e.deploy, err = harness.LoadDeploy(e.repo); err != nil {
 		return err
 	}
-	if e.policy, err = harness.Objects(filepath.Join(e.repo, "deploy/kubernetes/cchost-own-node.yaml")); err != nil {
+	e.manifests, e.config = e.deploy.Manifests, e.deploy.Config
+	if err := e.cluster.Install(ctx, e.deploy); err != nil {
 		return err
 	}
-	if err := e.cluster.Apply(ctx, e.manifests); err != nil {
+	// The DaemonSet's pod on node A, and one bound to node B, a Node without a kubelet.
+	if e.tokenA, err = e.cluster.NodeToken(ctx, nodeA, false, true); err != nil {
 		return err
 	}
-	if err := e.cluster.Apply(ctx, e.policy); err != nil {
-		return err
-	}
-	if e.config, err = harness.ConfigMapData(e.manifests, "cchost-config", "config.toml"); err != nil {
-		return err
-	}
-	// No controller-manager runs, so no "default" service accounts appear by themselves.
-	for _, ns := range []string{"default", cchostNS} {
-		sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: ns}}
-		if _, err := e.cluster.Admin.CoreV1().ServiceAccounts(ns).Create(ctx, sa, metav1.CreateOptions{}); err != nil {
-			return err
-		}
-	}
-	// The DaemonSet's pod on node A (a stand-in running the test image: cchost itself runs
-	// beside it as a process) and one bound to node B, a Node without a kubelet.
-	if _, err := e.cluster.Admin.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeB}}, metav1.CreateOptions{}); err != nil {
-		return err
-	}
-	for _, n := range []string{nodeA, nodeB} {
-		if _, err := e.cluster.Admin.CoreV1().Pods(cchostNS).Create(ctx, standInPod(n), metav1.CreateOptions{}); err != nil {
-			return err
-		}
-	}
-	if _, err := e.cluster.WaitPod(ctx, cchostNS, "cchost-"+nodeA, 120*time.Second, func(p *corev1.Pod) bool {
-		return p.Status.Phase == corev1.PodRunning
-	}); err != nil {
-		return err
-	}
-	if e.tokenA, err = e.cluster.PodToken(ctx, cchostNS, cchostSA, "cchost-"+nodeA); err != nil {
-		return err
-	}
-	if e.tokenB, err = e.cluster.PodToken(ctx, cchostNS, cchostSA, "cchost-"+nodeB); err != nil {
+	if e.tokenB, err = e.cluster.NodeToken(ctx, nodeB, true, false); err != nil {
 		return err
 	}
 	e.started = time.Now()
@@ -174,107 +146,11 @@ func tearDown() error {
 	return nil
 }
 
-// standInPod is the pod the kubelet's projected token of cchost would be bound to.
-func standInPod(node string) *corev1.Pod {
-	zero := int64(0)
-	f := false
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "cchost-" + node, Namespace: cchostNS},
-		Spec: corev1.PodSpec{
-			NodeName:                      node,
-			ServiceAccountName:            cchostSA,
-			AutomountServiceAccountToken:  &f,
-			HostNetwork:                   true,
-			TerminationGracePeriodSeconds: &zero,
-			Tolerations:                   []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
-			Containers: []corev1.Container{{
-				Name: "stand-in", Image: testImage, ImagePullPolicy: corev1.PullNever,
-				Command: []string{"/bin/sleep", "1000000"},
-			}},
-		},
-	}
-}
+func makeHost(dir, fixture string) error { return harness.MakeHost(e.repo, dir, fixture) }
 
-// makeHost copies a fixture host to dir as a legacy-VFIO host (no iommufd nodes: the
-// device IDs are IOMMU groups) whose GPUs report CC mode on through their BAR0
-// registers (the layout tests/labels_cc_mode.rs uses).
-func makeHost(dir, fixture string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	if err := harness.CopyTree(filepath.Join(repoRoot(), "tests/host", fixture), dir); err != nil {
-		return err
-	}
-	for _, p := range []string{"dev/iommu", "dev/vfio/devices"} {
-		if err := os.RemoveAll(filepath.Join(dir, p)); err != nil {
-			return err
-		}
-	}
-	gpus, _ := filepath.Glob(filepath.Join(dir, "sys/bus/pci/devices/*"))
-	for _, g := range gpus {
-		vendor, _ := os.ReadFile(filepath.Join(g, "vendor"))
-		class, _ := os.ReadFile(filepath.Join(g, "class"))
-		if strings.TrimSpace(string(vendor)) != "0x10de" || !strings.HasPrefix(strings.TrimSpace(string(class)), "0x0302") {
-			continue
-		}
-		if err := setCCOn(filepath.Join(g, "resource0")); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// BAR0 registers of a Hopper GPU (src/gpu/cc/regs.rs): BOOT_0 (chip ID GH100), the FSP
-// boot-complete scratch register, and the CC register (mode 1 = on).
-func setCCOn(resource0 string) error {
-	f, err := os.OpenFile(resource0, os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	const boot0, bootComplete, ccHopper = 0x0, 0x200bc, 0x1182cc
-	if err := f.Truncate(ccHopper + 4096); err != nil {
-		return err
-	}
-	for off, v := range map[int64]uint32{boot0: 0x180000a1, bootComplete: 0xff, ccHopper: 1} {
-		b := make([]byte, 4)
-		binary.LittleEndian.PutUint32(b, v)
-		if _, err := f.WriteAt(b, off); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// startCchost runs `cchost run` with the DaemonSet's arguments and identity on node A.
+// startCchost runs `cchost run` as the DaemonSet runs it, on node A with its token.
 func startCchost(hostRoot, config, name string) (*harness.Cchost, error) {
-	cfgPath := filepath.Join(e.cluster.Dir, name+"-config.toml")
-	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
-		return nil, err
-	}
-	args, err := harness.DaemonSetArgs(e.manifests, hostRoot, cfgPath)
-	if err != nil {
-		return nil, err
-	}
-	env := []string{"CCHOST_LOG=info"}
-	for _, o := range e.manifests {
-		if o.GetKind() == "DaemonSet" {
-			cs, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
-			for _, ci := range cs {
-				envs, _, _ := unstructured.NestedSlice(ci.(map[string]any), "env")
-				for _, ev := range envs {
-					m := ev.(map[string]any)
-					if v, ok := m["value"].(string); ok {
-						env = append(env, fmt.Sprintf("%s=%s", m["name"], v))
-					}
-				}
-			}
-		}
-	}
-	return e.cluster.StartCchost(harness.CchostOptions{
-		Binary: e.cchostBin, Args: args, Token: e.tokenA,
-		NodeName: nodeA, Namespace: cchostNS, LogName: name, Env: env,
-	})
+	return e.cluster.StartCchostAsDaemonSet(e.deploy, e.cchostBin, hostRoot, config, name, nodeA, e.tokenA)
 }
 
 // node reads node A.

@@ -1,11 +1,8 @@
 package k8s
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
 	"maps"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -13,48 +10,6 @@ import (
 	"cchost.test/k8s/harness"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
-
-// auditEvent is what the tests read of an audit.k8s.io/v1 Event.
-type auditEvent struct {
-	Verb      string `json:"verb"`
-	UserAgent string `json:"userAgent"`
-	User      struct {
-		Username string `json:"username"`
-	} `json:"user"`
-	ObjectRef *struct {
-		Resource    string `json:"resource"`
-		Subresource string `json:"subresource"`
-		APIGroup    string `json:"apiGroup"`
-		Namespace   string `json:"namespace"`
-		Name        string `json:"name"`
-	} `json:"objectRef"`
-	ResponseStatus *struct {
-		Code int `json:"code"`
-	} `json:"responseStatus"`
-	RequestURI               string `json:"requestURI"`
-	RequestReceivedTimestamp string `json:"requestReceivedTimestamp"`
-	StageTimestamp           string `json:"stageTimestamp"`
-}
-
-func readAudit(t *testing.T, path string) []auditEvent {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var out []auditEvent
-	s := bufio.NewScanner(f)
-	s.Buffer(make([]byte, 1<<20), 16<<20)
-	for s.Scan() {
-		var ev auditEvent
-		if err := json.Unmarshal(s.Bytes(), &ev); err != nil {
-			t.Fatalf("audit line: %v", err)
-		}
-		out = append(out, ev)
-	}
-	return out
-}
 
 // grant is one (API group, resource[/subresource], verb, namespace) permission.
 type grant struct{ group, resource, verb, namespace string }
@@ -100,7 +55,11 @@ func granted(t *testing.T) map[grant]bool {
 func testRBACFromEvidence(t *testing.T) {
 	used := map[grant]int{}
 	var refused []string
-	for _, ev := range readAudit(t, e.cluster.AuditLog) {
+	events, err := harness.ReadAudit(e.cluster.AuditLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range events {
 		if ev.User.Username != "system:serviceaccount:"+cchostNS+":"+cchostSA || strings.HasPrefix(ev.UserAgent, harness.TestUserAgent) || ev.ObjectRef == nil {
 			continue
 		}
@@ -110,10 +69,7 @@ func testRBACFromEvidence(t *testing.T) {
 		}
 		g := grant{ev.ObjectRef.APIGroup, res, ev.Verb, ev.ObjectRef.Namespace}
 		used[g]++
-		code := 0
-		if ev.ResponseStatus != nil {
-			code = ev.ResponseStatus.Code
-		}
+		code := ev.Code()
 		// A Server-Side Apply that creates the object is authorized as create too.
 		if ev.Verb == "patch" && code == 201 {
 			used[grant{g.group, g.resource, "create", g.namespace}]++

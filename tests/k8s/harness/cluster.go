@@ -43,6 +43,8 @@ type Options struct {
 	RuntimeHandlers []string
 	// NoNode starts only etcd, the API server and the scheduler.
 	NoNode bool
+	// NodeStatusUpdateFrequency is the kubelet's (0: the kubelet's default, 10 s).
+	NodeStatusUpdateFrequency time.Duration
 }
 
 // Cluster is a running test cluster.

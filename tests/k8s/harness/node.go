@@ -248,6 +248,10 @@ func (c *Cluster) writeKubeletConfig() error {
 	if _, err := c.writeKubeconfig("kubelet"); err != nil {
 		return err
 	}
+	statusFreq := ""
+	if f := c.Opts.NodeStatusUpdateFrequency; f > 0 {
+		statusFreq = fmt.Sprintf("nodeStatusUpdateFrequency: %s\n", f)
+	}
 	cfg := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 failCgroupV1: false
@@ -268,15 +272,13 @@ podLogsDir: %q
 registerNode: true
 resolvConf: ""
 syncFrequency: 5s
-nodeStatusReportFrequency: 10s
-nodeStatusUpdateFrequency: 2s
-imageGCHighThresholdPercent: 100
+%simageGCHighThresholdPercent: 100
 evictionHard:
   memory.available: "1Mi"
   nodefs.available: "1%%"
   imagefs.available: "1%%"
   nodefs.inodesFree: "1%%"
-`, c.cgroupRoot, port, c.CAFile, c.containerdSock(), filepath.Join(c.Dir, "pod-logs"))
+`, c.cgroupRoot, port, c.CAFile, c.containerdSock(), filepath.Join(c.Dir, "pod-logs"), statusFreq)
 	return os.WriteFile(filepath.Join(c.Dir, "kubelet.yaml"), []byte(cfg), 0o644)
 }
 
