@@ -7,6 +7,7 @@ pub mod compute;
 
 pub use compute::{NodeLabels, compute};
 pub mod cluster;
+pub mod drift;
 pub mod nfdfile;
 pub mod service;
 

@@ -37,18 +37,18 @@ kube_ldflags="-s -w -X $ver.gitVersion=$KUBE_VERSION -X $ver.gitMajor=1 -X $ver.
 
 t0=$SECONDS
 echo "==> building kube-apiserver, kube-scheduler, kubelet ($KUBE_VERSION), etcd, pause"
-nice -n 10 go build -trimpath -ldflags "$kube_ldflags" -o "$BIN/" \
+nice -n 10 go build -ldflags "$kube_ldflags" -o "$BIN/" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-scheduler \
   k8s.io/kubernetes/cmd/kubelet
-nice -n 10 go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3
-nice -n 10 go build -trimpath -o "$BIN/" ./cmd/pause ./cmd/nodeinit
+nice -n 10 go build -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3
+nice -n 10 go build -o "$BIN/" ./cmd/pause ./cmd/nodeinit
 echo "==> kubernetes + etcd + pause: $((SECONDS - t0)) s"
 
 t1=$SECONDS
 echo "==> building containerd $CONTAINERD_VERSION (its own go.mod)"
 # `go install pkg@version` builds with containerd's own go.mod, exactly as released.
-(cd / && GOBIN="$BIN" nice -n 10 go install -trimpath -ldflags "-s -w" \
+(cd / && GOBIN="$BIN" nice -n 10 go install -ldflags "-s -w" \
   "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
   "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
   "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION")
