@@ -101,7 +101,11 @@ func Start(opts Options) (c *Cluster, err error) {
 			_ = c.Stop()
 		}
 	}()
-	for _, p := range []string{"kube-apiserver", "kube-scheduler", "kubelet", "etcd", "pause", "nodeinit", "containerd", "containerd-shim-runc-v2", "ctr"} {
+	need := []string{"kube-apiserver", "kube-scheduler", "etcd"}
+	if !opts.NoNode {
+		need = append(need, "kubelet", "pause", "nodeinit", "containerd", "containerd-shim-runc-v2", "ctr")
+	}
+	for _, p := range need {
 		if _, err := os.Stat(c.bin(p)); err != nil {
 			return c, fmt.Errorf("%s missing (run tests/k8s/build.sh): %w", p, err)
 		}
@@ -263,6 +267,8 @@ func (c *Cluster) startAPIServer() error {
 	c.apiserver, err = startProc(c.logDir(), "kube-apiserver", nil, nil, c.bin("kube-apiserver"),
 		"--etcd-servers="+c.etcdURL(),
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+		// A loopback address cannot be a Service endpoint; nothing here needs one.
+		"--endpoint-reconciler-type=none",
 		"--secure-port="+strconv.Itoa(port),
 		"--tls-cert-file="+p("apiserver.crt"), "--tls-private-key-file="+p("apiserver.key"),
 		"--client-ca-file="+p("ca.crt"),
