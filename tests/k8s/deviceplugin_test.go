@@ -166,9 +166,16 @@ func testKubeletRestart(t *testing.T) {
 	if err := e.cluster.StartKubelet(); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.cluster.WaitNodeReady(60 * time.Second); err != nil {
-		t.Fatal(err)
-	}
+	restarted := time.Now()
+	// A status the new kubelet posted, not the old one's.
+	eventually(t, 60*time.Second, func() string {
+		for _, c := range node(t).Status.Conditions {
+			if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue && c.LastHeartbeatTime.After(restarted.Add(-time.Second)) {
+				return ""
+			}
+		}
+		return "no Ready heartbeat from the restarted kubelet yet"
+	})
 	eventually(t, 30*time.Second, func() string {
 		if n := strings.Count(e.cchost.Output(), "registered"); n <= registrations {
 			return "cchost did not register again"
@@ -198,6 +205,13 @@ func testCchostRestart(t *testing.T) {
 	if err := e.cchost.Stop(); err != nil {
 		t.Fatal(err)
 	}
+	// The kubelet sees the plugin gone: its devices are no longer allocatable.
+	eventually(t, 30*time.Second, func() string {
+		if got := allocatable(node(t), pgpu); got != "0" {
+			return fmt.Sprintf("allocatable %s = %s with cchost stopped, want 0", pgpu, got)
+		}
+		return ""
+	})
 	e.cchost, err = startCchost(e.hostRoot, e.config, "cchost-2")
 	if err != nil {
 		t.Fatal(err)

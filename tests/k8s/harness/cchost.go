@@ -303,10 +303,35 @@ func (c *Cluster) describePod(ctx context.Context, ns, name string, p *corev1.Po
 	return b.String()
 }
 
-// PodLogs returns a container's log through the API server (and the kubelet).
+// PodLogs returns what the pod's containers wrote, from the kubelet's pod log files
+// (podLogsDir/<ns>_<pod>_<uid>/<container>/N.log, CRI format "<time> <stream> <tag>
+// <line>"). Not through the API server: the kubelet refuses a loopback node address,
+// so the API server has none to reach it on.
 func (c *Cluster) PodLogs(ctx context.Context, ns, name string) (string, error) {
-	b, err := c.Admin.CoreV1().Pods(ns).GetLogs(name, &corev1.PodLogOptions{}).DoRaw(ctx)
-	return string(b), err
+	p, err := c.Admin.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", err
+	}
+	files, _ := filepath.Glob(filepath.Join(c.Dir, "pod-logs", fmt.Sprintf("%s_%s_%s", ns, name, p.UID), "*", "*.log"))
+	if len(files) == 0 {
+		return "", fmt.Errorf("no log files for pod %s/%s yet", ns, name)
+	}
+	var b strings.Builder
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return "", err
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if parts := strings.SplitN(line, " ", 4); len(parts) == 4 {
+				b.WriteString(parts[3])
+				if parts[2] == "F" {
+					b.WriteString("\n")
+				}
+			}
+		}
+	}
+	return b.String(), nil
 }
 
 // DeletePod deletes a pod and waits until it is gone.

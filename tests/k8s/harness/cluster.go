@@ -274,6 +274,9 @@ func (c *Cluster) startAPIServer() error {
 		"--client-ca-file="+p("ca.crt"),
 		"--authorization-mode=Node,RBAC",
 		"--enable-admission-plugins=NodeRestriction",
+		// It taints every new Node not-ready; the controller-manager's node lifecycle
+		// controller lifts it, and no controller-manager runs here.
+		"--disable-admission-plugins=TaintNodesByCondition",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file="+p("sa.pub"),
 		"--service-account-signing-key-file="+p("sa.key"),

@@ -42,7 +42,7 @@ func (c *Cluster) startNode() error {
 		&syscall.SysProcAttr{Cloneflags: nodeNamespaces.Cloneflags},
 		c.bin("nodeinit"), "-dir", filepath.Join(c.Dir, "node"),
 		"-vfio-major", strconv.Itoa(vfioMajor()), "-groups", strings.Join(groups, ","),
-		"-ready", ready)
+		"-kubelet-dir", c.kubeletDir(), "-ready", ready)
 	if err != nil {
 		return err
 	}
@@ -164,9 +164,19 @@ func (c *Cluster) startContainerd() error {
 	if err := os.WriteFile(filepath.Join(cni, "10-cchost-test.conflist"), []byte(conf), 0o644); err != nil {
 		return err
 	}
-	runc, err := exec.LookPath("runc")
+	// CCHOST_K8S_RUNC names another runc (e.g. a wrapper that keeps runc's debug log).
+	runcName := "runc"
+	if r := os.Getenv("CCHOST_K8S_RUNC"); r != "" {
+		runcName = r
+	}
+	runc, err := exec.LookPath(runcName)
 	if err != nil {
 		return fmt.Errorf("runc (Debian package runc): %w", err)
+	}
+	if !hasCapSysResource() {
+		if runc, err = c.oomWrapper(runc); err != nil {
+			return err
+		}
 	}
 	streamPort, err := FreePort()
 	if err != nil {
@@ -291,10 +301,9 @@ func (c *Cluster) StartKubelet() error {
 	c.kubelet, err = c.nodeProc("kubelet", c.bin("kubelet"),
 		"--config="+filepath.Join(c.Dir, "kubelet.yaml"),
 		"--kubeconfig="+filepath.Join(c.Dir, "kubelet.kubeconfig"),
-		"--root-dir="+c.kubeletDir(),
+		"--root-dir=/var/lib/kubelet", // <HostRoot>/var/lib/kubelet, bound there by nodeinit
 		"--cert-dir="+filepath.Join(c.Dir, "kubelet-pki"),
 		"--hostname-override="+c.Opts.NodeName,
-		"--node-ip=127.0.0.1",
 		"--v=2")
 	return err
 }
@@ -322,3 +331,42 @@ func (c *Cluster) WaitNodeReady(timeout time.Duration) error {
 
 // VfioMajor is the major number of the node's /dev/vfio/<group> nodes.
 func (c *Cluster) VfioMajor() int { return vfioMajor() }
+
+// capSysResource is CAP_SYS_RESOURCE (include/uapi/linux/capability.h).
+const capSysResource = 24
+
+func hasCapSysResource() bool {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return true
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err != nil || caps&(1<<capSysResource) != 0
+		}
+	}
+	return true
+}
+
+// oomWrapper writes a runc wrapper for machines whose root lacks CAP_SYS_RESOURCE (some
+// sandboxes): lowering oom_score_adj needs it (proc(5)), and the kubelet asks -998
+// for every pod sandbox, so runc's init fails ("failed to update
+// /proc/self/oom_score_adj: Permission denied"). The wrapper drops negative
+// oomScoreAdj values from the bundle's config.json before `runc create`; nothing else
+// changes.
+func (c *Cluster) oomWrapper(runc string) (string, error) {
+	path := filepath.Join(c.Dir, "runc-no-negative-oom")
+	script := fmt.Sprintf(`#!/bin/sh
+# Written by tests/k8s/harness (oomWrapper): this machine's root lacks CAP_SYS_RESOURCE.
+prev=""
+for a in "$@"; do
+  if [ "$prev" = "--bundle" ] && [ -f "$a/config.json" ]; then
+    sed -i -e 's/"oomScoreAdj":-[0-9]*,//' -e 's/,"oomScoreAdj":-[0-9]*//' "$a/config.json"
+  fi
+  prev="$a"
+done
+exec %q "$@"
+`, runc)
+	return path, os.WriteFile(path, []byte(script), 0o755)
+}

@@ -8,7 +8,7 @@
 // devices for the fixture host's IOMMU groups, so containerd resolves the CDI spec's
 // device nodes and runc creates them in containers. The machine's own /dev is unchanged.
 //
-//	nodeinit -dir DIR -vfio-major N -groups 5,7,11,13 -ready FILE
+//	nodeinit -dir DIR -vfio-major N -groups 5,7,11,13 -kubelet-dir DIR -ready FILE
 package main
 
 import (
@@ -29,8 +29,9 @@ func main() {
 	major := flag.Uint("vfio-major", 0, "major number of the vfio group nodes")
 	groups := flag.String("groups", "", "comma-separated IOMMU group numbers")
 	ready := flag.String("ready", "", "file written when the namespace is set up")
+	kubeletDir := flag.String("kubelet-dir", "", "directory to appear as /var/lib/kubelet")
 	flag.Parse()
-	if err := setup(*dir, uint32(*major), *groups); err != nil {
+	if err := setup(*dir, uint32(*major), *groups, *kubeletDir); err != nil {
 		fmt.Fprintf(os.Stderr, "nodeinit: %v\n", err)
 		os.Exit(1)
 	}
@@ -41,7 +42,7 @@ func main() {
 	reap()
 }
 
-func setup(dir string, major uint32, groups string) error {
+func setup(dir string, major uint32, groups, kubeletDir string) error {
 	if dir == "" {
 		return fmt.Errorf("-dir is required")
 	}
@@ -58,6 +59,20 @@ func setup(dir string, major uint32, groups string) error {
 	for _, d := range []string{"/run", "/var/log"} {
 		if err := unix.Mount("tmpfs", d, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=755"); err != nil {
 			return fmt.Errorf("tmpfs on %s: %w", d, err)
+		}
+	}
+	// The kubelet's device-plugin directory is fixed at /var/lib/kubelet/device-plugins
+	// (k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1 DevicePluginPath), whatever its root
+	// dir: the node's /var/lib is a tmpfs whose kubelet directory is the host root's.
+	if kubeletDir != "" {
+		if err := unix.Mount("tmpfs", "/var/lib", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=755"); err != nil {
+			return fmt.Errorf("tmpfs on /var/lib: %w", err)
+		}
+		if err := os.MkdirAll("/var/lib/kubelet", 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount(kubeletDir, "/var/lib/kubelet", "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("binding %s on /var/lib/kubelet: %w", kubeletDir, err)
 		}
 	}
 	keep := filepath.Join(dir, "olddev")
