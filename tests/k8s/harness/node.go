@@ -15,8 +15,9 @@ import (
 )
 
 // cgroupV1Controllers are the hierarchies the kubelet's cgroupfs driver uses on cgroup
-// v1 (pkg/kubelet/cm/cgroup_manager_linux.go); hugetlb only when mounted.
-var cgroupV1Controllers = []string{"cpu", "cpuacct", "cpuset", "memory", "pids", "systemd", "hugetlb", "devices", "freezer", "blkio"}
+// v1 (pkg/kubelet/cm/cgroup_manager_linux.go); hugetlb only when mounted; "unified" is
+// the cgroup2 hierarchy of a hybrid host, where runc also makes its directories.
+var cgroupV1Controllers = []string{"cpu", "cpuacct", "cpuset", "memory", "pids", "systemd", "hugetlb", "devices", "freezer", "blkio", "unified"}
 
 func (c *Cluster) startNode() error {
 	o := c.Opts
