@@ -8,6 +8,7 @@ pub mod duties;
 
 pub use compute::{NodeLabels, compute};
 pub mod cluster;
+pub mod drift;
 pub mod nfdfile;
 pub mod node_watch;
 pub mod service;
