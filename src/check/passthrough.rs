@@ -3,15 +3,11 @@
 //! which one, which file, and what to do. Same scan as `cchost run`
 //! (`inventory::passthrough::unreadable_from_inventory`), from the checked inventory.
 
-use super::{Check, CheckOutcome, Ctx};
+use super::{Check, CheckId, CheckOutcome, Ctx};
 use crate::inventory::passthrough::unreadable_from_inventory;
 
 pub fn passthrough() -> Check {
-    Check::new(
-        "deviceplugin.readable",
-        "Device plugin can read every matched PCI function",
-        readable,
-    )
+    Check::new(CheckId::DevicepluginReadable, readable)
 }
 
 fn readable(ctx: &Ctx) -> CheckOutcome {
