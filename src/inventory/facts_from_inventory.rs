@@ -1,21 +1,15 @@
 //! Filling the node facts from the inventory.
 
-use super::facts::{CpuVendor, GpuFacts, IommuFacts, IommuMode, NodeFacts, SnpFacts, TdxFacts};
-use crate::inventory::{self, GpuKind, Inventory, ModuleState};
+use super::facts::{GpuFacts, IommuFacts, NodeFacts, SnpFacts, TdxFacts};
+use crate::inventory::{GpuKind, Inventory, ModuleState};
 
-/// A kvm module boolean parameter reads on (`Y`, or `1` on older kernels).
 fn on(v: Option<&str>) -> bool {
-    matches!(v.map(str::trim), Some("Y" | "y" | "1"))
+    v.is_some_and(super::modules::param_on)
 }
 
 impl NodeFacts {
     pub fn from_inventory(inv: &Inventory) -> NodeFacts {
-        let cpu_vendor = match inv.cpu.as_ref().map(|c| c.vendor) {
-            Some(inventory::CpuVendor::Intel) => CpuVendor::Intel,
-            Some(inventory::CpuVendor::Amd) => CpuVendor::Amd,
-            Some(_) => CpuVendor::Other,
-            None => CpuVendor::Unknown,
-        };
+        let cpu_vendor = inv.cpu.as_ref().map(|c| c.vendor);
         let tdx_on = on(inv.tdx.kvm_param.as_deref());
         let tdx = TdxFacts {
             capable: inv.tdx.host_platform_flag || tdx_on,
@@ -34,12 +28,7 @@ impl NodeFacts {
         let iommu = IommuFacts {
             present: inv.iommu.present.is_yes(),
             enabled: inv.iommu.enabled.is_yes(),
-            mode: match inv.iommu.mode {
-                inventory::IommuMode::Translated => IommuMode::Translated,
-                inventory::IommuMode::Passthrough => IommuMode::Passthrough,
-                inventory::IommuMode::Mixed => IommuMode::Mixed,
-                inventory::IommuMode::Off | inventory::IommuMode::Unknown => IommuMode::Unknown,
-            },
+            mode: inv.iommu.mode,
         };
         let cmdline = inv
             .kernel

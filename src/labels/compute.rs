@@ -103,7 +103,8 @@ pub fn compute(facts: &NodeFacts, cfg: &LabelsConfig) -> NodeLabels {
             IommuMode::Translated => "translated",
             IommuMode::Passthrough => "passthrough",
             IommuMode::Mixed => "mixed",
-            IommuMode::Unknown => "unknown",
+            // Groups exist (enabled), so the mode is never Off here.
+            IommuMode::Off | IommuMode::Unknown => "unknown",
         };
         put(&mut out, p("iommu.mode"), mode);
     }
@@ -231,7 +232,7 @@ mod tests {
 
     fn tdx_host() -> NodeFacts {
         NodeFacts {
-            cpu_vendor: CpuVendor::Intel,
+            cpu_vendor: Some(CpuVendor::Intel),
             tdx: TdxFacts {
                 capable: true,
                 enabled: true,
@@ -248,7 +249,7 @@ mod tests {
 
     fn snp_host() -> NodeFacts {
         NodeFacts {
-            cpu_vendor: CpuVendor::Amd,
+            cpu_vendor: Some(CpuVendor::Amd),
             snp: SnpFacts {
                 capable: true,
                 enabled: true,
