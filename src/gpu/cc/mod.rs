@@ -11,7 +11,8 @@
 //! - [`journaled`]: the same switches written to the journal first; undo and recovery.
 //! - [`live`]: opening real devices through `HostRoot` (mapping, wake-up, sysfs reset).
 //! - [`precheck`]: may this device be switched (driverless or vfio-pci, and unused)?
-//! - [`sim`]: a register-level simulator of the FSP that the same client code drives.
+//! - `sim` (cargo feature `test-support`): a register-level simulator of the FSP that
+//!   the same client code drives.
 
 pub mod bar0;
 pub mod device;
@@ -23,6 +24,7 @@ pub mod live;
 pub mod mode;
 pub mod precheck;
 pub mod regs;
+#[cfg(any(test, feature = "test-support"))]
 pub mod sim;
 pub mod switch;
 pub mod transport;
