@@ -191,3 +191,37 @@ fn kernel_lockdown_warns_that_cc_mode_cannot_be_reached() {
         "{n:#}"
     );
 }
+
+#[test]
+fn list_prints_every_check_without_running_any() {
+    // An empty host: running the checks would fail; listing them does not look.
+    let dir = tempfile::tempdir().unwrap();
+    let out = cchost(dir.path(), &["check", "--list"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let ids: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('['))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for id in [
+        "cpu",
+        "kvm",
+        "tdx.bios",
+        "snp.firmware",
+        "gpu.vfio_bound",
+        "dcap.expiry",
+        "inventory",
+    ] {
+        assert!(ids.contains(&id), "{id} missing from:\n{text}");
+    }
+    let out = cchost(dir.path(), &["check", "--list", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = v.as_array().unwrap();
+    assert_eq!(list.len(), ids.len());
+    let dcap = list.iter().find(|c| c["id"] == "dcap.pccs").unwrap();
+    assert_eq!(dcap["needs"], "dcap");
+    assert_eq!(dcap["category"], "dcap");
+    assert_eq!(dcap["inputs"][0], "dcap-probe");
+}

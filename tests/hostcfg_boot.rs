@@ -58,7 +58,7 @@ fn tdx_edit() -> cchost::hostcfg::args::ArgEdit {
     ArgProfile::new(
         Platform::Tdx,
         false,
-        CpuVendor::Intel,
+        Some(CpuVendor::Intel),
         &KernelConfig::default(),
     )
     .edit(None)
@@ -68,7 +68,7 @@ fn snp_edit() -> cchost::hostcfg::args::ArgEdit {
     ArgProfile::new(
         Platform::Snp,
         true,
-        CpuVendor::Amd,
+        Some(CpuVendor::Amd),
         &KernelConfig::default(),
     )
     .edit(None)

@@ -49,7 +49,7 @@ fn toks(s: &str) -> Vec<String> {
 
 fn tdx_facts() -> NodeFacts {
     NodeFacts {
-        cpu_vendor: CpuVendor::Intel,
+        cpu_vendor: Some(CpuVendor::Intel),
         tdx: TdxFacts {
             capable: true,
             enabled: false,
@@ -135,7 +135,7 @@ fn snp_host_booted_with_iommu_pt_is_told_why_and_fixed_in_bls() {
     let (_d, host) = tree(&[("/boot/loader/entries/abc-6.8.5.conf", entry)]);
     let tools = Tools::default();
     let f = NodeFacts {
-        cpu_vendor: CpuVendor::Amd,
+        cpu_vendor: Some(CpuVendor::Amd),
         snp: SnpFacts {
             capable: true,
             enabled: false,

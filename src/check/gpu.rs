@@ -3,28 +3,16 @@
 
 use crate::inventory::{GpuDevice, GpuKind, IommuMode};
 
-use super::{Check, CheckOutcome, Ctx};
+use super::{Check, CheckId, CheckOutcome, Ctx};
 
 pub fn gpus() -> Check {
-    Check::new("gpu", "GPUs and NVSwitches", found).with([
-        Check::new("gpu.cc", "GPUs support Confidential Computing", cc),
-        Check::new(
-            "gpu.iommu_group",
-            "IOMMU groups fit passthrough (no foreign members, viable)",
-            groups,
-        ),
-        Check::new("gpu.boot_vga", "No GPU drives the boot console", boot_vga),
-        Check::new(
-            "gpu.bar_access",
-            "GPU registers reachable for CC mode (no kernel lockdown)",
-            bar_access,
-        ),
-        Check::new("gpu.vfio_module", "vfio-pci available", vfio_module),
-        Check::new(
-            "gpu.vfio_bound",
-            "GPUs bound to their vfio driver",
-            vfio_bound,
-        ),
+    Check::new(CheckId::Gpu, found).with([
+        Check::new(CheckId::GpuCc, cc),
+        Check::new(CheckId::GpuIommuGroup, groups),
+        Check::new(CheckId::GpuBootVga, boot_vga),
+        Check::new(CheckId::GpuBarAccess, bar_access),
+        Check::new(CheckId::GpuVfioModule, vfio_module),
+        Check::new(CheckId::GpuVfioBound, vfio_bound),
     ])
 }
 

@@ -3,14 +3,10 @@
 
 use crate::inventory::{CpuVendor, IommuMode};
 
-use super::{Check, CheckOutcome, Ctx};
+use super::{Check, CheckId, CheckOutcome, Ctx};
 
 pub fn cpu_and_kvm() -> Check {
-    Check::new("cpu", "CPU identified", cpu).with([Check::new(
-        "kvm",
-        "KVM available (/dev/kvm)",
-        kvm,
-    )])
+    Check::new(CheckId::Cpu, cpu).with([Check::new(CheckId::Kvm, kvm)])
 }
 
 fn cpu(ctx: &Ctx) -> CheckOutcome {
@@ -87,29 +83,15 @@ pub(super) fn state_word(s: crate::inventory::ModuleState) -> &'static str {
 }
 
 pub fn iommu() -> Check {
-    Check::new(
-        "iommu.firmware",
-        "IOMMU described by firmware",
-        iommu_firmware,
-    )
-    .with([Check::new(
-        "iommu.enabled",
-        "IOMMU enabled in the kernel",
+    Check::new(CheckId::IommuFirmware, iommu_firmware).with([Check::new(
+        CheckId::IommuEnabled,
         iommu_enabled,
     )
-    .with([Check::new(
-        "iommu.mode",
-        "IOMMU DMA mode fits the profile",
-        iommu_mode,
-    )])])
+    .with([Check::new(CheckId::IommuMode, iommu_mode)])])
 }
 
 pub fn iommu_cmdline() -> Check {
-    Check::new(
-        "iommu.cmdline",
-        "IOMMU kernel arguments valid",
-        iommu_cmdline_check,
-    )
+    Check::new(CheckId::IommuCmdline, iommu_cmdline_check)
 }
 
 fn iommu_firmware(ctx: &Ctx) -> CheckOutcome {
@@ -208,11 +190,7 @@ fn iommu_cmdline_check(ctx: &Ctx) -> CheckOutcome {
 }
 
 pub fn vsock() -> Check {
-    Check::new(
-        "vsock",
-        "vhost-vsock available (Kata agent channel)",
-        vsock_check,
-    )
+    Check::new(CheckId::Vsock, vsock_check)
 }
 
 fn vsock_check(ctx: &Ctx) -> CheckOutcome {
@@ -245,7 +223,7 @@ fn vsock_check(ctx: &Ctx) -> CheckOutcome {
 }
 
 pub fn inventory_health() -> Check {
-    Check::new("inventory", "Host facts readable", inventory_check)
+    Check::new(CheckId::Inventory, inventory_check)
 }
 
 fn inventory_check(ctx: &Ctx) -> CheckOutcome {

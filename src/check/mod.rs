@@ -5,15 +5,18 @@
 //! Checks form a tree: a child only makes sense when its parent holds, so when a parent
 //! FAILs (or is SKIPped) its children are SKIPped without running (snphost style).
 //!
-//! Evaluation ([`evaluate`]) is separate from rendering ([`render`]) and from the list
-//! of checks ([`build_checks`]). To add a subtree (DCAP probes, vfio readiness), write
-//! a function returning a [`Check`] in its own file and push it in [`build_checks`].
+//! Evaluation ([`evaluate`]) is separate from rendering ([`render`]), from the list of
+//! checks ([`registry::CHECK_LIST`]: id, title, category, parent, inputs, remedy kinds)
+//! and from the trees a profile runs ([`build_checks`]). To add a check, add its id to
+//! the registry (and to docs/check-json.md, which a test holds to the registry), write
+//! its function in the subtree's file and put it in the tree.
 
 mod dcap;
 mod gpu;
 mod host;
 mod kernel_args;
 mod passthrough;
+pub mod registry;
 pub mod render;
 mod tee;
 
@@ -22,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::host::HostRoot;
 use crate::inventory::{CpuVendor, Inventory};
+pub use registry::{CHECK_LIST, CheckId, CheckMeta};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -130,25 +134,18 @@ pub struct Ctx<'a> {
 
 pub type CheckFn = Box<dyn Fn(&Ctx) -> CheckOutcome>;
 
-/// A named check and the checks that only make sense when it holds.
+/// A registered check ([`registry::CHECK_LIST`]: its id, title and metadata) with its
+/// function, and the checks that only make sense when it holds.
 pub struct Check {
-    /// Stable id (`tdx.bios`); documented in docs/check-json.md.
-    pub id: String,
-    /// What is checked, as a short title (`TDX enabled in the BIOS`).
-    pub title: String,
+    pub id: CheckId,
     pub run: CheckFn,
     pub children: Vec<Check>,
 }
 
 impl Check {
-    pub fn new(
-        id: impl Into<String>,
-        title: impl Into<String>,
-        run: impl Fn(&Ctx) -> CheckOutcome + 'static,
-    ) -> Self {
+    pub fn new(id: CheckId, run: impl Fn(&Ctx) -> CheckOutcome + 'static) -> Self {
         Check {
-            id: id.into(),
-            title: title.into(),
+            id,
             run: Box::new(run),
             children: Vec::new(),
         }
@@ -196,11 +193,15 @@ fn evaluate_one(c: &Check, ctx: &Ctx) -> Node {
     let outcome = (c.run)(ctx);
     let children = match outcome.status {
         Status::Pass | Status::Warn => evaluate(&c.children, ctx),
-        Status::Fail | Status::Skip => c.children.iter().map(|ch| skipped(ch, &c.id)).collect(),
+        Status::Fail | Status::Skip => c
+            .children
+            .iter()
+            .map(|ch| skipped(ch, c.id.name()))
+            .collect(),
     };
     Node {
-        id: c.id.clone(),
-        title: c.title.clone(),
+        id: c.id.name().to_string(),
+        title: c.id.title().to_string(),
         outcome,
         children,
     }
@@ -208,8 +209,8 @@ fn evaluate_one(c: &Check, ctx: &Ctx) -> Node {
 
 fn skipped(c: &Check, parent: &str) -> Node {
     Node {
-        id: c.id.clone(),
-        title: c.title.clone(),
+        id: c.id.name().to_string(),
+        title: c.id.title().to_string(),
         outcome: CheckOutcome::skip(format!("needs {parent}")),
         children: c.children.iter().map(|ch| skipped(ch, parent)).collect(),
     }

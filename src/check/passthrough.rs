@@ -3,24 +3,16 @@
 //! which one, which file, and what to do. Same scan as `cchost run`
 //! (`inventory::passthrough::unreadable_from_inventory`), from the checked inventory.
 
-use super::{Check, CheckOutcome, Ctx};
+use super::{Check, CheckId, CheckOutcome, Ctx};
 use crate::inventory::passthrough::unreadable_from_inventory;
 
 pub fn passthrough() -> Check {
-    Check::new(
-        "deviceplugin.readable",
-        "Device plugin can read every matched PCI function",
-        readable,
-    )
+    Check::new(CheckId::DevicepluginReadable, readable)
 }
 
 /// No other CDI spec claims cchost's kinds (cdi::foreign).
 pub fn cdi_conflicts() -> Check {
-    Check::new(
-        "cdi.conflicts",
-        "No other CDI spec defines cchost's device kinds",
-        no_conflicts,
-    )
+    Check::new(CheckId::CdiConflicts, no_conflicts)
 }
 
 fn no_conflicts(ctx: &Ctx) -> CheckOutcome {

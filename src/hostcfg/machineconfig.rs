@@ -7,7 +7,6 @@ use serde::Serialize;
 use super::modules;
 use super::profile::{ArgProfile, Platform};
 use crate::config::KernelConfig;
-use crate::inventory::facts::CpuVendor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -97,7 +96,7 @@ pub fn render(
     cfg: &KernelConfig,
 ) -> Result<String, serde_norway::Error> {
     // No running host here: every argument of the profile is stated.
-    let profile = ArgProfile::new(platform, gpu, CpuVendor::Unknown, cfg);
+    let profile = ArgProfile::new(platform, gpu, None, cfg);
     let kernel_arguments = profile
         .edit(None)
         .add

@@ -6,15 +6,10 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CpuVendor {
-    Intel,
-    Amd,
-    Other,
-    #[default]
-    Unknown,
-}
+// One vocabulary per fact: the inventory's own CPU vendor and IOMMU mode (Arm and Off
+// included), not copies of them.
+pub use super::cpuinfo::CpuVendor;
+pub use super::iommu::IommuMode;
 
 /// Intel TDX on the host.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,19 +33,6 @@ pub struct SnpFacts {
     pub sev_es_enabled: bool,
     /// SEV-ES ASIDs (misc.capacity `sev_es`); SNP guests use these.
     pub esids: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IommuMode {
-    /// DMA translated (`DMA`, `DMA-FQ` group types).
-    Translated,
-    /// Identity mapping (`iommu=pt`).
-    Passthrough,
-    /// Groups of both kinds.
-    Mixed,
-    #[default]
-    Unknown,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,7 +132,8 @@ pub struct Duties {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeFacts {
-    pub cpu_vendor: CpuVendor,
+    /// `None` when /proc/cpuinfo could not be read.
+    pub cpu_vendor: Option<CpuVendor>,
     pub tdx: TdxFacts,
     pub snp: SnpFacts,
     pub iommu: IommuFacts,

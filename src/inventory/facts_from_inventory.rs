@@ -1,24 +1,17 @@
 //! Filling the node facts from the inventory.
 
 use super::facts::{
-    CpuVendor, Duties, GpuFacts, IommuFacts, IommuMode, NodeFacts, SgxFacts, SnpFacts, TdxFacts,
-    VirtFacts,
+    Duties, GpuFacts, IommuFacts, NodeFacts, SgxFacts, SnpFacts, TdxFacts, VirtFacts,
 };
-use crate::inventory::{self, GpuKind, Inventory, ModuleState};
+use crate::inventory::{GpuKind, Inventory, ModuleState};
 
-/// A kvm module boolean parameter reads on (`Y`, or `1` on older kernels).
 fn on(v: Option<&str>) -> bool {
-    matches!(v.map(str::trim), Some("Y" | "y" | "1"))
+    v.is_some_and(super::modules::param_on)
 }
 
 impl NodeFacts {
     pub fn from_inventory(inv: &Inventory) -> NodeFacts {
-        let cpu_vendor = match inv.cpu.as_ref().map(|c| c.vendor) {
-            Some(inventory::CpuVendor::Intel) => CpuVendor::Intel,
-            Some(inventory::CpuVendor::Amd) => CpuVendor::Amd,
-            Some(_) => CpuVendor::Other,
-            None => CpuVendor::Unknown,
-        };
+        let cpu_vendor = inv.cpu.as_ref().map(|c| c.vendor);
         let flag = |f: &str| inv.cpu.as_ref().is_some_and(|c| c.has_flag(f));
         let tdx_on = on(inv.tdx.kvm_param.as_deref());
         let tdx = TdxFacts {
@@ -38,12 +31,7 @@ impl NodeFacts {
         let iommu = IommuFacts {
             present: inv.iommu.present.is_yes(),
             enabled: inv.iommu.enabled.is_yes(),
-            mode: match inv.iommu.mode {
-                inventory::IommuMode::Translated => IommuMode::Translated,
-                inventory::IommuMode::Passthrough => IommuMode::Passthrough,
-                inventory::IommuMode::Mixed => IommuMode::Mixed,
-                inventory::IommuMode::Off | inventory::IommuMode::Unknown => IommuMode::Unknown,
-            },
+            mode: inv.iommu.mode,
         };
         let cmdline = inv
             .kernel

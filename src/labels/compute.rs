@@ -119,7 +119,8 @@ pub fn compute(facts: &NodeFacts, cfg: &LabelsConfig) -> NodeLabels {
             IommuMode::Translated => "translated",
             IommuMode::Passthrough => "passthrough",
             IommuMode::Mixed => "mixed",
-            IommuMode::Unknown => "unknown",
+            // Groups exist (enabled), so the mode is never Off here.
+            IommuMode::Off | IommuMode::Unknown => "unknown",
         };
         put(&mut out, p("iommu.mode"), mode);
     }
@@ -130,7 +131,7 @@ pub fn compute(facts: &NodeFacts, cfg: &LabelsConfig) -> NodeLabels {
         put(&mut out, RUNTIME_KATA_LABEL.to_string(), "true");
     }
     // SGX is an Intel feature; a contradicting vendor labels nothing.
-    if facts.sgx.enabled() && facts.cpu_vendor == CpuVendor::Intel {
+    if facts.sgx.enabled() && facts.cpu_vendor == Some(CpuVendor::Intel) {
         put(&mut out, SGX_LABEL.to_string(), "true");
     }
 
@@ -289,7 +290,7 @@ mod tests {
 
     fn tdx_host() -> NodeFacts {
         NodeFacts {
-            cpu_vendor: CpuVendor::Intel,
+            cpu_vendor: Some(CpuVendor::Intel),
             tdx: TdxFacts {
                 capable: true,
                 enabled: true,
@@ -306,7 +307,7 @@ mod tests {
 
     fn snp_host() -> NodeFacts {
         NodeFacts {
-            cpu_vendor: CpuVendor::Amd,
+            cpu_vendor: Some(CpuVendor::Amd),
             snp: SnpFacts {
                 capable: true,
                 enabled: true,

@@ -116,13 +116,13 @@ pub fn choose(cfg: &Config, f: &NodeFacts) -> ProfileChoiceMade {
         ProfileChoice::Snp => (Platform::Snp, "kernel.profile = \"snp\"".to_string()),
         ProfileChoice::None => (Platform::None, "kernel.profile = \"none\"".to_string()),
         ProfileChoice::Auto => {
-            if f.tdx.enabled || (f.cpu_vendor == CpuVendor::Intel && f.tdx.capable) {
+            if f.tdx.enabled || (f.cpu_vendor == Some(CpuVendor::Intel) && f.tdx.capable) {
                 (
                     Platform::Tdx,
                     "Intel CPU whose platform supports TDX (cpuinfo tdx_host_platform or kvm_intel tdx=Y)"
                         .to_string(),
                 )
-            } else if f.snp.enabled || (f.cpu_vendor == CpuVendor::Amd && f.snp.capable) {
+            } else if f.snp.enabled || (f.cpu_vendor == Some(CpuVendor::Amd) && f.snp.capable) {
                 (
                     Platform::Snp,
                     "AMD CPU with SEV-SNP (cpuinfo sev_snp or kvm_amd sev_snp=Y)".to_string(),

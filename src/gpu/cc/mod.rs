@@ -12,7 +12,8 @@
 //! - [`live`]: opening real devices through `HostRoot` (mapping, wake-up, sysfs reset).
 //! - [`node_mode`]: one mode for the whole node (the `nvidia.com/cc.mode` label).
 //! - [`precheck`]: may this device be switched (driverless or vfio-pci, and unused)?
-//! - [`sim`]: a register-level simulator of the FSP that the same client code drives.
+//! - `sim` (cargo feature `test-support`): a register-level simulator of the FSP that
+//!   the same client code drives.
 
 pub mod bar0;
 pub mod device;
@@ -25,6 +26,7 @@ pub mod mode;
 pub mod node_mode;
 pub mod precheck;
 pub mod regs;
+#[cfg(any(test, feature = "test-support"))]
 pub mod sim;
 pub mod switch;
 pub mod transport;
