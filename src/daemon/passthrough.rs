@@ -20,16 +20,22 @@ fn fail(message: impl std::fmt::Display) -> DaemonError {
     }
 }
 
-/// One pass: scan and write the CDI spec. Errors are logged; the last good state stays.
-pub fn scan_and_write(ctx: &Context) -> Option<Discovery> {
+/// One pass: scan and write the CDI spec. Errors are logged; the last good state stays
+/// (a device this scan could not read is carried over from `previous`).
+pub fn scan_and_write(ctx: &Context, previous: Option<&Discovery>) -> Option<Discovery> {
     let cfg = &ctx.config.device_plugin;
-    let scan = match devices::discover(&ctx.host, &ctx.config.matching, cfg) {
+    let mut scan = match devices::discover(&ctx.host, &ctx.config.matching, cfg) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "device scan failed; keeping the last state");
+            tracing::error!(error = %e, "device scan failed; keeping the last state, retrying");
             return None;
         }
     };
+    if let Some(prev) = previous {
+        for id in devices::keep_unreadable(prev, &mut scan) {
+            tracing::warn!(id = %id, "device unreadable in this scan; keeping its last state");
+        }
+    }
     for s in &scan.skipped {
         match s.address {
             Some(a) => tracing::info!(address = %a, reason = %s.reason, "not advertised"),
@@ -73,10 +79,11 @@ pub async fn run(mut ctx: Context) -> Result<(), DaemonError> {
         None
     };
     let mut last_status: Option<PassthroughStatus> = None;
+    let mut last_scan: Option<Discovery> = None;
     loop {
         let change = ctx.changes.borrow_and_update().clone();
         tracing::debug!(seq = change.seq, reason = %change.reason, "rescanning devices");
-        let scanned = scan_and_write(&ctx);
+        let scanned = scan_and_write(&ctx, last_scan.as_ref());
         let failed = scanned.is_none();
         if let Some(scan) = scanned {
             if let Some(p) = plugins.as_mut() {
@@ -90,6 +97,7 @@ pub async fn run(mut ctx: Context) -> Result<(), DaemonError> {
                     last_status = None;
                 }
             }
+            last_scan = Some(scan);
         }
         // A scan that failed is tried again soon, not only at the next device event.
         tokio::select! {

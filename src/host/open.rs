@@ -44,6 +44,8 @@ static OPENAT2: AtomicU8 = AtomicU8::new(0);
 pub(super) enum Expect {
     /// A regular file (every sysfs/procfs attribute and config file is one).
     File,
+    /// A directory (the parent of an atomic write).
+    Dir,
 }
 
 impl HostRoot {
@@ -77,6 +79,7 @@ impl HostRoot {
         let kind = kind_of(&meta.file_type());
         let ok = match expect {
             Expect::File => kind == NodeKind::File,
+            Expect::Dir => kind == NodeKind::Dir,
         };
         if !ok {
             return Err(HostError::UnexpectedKind {
