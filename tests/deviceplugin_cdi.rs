@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use cchost::cdi;
 use cchost::config::{Config, DevicePluginConfig};
-use cchost::deviceplugin::devices::{self, Health, VfioMode};
+use cchost::inventory::passthrough::{self, Health, VfioMode};
 use dp_support::{FakeHost, Func, hgx_like};
 use serde_json::Value;
 
@@ -76,7 +76,7 @@ fn read_spec(h: &FakeHost, name: &str) -> Value {
 fn legacy_host_gets_group_nodes_named_by_group_number() {
     let (h, _) = hgx_like();
     let cfg = DevicePluginConfig::default();
-    let scan = devices::discover(&h.host, &Config::default().matching, &cfg).unwrap();
+    let scan = passthrough::discover(&h.host, &Config::default().matching, &cfg).unwrap();
     assert_eq!(scan.mode, VfioMode::Legacy);
     let report = cdi::sync(&h.host, &cfg.cdi_dir, &scan).unwrap();
     assert_eq!(report.written.len(), 2, "{report:?}");
@@ -120,7 +120,7 @@ fn iommufd_host_gets_cdev_nodes_named_by_vfio_number() {
     f.vfio_dev = Some(2);
     h.add(&f);
     let cfg = DevicePluginConfig::default();
-    let scan = devices::discover(&h.host, &Config::default().matching, &cfg).unwrap();
+    let scan = passthrough::discover(&h.host, &Config::default().matching, &cfg).unwrap();
     assert_eq!(scan.mode, VfioMode::Iommufd);
     cdi::sync(&h.host, &cfg.cdi_dir, &scan).unwrap();
     let spec = read_spec(&h, "cchost-nvidia.com-pgpu.json");
@@ -141,14 +141,14 @@ fn devices_that_leave_are_removed_and_empty_kinds_lose_their_file() {
     cdi::sync(
         &h.host,
         &cfg.cdi_dir,
-        &devices::discover(&h.host, &m, &cfg).unwrap(),
+        &passthrough::discover(&h.host, &m, &cfg).unwrap(),
     )
     .unwrap();
     // A stranger's spec in the same directory is never touched.
     h.write("/var/run/cdi/nvidia.yaml", "cdiVersion: 0.5.0\n");
     h.set_driver(&funcs[1], Some("nvidia"));
     h.set_driver(&funcs[4], None);
-    let scan = devices::discover(&h.host, &m, &cfg).unwrap();
+    let scan = passthrough::discover(&h.host, &m, &cfg).unwrap();
     let report = cdi::sync(&h.host, &cfg.cdi_dir, &scan).unwrap();
     assert_eq!(report.removed.len(), 1, "{report:?}");
     assert!(
@@ -182,7 +182,7 @@ fn per_model_resource_names() {
         gpu_resource: String::new(),
         ..Default::default()
     };
-    let scan = devices::discover(&h.host, &Config::default().matching, &cfg).unwrap();
+    let scan = passthrough::discover(&h.host, &Config::default().matching, &cfg).unwrap();
     cdi::sync(&h.host, &cfg.cdi_dir, &scan).unwrap();
     let spec = read_spec(&h, "cchost-nvidia.com-GH100_H100_SXM5_80GB.json");
     assert_valid(&validator(), &spec);
@@ -202,7 +202,7 @@ fn a_malformed_device_is_skipped_and_reported_without_blocking_the_others() {
         "banana\n",
     );
     let cfg = DevicePluginConfig::default();
-    let scan = devices::discover(&h.host, &Config::default().matching, &cfg).unwrap();
+    let scan = passthrough::discover(&h.host, &Config::default().matching, &cfg).unwrap();
     let ids: Vec<&str> = scan.devices.iter().map(|d| d.id.as_str()).collect();
     // Sorted by resource (nvswitch before pgpu), then by number.
     assert_eq!(ids, ["60", "12", "13", "40"]);
@@ -230,7 +230,7 @@ fn health_reflects_the_vfio_node_and_group_viability() {
     audio.class = 0x040300;
     audio.driver = Some("snd_hda_intel");
     h.add(&audio);
-    let scan = devices::discover(&h.host, &m, &cfg).unwrap();
+    let scan = passthrough::discover(&h.host, &m, &cfg).unwrap();
     let health = |id: &str| {
         scan.devices
             .iter()
@@ -352,7 +352,7 @@ fn shared_fixture_gpus_on_vfio_in_both_modes() {
             vfio_mode: mode,
             ..Default::default()
         };
-        let scan = devices::discover(&host, &m, &cfg).unwrap();
+        let scan = passthrough::discover(&host, &m, &cfg).unwrap();
         let ids: Vec<&str> = scan.devices.iter().map(|d| d.id.as_str()).collect();
         assert_eq!(ids, want_ids, "{mode:?}: {scan:#?}");
         assert!(

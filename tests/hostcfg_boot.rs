@@ -10,7 +10,7 @@ use cchost::host::HostRoot;
 use cchost::host::exec::ToolOutput;
 use cchost::hostcfg::boot::{self, BootStep, HostTools, Mechanism};
 use cchost::hostcfg::profile::{ArgProfile, Platform};
-use cchost::plan::facts::CpuVendor;
+use cchost::inventory::facts::CpuVendor;
 
 #[derive(Default)]
 struct Tools {

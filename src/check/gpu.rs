@@ -275,17 +275,9 @@ fn vfio_bound(ctx: &Ctx) -> CheckOutcome {
     } else if !bad.is_empty() {
         // Only offer `gpu bind --all` when that command would do it: the same plan it
         // makes, with the same refusals.
-        let refusal = ctx.host.and_then(|h| {
-            crate::gpu::vfio_plan::plan_bind(
-                h,
-                ctx.config,
-                &ctx.inv.gpus,
-                &crate::gpu::vfio_plan::Selection::All,
-            )
-            .err()
-        });
+        let refusal = ctx.bind_all.and_then(|r| r.as_ref().err());
         let remedy = match refusal {
-            Some(crate::gpu::vfio_plan::PlanError::Refused(why)) => format!(
+            Some(crate::plan::vfio::PlanError::Refused(why)) => format!(
                 "`cchost gpu bind --all` refuses this host now; first fix: {}",
                 why.iter()
                     .map(|r| r.to_string())

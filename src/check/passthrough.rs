@@ -1,10 +1,10 @@
 //! The device plugin's view: a PCI function whose sysfs attributes cannot be read or
 //! parsed is skipped by the plugin (it never blocks the others), and this check says
 //! which one, which file, and what to do. Same scan as `cchost run`
-//! (`deviceplugin::devices::unreadable_from_inventory`), from the checked inventory.
+//! (`inventory::passthrough::unreadable_from_inventory`), from the checked inventory.
 
 use super::{Check, CheckOutcome, Ctx};
-use crate::deviceplugin::devices::unreadable_from_inventory;
+use crate::inventory::passthrough::unreadable_from_inventory;
 
 pub fn passthrough() -> Check {
     Check::new(

@@ -174,7 +174,8 @@ fn a_subtree_can_be_added_from_outside() {
         inv: &inv,
         config: &cfg,
         profile: Some(Profile::Snp),
-        host: Some(&t.host),
+        dcap: None,
+        bind_all: None,
     };
     let mut checks = build_checks(&ctx);
     checks.push(

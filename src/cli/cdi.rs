@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use cchost::cdi;
-use cchost::deviceplugin::devices;
+use cchost::inventory::passthrough;
 
 use super::Global;
 use super::output::{out, outln};
@@ -25,7 +25,7 @@ pub struct GenerateArgs {
 pub fn run(g: &Global, c: Command) -> anyhow::Result<ExitCode> {
     let Command::Generate(a) = c;
     let cfg = &g.config.device_plugin;
-    let scan = devices::discover(&g.host, &g.config.matching, cfg)?;
+    let scan = passthrough::discover(&g.host, &g.config.matching, cfg)?;
     for s in &scan.skipped {
         match s.address {
             Some(addr) => eprintln!("skipped {addr}: {}", s.reason),

@@ -64,7 +64,13 @@ pub fn run(g: &Global, c: Command) -> anyhow::Result<ExitCode> {
                     (true, false) => "wrote",
                 };
                 if let (true, Some(j), Some(after)) = (f.changes(), journal.as_mut(), &f.after) {
-                    cchost::journal::write_file(j, &f.path.to_string_lossy(), after, f.mode)?;
+                    cchost::journal::write_file(
+                        &g.host,
+                        j,
+                        &f.path.to_string_lossy(),
+                        after,
+                        f.mode,
+                    )?;
                 }
                 outln!("{verb} {}: {}", f.path.display(), f.why);
                 if f.changes() && dry_run {

@@ -5,14 +5,15 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use serde::Serialize;
 
+use cchost::apply;
 use cchost::gpu::cc::device::Timing;
 use cchost::gpu::cc::journaled::CcRestorer;
 use cchost::gpu::cc::live::MmioOpener;
 use cchost::gpu::vfio::{self, Step, VfioRestorer};
-use cchost::gpu::vfio_plan::{self, PlanError, Selection};
 use cchost::host::pci::PciAddress;
 use cchost::inventory::discover_gpus;
 use cchost::journal::{self, Journal, Restorer};
+use cchost::plan::vfio::{PlanError, Selection, plan_bind, plan_unbind};
 
 use super::Global;
 use super::output::outln;
@@ -165,7 +166,7 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
         Some(open_journal(g)?)
     };
     let inv = discover_gpus(&g.host, &g.config.matching);
-    let plan = match vfio_plan::plan_bind(&g.host, &g.config, &inv, &a.selection()) {
+    let plan = match plan_bind(&g.host, &g.config, &inv, &a.selection()) {
         Ok(p) => p,
         Err(e) => return refused(e, a.json),
     };
@@ -194,7 +195,7 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let mut observe = step_observer()?;
-    let results = vfio_plan::apply_bind(journal, &g.config, &plan, &mut observe)?;
+    let results = apply::vfio::apply_bind(&g.host, journal, &g.config, &plan, &mut observe)?;
     let failed = results.iter().any(|r| r.outcome.is_err()) || results.len() < plan.items.len();
     if a.json {
         print_json(&results)?;
@@ -232,7 +233,7 @@ fn unbind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
         (Some(j), entries)
     };
     let inv = discover_gpus(&g.host, &g.config.matching);
-    let plan = match vfio_plan::plan_unbind(&g.host, &entries, &inv, &a.selection()) {
+    let plan = match plan_unbind(&g.host, &entries, &inv, &a.selection()) {
         Ok(p) => p,
         Err(e) => return refused(e, a.json),
     };
@@ -246,7 +247,7 @@ fn unbind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let mut observe = step_observer()?;
-    let results = vfio_plan::apply_unbind(journal, &plan, &mut observe);
+    let results = apply::vfio::apply_unbind(&g.host, journal, &plan, &mut observe);
     let failed = results.iter().any(|r| r.outcome.is_err());
     if a.json {
         print_json(&results)?;

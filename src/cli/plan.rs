@@ -1,10 +1,11 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use cchost::hostcfg::journaled::{KernelArgsRestorer, ModuleRestorer};
 use cchost::inventory::Inventory;
+use cchost::inventory::NodeFacts;
 use cchost::journal::{self, FileRestorer, Journal, Restorer};
-use cchost::plan::apply::{KernelArgsRestorer, ModuleRestorer};
-use cchost::plan::{self, NodeFacts, Plan};
+use cchost::plan::{self, Plan};
 
 use super::Global;
 use super::output::{out, outln};
@@ -113,7 +114,7 @@ pub fn run_apply(g: &Global, a: ApplyArgs) -> anyhow::Result<ExitCode> {
     } else {
         make_plan(g)
     };
-    let report = plan::apply::apply(&g.host, &g.host, &mut journal, &p);
+    let report = cchost::apply::node::apply(&g.host, &g.host, &mut journal, &p);
     match report {
         Ok(r) => {
             if a.json {

@@ -2,6 +2,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use cchost::daemon::Daemon;
+use cchost::gpu::cc::switch::Status;
+use cchost::observe::events;
+use cchost::observe::metrics::METRICS;
+use cchost::observe::sd_notify::{self, Notifier};
 
 use super::Global;
 
@@ -37,32 +41,76 @@ pub fn run(g: &Global, _a: Args) -> anyhow::Result<ExitCode> {
             tracing::warn!(kind = %r.kind, subject = %r.subject, "recovered an interrupted step of an earlier run");
         }
         if g.config.vfio.bind_on_start {
-            let done = cchost::daemon::bind_on_start::bind_matched(&mut journal, &g.config);
+            let done =
+                cchost::daemon::bind_on_start::bind_matched(&g.host, &mut journal, &g.config);
             tracing::info!(bound = ?done.bound, already = ?done.already, "vfio.bind_on_start");
-            for r in done.refused.iter().chain(&done.failed) {
+            for r in &done.refused {
                 tracing::warn!("vfio.bind_on_start: {r}");
+                events::raise(
+                    "GPUBindRefused",
+                    "BindVfio",
+                    format!("cchost vfio.bind_on_start refused: {r}"),
+                );
+            }
+            for r in &done.failed {
+                tracing::warn!("vfio.bind_on_start: {r}");
+                events::raise(
+                    "GPUBindFailed",
+                    "BindVfio",
+                    format!("cchost vfio.bind_on_start failed: {r}"),
+                );
             }
         }
-        if let Some(mode) = g.config.cc.mode_on_start.target() {
+        if let Some(mode) = cchost::gpu::cc::TargetMode::on_start(g.config.cc.mode_on_start) {
             let opener = cchost::gpu::cc::live::MmioOpener::default();
-            let done =
-                cchost::daemon::cc_on_start::set_mode(&mut journal, &g.config, mode, &opener);
+            let done = cchost::daemon::cc_on_start::set_mode(
+                &g.host,
+                &mut journal,
+                &g.config,
+                mode,
+                &opener,
+            );
             for o in &done.outcomes {
+                METRICS.cc_switches_total.inc(&[match o.status {
+                    Status::Switched => "switched",
+                    Status::Unchanged => "unchanged",
+                    Status::Failed | Status::Skipped => "failed",
+                }]);
                 match &o.error {
                     None => {
                         tracing::info!(device = %o.device, status = ?o.status, "cc.mode_on_start = {mode}")
                     }
                     Some(e) => {
-                        tracing::error!(device = %o.device, error = %e, "cc.mode_on_start = {mode} failed")
+                        tracing::error!(device = %o.device, error = %e, "cc.mode_on_start = {mode} failed");
+                        events::raise(
+                            "CCModeSwitchFailed",
+                            "SetCCMode",
+                            format!(
+                                "cchost cc.mode_on_start = {mode} failed on {}: {e}",
+                                o.device
+                            ),
+                        );
                     }
                 }
             }
             for r in &done.refused {
+                METRICS.cc_switches_total.inc(&["refused"]);
                 tracing::warn!("cc.mode_on_start: {r}");
+                events::raise(
+                    "CCModeSwitchRefused",
+                    "SetCCMode",
+                    format!("cchost cc.mode_on_start = {mode} refused: {r}"),
+                );
             }
         }
     }
-    let daemon = Daemon::new(g.host.clone(), g.config.clone()).with_default_services();
+    let mut daemon = Daemon::new(g.host.clone(), g.config.clone()).with_default_services();
+    // Under systemd with Type=notify (docs/observability.md).
+    match Notifier::from_env() {
+        Some(Ok(n)) => daemon = daemon.with_notifier(n, sd_notify::watchdog_from_env()),
+        Some(Err(e)) => tracing::warn!(error = %e, "cannot notify systemd"),
+        None => {}
+    }
     rt.block_on(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;

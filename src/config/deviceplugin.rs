@@ -91,12 +91,12 @@ impl DevicePluginConfig {
             ("nvswitch_resource", &self.nvswitch_resource),
         ] {
             if !value.is_empty() {
-                crate::cdi::validate_kind(value)
+                super::cdi_names::validate_kind(value)
                     .map_err(|e| format!("device_plugin.{key} {value:?}: {e}"))?;
             }
         }
         if self.gpu_resource.is_empty() {
-            crate::cdi::validate_vendor(&self.model_prefix)
+            super::cdi_names::validate_vendor(&self.model_prefix)
                 .map_err(|e| format!("device_plugin.model_prefix {:?}: {e}", self.model_prefix))?;
         }
         if !self.gpu_resource.is_empty() && self.gpu_resource == self.nvswitch_resource {

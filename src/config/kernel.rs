@@ -82,12 +82,18 @@ impl Default for KernelConfig {
 impl KernelConfig {
     pub fn validate(&self) -> Result<(), String> {
         for a in self.extra_args.iter().chain(&self.remove_args) {
+            // Arguments are written into shell files (/etc/default/grub) and kernel
+            // command lines: nothing the shell expands or that ends a quoted word
+            // (`$`, backquote, `\`, quotes), no blanks (issue 14.2).
             if a.is_empty()
-                || a.chars()
-                    .any(|c| c.is_whitespace() || c == '"' || c.is_control())
+                || a.chars().any(|c| {
+                    c.is_whitespace()
+                        || c.is_control()
+                        || matches!(c, '"' | '\'' | '$' | '`' | '\\')
+                })
             {
                 return Err(format!(
-                    "kernel: {a:?} is not a single kernel argument (no spaces or quotes)"
+                    "kernel: {a:?} is not a single kernel argument (no blanks, quotes, $, ` or \\)"
                 ));
             }
         }
@@ -119,6 +125,13 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.validate().unwrap_err().contains("a b"));
+        for shell in ["\\", "x=$(id -u)", "$GRUB_CMDLINE_LINUX=x", "a'b", "`id`"] {
+            let bad = KernelConfig {
+                extra_args: vec![shell.into()],
+                ..Default::default()
+            };
+            assert!(bad.validate().is_err(), "{shell}");
+        }
         let bad = KernelConfig {
             modules_load_file: "/etc/cchost.conf".into(),
             ..Default::default()

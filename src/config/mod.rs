@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod cc;
+pub mod cdi_names;
 mod dcap;
 mod deviceplugin;
 mod kernel;
 mod labels;
 mod matching;
+mod observe;
 pub mod paths;
 mod vfio;
 
@@ -22,6 +24,7 @@ pub use deviceplugin::{DevicePluginConfig, EventSource, PluginMode, VfioModeConf
 pub use kernel::{GpuChoice, KernelConfig, MechanismChoice, ProfileChoice};
 pub use labels::{LabelBackend, LabelsConfig, is_dns_subdomain};
 pub use matching::{Architecture, ChipRange, DeviceMatch, MatchConfig};
+pub use observe::{KubeEvents, ObserveConfig};
 pub use vfio::VfioConfig;
 
 /// Where the configuration is read from when `--config` is not given.
@@ -45,6 +48,8 @@ pub struct Config {
     pub dcap: DcapConfig,
     /// The GPUs' CC mode as `cchost run` keeps it.
     pub cc: CcConfig,
+    /// Health endpoint, metrics and Kubernetes Events of `cchost run`.
+    pub observe: ObserveConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +102,7 @@ impl Config {
         self.labels.validate()?;
         self.kernel.validate()?;
         self.dcap.validate()?;
+        self.observe.validate()?;
         Ok(())
     }
 }

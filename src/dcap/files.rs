@@ -50,7 +50,7 @@ impl DesiredFile {
 /// `/etc/qgs.conf`. QGS reads only `port` and `number_threads`. For the unix socket the
 /// `port` line is left out: DCAP ≤1.23 reads a missing port (or 0) as unix socket, newer
 /// QGS reads *any* explicit port, even 0, as vsock — leaving it out is the only setting
-/// both agree on (facts/dcap.md §2.4).
+/// both agree on (docs/facts/dcap.md#qgs-transport).
 pub fn render_qgs_conf(cfg: &DcapConfig) -> String {
     let mut s = String::from(
         "# Written by cchost (cchost dcap configure); it later changes only a port line\n\

@@ -2,13 +2,13 @@
 //!
 //! A device that was advertised and then loses its vfio node or leaves vfio-pci stays
 //! in the list as Unhealthy (kubelet then stops handing it out but keeps it in capacity,
-//! facts k8s-cdi-rust.md §1.6), and turns Healthy again when it comes back.
+//! docs/facts/k8s.md#device-health), and turns Healthy again when it comes back.
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::devices::{Discovery, Health, PassthroughDevice, numeric_key};
+use crate::inventory::passthrough::{Discovery, Health, PassthroughDevice, numeric_key};
 
 /// The devices of one resource, as a shared snapshot.
 pub type DeviceList = Arc<Vec<PassthroughDevice>>;
@@ -96,7 +96,7 @@ pub fn publish(tx: &watch::Sender<DeviceList>, resource: &str, scan: &Discovery)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deviceplugin::devices::{DeviceClass, Skipped, VfioMode};
+    use crate::inventory::passthrough::{DeviceClass, Skipped, VfioMode};
 
     fn dev(id: &str, f: &str) -> PassthroughDevice {
         PassthroughDevice {
@@ -173,7 +173,7 @@ mod tests {
         let unreadable = Skipped {
             address: Some("0000:01:00.0".parse().unwrap()),
             reason: "/sys/bus/pci/devices/0000:01:00.0/vendor: Input/output error".into(),
-            unreadable: Some(crate::deviceplugin::devices::Unreadable {
+            unreadable: Some(crate::inventory::passthrough::Unreadable {
                 file: "/sys/bus/pci/devices/0000:01:00.0/vendor".into(),
                 error: "Input/output error".into(),
             }),

@@ -1,5 +1,5 @@
 //! Where a plain host keeps its kernel arguments, and how to change them
-//! (../shared/facts/cpu-tee.md §5). Detection order (first match wins):
+//! (docs/facts/cpu-tee.md#kernel-args). Detection order (first match wins):
 //!
 //! 1. rpm-ostree: `/run/ostree-booted` and the `rpm-ostree` tool (`rpm-ostree kargs`);
 //! 2. grubby: BLS entries in /boot/loader/entries and the `grubby` tool;

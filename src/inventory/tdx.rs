@@ -1,6 +1,6 @@
 //! Intel TDX host readiness. `/sys/module/kvm_intel/parameters/tdx` = `Y` is the
 //! authoritative "initialised and usable" signal: on any failure kvm_intel still loads
-//! with the parameter reading `N` (../shared/facts/cpu-tee.md §3.5). The CPU flag, the
+//! with the parameter reading `N` (docs/facts/cpu-tee.md#tdx-linux). The CPU flag, the
 //! kernel log and the command line only explain *why* it is off.
 
 use serde::{Deserialize, Serialize};

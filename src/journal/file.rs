@@ -32,12 +32,12 @@ pub struct FileRestore {
 /// already has this content is left alone and nothing is journaled. Returns whether
 /// it changed anything. Files cchost changed before keep their first original.
 pub fn write_file(
+    host: &HostRoot,
     journal: &mut Journal,
     path: &str,
     contents: &str,
     mode: u32,
 ) -> Result<bool, JournalError> {
-    let host = journal.host().clone();
     let current = match host.read_bytes(path) {
         Ok(b) => Some(
             String::from_utf8(b)

@@ -217,7 +217,9 @@ impl Journal {
         self.host.lexical(JOURNAL_PATH)
     }
 
-    pub fn host(&self) -> &HostRoot {
+    /// The host the journal lives on, for the journal's own restores. Actuators take the
+    /// host as a parameter beside the journal rather than pulling it out of here.
+    pub(crate) fn host(&self) -> &HostRoot {
         &self.host
     }
 
@@ -257,7 +259,10 @@ impl Journal {
         let change = to_json(&change)?;
         let restore = to_json(&restore)?;
         let seq = self.file.next_seq;
-        self.file.next_seq += 1;
+        self.file.next_seq = seq.checked_add(1).ok_or_else(|| JournalError::Corrupt {
+            path: self.host.lexical(JOURNAL_PATH),
+            reason: format!("next_seq {seq} leaves no room for another entry"),
+        })?;
         self.file.entries.push(Entry {
             seq,
             kind: kind.to_string(),
@@ -345,12 +350,26 @@ impl Journal {
     }
 }
 
+/// [`parse`] for `crate::fuzzing`.
+pub(crate) fn parse_for_fuzzing(bytes: &[u8]) -> Result<(), String> {
+    parse(bytes).map(|_| ())
+}
+
 fn parse(bytes: &[u8]) -> Result<JournalFile, String> {
     let file: JournalFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if file.version != FORMAT_VERSION {
         return Err(format!(
             "format version {} (this cchost reads version {FORMAT_VERSION})",
             file.version
+        ));
+    }
+    // A sequence number that cannot be incremented would wrap to 0 on the next change
+    // and leave a journal this function rejects (issue 14.4): refuse it while nothing
+    // has been changed yet.
+    if file.next_seq == u64::MAX {
+        return Err(format!(
+            "next_seq {} leaves no room for another entry",
+            file.next_seq
         ));
     }
     let mut seqs = std::collections::BTreeSet::new();

@@ -2,7 +2,7 @@
 //!
 //! The inventory does not touch firmware, so the labeler reads the mode itself, read-only,
 //! through the same client `cchost gpu cc query` uses (a read-only mapping of
-//! `resource0`, facts gpu.md §2.2–2.3). It only asks a GPU that is driverless or on
+//! `resource0`, docs/facts/gpu.md#cc-read-only-query). It only asks a GPU that is driverless or on
 //! vfio-pci and that nobody uses: a bound nvidia driver owns the device, and a running VM
 //! owns its BAR0. A GPU that cannot be asked now keeps the mode last read in this
 //! process — the mode only changes through a reset, which needs the GPU unused — so the
@@ -22,7 +22,7 @@ use crate::gpu::usage;
 use crate::host::HostRoot;
 use crate::host::mmio::MapAccess;
 use crate::host::pci::{PciAddress, PciDevice, device_dir};
-use crate::plan::facts::{CcMode, NodeFacts};
+use crate::inventory::facts::{CcMode, NodeFacts};
 
 /// Why a GPU's mode was not read this time (the last known value, if any, stands).
 #[derive(Debug, thiserror::Error)]

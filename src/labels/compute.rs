@@ -1,6 +1,6 @@
 //! Labels and extended resources as a pure function of the node facts and `[labels]`.
 //!
-//! Names (../shared/facts/cpu-tee.md §1.2, §2.1; gpu.md §2.1):
+//! Names (docs/facts/cpu-tee.md#nfd-labels, docs/facts/gpu.md#cc-labels):
 //! - `intel.feature.node.kubernetes.io/tdx` / `amd.feature.node.kubernetes.io/snp`: the
 //!   coco-pattern and kata-deploy names; sub-domains of `feature.node.kubernetes.io`, so
 //!   NFD accepts them too. Only written when true (absence means false, as in NFD).
@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::config::LabelsConfig;
-use crate::plan::facts::{CcMode, IommuMode, NodeFacts};
+use crate::inventory::facts::{CcMode, IommuMode, NodeFacts};
 
 pub const TDX_LABEL: &str = "intel.feature.node.kubernetes.io/tdx";
 pub const SNP_LABEL: &str = "amd.feature.node.kubernetes.io/snp";
@@ -43,7 +43,7 @@ pub fn compute(facts: &NodeFacts, cfg: &LabelsConfig) -> NodeLabels {
     };
 
     // One TEE per node, never both: a wrong rule once put both on every node and the
-    // operator refused the cluster (cpu-tee.md §6.1). Contradicting facts label neither.
+    // operator refused the cluster (docs/facts/cpu-tee.md#one-tee-per-node). Contradicting facts label neither.
     let tdx = facts.tdx.enabled;
     let snp = facts.snp.enabled;
     let tee = match (tdx, snp) {
@@ -127,7 +127,7 @@ pub fn compute(facts: &NodeFacts, cfg: &LabelsConfig) -> NodeLabels {
 }
 
 /// NVIDIA's cc-manager values: mode.state is on|off|devtools|ppcie|failed; ready.state is
-/// "true" for on/ppcie, "false" for off, "" otherwise (gpu.md §2.1).
+/// "true" for on/ppcie, "false" for off, "" otherwise (docs/facts/gpu.md#cc-labels).
 fn nvidia_labels(facts: &NodeFacts, out: &mut NodeLabels) {
     if facts.gpus.iter().all(|g| g.cc_capable) {
         out.labels
@@ -217,7 +217,7 @@ pub fn valid_label_value(v: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::facts::*;
+    use crate::inventory::facts::*;
 
     fn gpu(model: &str, cc: bool, mode: Option<CcMode>) -> GpuFacts {
         GpuFacts {

@@ -1,5 +1,5 @@
 //! The NFD local feature file: labels for nfd-worker's `local` source when there is no
-//! cluster access (../shared/facts/cpu-tee.md §1.3): `<name>=<value>` lines in
+//! cluster access (docs/facts/cpu-tee.md#nfd-labels): `<name>=<value>` lines in
 //! /etc/kubernetes/node-feature-discovery/features.d/, `#` comments, at most 64 kB,
 //! written as a dot-file and renamed (nfd-worker skips dot-files).
 

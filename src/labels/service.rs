@@ -11,7 +11,7 @@ use super::nfdfile::FileLabeler;
 use super::{NodeLabels, compute};
 use crate::config::{LabelBackend, LabelsConfig};
 use crate::host::HostRoot;
-use crate::plan::NodeFacts;
+use crate::inventory::NodeFacts;
 
 /// How the labeler reads the facts each round (the inventory, in `cchost run`).
 pub type FactSource = Arc<dyn Fn(&HostRoot) -> Result<NodeFacts, String> + Send + Sync>;
@@ -90,7 +90,9 @@ fn namespace(cfg: &LabelsConfig) -> String {
 
 enum Sink {
     Kube(KubeLabeler),
-    File(FileLabeler),
+    /// Shared so that its write (with fsync) runs on a blocking thread, not on the
+    /// daemon's runtime thread.
+    File(Arc<std::sync::Mutex<FileLabeler>>),
     Off,
 }
 
@@ -126,10 +128,9 @@ async fn make_sink(ctx: &LabelerContext) -> Result<Sink, String> {
     let backend = resolve_backend(&ctx.config);
     match backend {
         LabelBackend::Off => Ok(Sink::Off),
-        LabelBackend::File | LabelBackend::Auto => Ok(Sink::File(FileLabeler::new(
-            ctx.host.clone(),
-            &ctx.config.feature_file,
-        ))),
+        LabelBackend::File | LabelBackend::Auto => Ok(Sink::File(Arc::new(std::sync::Mutex::new(
+            FileLabeler::new(ctx.host.clone(), &ctx.config.feature_file),
+        )))),
         LabelBackend::Node | LabelBackend::NodeFeature => {
             let node = node_name(&ctx.config, &ctx.host)
                 .ok_or("no node name: set NODE_NAME (downward API) or labels.node_name")?;
@@ -148,7 +149,8 @@ async fn make_sink(ctx: &LabelerContext) -> Result<Sink, String> {
     }
 }
 
-async fn round(ctx: &LabelerContext, sink: &mut Sink) -> Result<(), String> {
+/// One round; `Ok(true)` when it wrote a change.
+async fn round(ctx: &LabelerContext, sink: &mut Sink) -> Result<bool, String> {
     let host = ctx.host.clone();
     let facts = ctx.facts.clone();
     let facts = tokio::task::spawn_blocking(move || facts(&host))
@@ -159,14 +161,36 @@ async fn round(ctx: &LabelerContext, sink: &mut Sink) -> Result<(), String> {
         tracing::warn!(problem = %p, "labels");
     }
     match sink {
-        Sink::Off => Ok(()),
-        Sink::File(f) => f.sync(&want).map(|_| ()).map_err(|e| e.to_string()),
-        Sink::Kube(k) => k.sync(&want).await.map(|_| ()).map_err(|e| e.to_string()),
+        Sink::Off => Ok(false),
+        Sink::File(f) => {
+            let f = f.clone();
+            tokio::task::spawn_blocking(move || match f.lock() {
+                Ok(mut f) => f.sync(&want).map_err(|e| e.to_string()),
+                Err(_) => Err("feature-file writer poisoned".to_string()),
+            })
+            .await
+            .map_err(|e| format!("feature-file writer panicked: {e}"))?
+        }
+        Sink::Kube(k) => k
+            .sync(&want)
+            .await
+            .map(|r| r.writes > 0)
+            .map_err(|e| e.to_string()),
     }
 }
 
 /// Runs until `shutdown` completes. Errors are logged and retried with backoff.
 pub async fn run_labeler(ctx: LabelerContext, shutdown: impl Future<Output = ()>) {
+    run_labeler_reporting(ctx, shutdown, |_| {}).await;
+}
+
+/// [`run_labeler`], telling `report` how each round went: `Ok(wrote a change)` or the
+/// error (including a backend that cannot start).
+pub async fn run_labeler_reporting(
+    ctx: LabelerContext,
+    shutdown: impl Future<Output = ()>,
+    report: impl Fn(Result<bool, &str>),
+) {
     tokio::pin!(shutdown);
     let interval = Duration::from_secs(ctx.config.interval_seconds.max(1));
     let mut backoff = Backoff::default();
@@ -179,6 +203,7 @@ pub async fn run_labeler(ctx: LabelerContext, shutdown: impl Future<Output = ()>
                     Err(e) => {
                         let d = backoff.fail();
                         tracing::error!(error = %e, retry_in = ?d, "labeler cannot start its backend");
+                        report(Err(&e));
                         return d;
                     }
                 }
@@ -187,13 +212,15 @@ pub async fn run_labeler(ctx: LabelerContext, shutdown: impl Future<Output = ()>
                 return backoff.fail();
             };
             match round(&ctx, s).await {
-                Ok(()) => {
+                Ok(changed) => {
                     backoff.reset();
+                    report(Ok(changed));
                     interval
                 }
                 Err(e) => {
                     let d = backoff.fail();
                     tracing::error!(error = %e, retry_in = ?d, "labels not written");
+                    report(Err(&e));
                     d
                 }
             }

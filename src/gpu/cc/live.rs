@@ -12,7 +12,7 @@ use super::firewall::ConfigSpace;
 use super::regs::Family;
 
 /// `echo 1 > /sys/bus/pci/devices/<BDF>/reset`: the kernel's FLR/SBR per `reset_method`
-/// (facts §2.2: activation requires a reset; no host reboot in the normal case).
+/// (docs/facts/gpu.md#cc-registers: activation requires a reset; no host reboot in the normal case).
 #[derive(Debug, Clone)]
 pub struct SysfsReset {
     pub host: HostRoot,

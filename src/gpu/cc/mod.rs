@@ -1,5 +1,5 @@
 //! GPU Confidential Computing mode, natively: the FSP firmware mailbox behind a [`Bar0`]
-//! register interface (facts gpu.md §2.2).
+//! register interface (docs/facts/gpu.md#cc-registers).
 //!
 //! - [`bar0`]: the register trait; the real implementation wraps a `resource0` mapping.
 //! - [`regs`]: the documented register offsets and which chip family uses which.

@@ -1,6 +1,6 @@
 //! Which passthrough devices this host can hand to a pod, under which IDs and /dev
 //! nodes: the one list both the CDI spec and the device plugin are made from, so their
-//! names cannot drift apart (facts gpu.md §3.3: CDI kind == resource name, CDI device
+//! names cannot drift apart (docs/facts/gpu.md#kata-cdi-contract: CDI kind == resource name, CDI device
 //! name == device-plugin ID).
 //!
 //! The input is a list of [`Candidate`]s (matched GPU / NVSwitch functions), taken
@@ -168,7 +168,7 @@ impl Discovery {
 }
 
 /// Upper-case model name for per-model resource names, the way NVIDIA's sandbox plugin
-/// derives it: `GH100 [H100 SXM5 80GB]` -> `GH100_H100_SXM5_80GB` (facts gpu.md §3.1).
+/// derives it: `GH100 [H100 SXM5 80GB]` -> `GH100_H100_SXM5_80GB` (docs/facts/gpu.md#sandbox-device-plugin).
 pub fn model_resource_class(model: &str) -> String {
     let mut out: String = model
         .chars()
@@ -369,7 +369,7 @@ pub fn discover_from(
         let key = (resource.clone(), id.clone());
         if let Some(unit) = units.get_mut(&key) {
             // Functions sharing one group travel together (e.g. NVSwitches that share
-            // a group on some HGX boards, facts gpu.md §5 P5).
+            // a group on some HGX boards, docs/facts/gpu.md#nvswitch-groups).
             unit.functions.push(c.address);
             continue;
         }
@@ -566,7 +566,10 @@ mod tests {
         );
         assert_eq!(model_resource_class("3D thing."), "GPU_3D_THING");
         assert!(
-            crate::cdi::validate_class(&model_resource_class("a".repeat(100).as_str())).is_ok()
+            crate::config::cdi_names::validate_class(&model_resource_class(
+                "a".repeat(100).as_str()
+            ))
+            .is_ok()
         );
     }
 
