@@ -29,7 +29,7 @@ pub mod unix;
 
 pub use error::HostError;
 pub use lock::{HostLock, LockWait};
-pub use open::{Resolution, open_regular_local};
+pub use open::Resolution;
 pub use record::Access;
 
 use std::ffi::OsStr;
