@@ -56,7 +56,11 @@ fn run_rolls_back_an_interrupted_file_write_at_start() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while host.read_string(path).unwrap() != "old\n" && Instant::now() < deadline {
+    // Wait for the whole recovery (file restored, then the entry dropped): a SIGTERM
+    // before cchost installs its handler ends it at once, between the two steps.
+    while (host.read_string(path).unwrap() != "old\n" || !Journal::peek(&host).unwrap().is_empty())
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);

@@ -28,16 +28,22 @@ fn fail(message: impl std::fmt::Display) -> DaemonError {
     }
 }
 
-/// One pass: scan and write the CDI spec. Errors are logged; the last good state stays.
-pub fn scan_and_write(ctx: &Context) -> Option<Discovery> {
+/// One pass: scan and write the CDI spec. Errors are logged; the last good state stays
+/// (a device this scan could not read is carried over from `previous`: issue 13 item 5).
+pub fn scan_and_write(ctx: &Context, previous: Option<&Discovery>) -> Option<Discovery> {
     let cfg = &ctx.config.device_plugin;
-    let scan = match passthrough::discover(&ctx.host, &ctx.config.matching, cfg) {
+    let mut scan = match passthrough::discover(&ctx.host, &ctx.config.matching, cfg) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "device scan failed; keeping the last state");
+            tracing::error!(error = %e, "device scan failed; keeping the last state, retrying");
             return None;
         }
     };
+    if let Some(prev) = previous {
+        for id in passthrough::keep_unreadable(prev, &mut scan) {
+            tracing::warn!(id = %id, "device unreadable in this scan; keeping its last state");
+        }
+    }
     for s in &scan.skipped {
         match s.address {
             Some(a) => tracing::info!(address = %a, reason = %s.reason, "not advertised"),
@@ -74,10 +80,11 @@ pub fn scan_and_write(ctx: &Context) -> Option<Discovery> {
 fn pass(
     ctx: &Context,
     last: Option<PassthroughStatus>,
+    previous: Option<&Discovery>,
 ) -> (Option<Discovery>, Option<PassthroughStatus>) {
     #[cfg(test)]
     tests::record_pass_thread();
-    let Some(scan) = scan_and_write(ctx) else {
+    let Some(scan) = scan_and_write(ctx, previous) else {
         return (None, last);
     };
     let now = PassthroughStatus::from_scan(&scan);
@@ -176,14 +183,17 @@ pub async fn run(mut ctx: Context) -> Result<(), DaemonError> {
     let mut last_status: Option<PassthroughStatus> = None;
     let mut raised = BTreeSet::new();
     let mut first = true;
+    let mut last_scan: Option<Discovery> = None;
     loop {
         let change = ctx.changes.borrow_and_update().clone();
         tracing::debug!(seq = change.seq, reason = %change.reason, "rescanning devices");
         let job_ctx = ctx.clone();
         let last = last_status.take();
-        let (scan, written) = tokio::task::spawn_blocking(move || pass(&job_ctx, last))
-            .await
-            .map_err(|e| fail(format!("device scan panicked: {e}")))?;
+        let previous = last_scan.clone();
+        let (scan, written) =
+            tokio::task::spawn_blocking(move || pass(&job_ctx, last, previous.as_ref()))
+                .await
+                .map_err(|e| fail(format!("device scan panicked: {e}")))?;
         last_status = written;
         let failed = scan.is_none();
         if let Some(scan) = scan {
@@ -191,6 +201,7 @@ pub async fn run(mut ctx: Context) -> Result<(), DaemonError> {
                 p.update(&scan);
             }
             observe_scan(&scan, &mut raised);
+            last_scan = Some(scan);
         }
         if first {
             // Serving from the first pass on; each endpoint is a health part of its

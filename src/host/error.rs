@@ -21,7 +21,7 @@ pub enum HostError {
     NotADirectory(PathBuf),
     #[error("{}: {what}", path.display())]
     Malformed { path: PathBuf, what: String },
-    #[error("{}: is {}, not a regular file; refusing to open it", path.display(), found.describe())]
+    #[error("{}: is {}, not the regular file or directory cchost expects; refusing to open it", path.display(), found.describe())]
     UnexpectedKind {
         path: PathBuf,
         found: super::NodeKind,

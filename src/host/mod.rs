@@ -29,16 +29,17 @@ pub mod unix;
 
 pub use error::HostError;
 pub use lock::{HostLock, LockWait};
-pub use open::{Resolution, open_regular_local};
+pub use open::Resolution;
 pub use record::Access;
 
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
+use nix::unistd::UnlinkatFlags;
 
 /// Largest file cchost reads in one go. Real inputs are far smaller (cpuinfo of a
 /// 512-thread host is ~1 MiB); anything bigger is a broken or hostile file.
@@ -285,48 +286,55 @@ impl HostRoot {
             .file_name()
             .ok_or_else(|| HostError::BadPath(host_path.to_path_buf()))?;
         self.create_dir_all(parent_host)?;
-        let parent = self.resolve(parent_host)?;
-        let target = parent.join(file_name);
-        if let Ok(meta) = fs::symlink_metadata(&target)
-            && meta.file_type().is_symlink()
-        {
-            // Renaming over a symlink replaces the link itself, which is what we want;
-            // we never write through it to wherever it points.
-            tracing::debug!(path = %host_path.display(), "replacing a symlink with a regular file");
-        }
+        // Everything below happens relative to one descriptor of the parent directory
+        // (opened inside the root by the kernel where it can, open.rs): a symlink
+        // swapped into the path meanwhile cannot move the write elsewhere.
+        let dir = self.open_expect(
+            parent_host,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            open::Expect::Dir,
+        )?;
         // A dot-name: NFD, CDI and systemd readers all skip dot-files, so a reader never
         // sees the half-written temp file.
-        let tmp = parent.join(format!(
+        let tmp = format!(
             ".{}.cchost-tmp.{}",
             file_name.to_string_lossy(),
             std::process::id()
-        ));
-        let result = (|| -> std::io::Result<()> {
+        );
+        let unlink_tmp = || nix::unistd::unlinkat(&dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        let result = (|| -> nix::Result<()> {
             // A leftover (or planted) temp name is removed, and the new one must be
             // created afresh: O_EXCL never opens a FIFO or follows a link there.
-            match fs::remove_file(&tmp) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            match unlink_tmp() {
+                Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
                 Err(e) => return Err(e),
             }
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&tmp)?;
-            f.write_all(contents)?;
-            f.set_permissions(fs::Permissions::from_mode(mode))?;
-            f.sync_all()?;
-            fs::rename(&tmp, &target)?;
-            if let Ok(dir) = fs::File::open(&parent) {
-                let _ = dir.sync_all();
-            }
+            let fd = nix::fcntl::openat(
+                &dir,
+                tmp.as_str(),
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::from_bits_truncate(mode),
+            )?;
+            let mut f = fs::File::from(fd);
+            let io = |e: std::io::Error| {
+                nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+            };
+            f.write_all(contents).map_err(io)?;
+            f.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(io)?;
+            f.sync_all().map_err(io)?;
+            // Renaming over a symlink replaces the link itself: never a write through it.
+            nix::fcntl::renameat(&dir, tmp.as_str(), &dir, file_name)?;
+            let _ = dir.sync_all();
             Ok(())
         })();
         if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(HostError::io(host_path, e));
+            let _ = unlink_tmp();
+            return Err(HostError::io(host_path, e.into()));
         }
         Ok(())
     }

@@ -16,7 +16,7 @@
 
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -44,6 +44,8 @@ static OPENAT2: AtomicU8 = AtomicU8::new(0);
 pub(super) enum Expect {
     /// A regular file (every sysfs/procfs attribute and config file is one).
     File,
+    /// A directory (the parent of an atomic write).
+    Dir,
 }
 
 impl HostRoot {
@@ -77,6 +79,7 @@ impl HostRoot {
         let kind = kind_of(&meta.file_type());
         let ok = match expect {
             Expect::File => kind == NodeKind::File,
+            Expect::Dir => kind == NodeKind::Dir,
         };
         if !ok {
             return Err(HostError::UnexpectedKind {
@@ -155,32 +158,4 @@ fn relative(host_path: &Path) -> PathBuf {
         out.push(".");
     }
     out
-}
-
-/// Opens a file of cchost's own filesystem (the config file, not a host path) for
-/// reading, never blocking, and refuses anything but a regular file.
-pub fn open_regular_local(path: &Path) -> std::io::Result<File> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
-        .open(path)?;
-    let ft = file.metadata()?.file_type();
-    if !ft.is_file() {
-        let what = if ft.is_fifo() {
-            "a FIFO"
-        } else if ft.is_socket() {
-            "a socket"
-        } else if ft.is_char_device() || ft.is_block_device() {
-            "a device"
-        } else if ft.is_dir() {
-            "a directory"
-        } else {
-            "not a regular file"
-        };
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("is {what}, not a regular file; refusing to read it"),
-        ));
-    }
-    Ok(file)
 }

@@ -416,6 +416,32 @@ pub fn discover_from(
 }
 
 /// Sort key that orders "2" before "10".
+/// Carries devices of the previous scan that this scan could not read (a transient
+/// sysfs error) into this one, unchanged: unreadable is not gone, so the CDI spec and
+/// the plugin keep them until a scan reads them as gone or ineligible. Returns their IDs.
+pub fn keep_unreadable(previous: &Discovery, scan: &mut Discovery) -> Vec<String> {
+    let unreadable: std::collections::BTreeSet<PciAddress> =
+        scan.unreadable().filter_map(|s| s.address).collect();
+    let mut kept = Vec::new();
+    for d in &previous.devices {
+        let here = scan
+            .devices
+            .iter()
+            .any(|n| n.id == d.id || n.functions.iter().any(|f| d.functions.contains(f)));
+        if !here && d.functions.iter().any(|f| unreadable.contains(f)) {
+            scan.devices.push(d.clone());
+            kept.push(d.id.clone());
+        }
+    }
+    if !kept.is_empty() {
+        scan.devices.sort_by(|a, b| {
+            (a.resource.as_str(), numeric_key(&a.id))
+                .cmp(&(b.resource.as_str(), numeric_key(&b.id)))
+        });
+    }
+    kept
+}
+
 pub fn numeric_key(id: &str) -> (u64, &str) {
     (id.parse().unwrap_or(u64::MAX), id)
 }
@@ -489,6 +515,42 @@ pub fn discover(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 13 item 5: a device the new scan could not read stays (CDI spec, plugin);
+    /// one read as gone does not.
+    #[test]
+    fn an_unreadable_device_is_carried_over_a_gone_one_is_not() {
+        let dev = |id: &str, f: &str| PassthroughDevice {
+            id: id.into(),
+            resource: "nvidia.com/pgpu".into(),
+            class: DeviceClass::Gpu,
+            model: String::new(),
+            functions: vec![f.parse().unwrap()],
+            numa_node: None,
+            pcie_switch: None,
+            device_nodes: vec![],
+            health: Health::Healthy,
+        };
+        let prev = Discovery {
+            mode: VfioMode::Legacy,
+            devices: vec![dev("3", "0000:01:00.0"), dev("4", "0000:02:00.0")],
+            skipped: vec![],
+        };
+        let mut scan = Discovery {
+            mode: VfioMode::Legacy,
+            devices: vec![],
+            skipped: vec![Skipped {
+                address: Some("0000:01:00.0".parse().unwrap()),
+                reason: "vendor: Input/output error".into(),
+                unreadable: Some(Unreadable {
+                    file: "/sys/bus/pci/devices/0000:01:00.0/vendor".into(),
+                    error: "Input/output error".into(),
+                }),
+            }],
+        };
+        assert_eq!(keep_unreadable(&prev, &mut scan), ["3"]);
+        assert_eq!(scan.devices, vec![dev("3", "0000:01:00.0")]);
+    }
 
     #[test]
     fn per_model_names_match_nvidia_sandbox_plugin() {

@@ -4,6 +4,7 @@
 mod support;
 
 mod concurrency;
+mod config_paths;
 mod dcap_configure;
 mod fifo;
 mod not_a_host;

@@ -57,6 +57,26 @@ fn differences(
     d
 }
 
+/// Gives every NVIDIA function runtime-PM files as an idle GPU on vfio-pci has them:
+/// runtime-suspended, `control` = `auto`. Returns how many.
+fn suspend_nvidia_functions(root: &Path) -> usize {
+    let mut n = 0;
+    let Ok(rd) = std::fs::read_dir(root.join("sys/bus/pci/devices")) else {
+        return 0;
+    };
+    for e in rd {
+        let d = e.unwrap().path();
+        let nvidia = std::fs::read_to_string(d.join("vendor")).is_ok_and(|v| v.trim() == "0x10de");
+        if nvidia && !d.join("power/control").exists() {
+            std::fs::create_dir_all(d.join("power")).unwrap();
+            std::fs::write(d.join("power/runtime_status"), "suspended\n").unwrap();
+            std::fs::write(d.join("power/control"), "auto\n").unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
 #[test]
 fn read_only_commands_leave_every_fixture_host_byte_for_byte() {
     let out_dir = tempfile::tempdir().unwrap();
@@ -64,6 +84,7 @@ fn read_only_commands_leave_every_fixture_host_byte_for_byte() {
     let mut failures = Vec::new();
     for src in fixture_hosts() {
         let root = copy_host(&src);
+        suspend_nvidia_functions(root.path());
         let before = snapshot(root.path());
         let capture_to = out_dir.path().join(src.file_name().unwrap());
         let capture_arg = capture_to.to_string_lossy().into_owned();
@@ -101,20 +122,10 @@ fn read_only_commands_leave_every_fixture_host_byte_for_byte() {
 #[test]
 fn plan_says_it_did_not_wake_a_suspended_gpu() {
     let root = copy_host(&fixture("host/gpus-on-vfio"));
-    let devs = root.path().join("sys/bus/pci/devices");
-    let mut suspended = 0;
-    for e in std::fs::read_dir(&devs).unwrap() {
-        let d = e.unwrap().path();
-        let nvidia = std::fs::read_to_string(d.join("vendor")).is_ok_and(|v| v.trim() == "0x10de");
-        if nvidia {
-            // An idle GPU on vfio-pci as the kernel shows it: runtime-suspended.
-            std::fs::create_dir_all(d.join("power")).unwrap();
-            std::fs::write(d.join("power/runtime_status"), "suspended\n").unwrap();
-            std::fs::write(d.join("power/control"), "auto\n").unwrap();
-            suspended += 1;
-        }
-    }
-    assert!(suspended > 0, "the fixture has no runtime PM files");
+    assert!(
+        suspend_nvidia_functions(root.path()) > 0,
+        "no NVIDIA function in the fixture"
+    );
     let before = snapshot(root.path());
     let run = cchost(root.path(), &["plan"]);
     assert_eq!(
