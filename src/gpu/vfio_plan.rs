@@ -159,6 +159,41 @@ fn is_vfio_name(d: &str) -> bool {
     d.contains("vfio")
 }
 
+/// The plans to apply, the refused devices and the unreadable ones (`address: why`).
+pub type EachPlans = (Vec<Plan>, Vec<String>, Vec<String>);
+
+/// The plans for `bind --all` when some device is refused: one plan per matched device
+/// (GPUs, and NVSwitches with `vfio.bind_nvswitches`), so one device in use, the boot
+/// VGA device or a foreign group member does not keep the others from being bound. The
+/// refused ones come back as `address: reason` lines, the unreadable ones as errors.
+pub fn plan_all_or_each(
+    host: &HostRoot,
+    config: &Config,
+    inv: &GpuInventory,
+) -> Result<EachPlans, HostError> {
+    match plan_bind(host, config, inv, &Selection::All) {
+        Ok(p) => return Ok((vec![p], Vec::new(), Vec::new())),
+        Err(PlanError::Host(e)) => return Err(e),
+        Err(PlanError::Refused(_)) => {}
+    }
+    let (mut plans, mut refused, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    let wanted = inv
+        .devices
+        .iter()
+        .filter(|d| d.kind == GpuKind::Gpu || config.vfio.bind_nvswitches);
+    for d in wanted {
+        let sel = Selection::Addresses(vec![d.address]);
+        match plan_bind(host, config, inv, &sel) {
+            Ok(p) => plans.push(p),
+            Err(PlanError::Refused(rs)) => {
+                refused.extend(rs.iter().map(|r| format!("{}: {r}", d.address)))
+            }
+            Err(PlanError::Host(e)) => failed.push(format!("{}: {e}", d.address)),
+        }
+    }
+    Ok((plans, refused, failed))
+}
+
 /// Plans a bind. Reads the host, changes nothing.
 pub fn plan_bind(
     host: &HostRoot,
