@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 mod cc;
 mod dcap;
 mod deviceplugin;
+mod kata;
 mod kernel;
 mod labels;
 mod matching;
@@ -18,6 +19,7 @@ pub use dcap::{
     DcapConfig, DcapEnable, PccsConfig, QgsTransport, Secret, SuperviseConfig, SuperviseMode,
 };
 pub use deviceplugin::{DevicePluginConfig, EventSource, PluginMode, VfioModeConfig};
+pub use kata::KataConfig;
 pub use kernel::{GpuChoice, KernelConfig, MechanismChoice, ProfileChoice};
 pub use labels::{LabelBackend, LabelsConfig, is_dns_subdomain};
 pub use matching::{Architecture, ChipRange, DeviceMatch, MatchConfig};
@@ -44,6 +46,8 @@ pub struct Config {
     pub dcap: DcapConfig,
     /// The GPUs' CC mode as `cchost run` keeps it.
     pub cc: CcConfig,
+    /// Kata drop-ins (the QGS port of TDX guests).
+    pub kata: KataConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
