@@ -126,17 +126,46 @@ impl std::fmt::Display for Refusal {
                 "{address}: IOMMU group {group} also holds {} which would go to the VM with it; move them too, or set [vfio] allow_foreign_group_members = true",
                 members.join(", ")
             ),
-            Refusal::InUse { address, holders } => write!(
-                f,
-                "{address} is in use: {}",
-                holders
-                    .iter()
-                    .map(|h| h.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
+            Refusal::InUse { address, holders } => {
+                write!(
+                    f,
+                    "{address} is in use: {}",
+                    holders
+                        .iter()
+                        .map(|h| h.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )?;
+                let units = nvidia_daemons(holders);
+                if !units.is_empty() {
+                    write!(
+                        f,
+                        "; these are NVIDIA's host daemons of a pre-installed driver: stop them first (systemctl stop {}) and disable them if the GPUs stay on vfio; cchost does not stop services itself",
+                        units.join(" ")
+                    )?;
+                }
+                Ok(())
+            }
         }
     }
+}
+
+/// The systemd units of NVIDIA's host daemons among the holders (`nvidia-persistenced`
+/// keeps every GPU's /dev/nvidiaN open; `nv-fabricmanager` the NVSwitches' nodes).
+fn nvidia_daemons(holders: &[Holder]) -> Vec<&'static str> {
+    let mut units = Vec::new();
+    for h in holders {
+        // /proc/<pid>/comm is cut to 15 characters.
+        let unit = match h.comm.as_str() {
+            "nvidia-persiste" | "nvidia-persistenced" => "nvidia-persistenced.service",
+            "nv-fabricmanage" | "nv-fabricmanager" => "nvidia-fabricmanager.service",
+            _ => continue,
+        };
+        if !units.contains(&unit) {
+            units.push(unit);
+        }
+    }
+    units
 }
 
 #[derive(Debug, thiserror::Error)]
