@@ -156,3 +156,56 @@ async fn a_live_qgs_on_the_socket_is_not_deleted() {
     assert!(err.contains("another QGS already answers"), "{err}");
     assert!(root.path().join(SOCK).exists());
 }
+
+/// QGS stops answering while PCCS is down (nothing listens at pccs_url): its workers are
+/// waiting on PCCS, so the supervisor does not restart it however many probes time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qgs_waiting_on_a_down_pccs_is_not_restarted() {
+    use cchost::dcap::pccs::{ProbeSettings, Trust, Url};
+    let root = tdx_root();
+    let host = HostRoot::new(root.path()).unwrap();
+    let control = root.path().join("mode");
+    std::fs::write(&control, "ok").unwrap();
+    let mut s = settings(root.path(), &[format!("--control={}", control.display())]);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    s.pccs = Some(ProbeSettings {
+        base: Url::parse(&format!("https://127.0.0.1:{port}/sgx/certification/v4/")).unwrap(),
+        trust: Trust::Insecure,
+        connect_timeout: Duration::from_millis(300),
+        answer_timeout: Duration::from_millis(300),
+        api_key: None,
+    });
+    let failures_allowed = s.probe_failures;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (state_tx, mut state) = watch::channel(State::default());
+    let task = tokio::spawn(supervisor::run_child(host, s, stop_rx, state_tx));
+    until(&mut state, "first healthy probe", |s| s.healthy).await;
+
+    std::fs::write(&control, "hang").unwrap();
+    // Several times the failures that would restart it: every probe times out.
+    let mut timeouts = 0;
+    while timeouts < failures_allowed * 3 {
+        tokio::time::timeout(Duration::from_secs(60), state.changed())
+            .await
+            .expect("probes go on")
+            .unwrap();
+        let st = state.borrow_and_update().clone();
+        if st
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no reply"))
+        {
+            timeouts += 1;
+        }
+        assert_eq!(st.starts, 1, "QGS was restarted while PCCS is down: {st:?}");
+    }
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("supervisor did not stop")
+        .unwrap()
+        .unwrap();
+}

@@ -87,6 +87,10 @@ fn the_pod_sees_the_host_as_cchost_needs() {
     let pod = &ds["spec"]["template"]["spec"];
     // Processes holding a GPU are only visible in the host's PID namespace.
     assert_eq!(pod["hostPID"], true);
+    // Kernel uevents reach the host's network namespace whatever the pod's user
+    // namespace; the API server is still found through the cluster DNS.
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["dnsPolicy"], "ClusterFirstWithHostNet");
     let c = &pod["containers"][0];
     assert_eq!(c["securityContext"]["privileged"], true);
     let host_vol = pod["volumes"]
@@ -232,4 +236,43 @@ fn systemd_parses_the_unit_without_a_warning() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     // It exits 0 on unknown settings and only prints them: any output is a finding.
     assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+}
+
+/// OpenShift: the DaemonSet's service account may `use` the `privileged` SCC (and no
+/// other), bound in cchost's namespace; the pod is what only that SCC admits.
+#[test]
+fn openshift_binds_the_privileged_scc_to_the_service_account() {
+    let text = std::fs::read_to_string(repo("deploy/openshift/cchost-scc.yaml")).unwrap();
+    let docs: Vec<Value> = serde_norway::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect();
+    let role = of_kind(&docs, "ClusterRole")[0];
+    let rules = role["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(strs(&rules[0]["apiGroups"]), ["security.openshift.io"]);
+    assert_eq!(strs(&rules[0]["resources"]), ["securitycontextconstraints"]);
+    assert_eq!(strs(&rules[0]["resourceNames"]), ["privileged"]);
+    assert_eq!(strs(&rules[0]["verbs"]), ["use"]);
+    let binding = of_kind(&docs, "RoleBinding")[0];
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    let ds_docs = manifests();
+    let ds = of_kind(&ds_docs, "DaemonSet")[0];
+    let sa = ds["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap();
+    let ns = ds["metadata"]["namespace"].as_str().unwrap();
+    assert_eq!(binding["metadata"]["namespace"], ns);
+    assert!(
+        binding["subjects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["kind"] == "ServiceAccount" && s["name"] == sa && s["namespace"] == ns),
+        "{binding:?}"
+    );
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"],
+        true
+    );
 }

@@ -128,7 +128,7 @@ fn iommufd_host_gets_cdev_nodes_named_by_vfio_number() {
     assert_eq!(spec["devices"][0]["name"], "2");
     assert_eq!(
         spec["devices"][0]["containerEdits"]["deviceNodes"],
-        serde_json::json!([{"path": "/dev/vfio/devices/vfio2"}, {"path": "/dev/iommu"}])
+        serde_json::json!([{"path": "/dev/vfio/devices/vfio2"}])
     );
     assert!(scan.devices[0].health.is_healthy());
 }
@@ -356,7 +356,7 @@ fn shared_fixture_gpus_on_vfio_in_both_modes() {
         (
             cchost::config::VfioModeConfig::Auto,
             vec!["0", "1", "2", "3"],
-            serde_json::json!([{"path": "/dev/vfio/devices/vfio0"}, {"path": "/dev/iommu"}]),
+            serde_json::json!([{"path": "/dev/vfio/devices/vfio0"}]),
         ),
         (
             cchost::config::VfioModeConfig::Legacy,

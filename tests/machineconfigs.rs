@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use cchost::config::KernelConfig;
+use cchost::config::Config;
 use cchost::hostcfg::machineconfig::{Role, name, render};
 use cchost::hostcfg::profile::Platform;
 
@@ -17,7 +17,7 @@ fn rendered_set_matches_the_renderer() {
         for gpu in [false, true] {
             for role in [Role::Worker, Role::Master] {
                 let file = format!("{}.yaml", name(platform, gpu, role));
-                let yaml = render(platform, gpu, role, &KernelConfig::default()).unwrap();
+                let yaml = render(platform, gpu, role, &Config::default()).unwrap();
                 let path = dir.join(&file);
                 if regenerate {
                     std::fs::write(&path, &yaml).unwrap();

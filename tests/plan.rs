@@ -216,3 +216,65 @@ fn builtin_vhost_vsock_is_not_loaded_or_persisted() {
     assert!(plan.actions.is_empty(), "{:?}", plan.actions);
     assert_eq!(plan.profile.platform, Platform::None);
 }
+
+/// TDX with DCAP on: the Kata QGS drop-in goes where the TDX runtime's directory exists
+/// (not into a runtime that is not installed), with the port `[dcap] transport` gives;
+/// `apply` journals it and undo removes it.
+#[test]
+fn kata_qgs_dropin_is_planned_applied_and_undone() {
+    let (dir, host) = tree(&[
+        (
+            "/etc/default/grub",
+            "GRUB_CMDLINE_LINUX=\"nohibernate kvm_intel.tdx=1 intel_iommu=on\"\n",
+        ),
+        ("/etc/modules-load.d/cchost.conf", "vhost_vsock\n"),
+        (
+            "/etc/kata-containers/kata-tdx/configuration.toml",
+            "[hypervisor.qemu]\n",
+        ),
+    ]);
+    let tools = Tools {
+        present: vec!["update-grub"],
+        ..Default::default()
+    };
+    let mut f = tdx_facts();
+    f.tdx.enabled = true;
+    f.iommu.enabled = true;
+    f.cmdline = toks("ro nohibernate kvm_intel.tdx=1 intel_iommu=on");
+    f.modules_loaded.insert("vhost_vsock".into());
+    f.vhost_vsock_device = true;
+    let mut cfg = Config::default();
+    cfg.dcap.transport = cchost::config::QgsTransport::Vsock;
+    let plan = build(&cfg, &gather(&host, &tools, &cfg, f.clone()));
+    let summaries: Vec<String> = plan.actions.iter().map(|a| a.summary()).collect();
+    assert_eq!(
+        summaries,
+        [
+            "write /etc/kata-containers/kata-tdx/config.d/96-cchost-qgs (Kata: where TDX guests reach QGS)"
+        ]
+    );
+    let mut journal = cchost::journal::Journal::open(&host).unwrap();
+    cchost::apply::node::apply(&host, &tools, &mut journal, &plan).unwrap();
+    let written = std::fs::read_to_string(
+        dir.path()
+            .join("etc/kata-containers/kata-tdx/config.d/96-cchost-qgs"),
+    )
+    .unwrap();
+    assert!(
+        written.contains("[hypervisor.qemu]\ntdx_quote_generation_service_socket_port = 4050\n"),
+        "{written}"
+    );
+    // Planned again: nothing to do.
+    assert!(build(&cfg, &gather(&host, &tools, &cfg, f.clone())).is_empty());
+    // Undo removes the file it created.
+    let restorers: Vec<&dyn cchost::journal::Restorer> = vec![&cchost::journal::FileRestorer];
+    cchost::journal::undo_all(&mut journal, &restorers).unwrap();
+    assert!(
+        !dir.path()
+            .join("etc/kata-containers/kata-tdx/config.d/96-cchost-qgs")
+            .exists()
+    );
+    // DCAP off: no drop-in.
+    cfg.dcap.enable = cchost::config::DcapEnable::Off;
+    assert!(build(&cfg, &gather(&host, &tools, &cfg, f)).is_empty());
+}

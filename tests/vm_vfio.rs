@@ -183,6 +183,48 @@ kill $pid"#))
 /// Steps of one device's bind (journal, 4 sysfs writes + check, node, commit).
 const STEPS_PER_DEVICE: u32 = 7;
 
+/// `bind --all` binds what it can: with pci-testdev held (its config space open),
+/// edu is still bound, the refusal names pci-testdev, the exit code says "not all";
+/// undo restores edu and leaves pci-testdev as it was.
+#[test]
+fn bind_all_binds_what_it_can_and_names_each_refusal() {
+    let run = Vm::new()
+        .config(STAND_IN_MATCH)
+        .file("/etc/vfio-test.sh", format!("{FIND_STAND_INS}{LIB}"))
+        .cmd(&lib(r#"setup || exit 9
+sleep 1000 < /sys/bus/pci/devices/$TD/config & pid=$!
+while [ "$(readlink /proc/$pid/fd/0)" != "$(readlink -f /sys/bus/pci/devices/$TD)/config" ]; do sleep 0.05; done
+echo TD=$TD
+cchost gpu bind --all; echo "rc=$?"
+both
+kill $pid
+cchost undo; echo "undo rc=$?"
+both"#))
+        .run();
+    let s = run.step(0).assert_success();
+    assert!(s.stdout().contains("rc=1"), "{s}");
+    let td = s
+        .lines()
+        .iter()
+        .find_map(|l| l.strip_prefix("TD=").map(str::to_string))
+        .expect("TD printed");
+    let refusal = s
+        .stderr()
+        .lines()
+        .find(|l| l.starts_with(&td))
+        .unwrap_or_else(|| panic!("no refusal for {td}: {s}"))
+        .to_string();
+    assert!(
+        refusal.contains("/config") && refusal.contains("the other devices are bound"),
+        "{refusal}"
+    );
+    let st = states(s);
+    assert_eq!(st[0], on_vfio()[0], "edu bound: {s}");
+    assert_eq!(st[1], original()[1], "pci-testdev untouched: {s}");
+    assert!(s.stdout().contains("undo rc=0"), "{s}");
+    assert_eq!(st[2..], original()[..], "undo restored edu: {s}");
+}
+
 #[test]
 fn sigkill_after_every_step_of_a_two_device_bind_is_recovered() {
     let mut vm = Vm::new()

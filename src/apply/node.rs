@@ -86,7 +86,7 @@ pub fn apply(
                 journal.applied(seq)?;
                 true
             }
-            Action::PersistModules { path, content, .. } => {
+            Action::PersistModules { path, content, .. } | Action::KataDropin { path, content } => {
                 let p = path.display().to_string();
                 journal::write_file(host, journal, &p, content, 0o644)?
             }

@@ -168,6 +168,10 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
     let inv = discover_gpus(&g.host, &g.config.matching);
     let plan = match plan_bind(&g.host, &g.config, &inv, &a.selection()) {
         Ok(p) => p,
+        // `--all` binds what it can: each refused device is named, the others bound.
+        Err(PlanError::Refused(_)) if matches!(a.selection(), Selection::All) => {
+            return bind_each(g, a, journal.as_mut(), &inv);
+        }
         Err(e) => return refused(e, a.json),
     };
     for w in &plan.warnings {
@@ -220,6 +224,60 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `bind --all` with some device refused: the device-by-device plans, each refusal
+/// printed, the rest bound. Exit 1 (not everything is bound).
+fn bind_each(
+    g: &Global,
+    a: BindArgs,
+    journal: Option<&mut Journal>,
+    inv: &cchost::inventory::gpu::GpuInventory,
+) -> anyhow::Result<ExitCode> {
+    let (plans, refusals, failures) =
+        cchost::plan::vfio::plan_all_or_each(&g.host, &g.config, inv)?;
+    for r in &refusals {
+        eprintln!("{r} (refused; the other devices are bound)");
+    }
+    for f in &failures {
+        eprintln!("{f} FAILED");
+    }
+    let Some(journal) = journal else {
+        if a.json {
+            print_json(&serde_json::json!({ "plans": plans, "refused": refusals }))?;
+        }
+        for it in plans.iter().flat_map(|p| &p.items) {
+            println!("{} would bind (now {})", it.address, it.current);
+        }
+        return Ok(ExitCode::from(1));
+    };
+    let mut observe = step_observer()?;
+    let mut all = Vec::new();
+    for plan in &plans {
+        for w in &plan.warnings {
+            eprintln!("warning: {w}");
+        }
+        let results = apply::vfio::apply_bind(&g.host, journal, &g.config, plan, &mut observe)?;
+        for r in &results {
+            if a.json {
+                continue;
+            }
+            match &r.outcome {
+                Ok(vfio::BindOutcome::AlreadyBound { driver }) => {
+                    println!("{} already on {driver}", r.address)
+                }
+                Ok(vfio::BindOutcome::Bound { from, driver }) => {
+                    println!("{} bound to {driver} (was {from})", r.address)
+                }
+                Err(e) => eprintln!("{} FAILED: {e}", r.address),
+            }
+        }
+        all.extend(results);
+    }
+    if a.json {
+        print_json(&serde_json::json!({ "results": all, "refused": refusals }))?;
+    }
+    Ok(ExitCode::from(1))
 }
 
 fn unbind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {

@@ -28,7 +28,7 @@ pub struct MachineconfigArgs {
 pub fn run(g: &Global, c: Command) -> anyhow::Result<ExitCode> {
     match c {
         Command::Machineconfig(a) => {
-            let yaml = machineconfig::render(a.platform, a.gpu, a.role, &g.config.kernel)?;
+            let yaml = machineconfig::render(a.platform, a.gpu, a.role, &g.config)?;
             out!("{yaml}");
             Ok(ExitCode::SUCCESS)
         }

@@ -9,6 +9,7 @@ mod cc;
 pub mod cdi_names;
 mod dcap;
 mod deviceplugin;
+mod kata;
 mod kernel;
 mod labels;
 mod matching;
@@ -21,6 +22,7 @@ pub use dcap::{
     DcapConfig, DcapEnable, PccsConfig, QgsTransport, Secret, SuperviseConfig, SuperviseMode,
 };
 pub use deviceplugin::{DevicePluginConfig, EventSource, PluginMode, VfioModeConfig};
+pub use kata::KataConfig;
 pub use kernel::{GpuChoice, KernelConfig, MechanismChoice, ProfileChoice};
 pub use labels::{LabelBackend, LabelsConfig, is_dns_subdomain};
 pub use matching::{Architecture, ChipRange, DeviceMatch, MatchConfig};
@@ -50,6 +52,8 @@ pub struct Config {
     pub cc: CcConfig,
     /// Health endpoint, metrics and Kubernetes Events of `cchost run`.
     pub observe: ObserveConfig,
+    /// Kata drop-ins (the QGS port of TDX guests).
+    pub kata: KataConfig,
 }
 
 #[derive(Debug, thiserror::Error)]

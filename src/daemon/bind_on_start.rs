@@ -10,9 +10,8 @@ use crate::config::Config;
 use crate::gpu::vfio::{BindOutcome, Step};
 use crate::host::HostRoot;
 use crate::host::pci::PciAddress;
-use crate::inventory::gpu::{GpuKind, discover_gpus};
+use crate::inventory::gpu::discover_gpus;
 use crate::journal::Journal;
-use crate::plan::vfio::{PlanError, Selection, plan_bind};
 
 /// What binding at start did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -27,28 +26,13 @@ pub struct StartBind {
 pub fn bind_matched(host: &HostRoot, journal: &mut Journal, config: &Config) -> StartBind {
     let inv = discover_gpus(host, &config.matching);
     let mut out = StartBind::default();
-    let plans = match plan_bind(host, config, &inv, &Selection::All) {
-        Ok(p) => vec![p],
-        Err(PlanError::Refused(_)) => {
-            // Device by device: the good ones are bound, the refused ones named.
-            let mut plans = Vec::new();
-            let wanted = inv
-                .devices
-                .iter()
-                .filter(|d| d.kind == GpuKind::Gpu || config.vfio.bind_nvswitches);
-            for d in wanted {
-                let sel = Selection::Addresses(vec![d.address]);
-                match plan_bind(host, config, &inv, &sel) {
-                    Ok(p) => plans.push(p),
-                    Err(PlanError::Refused(rs)) => out
-                        .refused
-                        .extend(rs.iter().map(|r| format!("{}: {r}", d.address))),
-                    Err(PlanError::Host(e)) => out.failed.push(format!("{}: {e}", d.address)),
-                }
-            }
+    let plans = match crate::plan::vfio::plan_all_or_each(host, config, &inv) {
+        Ok((plans, refused, failed)) => {
+            out.refused = refused;
+            out.failed = failed;
             plans
         }
-        Err(PlanError::Host(e)) => {
+        Err(e) => {
             out.failed.push(format!("GPU inventory: {e}"));
             return out;
         }

@@ -33,7 +33,7 @@ pub enum DeviceClass {
 pub enum VfioMode {
     /// Group nodes: `/dev/vfio/vfio` + `/dev/vfio/<group>`; ID = group number.
     Legacy,
-    /// Device cdevs: `/dev/vfio/devices/vfioN` + `/dev/iommu`; ID = N.
+    /// Device cdevs: `/dev/vfio/devices/vfioN` (with `/dev/iommu` on the host); ID = N.
     Iommufd,
 }
 
@@ -358,10 +358,12 @@ pub fn discover_from(
                     ));
                     continue;
                 };
-                (
-                    n.to_string(),
-                    vec![format!("{VFIO_DEVICES_DIR}/vfio{n}"), IOMMU_DEV.to_string()],
-                )
+                // The cdev only, not /dev/iommu: Kata's device manager takes only
+                // /dev/vfio/* as VFIO (src/runtime/pkg/device/manager/utils.go
+                // IsVFIODevice) and would hand any other node to the guest as a plain
+                // device, while its QEMU opens /dev/iommu on the host itself. NVIDIA's
+                // sandbox device plugin writes the same (pkg/device_plugin/cdi.go).
+                (n.to_string(), vec![format!("{VFIO_DEVICES_DIR}/vfio{n}")])
             }
         };
         let key = (resource.clone(), id.clone());
