@@ -13,6 +13,8 @@
 //! Run: `cargo bench --bench deviceplugin`. Prints medians; asserts nothing.
 //! Everything but the uevent case goes through a `cchost run` process;
 //! `CCHOST_BENCH_BIN=<path>` picks the binary under test.
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/dp_support/mod.rs"]
 mod dp_support;

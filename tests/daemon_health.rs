@@ -8,6 +8,8 @@
 //!   again and registers with kubelet;
 //! - under systemd (`NOTIFY_SOCKET`, `WATCHDOG_USEC`): `READY=1`, `WATCHDOG=1` and
 //!   `STOPPING=1` arrive on a real unix datagram socket.
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod dp_support;
 
