@@ -9,7 +9,7 @@
 use crate::cdi;
 use crate::config::PluginMode;
 use crate::deviceplugin::PluginManager;
-use crate::deviceplugin::devices::{self, Discovery};
+use crate::inventory::passthrough::{self, Discovery};
 
 use std::collections::BTreeSet;
 
@@ -17,6 +17,9 @@ use super::status::{self, PassthroughStatus};
 use super::{Context, DaemonError};
 use crate::observe::events;
 use crate::observe::metrics::METRICS;
+
+/// How soon a failed scan is tried again.
+const SCAN_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn fail(message: impl std::fmt::Display) -> DaemonError {
     DaemonError::Service {
@@ -28,7 +31,7 @@ fn fail(message: impl std::fmt::Display) -> DaemonError {
 /// One pass: scan and write the CDI spec. Errors are logged; the last good state stays.
 pub fn scan_and_write(ctx: &Context) -> Option<Discovery> {
     let cfg = &ctx.config.device_plugin;
-    let scan = match devices::discover(&ctx.host, &ctx.config.matching, cfg) {
+    let scan = match passthrough::discover(&ctx.host, &ctx.config.matching, cfg) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "device scan failed; keeping the last state");
@@ -40,6 +43,16 @@ pub fn scan_and_write(ctx: &Context) -> Option<Discovery> {
             Some(a) => tracing::info!(address = %a, reason = %s.reason, "not advertised"),
             None => tracing::info!(reason = %s.reason, "not advertised"),
         }
+    }
+    let kinds: std::collections::BTreeSet<String> = scan.resources().into_iter().collect();
+    let ids: std::collections::BTreeSet<String> =
+        scan.devices.iter().map(|d| d.id.clone()).collect();
+    for c in cdi::foreign::conflicts(&ctx.host, &cfg.cdi_dir, &kinds, &ids) {
+        tracing::error!(
+            file = %c.path.display(),
+            kind = %c.kind,
+            "CONFLICTING CDI SPEC: {c}; the runtime cannot resolve these devices while it is there: remove the file"
+        );
     }
     match cdi::sync(&ctx.host, &cfg.cdi_dir, &scan) {
         Ok(r) => {
@@ -172,6 +185,7 @@ pub async fn run(mut ctx: Context) -> Result<(), DaemonError> {
             .await
             .map_err(|e| fail(format!("device scan panicked: {e}")))?;
         last_status = written;
+        let failed = scan.is_none();
         if let Some(scan) = scan {
             if let Some(p) = plugins.as_mut() {
                 p.update(&scan);
@@ -184,9 +198,13 @@ pub async fn run(mut ctx: Context) -> Result<(), DaemonError> {
             ctx.serving();
             first = false;
         }
+        // A scan that failed is tried again soon, not only at the next device event.
         tokio::select! {
             _ = ctx.shutdown.wait_for(|s| *s) => break,
             r = ctx.changes.changed() => if r.is_err() { break },
+            _ = tokio::time::sleep(SCAN_RETRY), if failed => {
+                tracing::info!("retrying the device scan");
+            }
         }
     }
     // The CDI spec stays as it is: every write was atomic, and it still describes the
@@ -242,6 +260,7 @@ mod tests {
             changes,
             health: health.clone(),
             name: "passthrough".into(),
+            cc_modes: Default::default(),
         };
         let runtime_thread = std::thread::current().id();
         let mut seen = health.subscribe();

@@ -4,7 +4,7 @@
 //!   `QCNL_CONF_PATH` set, prepares `/var/run/tdx-qgs` (a stale socket stops old QGS
 //!   from starting), restarts it with backoff when it exits or its liveness probe
 //!   (GET_PLATFORM_INFO) keeps failing, and optionally on a schedule: QGS is known to
-//!   stop producing quotes after a few days (facts/dcap.md §9.4).
+//!   stop producing quotes after a few days (docs/facts/dcap.md#qgs-stops-quoting).
 //! - **systemd**: the same probe and schedule, acted on through `qgsd.service` over
 //!   D-Bus ([`super::systemd`]).
 //!
@@ -147,7 +147,7 @@ pub async fn prepare_socket(host: &HostRoot, s: &Settings) -> Result<(), DcapErr
         Endpoint::Unix { path } => path,
         Endpoint::Vsock { .. } => {
             // QGS in vsock mode needs the host side of vsock; probing from the host
-            // itself (CID 1) needs the loopback transport (facts/dcap.md §2.1).
+            // itself (CID 1) needs the loopback transport (docs/facts/dcap.md#qgs-service).
             // modprobe runs a process and waits: not on the runtime's thread.
             let host = host.clone();
             let loaded = tokio::task::spawn_blocking(move || {

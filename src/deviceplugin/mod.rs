@@ -11,7 +11,6 @@
 
 pub mod api;
 pub mod authority;
-pub mod devices;
 pub mod endpoint;
 pub mod preferred;
 pub mod service;
@@ -27,9 +26,9 @@ use tokio::task::JoinHandle;
 use crate::config::DevicePluginConfig;
 use crate::host::HostRoot;
 use crate::host::unix::DirEvent;
+use crate::inventory::passthrough::Discovery;
 use crate::observe::health::{Health, State};
 use crate::observe::metrics::METRICS;
-use devices::Discovery;
 use endpoint::{EndpointEvent, PluginEndpoint, PluginError};
 use state::DeviceList;
 

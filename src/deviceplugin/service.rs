@@ -1,4 +1,4 @@
-//! The `DevicePlugin` gRPC service of one resource (facts k8s-cdi-rust.md §1.2–1.3).
+//! The `DevicePlugin` gRPC service of one resource (docs/facts/k8s.md#device-plugin-api).
 //!
 //! Every RPC answers or returns a gRPC status that says what was wrong; no input can
 //! make it panic.
@@ -14,10 +14,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::api::{self, device_plugin_server::DevicePlugin};
-use super::devices::{Health, PassthroughDevice};
 use super::preferred::preferred;
 use super::state::DeviceList;
 use crate::cdi::Spec;
+use crate::inventory::passthrough::{Health, PassthroughDevice};
 use crate::observe::metrics::METRICS;
 
 /// Permissions kubelet passes to the runtime for vfio nodes (mknod, read, write).
@@ -36,7 +36,8 @@ pub struct PluginService {
     calls: Arc<AtomicU64>,
 }
 
-/// `nvidia.com/pgpu` -> `PCI_RESOURCE_NVIDIA_COM_PGPU` (KubeVirt's rule, facts §1.7).
+/// `nvidia.com/pgpu` -> `PCI_RESOURCE_NVIDIA_COM_PGPU` (KubeVirt's rule,
+/// docs/facts/k8s.md#pci-resource-env).
 pub fn pci_resource_env_name(resource: &str) -> String {
     let mut s = String::from("PCI_RESOURCE_");
     s.extend(resource.chars().map(|c| match c {
