@@ -12,6 +12,7 @@
 //! - [`apply`] (carries a plan out), [`check`] (the readiness tree).
 //! - [`observe`]: metrics, health, systemd notification and Kubernetes Events.
 //! - [`daemon`] (`cchost run`), [`capture`].
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod apply;
 pub mod capture;

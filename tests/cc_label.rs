@@ -1,6 +1,8 @@
 //! `cc.follow_label`: the node's CC mode from `nvidia.com/cc.mode`, applied through the
 //! real opening checks, journal and switch code to an HGX board (8 H100s + 4 NVSwitches
 //! on vfio-pci) whose BAR0s are the register-level FSP simulator (tests/support).
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/sim_opener.rs"]
 mod sim_opener;

@@ -1,6 +1,8 @@
 //! `cchost gpu cc` on fixture hosts laid out like sysfs (symlinks as the kernel makes
 //! them). `resource0` is a sparse regular file: the query path really maps and reads it;
 //! the refusal tests prove that nothing is written to it. No GPU is touched.
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::os::unix::fs::{FileExt, symlink};
 use std::path::{Path, PathBuf};

@@ -2,6 +2,8 @@
 //! consumer's own source (repository and file named with it; docs/labels.md lists them),
 //! run against the labels cchost computes on the fixture hosts. A selector matches when
 //! every `key=value` of it is on the node, as Kubernetes' `nodeSelector` does.
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;

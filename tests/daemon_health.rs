@@ -8,6 +8,8 @@
 //!   again and registers with kubelet;
 //! - under systemd (`NOTIFY_SOCKET`, `WATCHDOG_USEC`): `READY=1`, `WATCHDOG=1` and
 //!   `STOPPING=1` arrive on a real unix datagram socket.
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod dp_support;
 
@@ -138,12 +140,13 @@ print(json.dumps(out))
 async fn a_failed_service_is_restarted_and_readiness_and_metrics_follow() {
     let (h, _funcs) = hgx_like();
     // The device-plugin directory cannot be created: a file is in the way.
-    h.write("/run/dp", "not a directory\n");
+    std::fs::remove_dir_all(h.local(DP_DIR)).unwrap();
+    h.write(DP_DIR, "not a directory\n");
     let port = free_port();
     let child = spawn_run(
         h.dir.path(),
         &format!(
-            "[device_plugin]\nmode = \"on\"\nsocket_dir = \"/run/dp\"\nrescan_interval_s = 0\n\
+            "[device_plugin]\nmode = \"on\"\nrescan_interval_s = 0\n\
              [labels]\nbackend = \"off\"\n\
              [observe]\nhealth_listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{port}\"\n"
         ),
@@ -155,8 +158,8 @@ async fn a_failed_service_is_restarted_and_readiness_and_metrics_follow() {
     .await;
     assert_eq!(status, 503, "{body}");
     assert!(
-        body.contains("/run/dp"),
-        "the reason names the path: {body}"
+        body.contains("passthrough: not serving: failed ("),
+        "the reason says the service failed: {body}"
     );
     assert_eq!(get(port, "/healthz").await.map(|a| a.0), Some(200));
     let m = scrape(port).await;
@@ -168,14 +171,14 @@ async fn a_failed_service_is_restarted_and_readiness_and_metrics_follow() {
     );
 
     // The cause goes away: the supervisor's next restart serves.
-    h.remove("/run/dp");
+    h.remove(DP_DIR);
     let (status, body) = wait_for(port, "/readyz", |s, _| s == 200).await;
     assert!(body.contains("passthrough: serving"), "{body}");
     assert!(
         body.contains("deviceplugin nvidia.com/pgpu: serving"),
         "{body}"
     );
-    assert!(h.local("/run/dp/cchost-nvidia.com-pgpu.sock").exists());
+    assert!(h.local(DP_DIR).join("cchost-nvidia.com-pgpu.sock").exists());
     let _ = status;
     let m = scrape(port).await;
     assert_eq!(m.get("cchost_ready{}"), Some(&1.0), "{m:?}");
@@ -201,7 +204,7 @@ async fn a_failed_service_is_restarted_and_readiness_and_metrics_follow() {
     );
 
     // Allocate is counted and timed.
-    let mut c = dp_support::connect_plugin(&h.local("/run/dp/cchost-nvidia.com-pgpu.sock"))
+    let mut c = dp_support::connect_plugin(&h.local(DP_DIR).join("cchost-nvidia.com-pgpu.sock"))
         .await
         .unwrap();
     let req = cchost::deviceplugin::api::AllocateRequest {

@@ -1,5 +1,7 @@
 //! `cchost dcap status` and `configure` end to end: the binary on a host without TDX,
 //! and on the TDX fixture host with the stand-in QGS and a fake PCCS (a readable chain).
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod dcap_support;
 

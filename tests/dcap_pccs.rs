@@ -1,6 +1,8 @@
 //! The PCCS probe against local servers that behave as a real PCCS was observed to
 //! (docs/facts/dcap.md#pccs-observed): TLS with a self-signed CA, plain TCP that closes, a server
 //! that hangs, a plain-HTTP server, nothing listening.
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod dcap_support;
 

@@ -1,5 +1,7 @@
 //! The QGS client against the stand-in QGS over a real unix socket, and the response
 //! parser against hostile input (a deterministic randomized loop).
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod dcap_support;
 

@@ -1,6 +1,8 @@
 //! `cchost run` as a process: it writes the CDI spec, serves and registers both
 //! resources, follows a device change, and on SIGTERM removes its sockets and leaves
 //! a consistent CDI spec behind.
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod dp_support;
 

@@ -7,6 +7,8 @@
 //! A crash is modelled by an observer that panics at the chosen step and at every later
 //! step of any device: each switch thread stops there, without any clean-up, and only
 //! what is on disk (the journal) and in the device (the simulator) survives.
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/sim_opener.rs"]
 mod sim_opener;

@@ -2,6 +2,8 @@
 //! request shapes (a GET of the Node, then one watch with `fieldSelector=metadata.name=`
 //! from its resourceVersion), each label change forwarded, a 410 Gone answered by
 //! reading the Node again. The real API-server tier (tests/k8s) runs it for real.
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! Labels and plans on every fixture host (tests/host/<scenario>), from the real
 //! inventory: a table of what each host must and must not be labelled, and the profile
 //! and changes its plan proposes.
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

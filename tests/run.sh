@@ -51,3 +51,5 @@ step cargo clippy --lib --bins -- -D warnings
 step cargo clippy --all-targets --features udev -- -D warnings
 step cargo test --lib --features udev -- host::udev host::device_events config::
 step cargo test
+# Last: it rebuilds target/debug/cchost without the test hooks.
+step bash tests/no-test-hooks.sh

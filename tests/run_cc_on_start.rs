@@ -1,6 +1,8 @@
 //! `cc.mode_on_start`: what `cchost run` does at start, through the same opening checks
 //! and journal as `cchost gpu cc set`, with an `Opener` that hands out the FSP simulator
 //! instead of an mmap of `resource0` (everything above `Bar0` is the real code).
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/sim_opener.rs"]
 mod sim_opener;

@@ -3,6 +3,8 @@
 //! those devices; unbinding one (a real driver unbind, seen through kernel uevents)
 //! turns it Unhealthy and drops it from the spec, rebinding heals it, and SIGTERM
 //! removes the socket. `edu` and `pci-testdev` stand in for GPUs through `[match]`.
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "vm/harness.rs"]
 mod harness;

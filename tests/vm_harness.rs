@@ -1,5 +1,7 @@
 //! The VM harness itself: steps, exit codes, timeouts, fetches, the guest's modules
 //! and the real modprobe.
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "vm/harness.rs"]
 mod harness;

@@ -2,6 +2,8 @@
 //! asked for and the two test devices with the IOMMU groups the guest's own sysfs
 //! shows; then `cchost capture` in the guest, read back outside, gives the same
 //! inventory as live — proof that the capture (fixture) format is the kernel's.
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "vm/harness.rs"]
 mod harness;

@@ -2,6 +2,8 @@
 //! guest's own modprobe (kmod) and persists it, `/dev/vhost-vsock` appears, a second
 //! apply changes nothing, `cchost undo` puts everything back; and kernel arguments
 //! planned into /etc/default/grub, booted, turn `check`'s IOMMU command-line checks green.
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "vm/harness.rs"]
 mod harness;

@@ -3,6 +3,8 @@
 //! that selects NVIDIA GPUs. `pci-testdev` starts on `pci-stub` (with a
 //! driver_override), `edu` without a driver, so undo has both kinds of original to
 //! restore.
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "vm/harness.rs"]
 mod harness;

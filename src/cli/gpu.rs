@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use serde::Serialize;
 
 use cchost::apply;
@@ -103,26 +102,16 @@ pub(super) fn open_journal(g: &Global) -> anyhow::Result<Journal> {
     Ok(j)
 }
 
-/// Crash tests: `CCHOST_TEST_KILL_AFTER_STEP=N` makes cchost SIGKILL itself right after
-/// the N-th sysfs/journal step (counting from 1 across all devices), so that a test can
-/// stop it at every point of a bind deterministically.
+/// Logs each sysfs/journal step (counting from 1 across all devices); the crash-test
+/// hook ([`super::test_hooks`], test builds only) may kill cchost after one of them.
 fn step_observer() -> anyhow::Result<impl FnMut(&PciAddress, Step)> {
-    let kill_after: Option<u32> = match std::env::var("CCHOST_TEST_KILL_AFTER_STEP") {
-        Ok(v) => Some(
-            v.parse()
-                .with_context(|| format!("CCHOST_TEST_KILL_AFTER_STEP={v:?}: not a number"))?,
-        ),
-        Err(_) => None,
-    };
+    let kill_after = super::test_hooks::kill_after_step()?;
     let mut n = 0u32;
     Ok(move |addr: &PciAddress, step: Step| {
         n += 1;
         tracing::debug!(%addr, ?step, n, "step done");
         if kill_after == Some(n) {
-            eprintln!(
-                "CCHOST_TEST_KILL_AFTER_STEP: killing myself after step {n} ({addr} {step:?})"
-            );
-            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+            super::test_hooks::kill_self(n, &format!("{addr} {step:?}"));
         }
     })
 }

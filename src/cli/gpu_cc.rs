@@ -187,25 +187,17 @@ fn open_all(
         .collect()
 }
 
-/// Crash tests: `CCHOST_TEST_KILL_AFTER_STEP=N` SIGKILLs cchost right after the N-th
-/// switch step (counted across devices), like `gpu bind`'s.
+/// Logs each switch step (counted across devices); the crash-test hook
+/// ([`super::test_hooks`], test builds only) may kill cchost after one of them, like
+/// `gpu bind`'s.
 fn kill_observer() -> anyhow::Result<impl Fn(&str, SwitchStep) + Sync> {
-    let kill_after: Option<u32> = match std::env::var("CCHOST_TEST_KILL_AFTER_STEP") {
-        Ok(v) => Some(
-            v.parse()
-                .with_context(|| format!("CCHOST_TEST_KILL_AFTER_STEP={v:?}: not a number"))?,
-        ),
-        Err(_) => None,
-    };
+    let kill_after = super::test_hooks::kill_after_step()?;
     let n = AtomicU32::new(0);
     Ok(move |dev: &str, step: SwitchStep| {
         let k = n.fetch_add(1, Ordering::SeqCst) + 1;
         tracing::debug!(dev, ?step, n = k, "CC step done");
         if kill_after == Some(k) {
-            eprintln!(
-                "CCHOST_TEST_KILL_AFTER_STEP: killing myself after step {k} ({dev} {step:?})"
-            );
-            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+            super::test_hooks::kill_self(k, &format!("{dev} {step:?}"));
         }
     })
 }

@@ -26,6 +26,7 @@ mod inventory;
 mod plan;
 mod render;
 mod run;
+mod test_hooks;
 mod undo;
 
 #[derive(Debug, Parser)]
