@@ -14,7 +14,7 @@
 //! Everything but the uevent case goes through a `cchost run` process;
 //! `CCHOST_BENCH_BIN=<path>` picks the binary under test.
 
-#[path = "../tests/dp_support/mod.rs"]
+#[path = "../tests/support/device_plugin.rs"]
 mod dp_support;
 
 use std::process::Stdio;

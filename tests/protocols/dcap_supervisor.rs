@@ -2,16 +2,14 @@
 //! answering — stale socket removal, argv/env, restarts on hang, crash, schedule, and
 //! shutdown. Nothing here asserts on time; waits are bounded only as a hang guard.
 
-mod dcap_support;
-
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::dcap::{StandIn, standin, tdx_root};
 use cchost::config::DcapConfig;
 use cchost::dcap::supervisor::{self, Reason, Settings, State};
 use cchost::host::HostRoot;
-use dcap_support::{StandIn, standin, tdx_root};
 use tokio::sync::watch;
 
 const SOCK: &str = "var/run/tdx-qgs/qgs.socket";

@@ -2,13 +2,11 @@
 //! resources, follows a device change, and on SIGTERM removes its sockets and leaves
 //! a consistent CDI spec behind.
 
-mod dp_support;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::support::device_plugin::{DP_DIR, FakeKubelet, connect_plugin, hgx_like};
 use cchost::deviceplugin::api;
-use dp_support::{DP_DIR, FakeKubelet, connect_plugin, hgx_like};
 
 const WAIT: Duration = Duration::from_secs(20);
 

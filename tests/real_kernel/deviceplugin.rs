@@ -4,10 +4,7 @@
 //! turns it Unhealthy and drops it from the spec, rebinding heals it, and SIGTERM
 //! removes the socket. `edu` and `pci-testdev` stand in for GPUs through `[match]`.
 
-#[path = "vm/harness.rs"]
-mod harness;
-
-use harness::{FIND_STAND_INS, STAND_IN_MATCH, Vm};
+use crate::harness::{FIND_STAND_INS, STAND_IN_MATCH, Vm};
 
 const PLUGIN: &str = "\n[device_plugin]\nmode = \"on\"\nrescan_interval_s = 0\n";
 

@@ -3,10 +3,7 @@
 //! apply changes nothing, `cchost undo` puts everything back; and kernel arguments
 //! planned into /etc/default/grub, booted, turn `check`'s IOMMU command-line checks green.
 
-#[path = "vm/harness.rs"]
-mod harness;
-
-use harness::Vm;
+use crate::harness::Vm;
 use serde_json::Value;
 
 fn actions(plan: &Value) -> Vec<String> {

@@ -1,14 +1,12 @@
 //! The host CDI spec: names, device nodes per vfio mode, versions, atomic files, and
 //! validation of every spec against the upstream CDI JSON schema.
 
-mod dp_support;
-
 use std::path::PathBuf;
 
+use crate::support::device_plugin::{FakeHost, Func, hgx_like};
 use cchost::cdi;
 use cchost::config::{Config, DevicePluginConfig};
 use cchost::inventory::passthrough::{self, Health, VfioMode};
-use dp_support::{FakeHost, Func, hgx_like};
 use serde_json::Value;
 
 fn schema_dir() -> PathBuf {

@@ -3,12 +3,9 @@
 //! shows; then `cchost capture` in the guest, read back outside, gives the same
 //! inventory as live — proof that the capture (fixture) format is the kernel's.
 
-#[path = "vm/harness.rs"]
-mod harness;
-
 use std::process::Command;
 
-use harness::Vm;
+use crate::harness::Vm;
 use serde_json::Value;
 
 /// The two emulated test devices selected as GPUs through the GPU-matching config.

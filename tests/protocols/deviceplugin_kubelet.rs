@@ -2,16 +2,16 @@
 //! ListAndWatch, GetPreferredAllocation, Allocate, health changes, bad requests,
 //! kubelet restarts and outages, shutdown. Timings are printed, never asserted.
 
-mod dp_support;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::support::device_plugin::{
+    DP_DIR, FakeHost, FakeKubelet, Func, connect_plugin, hgx_like,
+};
 use cchost::config::{Config, DevicePluginConfig};
 use cchost::deviceplugin::PluginManager;
 use cchost::deviceplugin::api;
 use cchost::inventory::passthrough;
-use dp_support::{DP_DIR, FakeHost, FakeKubelet, Func, connect_plugin, hgx_like};
 use tokio::sync::watch;
 use tonic::Code;
 

@@ -2,18 +2,16 @@
 //! dbus-daemon with a small stand-in for systemd's Manager and Unit objects (not a real
 //! systemd). The QGS probe goes to the stand-in QGS.
 
-mod dcap_support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::dcap::{StandIn, tdx_root};
 use cchost::config::DcapConfig;
 use cchost::dcap::supervisor::{Reason, Settings, State};
 use cchost::dcap::systemd::{self, Driver};
 use cchost::host::HostRoot;
-use dcap_support::{StandIn, tdx_root};
 use tokio::sync::watch;
 use zbus::zvariant::OwnedObjectPath;
 

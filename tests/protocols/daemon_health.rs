@@ -9,14 +9,12 @@
 //! - under systemd (`NOTIFY_SOCKET`, `WATCHDOG_USEC`): `READY=1`, `WATCHDOG=1` and
 //!   `STOPPING=1` arrive on a real unix datagram socket.
 
-mod dp_support;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use dp_support::{DP_DIR, FakeKubelet, hgx_like};
+use crate::support::device_plugin::{DP_DIR, FakeKubelet, hgx_like};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(40);
@@ -201,9 +199,11 @@ async fn a_failed_service_is_restarted_and_readiness_and_metrics_follow() {
     );
 
     // Allocate is counted and timed.
-    let mut c = dp_support::connect_plugin(&h.local("/run/dp/cchost-nvidia.com-pgpu.sock"))
-        .await
-        .unwrap();
+    let mut c = crate::support::device_plugin::connect_plugin(
+        &h.local("/run/dp/cchost-nvidia.com-pgpu.sock"),
+    )
+    .await
+    .unwrap();
     let req = cchost::deviceplugin::api::AllocateRequest {
         container_requests: vec![cchost::deviceplugin::api::ContainerAllocateRequest {
             devices_ids: vec!["12".into()],

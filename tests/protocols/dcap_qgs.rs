@@ -1,16 +1,14 @@
 //! The QGS client against the stand-in QGS over a real unix socket, and the response
 //! parser against hostile input (a deterministic randomized loop).
 
-mod dcap_support;
-
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
+use crate::support::dcap::{StandIn, tdx_root};
 use cchost::dcap::proto::{self, Collateral, MsgType, PlatformInfo, ProtoError};
 use cchost::dcap::qgs::{self, Endpoint, QgsError};
 use cchost::host::HostRoot;
-use dcap_support::{StandIn, tdx_root};
 
 const SOCK: &str = "/var/run/tdx-qgs/qgs.socket";
 

@@ -8,14 +8,12 @@
 //! step of any device: each switch thread stops there, without any clean-up, and only
 //! what is on disk (the journal) and in the device (the simulator) survives.
 
-#[path = "support/sim_opener.rs"]
-mod sim_opener;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::support::sim_opener::{SimOpener, fast};
 use cchost::fixture::{FixtureHost, PciSpec};
 use cchost::gpu::cc::journaled::{self, CC_KIND, CcRestorer};
 use cchost::gpu::cc::live::{LiveDevice, open_for_switch};
@@ -26,7 +24,6 @@ use cchost::gpu::vfio::{BIND_KIND, Binding};
 use cchost::host::HostRoot;
 use cchost::host::pci::PciDevice;
 use cchost::journal::{self, Entry, EntryState, Journal, Recovery, RestoreError, Restorer};
-use sim_opener::{SimOpener, fast};
 
 const GPU0: &str = "0000:3b:00.0";
 const GPU1: &str = "0000:5d:00.0";

@@ -4,10 +4,7 @@
 //! driver_override), `edu` without a driver, so undo has both kinds of original to
 //! restore.
 
-#[path = "vm/harness.rs"]
-mod harness;
-
-use harness::{FIND_STAND_INS, STAND_IN_MATCH, StepResult, Vm};
+use crate::harness::{FIND_STAND_INS, STAND_IN_MATCH, StepResult, Vm};
 
 /// Sourced by every step after [`FIND_STAND_INS`]: prints the devices' state.
 const LIB: &str = r#"

@@ -2,14 +2,12 @@
 //! real opening checks, journal and switch code to an HGX board (8 H100s + 4 NVSwitches
 //! on vfio-pci) whose BAR0s are the register-level FSP simulator (tests/support).
 
-#[path = "support/sim_opener.rs"]
-mod sim_opener;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::sim_opener::{SimOpener, fast};
 use cchost::config::{Config, DefaultMode};
 use cchost::daemon::cc_label::Applier;
 use cchost::fixture::{FixtureHost, PciSpec};
@@ -21,7 +19,6 @@ use cchost::inventory::facts::NodeFacts;
 use cchost::labels::cc_mode::{CcModeCache, NotAsked, SharedCcModes};
 use cchost::labels::compute;
 use cchost::labels::compute::{NV_CC_MODE_STATE, NV_CC_READY_STATE};
-use sim_opener::{SimOpener, fast};
 
 const GPUS: [&str; 8] = [
     "0000:18:00.0",

@@ -1,12 +1,9 @@
 //! The VM harness itself: steps, exit codes, timeouts, fetches, the guest's modules
 //! and the real modprobe.
 
-#[path = "vm/harness.rs"]
-mod harness;
-
 use std::time::Duration;
 
-use harness::Vm;
+use crate::harness::Vm;
 
 #[test]
 fn guest_runs_steps_and_reports_output_and_exit_codes() {

@@ -2,13 +2,11 @@
 //! (docs/facts/dcap.md#pccs-observed): TLS with a self-signed CA, plain TCP that closes, a server
 //! that hangs, a plain-HTTP server, nothing listening.
 
-mod dcap_support;
-
 use std::time::Duration;
 
+use crate::support::dcap::*;
 use cchost::config::Secret;
 use cchost::dcap::pccs::{self, ProbeSettings, Trust, Url, Verdict};
-use dcap_support::*;
 
 fn settings(pki: &TestPki, base: &str) -> ProbeSettings {
     ProbeSettings {

@@ -1,11 +1,9 @@
 //! `cchost dcap status` and `configure` end to end: the binary on a host without TDX,
 //! and on the TDX fixture host with the stand-in QGS and a fake PCCS (a readable chain).
 
-mod dcap_support;
-
 use std::process::Command;
 
-use dcap_support::*;
+use crate::support::dcap::*;
 
 fn cchost() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cchost"));

@@ -1,0 +1,12 @@
+//! Tier 2, a real kernel in QEMU (write paths): the harness in tests/vm/harness.rs boots
+//! the host's Debian kernel with a busybox initramfs holding cchost (tests/vm/README.md).
+//! One test binary, one module per subject (docs/testing.md).
+
+#[path = "../vm/harness.rs"]
+mod harness;
+
+mod deviceplugin;
+mod harness_self_test;
+mod hostcfg;
+mod inventory;
+mod vfio;
