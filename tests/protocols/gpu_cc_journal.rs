@@ -341,7 +341,7 @@ fn crash_mid_ppcie_switch_rolls_the_whole_board_back() {
 }
 
 /// Stands in for the vfio restorer on the fixture (the real one is proven on a real
-/// kernel in tests/vm_vfio.rs): "rebinds" by re-pointing the `driver` link.
+/// kernel in tests/real_kernel/vfio.rs): "rebinds" by re-pointing the `driver` link.
 struct FakeVfio {
     root: PathBuf,
 }
