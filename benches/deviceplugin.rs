@@ -16,7 +16,7 @@
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../tests/dp_support/mod.rs"]
+#[path = "../tests/support/device_plugin.rs"]
 mod dp_support;
 
 use std::process::Stdio;

@@ -21,7 +21,7 @@ const kataCCHandler = "kata-cc-nvidia-gpu"
 // sandboxed-containers operator builds it (openshift/sandboxed-containers-operator
 // controllers/confidential_handler.go, handleConfidentialBaremetal: the NVIDIA GPU
 // labels with nvidiaGPUCCNodeLabels, plus intelTDXNodeLabels; the same list
-// tests/consumer_selectors.rs encodes).
+// tests/fixture_hosts/consumer_selectors.rs encodes).
 var oscKataCCNvidiaGPUTDX = map[string]string{
 	"nvidia.com/gpu.present":                           "true",
 	"nvidia.com/gpu.deploy.vfio-manager":               "true",

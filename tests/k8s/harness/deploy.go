@@ -107,7 +107,7 @@ func (c *Cluster) NodeToken(ctx context.Context, node string, fake, wait bool) (
 
 // MakeHost copies tests/host/<fixture> to dir as a legacy-VFIO host (no iommufd nodes:
 // the device IDs are IOMMU groups) whose NVIDIA GPUs report CC mode on through their
-// BAR0 registers (the layout tests/labels_cc_mode.rs uses).
+// BAR0 registers (the layout tests/fixture_hosts/labels_cc_mode.rs uses).
 func MakeHost(repo, dir, fixture string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err

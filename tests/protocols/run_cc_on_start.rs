@@ -4,9 +4,6 @@
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/sim_opener.rs"]
-mod sim_opener;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -15,11 +12,11 @@ use cchost::daemon::cc_on_start::set_mode;
 use cchost::fixture::{FixtureHost, PciSpec};
 use cchost::gpu::cc::journaled::CC_KIND;
 
+use crate::support::sim_opener::{SimOpener, fast};
 use cchost::gpu::cc::sim::{SimConfig, SimGpu};
 use cchost::gpu::cc::switch::Status;
 use cchost::gpu::cc::{CcMode, Family, TargetMode};
 use cchost::journal::Journal;
-use sim_opener::{SimOpener, fast};
 
 const ON_VFIO: [&str; 2] = ["0000:3b:00.0", "0000:5d:00.0"];
 const ON_NVIDIA: &str = "0000:9a:00.0";

@@ -6,10 +6,7 @@
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "vm/harness.rs"]
-mod harness;
-
-use harness::{FIND_STAND_INS, STAND_IN_MATCH, Vm};
+use crate::harness::{FIND_STAND_INS, STAND_IN_MATCH, Vm};
 
 const PLUGIN: &str = "\n[device_plugin]\nmode = \"on\"\nrescan_interval_s = 0\n";
 

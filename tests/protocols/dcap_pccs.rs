@@ -4,13 +4,11 @@
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod dcap_support;
-
 use std::time::Duration;
 
+use crate::support::dcap::*;
 use cchost::config::Secret;
 use cchost::dcap::pccs::{self, ProbeSettings, Trust, Url, Verdict};
-use dcap_support::*;
 
 fn settings(pki: &TestPki, base: &str) -> ProbeSettings {
     ProbeSettings {

@@ -4,14 +4,12 @@
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/sim_opener.rs"]
-mod sim_opener;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::sim_opener::{SimOpener, fast};
 use cchost::config::{Config, DefaultMode};
 use cchost::daemon::cc_label::Applier;
 use cchost::fixture::{FixtureHost, PciSpec};
@@ -23,7 +21,6 @@ use cchost::inventory::facts::NodeFacts;
 use cchost::labels::cc_mode::{CcModeCache, NotAsked, SharedCcModes};
 use cchost::labels::compute;
 use cchost::labels::compute::{NV_CC_MODE_STATE, NV_CC_READY_STATE};
-use sim_opener::{SimOpener, fast};
 
 const GPUS: [&str; 8] = [
     "0000:18:00.0",

@@ -11,14 +11,12 @@
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod dp_support;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use dp_support::{DP_DIR, FakeKubelet, hgx_like};
+use crate::support::device_plugin::{DP_DIR, FakeKubelet, hgx_like};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(40);
@@ -204,9 +202,11 @@ async fn a_failed_service_is_restarted_and_readiness_and_metrics_follow() {
     );
 
     // Allocate is counted and timed.
-    let mut c = dp_support::connect_plugin(&h.local(DP_DIR).join("cchost-nvidia.com-pgpu.sock"))
-        .await
-        .unwrap();
+    let mut c = crate::support::device_plugin::connect_plugin(
+        &h.local(DP_DIR).join("cchost-nvidia.com-pgpu.sock"),
+    )
+    .await
+    .unwrap();
     let req = cchost::deviceplugin::api::AllocateRequest {
         container_requests: vec![cchost::deviceplugin::api::ContainerAllocateRequest {
             devices_ids: vec!["12".into()],

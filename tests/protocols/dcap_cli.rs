@@ -3,11 +3,9 @@
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod dcap_support;
-
 use std::process::Command;
 
-use dcap_support::*;
+use crate::support::dcap::*;
 
 fn cchost() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cchost"));

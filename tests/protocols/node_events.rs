@@ -2,7 +2,7 @@
 //! (method, path, the events.k8s.io/v1 body kubectl describe node finds), that the same
 //! event is not posted twice within the repeat window, and that a refused post (403) is
 //! counted and does not stop the poster. The RBAC this needs is in
-//! tests/deploy_manifests.rs.
+//! tests/fixture_hosts/deploy_manifests.rs.
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

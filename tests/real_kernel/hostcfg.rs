@@ -5,10 +5,7 @@
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "vm/harness.rs"]
-mod harness;
-
-use harness::Vm;
+use crate::harness::Vm;
 use serde_json::Value;
 
 fn actions(plan: &Value) -> Vec<String> {

@@ -4,16 +4,16 @@
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod dp_support;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::support::device_plugin::{
+    DP_DIR, FakeHost, FakeKubelet, Func, connect_plugin, hgx_like,
+};
 use cchost::config::{Config, DevicePluginConfig};
 use cchost::deviceplugin::PluginManager;
 use cchost::deviceplugin::api;
 use cchost::inventory::passthrough;
-use dp_support::{DP_DIR, FakeHost, FakeKubelet, Func, connect_plugin, hgx_like};
 use tokio::sync::watch;
 use tonic::Code;
 

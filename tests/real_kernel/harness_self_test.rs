@@ -3,12 +3,9 @@
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "vm/harness.rs"]
-mod harness;
-
 use std::time::Duration;
 
-use harness::Vm;
+use crate::harness::Vm;
 
 #[test]
 fn guest_runs_steps_and_reports_output_and_exit_codes() {

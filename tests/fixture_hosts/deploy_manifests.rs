@@ -219,7 +219,7 @@ fn systemd_parses_the_unit_without_a_warning() {
         text.contains("\nEnvironment=CCHOST_LOG="),
         "the log filter cchost reads"
     );
-    // cchost speaks sd_notify (READY=1, WATCHDOG=1): tests/daemon_health.rs.
+    // cchost speaks sd_notify (READY=1, WATCHDOG=1): tests/protocols/daemon_health.rs.
     assert!(text.contains("\nType=notify\n"), "{text}");
     assert!(text.contains("\nWatchdogSec="), "{text}");
     // systemd-analyze checks that ExecStart's binary exists: point it at this build.

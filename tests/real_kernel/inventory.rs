@@ -5,12 +5,9 @@
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "vm/harness.rs"]
-mod harness;
-
 use std::process::Command;
 
-use harness::Vm;
+use crate::harness::Vm;
 use serde_json::Value;
 
 /// The two emulated test devices selected as GPUs through the GPU-matching config.

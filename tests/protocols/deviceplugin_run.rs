@@ -4,13 +4,11 @@
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod dp_support;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::support::device_plugin::{DP_DIR, FakeKubelet, connect_plugin, hgx_like};
 use cchost::deviceplugin::api;
-use dp_support::{DP_DIR, FakeKubelet, connect_plugin, hgx_like};
 
 const WAIT: Duration = Duration::from_secs(20);
 

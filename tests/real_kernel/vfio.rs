@@ -6,10 +6,7 @@
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "vm/harness.rs"]
-mod harness;
-
-use harness::{FIND_STAND_INS, STAND_IN_MATCH, StepResult, Vm};
+use crate::harness::{FIND_STAND_INS, STAND_IN_MATCH, StepResult, Vm};
 
 /// Sourced by every step after [`FIND_STAND_INS`]: prints the devices' state.
 const LIB: &str = r#"

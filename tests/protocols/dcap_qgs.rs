@@ -3,16 +3,14 @@
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod dcap_support;
-
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
+use crate::support::dcap::{StandIn, tdx_root};
 use cchost::dcap::proto::{self, Collateral, MsgType, PlatformInfo, ProtoError};
 use cchost::dcap::qgs::{self, Endpoint, QgsError};
 use cchost::host::HostRoot;
-use dcap_support::{StandIn, tdx_root};
 
 const SOCK: &str = "/var/run/tdx-qgs/qgs.socket";
 

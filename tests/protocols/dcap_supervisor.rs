@@ -4,16 +4,14 @@
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod dcap_support;
-
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::dcap::{StandIn, standin, tdx_root};
 use cchost::config::DcapConfig;
 use cchost::dcap::supervisor::{self, Reason, Settings, State};
 use cchost::host::HostRoot;
-use dcap_support::{StandIn, standin, tdx_root};
 use tokio::sync::watch;
 
 const SOCK: &str = "var/run/tdx-qgs/qgs.socket";

@@ -10,14 +10,12 @@
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/sim_opener.rs"]
-mod sim_opener;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::support::sim_opener::{SimOpener, fast};
 use cchost::fixture::{FixtureHost, PciSpec};
 use cchost::gpu::cc::journaled::{self, CC_KIND, CcRestorer};
 use cchost::gpu::cc::live::{LiveDevice, open_for_switch};
@@ -28,7 +26,6 @@ use cchost::gpu::vfio::{BIND_KIND, Binding};
 use cchost::host::HostRoot;
 use cchost::host::pci::PciDevice;
 use cchost::journal::{self, Entry, EntryState, Journal, Recovery, RestoreError, Restorer};
-use sim_opener::{SimOpener, fast};
 
 const GPU0: &str = "0000:3b:00.0";
 const GPU1: &str = "0000:5d:00.0";
@@ -346,7 +343,7 @@ fn crash_mid_ppcie_switch_rolls_the_whole_board_back() {
 }
 
 /// Stands in for the vfio restorer on the fixture (the real one is proven on a real
-/// kernel in tests/vm_vfio.rs): "rebinds" by re-pointing the `driver` link.
+/// kernel in tests/real_kernel/vfio.rs): "rebinds" by re-pointing the `driver` link.
 struct FakeVfio {
     root: PathBuf,
 }

@@ -4,18 +4,16 @@
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod dcap_support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::dcap::{StandIn, tdx_root};
 use cchost::config::DcapConfig;
 use cchost::dcap::supervisor::{Reason, Settings, State};
 use cchost::dcap::systemd::{self, Driver};
 use cchost::host::HostRoot;
-use dcap_support::{StandIn, tdx_root};
 use tokio::sync::watch;
 use zbus::zvariant::OwnedObjectPath;
 

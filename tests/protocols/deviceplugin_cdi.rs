@@ -3,14 +3,12 @@
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod dp_support;
-
 use std::path::PathBuf;
 
+use crate::support::device_plugin::{FakeHost, Func, hgx_like};
 use cchost::cdi;
 use cchost::config::{Config, DevicePluginConfig};
 use cchost::inventory::passthrough::{self, Health, VfioMode};
-use dp_support::{FakeHost, Func, hgx_like};
 use serde_json::Value;
 
 fn schema_dir() -> PathBuf {
