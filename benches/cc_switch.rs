@@ -1,5 +1,5 @@
 //! CC mode switch time, 1 GPU vs 8 GPUs, against the FSP simulator with a 1.8 s
-//! reset-to-boot delay (≈ what H100s show, facts gpu.md §2.2). The time is dominated by
+//! reset-to-boot delay (≈ what H100s show, docs/facts/gpu.md#cc-registers). The time is dominated by
 //! that delay, so this measures whether the resets overlap, not register speed.
 //!
 //! `cargo bench --bench cc_switch` — about 30 s. Prints medians; asserts nothing.

@@ -4,7 +4,7 @@
 //! alternates two ways of moving both devices to vfio-pci:
 //! - `cchost gpu bind --all` (process start, config, inventory, refusal checks with a
 //!   /proc scan, journal writes, the sysfs sequence, device-node check), and
-//! - a shell script doing only the sysfs writes of gpu.md §1.5 for the two addresses it
+//! - a shell script doing only the sysfs writes of docs/facts/gpu.md#sysfs-bind-sequence for the two addresses it
 //!   is given, then waiting for /dev/vfio/<group>.
 //!
 //! Each is put back (untimed) before the next round. Times come from the guest's

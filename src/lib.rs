@@ -1,15 +1,18 @@
 //! cchost: makes a bare-metal Linux host ready for confidential containers (Kata + CoCo)
 //! and keeps it ready.
 //!
-//! Layers, bottom up (see docs/architecture.md):
-//! - [`host`]: `HostRoot`, the only door to the host's files.
-//! - [`inventory`]: what the host is (pure model, with evidence).
-//! - [`check`]: the readiness tree built from the inventory.
-//! - [`plan`]: config + inventory -> a list of actions (pure).
-//! - actuators: [`gpu`], [`hostcfg`], [`cdi`], [`journal`] (each idempotent, journaled).
-//! - services: [`deviceplugin`], [`labels`], [`dcap`], run by [`daemon`].
-//! - [`fixture`]: test support, fixture host trees laid out as the kernel lays out /sys.
+//! Layers, bottom up (docs/architecture.md; enforced by tests/source_tree/layers.rs):
+//! - [`host`], [`config`]: the only door to the host's files; the configuration.
+//! - [`inventory`] (with the node facts and the passthrough-device model), [`journal`],
+//!   [`fixture`] (test support: fixture host trees laid out as the kernel lays out /sys).
+//! - actuators: [`gpu`], [`hostcfg`], [`cdi`] (each change journaled).
+//! - services: [`labels`], [`deviceplugin`], [`dcap`].
+//! - [`plan`]: config + facts -> what would change (changes nothing).
+//! - [`apply`] (carries a plan out), [`check`] (the readiness tree).
+//! - [`observe`]: metrics, health, systemd notification and Kubernetes Events.
+//! - [`daemon`] (`cchost run`), [`capture`].
 
+pub mod apply;
 pub mod capture;
 pub mod cdi;
 pub mod check;
@@ -18,10 +21,13 @@ pub mod daemon;
 pub mod dcap;
 pub mod deviceplugin;
 pub mod fixture;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gpu;
 pub mod host;
 pub mod hostcfg;
 pub mod inventory;
 pub mod journal;
 pub mod labels;
+pub mod observe;
 pub mod plan;

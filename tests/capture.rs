@@ -20,7 +20,26 @@ fn capture_round_trips_every_scenario() {
         let (seen, summary) = cchost::capture::capture(&host, &config, &dest).unwrap();
         let original = Inventory::collect(&host, &config);
         assert_eq!(seen, original, "{name}: recording changed the inventory");
-        let captured = Inventory::collect(&HostRoot::new(&dest).unwrap(), &config);
+        let mut captured = Inventory::collect(&HostRoot::new(&dest).unwrap(), &config);
+        // The command line is the one file changed on the way: disk identifiers are
+        // scrubbed, every argument name stays.
+        let cmdline = fs::read_to_string(dest.join("proc/cmdline")).unwrap();
+        assert!(!cmdline.contains(scenarios::ROOT_UUID), "{name}: {cmdline}");
+        assert_eq!(
+            captured.kernel.cmdline.raw,
+            cchost::capture::scrub_cmdline(&original.kernel.cmdline.raw),
+            "{name}"
+        );
+        let names = |i: &Inventory| -> Vec<String> {
+            i.kernel
+                .cmdline
+                .params
+                .iter()
+                .map(|p| p.name.clone())
+                .collect()
+        };
+        assert_eq!(names(&captured), names(&original), "{name}");
+        captured.kernel.cmdline = original.kernel.cmdline.clone();
         assert_eq!(
             captured, original,
             "{name}: capture differs from the original"
@@ -42,6 +61,19 @@ fn capture_round_trips_every_scenario() {
         );
         assert!(fs::metadata(dest.join("proc/cpuinfo")).is_ok());
     }
+}
+
+#[test]
+fn scrub_replaces_disk_identifiers_only() {
+    let s = cchost::capture::scrub_cmdline(
+        "BOOT_IMAGE=/vmlinuz root=UUID=2f1c7a0e-5d7b resume=PARTUUID=abcd rd.luks.uuid=luks-1234 \
+         root=/dev/disk/by-uuid/77aa ro intel_iommu=on kvm_intel.tdx=1 LABEL=x\n",
+    );
+    assert_eq!(
+        s,
+        "BOOT_IMAGE=/vmlinuz root=UUID=scrubbed resume=PARTUUID=scrubbed rd.luks.uuid=scrubbed \
+         root=/dev/disk/by-uuid/scrubbed ro intel_iommu=on kvm_intel.tdx=1 LABEL=x\n"
+    );
 }
 
 #[test]

@@ -110,8 +110,13 @@ fn usage_and_io_errors_exit_2() {
 #[test]
 fn empty_or_hostile_root_is_not_ready_and_does_not_crash() {
     let dir = tempfile::tempdir().unwrap();
+    // An empty root is not a host (issue 13 item 3): exit 2, no remedies.
     let out = cchost(dir.path(), &["check"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a whole host"));
+    for d in ["sys/kernel", "dev/null"] {
+        fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
     // Loops and garbage where the host files should be.
     symlink("cpuinfo", dir.path().join("cpuinfo")).unwrap();
     fs::create_dir_all(dir.path().join("proc")).unwrap();

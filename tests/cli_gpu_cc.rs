@@ -60,7 +60,8 @@ impl Fixture {
             )
             .unwrap();
         }
-        std::fs::create_dir_all(root.join("proc")).unwrap();
+        std::fs::create_dir_all(root.join("proc/sys")).unwrap();
+        std::fs::create_dir_all(root.join("dev/vfio")).unwrap();
         Fixture { dir }
     }
 
@@ -210,4 +211,27 @@ fn a_proc_entry_that_cannot_be_read_refuses_the_query_and_says_why() {
         out.contains("cannot tell whether a process uses it") && out.contains("/proc/4242/fd"),
         "{out}"
     );
+}
+
+#[test]
+fn decode_off_on_vfio_does_not_say_bind_vfio() {
+    for (driver, must, must_not) in [
+        (Some("vfio-pci"), "setpci", "bind vfio-pci"),
+        (None, "bind vfio-pci", "setpci"),
+    ] {
+        let fx = Fixture::h100(driver, BOOTED_ON);
+        let config = fx
+            .root()
+            .join("sys/devices/pci0000:00/0000:00:01.0")
+            .join(BDF)
+            .join("config");
+        // COMMAND = 0: memory decode off.
+        std::fs::write(&config, [0xde, 0x10, 0x30, 0x23, 0x00, 0x00, 0x10, 0x00]).unwrap();
+        let (code, out, err) = fx.run(&["gpu", "cc", "query"]);
+        let all = format!("{out}{err}");
+        assert_ne!(code, 0, "{all}");
+        assert!(all.contains("memory decode is disabled"), "{all}");
+        assert!(all.contains(must), "{driver:?}: {all}");
+        assert!(!all.contains(must_not), "{driver:?}: {all}");
+    }
 }

@@ -27,6 +27,9 @@ fn host() -> tempfile::TempDir {
         "[kernel]\nprofile = \"none\"\nmechanism = \"none\"\n",
     );
     w("proc/cmdline", "BOOT_IMAGE=/vmlinuz ro quiet\n");
+    // The rest of a whole host (cchost refuses a root without sys/, proc/, dev/).
+    w("sys/kernel/osrelease", "6.8.0\n");
+    w("dev/null", "");
     w(
         "proc/modules",
         "vhost_vsock 24576 0 - Live 0x0000000000000000\nvsock 57344 1 vhost_vsock, Live 0x0000000000000000\n",

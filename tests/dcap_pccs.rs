@@ -1,5 +1,5 @@
 //! The PCCS probe against local servers that behave as a real PCCS was observed to
-//! (facts/pccs-observed.md): TLS with a self-signed CA, plain TCP that closes, a server
+//! (docs/facts/dcap.md#pccs-observed): TLS with a self-signed CA, plain TCP that closes, a server
 //! that hangs, a plain-HTTP server, nothing listening.
 
 mod dcap_support;

@@ -9,6 +9,7 @@ use std::process::Command;
 
 use cchost::config::Config;
 use cchost::labels::cluster::RBAC_NEEDED;
+use cchost::observe::events::RBAC_NEEDED as EVENTS_RBAC_NEEDED;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -54,16 +55,18 @@ fn rbac_grants_every_verb_the_labeler_uses_and_no_more() {
     }
     let mut needed: Vec<(String, String, String)> = RBAC_NEEDED
         .iter()
+        .chain(EVENTS_RBAC_NEEDED)
         .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
         .collect();
     granted.sort();
     needed.sort();
     assert_eq!(granted, needed);
-    // NodeFeatures are namespaced: granted by a Role in cchost's namespace, bound to the
-    // DaemonSet's service account.
-    let role = of_kind(&docs, "Role")[0];
+    // NodeFeatures and Events are namespaced: granted by Roles in cchost's namespace
+    // (where the Events go: POD_NAMESPACE), bound to the DaemonSet's service account.
     let ds = of_kind(&docs, "DaemonSet")[0];
-    assert_eq!(role["metadata"]["namespace"], ds["metadata"]["namespace"]);
+    for role in of_kind(&docs, "Role") {
+        assert_eq!(role["metadata"]["namespace"], ds["metadata"]["namespace"]);
+    }
     for binding in of_kind(&docs, "RoleBinding")
         .into_iter()
         .chain(of_kind(&docs, "ClusterRoleBinding"))
@@ -128,6 +131,37 @@ fn the_pod_sees_the_host_as_cchost_needs() {
 }
 
 #[test]
+fn probes_ask_the_health_endpoint_the_config_opens() {
+    let docs = manifests();
+    let cm = of_kind(&docs, "ConfigMap")[0];
+    let cfg = Config::from_toml(
+        cm["data"]["config.toml"].as_str().unwrap(),
+        Path::new("config.toml"),
+    )
+    .unwrap();
+    let ds = of_kind(&docs, "DaemonSet")[0];
+    let c = &ds["spec"]["template"]["spec"]["containers"][0];
+    let port_of = |name: &str| {
+        c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("container port {name}"))["containerPort"]
+            .as_u64()
+            .unwrap()
+    };
+    let health: std::net::SocketAddr = cfg.observe.health_listen.parse().unwrap();
+    let metrics: std::net::SocketAddr = cfg.observe.metrics_listen.parse().unwrap();
+    assert_eq!(port_of("health"), u64::from(health.port()));
+    assert_eq!(port_of("metrics"), u64::from(metrics.port()));
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(c[probe]["httpGet"]["path"], path, "{probe}");
+        assert_eq!(c[probe]["httpGet"]["port"], "health", "{probe}");
+    }
+}
+
+#[test]
 fn the_configmap_is_a_valid_config_and_the_arguments_parse() {
     let docs = manifests();
     let cm = of_kind(&docs, "ConfigMap")[0];
@@ -179,6 +213,9 @@ fn systemd_parses_the_unit_without_a_warning() {
         text.contains("\nEnvironment=CCHOST_LOG="),
         "the log filter cchost reads"
     );
+    // cchost speaks sd_notify (READY=1, WATCHDOG=1): tests/daemon_health.rs.
+    assert!(text.contains("\nType=notify\n"), "{text}");
+    assert!(text.contains("\nWatchdogSec="), "{text}");
     // systemd-analyze checks that ExecStart's binary exists: point it at this build.
     let dir = tempfile::tempdir().unwrap();
     let unit = dir.path().join("cchost.service");

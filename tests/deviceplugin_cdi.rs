@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use cchost::cdi;
 use cchost::config::{Config, DevicePluginConfig};
-use cchost::deviceplugin::devices::{self, Health, VfioMode};
+use cchost::inventory::passthrough::{self, Health, VfioMode};
 use dp_support::{FakeHost, Func, hgx_like};
 use serde_json::Value;
 
@@ -76,7 +76,7 @@ fn read_spec(h: &FakeHost, name: &str) -> Value {
 fn legacy_host_gets_group_nodes_named_by_group_number() {
     let (h, _) = hgx_like();
     let cfg = DevicePluginConfig::default();
-    let scan = devices::discover(&h.host, &Config::default().matching, &cfg).unwrap();
+    let scan = passthrough::discover(&h.host, &Config::default().matching, &cfg).unwrap();
     assert_eq!(scan.mode, VfioMode::Legacy);
     let report = cdi::sync(&h.host, &cfg.cdi_dir, &scan).unwrap();
     assert_eq!(report.written.len(), 2, "{report:?}");
@@ -120,7 +120,7 @@ fn iommufd_host_gets_cdev_nodes_named_by_vfio_number() {
     f.vfio_dev = Some(2);
     h.add(&f);
     let cfg = DevicePluginConfig::default();
-    let scan = devices::discover(&h.host, &Config::default().matching, &cfg).unwrap();
+    let scan = passthrough::discover(&h.host, &Config::default().matching, &cfg).unwrap();
     assert_eq!(scan.mode, VfioMode::Iommufd);
     cdi::sync(&h.host, &cfg.cdi_dir, &scan).unwrap();
     let spec = read_spec(&h, "cchost-nvidia.com-pgpu.json");
@@ -141,14 +141,14 @@ fn devices_that_leave_are_removed_and_empty_kinds_lose_their_file() {
     cdi::sync(
         &h.host,
         &cfg.cdi_dir,
-        &devices::discover(&h.host, &m, &cfg).unwrap(),
+        &passthrough::discover(&h.host, &m, &cfg).unwrap(),
     )
     .unwrap();
     // A stranger's spec in the same directory is never touched.
     h.write("/var/run/cdi/nvidia.yaml", "cdiVersion: 0.5.0\n");
     h.set_driver(&funcs[1], Some("nvidia"));
     h.set_driver(&funcs[4], None);
-    let scan = devices::discover(&h.host, &m, &cfg).unwrap();
+    let scan = passthrough::discover(&h.host, &m, &cfg).unwrap();
     let report = cdi::sync(&h.host, &cfg.cdi_dir, &scan).unwrap();
     assert_eq!(report.removed.len(), 1, "{report:?}");
     assert!(
@@ -182,7 +182,7 @@ fn per_model_resource_names() {
         gpu_resource: String::new(),
         ..Default::default()
     };
-    let scan = devices::discover(&h.host, &Config::default().matching, &cfg).unwrap();
+    let scan = passthrough::discover(&h.host, &Config::default().matching, &cfg).unwrap();
     cdi::sync(&h.host, &cfg.cdi_dir, &scan).unwrap();
     let spec = read_spec(&h, "cchost-nvidia.com-GH100_H100_SXM5_80GB.json");
     assert_valid(&validator(), &spec);
@@ -190,6 +190,22 @@ fn per_model_resource_names() {
     assert_eq!(
         scan.resources(),
         ["nvidia.com/GH100_H100_SXM5_80GB", "nvidia.com/nvswitch"]
+    );
+    // `nvswitch_resource = ""` too: per-model NVSwitch names (NVSWITCH_ALIAS="").
+    let cfg = DevicePluginConfig {
+        gpu_resource: String::new(),
+        nvswitch_resource: String::new(),
+        ..Default::default()
+    };
+    let scan = passthrough::discover(&h.host, &Config::default().matching, &cfg).unwrap();
+    let mut resources = scan.resources();
+    resources.sort();
+    assert_eq!(
+        resources,
+        [
+            "nvidia.com/GH100_H100_NVSWITCH",
+            "nvidia.com/GH100_H100_SXM5_80GB"
+        ]
     );
 }
 
@@ -202,7 +218,7 @@ fn a_malformed_device_is_skipped_and_reported_without_blocking_the_others() {
         "banana\n",
     );
     let cfg = DevicePluginConfig::default();
-    let scan = devices::discover(&h.host, &Config::default().matching, &cfg).unwrap();
+    let scan = passthrough::discover(&h.host, &Config::default().matching, &cfg).unwrap();
     let ids: Vec<&str> = scan.devices.iter().map(|d| d.id.as_str()).collect();
     // Sorted by resource (nvswitch before pgpu), then by number.
     assert_eq!(ids, ["60", "12", "13", "40"]);
@@ -230,7 +246,7 @@ fn health_reflects_the_vfio_node_and_group_viability() {
     audio.class = 0x040300;
     audio.driver = Some("snd_hda_intel");
     h.add(&audio);
-    let scan = devices::discover(&h.host, &m, &cfg).unwrap();
+    let scan = passthrough::discover(&h.host, &m, &cfg).unwrap();
     let health = |id: &str| {
         scan.devices
             .iter()
@@ -276,6 +292,57 @@ fn cli_generate_writes_and_prints() {
     assert!(h.host.exists("/var/run/cdi/cchost-nvidia.com-pgpu.json"));
 }
 
+/// Issue 13 item 5: a PCI bus that cannot be listed is not "every device gone":
+/// `cdi generate` fails (exit 2, saying why) and the specs written before stay.
+#[test]
+fn cli_generate_fails_and_keeps_the_specs_when_the_bus_cannot_be_read() {
+    let (h, _) = hgx_like();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
+            .args(["--host-root"])
+            .arg(h.dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["cdi", "generate"]).status.success());
+    let spec = "/var/run/cdi/cchost-nvidia.com-pgpu.json";
+    let before = std::fs::read(h.local(spec)).unwrap();
+    // The bus directory turns unreadable (a symlink loop stands in for an I/O error).
+    let bus = h.local("/sys/bus/pci/devices");
+    std::fs::rename(&bus, bus.with_file_name("devices.away")).unwrap();
+    std::os::unix::fs::symlink("devices", &bus).unwrap();
+    for args in [&["cdi", "generate"][..], &["cdi", "generate", "--stdout"]] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("cannot list the PCI bus"), "{err}");
+    }
+    assert_eq!(std::fs::read(h.local(spec)).unwrap(), before);
+}
+
+/// `cdi generate --stdout` prints one JSON document (an array of specs) even when
+/// there are several kinds.
+#[test]
+fn cli_generate_stdout_is_one_json_document() {
+    let (h, _) = hgx_like();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
+        .args(["--host-root"])
+        .arg(h.dir.path())
+        .args(["cdi", "generate", "--stdout"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let specs = v.as_array().expect("an array of specs");
+    assert!(specs.len() >= 2, "{v}");
+    let v = validator();
+    for s in specs {
+        assert!(v.is_valid(s), "{s}");
+    }
+}
+
 /// The shared fixture host with four H100s on vfio-pci (tests/host/gpus-on-vfio): it
 /// has both group nodes and iommufd cdevs, so `auto` picks iommufd, and `legacy` the
 /// groups; both specs validate.
@@ -301,7 +368,7 @@ fn shared_fixture_gpus_on_vfio_in_both_modes() {
             vfio_mode: mode,
             ..Default::default()
         };
-        let scan = devices::discover(&host, &m, &cfg).unwrap();
+        let scan = passthrough::discover(&host, &m, &cfg).unwrap();
         let ids: Vec<&str> = scan.devices.iter().map(|d| d.id.as_str()).collect();
         assert_eq!(ids, want_ids, "{mode:?}: {scan:#?}");
         assert!(
@@ -317,4 +384,54 @@ fn shared_fixture_gpus_on_vfio_in_both_modes() {
             want_first
         );
     }
+}
+
+/// A leftover spec of NVIDIA's sandbox device plugin (`nvidia.com-pgpu.yaml`, kind
+/// `nvidia.com/pgpu`) makes every `nvidia.com/pgpu` device unresolvable: `check` fails
+/// and names the file; the toolkit's `nvidia.yaml` (kind `nvidia.com/gpu`) is fine.
+#[test]
+fn a_foreign_spec_with_cchost_s_kind_fails_check_and_names_the_file() {
+    use cchost::check::{Profile, Report, Status};
+    use cchost::inventory::Inventory;
+    let (h, _) = hgx_like();
+    let cfg = Config::default();
+    let report = |h: &FakeHost| {
+        let inv = Inventory::collect(&h.host, &cfg);
+        Report::new_on(&inv, &cfg, Profile::Auto, Some(&h.host))
+    };
+    let r = report(&h);
+    let c = r.find("cdi.conflicts").expect("the check");
+    assert_eq!(c.outcome.status, Status::Pass, "{:?}", c.outcome);
+
+    h.write(
+        "/etc/cdi/nvidia.com-pgpu.yaml",
+        "cdiVersion: 0.5.0\nkind: nvidia.com/pgpu\ndevices:\n- name: \"12\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/12\n",
+    );
+    let r = report(&h);
+    let c = r.find("cdi.conflicts").expect("the check");
+    assert_eq!(c.outcome.status, Status::Fail, "{:?}", c.outcome);
+    assert!(
+        c.outcome.message.contains("/etc/cdi/nvidia.com-pgpu.yaml")
+            && c.outcome.message.contains("nvidia.com/pgpu"),
+        "{:?}",
+        c.outcome
+    );
+    assert!(
+        c.outcome
+            .remedy
+            .as_deref()
+            .unwrap()
+            .contains("remove /etc/cdi/nvidia.com-pgpu.yaml"),
+        "{:?}",
+        c.outcome
+    );
+    assert!(!r.ready);
+
+    // The device names that clash are named too (the daemon's message).
+    let scan = passthrough::discover(&h.host, &cfg.matching, &cfg.device_plugin).unwrap();
+    let kinds = scan.resources().into_iter().collect();
+    let ids = scan.devices.iter().map(|d| d.id.clone()).collect();
+    let found = cdi::foreign::conflicts(&h.host, "/var/run/cdi", &kinds, &ids);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].devices, ["12"]);
 }

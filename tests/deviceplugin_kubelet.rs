@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use cchost::config::{Config, DevicePluginConfig};
 use cchost::deviceplugin::PluginManager;
 use cchost::deviceplugin::api;
-use cchost::deviceplugin::devices;
+use cchost::inventory::passthrough;
 use dp_support::{DP_DIR, FakeHost, FakeKubelet, Func, connect_plugin, hgx_like};
 use tokio::sync::watch;
 use tonic::Code;
@@ -36,7 +36,8 @@ impl Rig {
 
     /// What the daemon does on a change: scan, feed the plugins.
     fn rescan(&mut self) {
-        let scan = devices::discover(&self.h.host, &Config::default().matching, &self.cfg).unwrap();
+        let scan =
+            passthrough::discover(&self.h.host, &Config::default().matching, &self.cfg).unwrap();
         self.mgr.update(&scan);
     }
 }

@@ -9,8 +9,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use cchost::config::Config;
-use cchost::deviceplugin::devices;
 use cchost::host::HostRoot;
+use cchost::inventory::passthrough;
 use serde_json::Value;
 
 const BAD_GPU: &str = "0000:19:00.0";
@@ -60,7 +60,7 @@ fn the_scan_skips_exactly_the_malformed_gpu_and_names_its_file() {
     let dir = tempfile::tempdir().unwrap();
     let h = host(dir.path(), true);
     let cfg = Config::default();
-    let scan = devices::discover(&h, &cfg.matching, &cfg.device_plugin).unwrap();
+    let scan = passthrough::discover(&h, &cfg.matching, &cfg.device_plugin).unwrap();
     assert_eq!(scan.devices.len(), 3, "{:?}", scan.devices);
     for d in &scan.devices {
         assert!(d.functions.iter().all(|f| f.to_string() != BAD_GPU));

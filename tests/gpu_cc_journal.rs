@@ -31,7 +31,7 @@ use sim_opener::{SimOpener, fast};
 const GPU0: &str = "0000:3b:00.0";
 const GPU1: &str = "0000:5d:00.0";
 const SW0: &str = "0000:8a:00.0";
-/// Knob IDs (facts §2.2): CCM (CC on), PPCIe.
+/// Knob IDs (docs/facts/gpu.md#cc-registers): CCM (CC on), PPCIe.
 const CCM: u16 = 8;
 const PPCIE: u16 = 45;
 

@@ -10,7 +10,7 @@ use cchost::host::HostRoot;
 use cchost::host::exec::ToolOutput;
 use cchost::hostcfg::boot::{self, BootStep, HostTools, Mechanism};
 use cchost::hostcfg::profile::{ArgProfile, Platform};
-use cchost::plan::facts::CpuVendor;
+use cchost::inventory::facts::CpuVendor;
 
 #[derive(Default)]
 struct Tools {
@@ -134,6 +134,48 @@ fn debian_grub_defaults_then_update_grub() {
     }
     assert_eq!(read(&dir, "/etc/default/grub"), DEBIAN_GRUB);
     assert_eq!(tools.calls.borrow().len(), 2);
+}
+
+/// Issue 13 item 6: undo takes back only cchost's change; an operator's later edit of
+/// the same line makes it refuse (naming the file), an edit elsewhere is kept.
+#[test]
+fn undo_never_overwrites_a_later_operator_edit_of_the_boot_config() {
+    let (dir, host) = tree(&[
+        ("/etc/default/grub", DEBIAN_GRUB),
+        ("/boot/grub/grub.cfg", ""),
+    ]);
+    let tools = Tools {
+        present: vec!["update-grub"],
+        ..Default::default()
+    };
+    let cfg = boot::read(&host, &tools, MechanismChoice::Auto)
+        .unwrap()
+        .unwrap();
+    let steps = cfg.change(&tdx_edit()).unwrap();
+    for s in &steps {
+        boot::run_step(&host, &tools, s).unwrap();
+    }
+    let ours = read(&dir, "/etc/default/grub");
+    // The operator adds an argument to the very line cchost changed.
+    let theirs = ours.replace("intel_iommu=on", "intel_iommu=on mitigations=auto");
+    std::fs::write(dir.path().join("etc/default/grub"), &theirs).unwrap();
+    let e = boot::undo_step(&host, &tools, &steps[0])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("/etc/default/grub") && e.contains("edited"),
+        "{e}"
+    );
+    assert_eq!(read(&dir, "/etc/default/grub"), theirs);
+    // An edit on another line is kept; cchost's line gets its old text back.
+    let elsewhere = ours.replace("GRUB_TIMEOUT=5", "GRUB_TIMEOUT=10");
+    assert_ne!(elsewhere, ours, "the fixture has GRUB_TIMEOUT=5");
+    std::fs::write(dir.path().join("etc/default/grub"), &elsewhere).unwrap();
+    boot::undo_step(&host, &tools, &steps[0]).unwrap();
+    assert_eq!(
+        read(&dir, "/etc/default/grub"),
+        DEBIAN_GRUB.replace("GRUB_TIMEOUT=5", "GRUB_TIMEOUT=10")
+    );
 }
 
 #[test]

@@ -151,3 +151,18 @@ fn gpus_on_vfio() {
     let r = Report::new(&i, &Config::default(), Profile::Auto);
     assert_eq!(status(&r, "gpu.vfio_bound"), Status::Pass);
 }
+
+#[test]
+fn tdx_module_version_is_reported_when_the_kernel_shows_it() {
+    let i = inv("tdx-8xh100-4nvswitch");
+    assert_eq!(
+        i.tdx.module_version.as_deref(),
+        Some("1.5 build 698 (20240129)")
+    );
+    let r = Report::new(&i, &Config::default(), Profile::Auto);
+    let m = &r.find("tdx.module").expect("tdx.module").outcome;
+    assert_eq!(m.status, Status::Pass);
+    assert!(m.message.contains("version 1.5 build 698"), "{}", m.message);
+    // A log without the line: no version claimed.
+    assert_eq!(inv("gpus-on-vfio").tdx.module_version, None);
+}

@@ -11,10 +11,10 @@ use cchost::config::Config;
 use cchost::gpu::cc::regs;
 use cchost::host::HostRoot;
 use cchost::inventory::Inventory;
+use cchost::inventory::NodeFacts;
 use cchost::labels::cc_mode::{CcModeCache, live_query};
 use cchost::labels::compute::{NV_CC_CAPABLE, NV_CC_MODE_STATE, NV_CC_READY_STATE};
 use cchost::labels::{NodeLabels, compute};
-use cchost::plan::NodeFacts;
 
 const GH100_BOOT_0: u32 = 0x1800_00a1;
 

@@ -9,11 +9,12 @@ use cchost::config::Config;
 use cchost::host::HostRoot;
 use cchost::hostcfg::profile::Platform;
 use cchost::inventory::Inventory;
+use cchost::inventory::NodeFacts;
 use cchost::labels::compute::{
     SNP_ESIDS_RESOURCE, SNP_LABEL, TDX_KEYS_RESOURCE, TDX_LABEL, valid_label_key, valid_label_value,
 };
 use cchost::labels::{NodeLabels, compute};
-use cchost::plan::{NodeFacts, build, gather};
+use cchost::plan::{build, gather};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -8,7 +8,7 @@ use cchost::host::HostRoot;
 use cchost::host::exec::ToolOutput;
 use cchost::hostcfg::boot::HostTools;
 use cchost::hostcfg::profile::Platform;
-use cchost::plan::facts::*;
+use cchost::inventory::facts::*;
 use cchost::plan::{Action, build, gather, render};
 
 #[derive(Default)]

@@ -46,7 +46,7 @@ fn run_switches_idle_vfio_gpus_and_leaves_the_rest() {
     let config = Config::default();
 
     let mut journal = Journal::open(&host).unwrap();
-    let done = set_mode(&mut journal, &config, TargetMode::On, &opener);
+    let done = set_mode(&host, &mut journal, &config, TargetMode::On, &opener);
     let statuses: Vec<(String, Status)> = done
         .outcomes
         .iter()
@@ -77,7 +77,7 @@ fn run_switches_idle_vfio_gpus_and_leaves_the_rest() {
     assert_eq!(entries(&journal), 2, "one journal entry per switched GPU");
 
     // The next start finds them in the mode: nothing is switched, nothing journaled.
-    let again = set_mode(&mut journal, &config, TargetMode::On, &opener);
+    let again = set_mode(&host, &mut journal, &config, TargetMode::On, &opener);
     assert!(
         again.outcomes.iter().all(|o| o.status == Status::Unchanged),
         "{:?}",

@@ -10,6 +10,9 @@ use cchost::journal::{FILE_KIND, FileChange, FileRestore, Journal};
 #[test]
 fn run_rolls_back_an_interrupted_file_write_at_start() {
     let dir = tempfile::tempdir().unwrap();
+    for d in ["sys/module", "proc/sys", "dev/cpu"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
     let host = HostRoot::new(dir.path()).unwrap();
     let path = "/etc/modules-load.d/cchost.conf";
     host.write_atomic(path, b"old\n", 0o644).unwrap();

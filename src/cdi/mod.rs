@@ -1,5 +1,5 @@
-//! The host CDI spec for passthrough GPUs and NVSwitches (facts k8s-cdi-rust.md §2,
-//! gpu.md §3.2–3.3).
+//! The host CDI spec for passthrough GPUs and NVSwitches (docs/facts/k8s.md#cdi-spec,
+//! docs/facts/gpu.md#sandbox-device-plugin, #kata-cdi-contract).
 //!
 //! One spec file per kind (`nvidia.com/pgpu`, `nvidia.com/nvswitch`, or one per model),
 //! named `cchost-<vendor>-<class>.json` so it never clashes with the NVIDIA container
@@ -7,6 +7,7 @@
 //! are the device-plugin IDs. Files are replaced atomically (dot-temp + rename; CDI
 //! loads only `*.json`/`*.yaml`), and a kind with no devices left has its file removed.
 
+pub mod foreign;
 mod spec;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,8 +18,8 @@ pub use spec::{
     validate_kind, validate_vendor,
 };
 
-use crate::deviceplugin::devices::Discovery;
 use crate::host::{HostError, HostRoot};
+use crate::inventory::passthrough::Discovery;
 
 /// Prefix of every spec file cchost owns in the CDI directory.
 pub const FILE_PREFIX: &str = "cchost-";

@@ -26,10 +26,25 @@ fn cpu(ctx: &Ctx) -> CheckOutcome {
                 ""
             }
         )),
-        None => CheckOutcome::fail(
-            "/proc/cpuinfo could not be read",
-            "run cchost with /proc mounted (in a container: mount the host's /proc under --host-root)",
-        ),
+        None => {
+            // Missing is a mount problem; anything else (permission, a FIFO, garbage)
+            // is about the file itself, and mounting /proc would not help.
+            let why = ctx
+                .inv
+                .problems
+                .iter()
+                .find(|p| p.path == std::path::Path::new("/proc/cpuinfo"));
+            match why {
+                Some(p) if !p.message.contains("No such file") => CheckOutcome::fail(
+                    format!("/proc/cpuinfo could not be read: {}", p.message),
+                    "run cchost as root, with the host's own /proc (not a copy or a stand-in)",
+                ),
+                _ => CheckOutcome::fail(
+                    "/proc/cpuinfo could not be read",
+                    "run cchost with /proc mounted (in a container: mount the host's /proc under --host-root)",
+                ),
+            }
+        }
     }
 }
 
@@ -82,7 +97,11 @@ pub fn iommu() -> Check {
         "IOMMU enabled in the kernel",
         iommu_enabled,
     )
-    .with([Check::new("iommu.mode", "IOMMU translates DMA", iommu_mode)])])
+    .with([Check::new(
+        "iommu.mode",
+        "IOMMU DMA mode fits the profile",
+        iommu_mode,
+    )])])
 }
 
 pub fn iommu_cmdline() -> Check {
@@ -178,7 +197,7 @@ fn iommu_cmdline_check(ctx: &Ctx) -> CheckOutcome {
     if let Some(w) = i.cmdline_warnings.first() {
         return CheckOutcome::warn(
             w.clone(),
-            "remove amd_iommu=on from the kernel command line",
+            "remove amd_iommu=on from the kernel command line (cchost apply does)",
         );
     }
     if i.cmdline_args.is_empty() {

@@ -3,7 +3,7 @@
 //! /proc/cmdline: a check that turns green after `cchost apply` and a reboot.
 
 use crate::hostcfg::profile::{ArgProfile, Platform};
-use crate::plan::NodeFacts;
+use crate::inventory::NodeFacts;
 use crate::plan::build::choose;
 
 use super::{Check, CheckOutcome, Ctx};

@@ -9,6 +9,7 @@
 //! of checks ([`build_checks`]). To add a subtree (DCAP probes, vfio readiness), write
 //! a function returning a [`Check`] in its own file and push it in [`build_checks`].
 
+mod dcap;
 mod gpu;
 mod host;
 mod kernel_args;
@@ -115,9 +116,16 @@ pub struct Ctx<'a> {
     pub config: &'a Config,
     /// The profile asked for, resolved (`None`: no TEE this CPU supports).
     pub profile: Option<Profile>,
-    /// The host, for subtrees that must probe live (a socket, an ioctl). Checks built
-    /// from the inventory alone leave it alone.
-    pub host: Option<&'a HostRoot>,
+    /// The DCAP chain, probed live before evaluation ([`dcap::probe`]); `None` when it
+    /// was not probed (not a TDX host, `dcap.enable = off`, or no host to probe).
+    pub dcap: Option<&'a crate::dcap::status::Report>,
+    /// What `cchost gpu bind --all` would do on this host, planned before evaluation so
+    /// the passthrough check offers that command only when it would not refuse; `None`
+    /// when there is no host to plan on.
+    pub bind_all: Option<&'a Result<crate::plan::vfio::Plan, crate::plan::vfio::PlanError>>,
+    /// Other CDI specs on the host that define cchost's kinds ([`crate::cdi::foreign`]),
+    /// read before evaluation; `None` when there is no host to read.
+    pub cdi_conflicts: Option<&'a [crate::cdi::foreign::Conflict]>,
 }
 
 pub type CheckFn = Box<dyn Fn(&Ctx) -> CheckOutcome>;
@@ -173,7 +181,8 @@ pub fn build_checks(ctx: &Ctx) -> Vec<Check> {
     v.push(host::vsock());
     v.push(gpu::gpus());
     v.push(passthrough::passthrough());
-    v.push(crate::dcap::check::dcap_check());
+    v.push(passthrough::cdi_conflicts());
+    v.push(dcap::dcap_check());
     v.push(host::inventory_health());
     v
 }
@@ -211,18 +220,31 @@ pub fn build_tree(inv: &Inventory, config: &Config, profile: Profile) -> Vec<Nod
     build_tree_on(inv, config, profile, None)
 }
 
-/// Like [`build_tree`], with the host for subtrees that probe it live (DCAP).
+/// Like [`build_tree`], with the host for the subtrees that need live probes (DCAP):
+/// they are gathered first ([`dcap::probe`]), then the tree is evaluated from them.
 pub fn build_tree_on(
     inv: &Inventory,
     config: &Config,
     profile: Profile,
     host: Option<&HostRoot>,
 ) -> Vec<Node> {
+    let resolved = profile.resolve(inv);
+    let probed = host.and_then(|h| dcap::probe(h, inv, config, resolved));
+    let bind_all = host.map(|h| {
+        crate::plan::vfio::plan_bind(h, config, &inv.gpus, &crate::plan::vfio::Selection::All)
+    });
+    let cdi_conflicts = host.map(|h| {
+        let cfg = &config.device_plugin;
+        let kinds = crate::cdi::foreign::planned_kinds(cfg, &inv.gpus);
+        crate::cdi::foreign::conflicts(h, &cfg.cdi_dir, &kinds, &Default::default())
+    });
     let ctx = Ctx {
         inv,
         config,
-        profile: profile.resolve(inv),
-        host,
+        profile: resolved,
+        dcap: probed.as_ref(),
+        bind_all: bind_all.as_ref(),
+        cdi_conflicts: cdi_conflicts.as_deref(),
     };
     evaluate(&build_checks(&ctx), &ctx)
 }

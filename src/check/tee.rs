@@ -26,6 +26,15 @@ fn no_tee(ctx: &Ctx) -> CheckOutcome {
             "the CPU could not be identified (/proc/cpuinfo unreadable)",
             "make /proc/cpuinfo readable, or pick one with --profile tdx|snp",
         ),
+        Some(c) if c.vendor == CpuVendor::Arm && ctx.inv.cca.verdict.state == State::No => {
+            let v = &ctx.inv.cca.verdict;
+            CheckOutcome::fail(
+                v.reason
+                    .clone()
+                    .unwrap_or_else(|| "no CPU TEE on this platform".into()),
+                v.remedy.clone().unwrap_or_default(),
+            )
+        }
         Some(c) if c.vendor == CpuVendor::Arm => {
             let v = &ctx.inv.cca.verdict;
             CheckOutcome::warn(
@@ -138,7 +147,10 @@ fn tdx_nohibernate(ctx: &Ctx) -> CheckOutcome {
 
 fn tdx_module(ctx: &Ctx) -> CheckOutcome {
     let t = &ctx.inv.tdx;
-    let line = t.module_log.clone().unwrap_or_default();
+    let mut line = t.module_log.clone().unwrap_or_default();
+    if let Some(v) = &t.module_version {
+        line = format!("version {v}; {line}");
+    }
     match t.module {
         TdxModuleState::Initialized => CheckOutcome::pass(line),
         TdxModuleState::Failed => CheckOutcome::fail(line, REMEDY_MODULE_FAILED),

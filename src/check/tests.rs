@@ -174,7 +174,9 @@ fn a_subtree_can_be_added_from_outside() {
         inv: &inv,
         config: &cfg,
         profile: Some(Profile::Snp),
-        host: Some(&t.host),
+        dcap: None,
+        bind_all: None,
+        cdi_conflicts: None,
     };
     let mut checks = build_checks(&ctx);
     checks.push(
@@ -262,4 +264,34 @@ fn tdx_host_ready_and_not() {
         flat.contains("- add nohibernate to the kernel command line and reboot (tdx.nohibernate, tdx.module, tdx.kvm)"),
         "{text}"
     );
+}
+
+#[test]
+fn grace_has_no_cpu_tee_and_is_not_ready() {
+    // NVIDIA Grace: Neoverse V2 cores (implementer 0x41, part 0xd4f), Armv9.0, no RME.
+    let t = Tree::new();
+    t.file(
+        "/proc/cpuinfo",
+        "processor : 0\nBogoMIPS : 2000.00\nFeatures : fp asimd evtstrm sve2\nCPU implementer : 0x41\nCPU architecture: 8\nCPU variant : 0x0\nCPU part : 0xd4f\nCPU revision : 0\n",
+    )
+    .file("/proc/cmdline", "quiet\n")
+    .file("/proc/sys/kernel/osrelease", "6.8.0\n");
+    let r = report(&t, Profile::Auto);
+    assert!(!r.ready, "{}", render::text(&r));
+    let tee = r.find("tee").expect("tee check");
+    assert_eq!(tee.outcome.status, Status::Fail, "{}", render::text(&r));
+    assert!(
+        tee.outcome.message.contains("no CPU TEE on this platform")
+            && tee.outcome.message.contains("Neoverse V2"),
+        "{}",
+        tee.outcome.message
+    );
+    // An Arm part not on the list stays "unknown" (a warning), never claimed either way.
+    let t = Tree::new();
+    t.file(
+        "/proc/cpuinfo",
+        "processor : 0\nFeatures : fp asimd\nCPU implementer : 0x41\nCPU part : 0xd84\n",
+    );
+    let r = report(&t, Profile::Auto);
+    assert_eq!(status(&r, "tee"), Status::Warn);
 }

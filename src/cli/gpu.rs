@@ -5,16 +5,18 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use serde::Serialize;
 
+use cchost::apply;
 use cchost::gpu::cc::device::Timing;
 use cchost::gpu::cc::journaled::CcRestorer;
 use cchost::gpu::cc::live::MmioOpener;
 use cchost::gpu::vfio::{self, Step, VfioRestorer};
-use cchost::gpu::vfio_plan::{self, PlanError, Selection};
 use cchost::host::pci::PciAddress;
 use cchost::inventory::discover_gpus;
 use cchost::journal::{self, Journal, Restorer};
+use cchost::plan::vfio::{PlanError, Selection, plan_bind, plan_unbind};
 
 use super::Global;
+use super::output::outln;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -138,7 +140,7 @@ fn warn_pending(entries: &[journal::Entry]) {
 }
 
 fn print_json(v: &impl Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
@@ -164,7 +166,7 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
         Some(open_journal(g)?)
     };
     let inv = discover_gpus(&g.host, &g.config.matching);
-    let plan = match vfio_plan::plan_bind(&g.host, &g.config, &inv, &a.selection()) {
+    let plan = match plan_bind(&g.host, &g.config, &inv, &a.selection()) {
         Ok(p) => p,
         Err(e) => return refused(e, a.json),
     };
@@ -188,12 +190,12 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
             } else {
                 format!("already on {}", it.current)
             };
-            println!("{} {what}", it.address);
+            outln!("{} {what}", it.address);
         }
         return Ok(ExitCode::SUCCESS);
     };
     let mut observe = step_observer()?;
-    let results = vfio_plan::apply_bind(journal, &g.config, &plan, &mut observe)?;
+    let results = apply::vfio::apply_bind(&g.host, journal, &g.config, &plan, &mut observe)?;
     let failed = results.iter().any(|r| r.outcome.is_err()) || results.len() < plan.items.len();
     if a.json {
         print_json(&results)?;
@@ -201,10 +203,10 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
         for r in &results {
             match &r.outcome {
                 Ok(vfio::BindOutcome::AlreadyBound { driver }) => {
-                    println!("{} already on {driver}", r.address)
+                    outln!("{} already on {driver}", r.address)
                 }
                 Ok(vfio::BindOutcome::Bound { from, driver }) => {
-                    println!("{} bound to {driver} (was {from})", r.address)
+                    outln!("{} bound to {driver} (was {from})", r.address)
                 }
                 Err(e) => eprintln!("{} FAILED: {e}", r.address),
             }
@@ -231,7 +233,7 @@ fn unbind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
         (Some(j), entries)
     };
     let inv = discover_gpus(&g.host, &g.config.matching);
-    let plan = match vfio_plan::plan_unbind(&g.host, &entries, &inv, &a.selection()) {
+    let plan = match plan_unbind(&g.host, &entries, &inv, &a.selection()) {
         Ok(p) => p,
         Err(e) => return refused(e, a.json),
     };
@@ -240,12 +242,12 @@ fn unbind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
             return print_json(&plan).map(|_| ExitCode::SUCCESS);
         }
         for it in &plan.items {
-            println!("{} would be released (now {})", it.address, it.current);
+            outln!("{} would be released (now {})", it.address, it.current);
         }
         return Ok(ExitCode::SUCCESS);
     };
     let mut observe = step_observer()?;
-    let results = vfio_plan::apply_unbind(journal, &plan, &mut observe);
+    let results = apply::vfio::apply_unbind(&g.host, journal, &plan, &mut observe);
     let failed = results.iter().any(|r| r.outcome.is_err());
     if a.json {
         print_json(&results)?;
@@ -253,13 +255,13 @@ fn unbind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
         for r in &results {
             match &r.outcome {
                 Ok(vfio::UnbindOutcome::NotBound { binding }) => {
-                    println!("{} not on vfio ({binding}); nothing to do", r.address)
+                    outln!("{} not on vfio ({binding}); nothing to do", r.address)
                 }
                 Ok(vfio::UnbindOutcome::Restored { to }) => {
-                    println!("{} restored to {to}", r.address)
+                    outln!("{} restored to {to}", r.address)
                 }
                 Ok(vfio::UnbindOutcome::Released { from }) => {
-                    println!("{} released from {from}; left without a driver", r.address)
+                    outln!("{} released from {from}; left without a driver", r.address)
                 }
                 Err(e) => eprintln!("{} FAILED: {e}", r.address),
             }
@@ -316,12 +318,17 @@ fn list(g: &Global, a: ListArgs) -> anyhow::Result<ExitCode> {
         print_json(&serde_json::json!({ "devices": rows, "problems": inv.problems }))?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<14} {:<9} {:<10} {:<14} {:<6} {:<22} MODEL",
-        "ADDRESS", "KIND", "ID", "DRIVER", "GROUP", "CCHOST"
+        "ADDRESS",
+        "KIND",
+        "ID",
+        "DRIVER",
+        "GROUP",
+        "CCHOST"
     );
     for r in &rows {
-        println!(
+        outln!(
             "{:<14} {:<9} {:<10} {:<14} {:<6} {:<22} {}",
             r.address.to_string(),
             format!("{:?}", r.kind).to_lowercase(),

@@ -3,8 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::gpu::cc::TargetMode;
-
 /// What `cchost run` does with the GPUs' CC mode when it starts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -17,39 +15,46 @@ pub enum ModeOnStart {
     Devtools,
 }
 
-impl ModeOnStart {
-    pub fn target(self) -> Option<TargetMode> {
-        match self {
-            ModeOnStart::Keep => None,
-            ModeOnStart::On => Some(TargetMode::On),
-            ModeOnStart::Off => Some(TargetMode::Off),
-            ModeOnStart::Devtools => Some(TargetMode::Devtools),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CcConfig {
     /// `cchost run` switches every CC-capable GPU that is driverless or on vfio-pci and
     /// unused to this mode at start (journaled, as `cchost gpu cc set`).
     pub mode_on_start: ModeOnStart,
+    /// `cchost run` watches its own Node's `nvidia.com/cc.mode` label and switches the
+    /// GPUs to it, as NVIDIA's cc-manager does (needs the `node` labels backend).
+    pub follow_label: bool,
+    /// The mode `follow_label` applies while the Node has no `nvidia.com/cc.mode` label.
+    pub default_mode: DefaultMode,
+}
+
+/// The mode applied without a `nvidia.com/cc.mode` label (cc-manager's
+/// `DEFAULT_CC_MODE`; `keep` leaves the GPUs as they are).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultMode {
+    #[default]
+    Keep,
+    On,
+    Off,
+    Devtools,
+    Ppcie,
 }
 
 #[cfg(test)]
 mod tests {
+    use super::ModeOnStart;
     use crate::config::Config;
-    use crate::gpu::cc::TargetMode;
     use std::path::Path;
 
     #[test]
     fn keep_by_default_and_modes_parse() {
         let c = Config::from_toml("", Path::new("c.toml")).unwrap().cc;
-        assert_eq!(c.mode_on_start.target(), None);
+        assert_eq!(c.mode_on_start, ModeOnStart::Keep);
         let c = Config::from_toml("[cc]\nmode_on_start = \"on\"\n", Path::new("c.toml"))
             .unwrap()
             .cc;
-        assert_eq!(c.mode_on_start.target(), Some(TargetMode::On));
+        assert_eq!(c.mode_on_start, ModeOnStart::On);
         let e = Config::from_toml("[cc]\nmode_on_start = \"ppcie\"\n", Path::new("c.toml"))
             .unwrap_err()
             .to_string();

@@ -82,25 +82,29 @@ impl Default for KernelConfig {
 impl KernelConfig {
     pub fn validate(&self) -> Result<(), String> {
         for a in self.extra_args.iter().chain(&self.remove_args) {
+            // Arguments are written into shell files (/etc/default/grub) and kernel
+            // command lines: nothing the shell expands or that ends a quoted word
+            // (`$`, backquote, `\`, quotes), no blanks (issue 14.2).
             if a.is_empty()
-                || a.chars()
-                    .any(|c| c.is_whitespace() || c == '"' || c.is_control())
+                || a.chars().any(|c| {
+                    c.is_whitespace()
+                        || c.is_control()
+                        || matches!(c, '"' | '\'' | '$' | '`' | '\\')
+                })
             {
                 return Err(format!(
-                    "kernel: {a:?} is not a single kernel argument (no spaces or quotes)"
+                    "kernel: {a:?} is not a single kernel argument (no blanks, quotes, $, ` or \\)"
                 ));
             }
         }
-        let f = &self.modules_load_file;
-        if !f.is_absolute()
-            || !f.starts_with("/etc/modules-load.d")
-            || f.extension().is_none_or(|e| e != "conf")
-        {
-            return Err(format!(
-                "kernel.modules_load_file {} must be /etc/modules-load.d/<name>.conf",
-                f.display()
-            ));
-        }
+        // systemd-modules-load reads *.conf directly in modules-load.d
+        // (modules-load.d(5)); a path is checked in normal form, so `..` cannot leave it.
+        super::paths::file_in(
+            "kernel.modules_load_file",
+            &self.modules_load_file,
+            "/etc/modules-load.d",
+            Some(".conf"),
+        )?;
         Ok(())
     }
 }
@@ -121,11 +125,24 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.validate().unwrap_err().contains("a b"));
+        for shell in ["\\", "x=$(id -u)", "$GRUB_CMDLINE_LINUX=x", "a'b", "`id`"] {
+            let bad = KernelConfig {
+                extra_args: vec![shell.into()],
+                ..Default::default()
+            };
+            assert!(bad.validate().is_err(), "{shell}");
+        }
         let bad = KernelConfig {
             modules_load_file: "/etc/cchost.conf".into(),
             ..Default::default()
         };
         assert!(bad.validate().is_err());
+        let escape = KernelConfig {
+            modules_load_file: "/etc/modules-load.d/../../etc/shadow.conf".into(),
+            ..Default::default()
+        };
+        let e = escape.validate().unwrap_err();
+        assert!(e.contains("kernel.modules_load_file"), "{e}");
         assert!(toml::from_str::<KernelConfig>("profile = \"sgx\"").is_err());
     }
 }

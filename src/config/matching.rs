@@ -1,5 +1,5 @@
 //! Which PCI functions cchost treats as GPUs and NVSwitches, and what their device IDs
-//! say about the chip. Defaults from ../shared/facts/gpu.md §4 and gpu-admin-tools'
+//! say about the chip. Defaults from docs/facts/gpu.md#pci-ids and gpu-admin-tools'
 //! device-ID ranges; a new SKU is a config line, not a release.
 
 use serde::{Deserialize, Serialize};

@@ -6,14 +6,17 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod cc;
+pub mod cdi_names;
 mod dcap;
 mod deviceplugin;
 mod kernel;
 mod labels;
 mod matching;
+mod observe;
+pub mod paths;
 mod vfio;
 
-pub use cc::{CcConfig, ModeOnStart};
+pub use cc::{CcConfig, DefaultMode, ModeOnStart};
 pub use dcap::{
     DcapConfig, DcapEnable, PccsConfig, QgsTransport, Secret, SuperviseConfig, SuperviseMode,
 };
@@ -21,6 +24,7 @@ pub use deviceplugin::{DevicePluginConfig, EventSource, PluginMode, VfioModeConf
 pub use kernel::{GpuChoice, KernelConfig, MechanismChoice, ProfileChoice};
 pub use labels::{LabelBackend, LabelsConfig, is_dns_subdomain};
 pub use matching::{Architecture, ChipRange, DeviceMatch, MatchConfig};
+pub use observe::{KubeEvents, ObserveConfig};
 pub use vfio::VfioConfig;
 
 /// Where the configuration is read from when `--config` is not given.
@@ -44,6 +48,8 @@ pub struct Config {
     pub dcap: DcapConfig,
     /// The GPUs' CC mode as `cchost run` keeps it.
     pub cc: CcConfig,
+    /// Health endpoint, metrics and Kubernetes Events of `cchost run`.
+    pub observe: ObserveConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +83,7 @@ impl Config {
     /// Loads the config file. `explicit` is true when the user named it: then a missing
     /// file is an error; the default path may be absent (defaults apply).
     pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
-        match std::fs::read_to_string(path) {
+        match read_config_text(path) {
             Ok(text) => Self::from_toml(&text, path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
                 Ok(Config::default())
@@ -96,8 +102,26 @@ impl Config {
         self.labels.validate()?;
         self.kernel.validate()?;
         self.dcap.validate()?;
+        self.observe.validate()?;
         Ok(())
     }
+}
+
+/// Reads the config file without ever blocking on it (a FIFO there is an error, not a
+/// hang) and at most 1 MiB of it.
+fn read_config_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    const LIMIT: u64 = 1024 * 1024;
+    let file = crate::host::open_regular_local(path)?;
+    let mut text = String::new();
+    file.take(LIMIT + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > LIMIT {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {LIMIT} bytes; refusing to read it"),
+        ));
+    }
+    Ok(text)
 }
 
 #[cfg(test)]

@@ -5,12 +5,14 @@
 //! from being served, so a refused plan for all is retried device by device; what is
 //! still refused or fails is reported and left as it is.
 
+use crate::apply;
 use crate::config::Config;
 use crate::gpu::vfio::{BindOutcome, Step};
-use crate::gpu::vfio_plan::{self, PlanError, Selection};
+use crate::host::HostRoot;
 use crate::host::pci::PciAddress;
 use crate::inventory::gpu::{GpuKind, discover_gpus};
 use crate::journal::Journal;
+use crate::plan::vfio::{PlanError, Selection, plan_bind};
 
 /// What binding at start did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -22,11 +24,10 @@ pub struct StartBind {
     pub failed: Vec<String>,
 }
 
-pub fn bind_matched(journal: &mut Journal, config: &Config) -> StartBind {
-    let host = journal.host().clone();
-    let inv = discover_gpus(&host, &config.matching);
+pub fn bind_matched(host: &HostRoot, journal: &mut Journal, config: &Config) -> StartBind {
+    let inv = discover_gpus(host, &config.matching);
     let mut out = StartBind::default();
-    let plans = match vfio_plan::plan_bind(&host, config, &inv, &Selection::All) {
+    let plans = match plan_bind(host, config, &inv, &Selection::All) {
         Ok(p) => vec![p],
         Err(PlanError::Refused(_)) => {
             // Device by device: the good ones are bound, the refused ones named.
@@ -37,7 +38,7 @@ pub fn bind_matched(journal: &mut Journal, config: &Config) -> StartBind {
                 .filter(|d| d.kind == GpuKind::Gpu || config.vfio.bind_nvswitches);
             for d in wanted {
                 let sel = Selection::Addresses(vec![d.address]);
-                match vfio_plan::plan_bind(&host, config, &inv, &sel) {
+                match plan_bind(host, config, &inv, &sel) {
                     Ok(p) => plans.push(p),
                     Err(PlanError::Refused(rs)) => out
                         .refused
@@ -54,7 +55,7 @@ pub fn bind_matched(journal: &mut Journal, config: &Config) -> StartBind {
     };
     let mut quiet = |_: &PciAddress, _: Step| {};
     for plan in plans {
-        match vfio_plan::apply_bind(journal, config, &plan, &mut quiet) {
+        match apply::vfio::apply_bind(host, journal, config, &plan, &mut quiet) {
             Ok(results) => {
                 for r in results {
                     let a = r.address.to_string();

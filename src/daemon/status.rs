@@ -6,8 +6,8 @@
 
 use serde::Serialize;
 
-use crate::deviceplugin::devices::{Discovery, Skipped, VfioMode};
 use crate::host::{HostError, HostRoot};
+use crate::inventory::passthrough::{Discovery, Skipped, VfioMode};
 
 /// Where `cchost run` keeps its status (under the host root).
 pub const STATUS_FILE: &str = "/run/cchost/passthrough.json";
@@ -51,10 +51,10 @@ impl PassthroughStatus {
                 let unhealthy: Vec<String> = devs
                     .iter()
                     .filter_map(|d| match &d.health {
-                        crate::deviceplugin::devices::Health::Unhealthy(r) => {
+                        crate::inventory::passthrough::Health::Unhealthy(r) => {
                             Some(format!("{}: {r}", d.id))
                         }
-                        crate::deviceplugin::devices::Health::Healthy => None,
+                        crate::inventory::passthrough::Health::Healthy => None,
                     })
                     .collect();
                 ResourceStatus {

@@ -15,6 +15,13 @@
 //! nothing). `MADV_PAGEOUT` (Linux 5.4) reclaims the pages; whatever it leaves mapped
 //! (an older kernel, or a file the caller may not page out) is unmapped with
 //! `MADV_DONTNEED`, which keeps it in the page cache as reclaimable cache.
+//!
+//! **Why it is kept (issue 12.7), and when it goes.** It saves ~4 MiB of resident
+//! memory in a daemon that runs on every GPU node (docs/performance.md, "Idle memory"),
+//! no crate offers it, and it is small, read-only-segment-only and best-effort (a
+//! failure changes nothing but the figure). Remove it when a re-measurement shows it
+//! saves under 1 MiB (a smaller binary, or start-up code moved out), or when a code
+//! page faulted back in after it shows up in the Allocate latency figures.
 
 use std::ffi::c_void;
 

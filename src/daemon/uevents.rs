@@ -16,10 +16,10 @@ use tokio::task::JoinHandle;
 
 use super::Change;
 use crate::config::EventSource;
-use crate::deviceplugin::devices::VFIO_DEVICES_DIR;
 use crate::host::HostRoot;
 use crate::host::device_events;
 use crate::host::uevent::is_passthrough_relevant;
+use crate::inventory::passthrough::VFIO_DEVICES_DIR;
 
 /// Directories of vfio nodes whose entries are watched.
 const NODE_DIRS: [&str; 2] = ["/dev/vfio", VFIO_DEVICES_DIR];
@@ -92,7 +92,11 @@ pub async fn watch(
     let (node_tx, mut node_rx) = mpsc::unbounded_channel();
     let mut node_watches = BTreeMap::new();
     ensure_node_watches(&host, &mut node_watches, &node_tx);
-    let socket = match device_events::open(source).and_then(|s| s.into_async()) {
+    let opened = match source {
+        EventSource::Netlink => device_events::open_netlink(),
+        EventSource::Udev => device_events::open_udev(),
+    };
+    let socket = match opened.and_then(|s| s.into_async()) {
         Ok(s) => {
             tracing::debug!(source = s.get_ref().0.name(), "listening to device events");
             Some(s)

@@ -6,11 +6,12 @@
 //! - [`files`]: `/etc/qgs.conf` and the QCNL config (render, read back, atomic write).
 //! - [`pccs`]: the PCCS HTTPS probe that tells PCCS's answers apart.
 //! - [`collateral`]: `nextUpdate` expiry of TCB info / QE identity.
-//! - [`status`]: the chain QGS → PCCS as a list of verdicts (`cchost dcap status`, `check`).
+//! - [`status`]: the chain QGS → PCCS as a list of verdicts (`cchost dcap status`; the
+//!   DCAP checks of `cchost check`, in `check::dcap`, evaluate the same report).
 //! - [`supervisor`]: run QGS as a child, or drive `qgsd.service` over D-Bus ([`systemd`]).
 
-pub mod check;
 pub mod collateral;
+pub mod configure;
 pub mod files;
 pub mod pccs;
 pub mod proto;
@@ -47,7 +48,7 @@ pub enum DcapError {
 }
 
 /// Host path of the kvm_intel TDX switch; TDX is on only when it reads exactly `Y`
-/// (the NFD rule, facts/cpu-tee.md).
+/// (the NFD rule, docs/facts/cpu-tee.md#kvm-params).
 pub const KVM_INTEL_TDX: &str = "/sys/module/kvm_intel/parameters/tdx";
 
 /// Is TDX enabled on this host? Returns the verdict and the evidence line.

@@ -1,10 +1,16 @@
-//! The PCCS probe: a small HTTPS GET of our own (rustls with the ring provider) that
-//! tells apart what a real PCCS answers (facts/pccs-observed.md):
+//! The PCCS probe: one HTTPS GET (hyper's HTTP/1 client connection over rustls with the
+//! ring provider, one phase timed at a time) that tells apart what a real PCCS answers
+//! (docs/facts/dcap.md#pccs-observed):
 //! 404 "No cache data" (empty cache, OFFLINE/REQ), a wrong-URL 404 (Express's HTML page),
 //! a LAZY-mode hang (~63 s then 502) when Intel PCS is unreachable, a closed connection,
 //! and nothing listening. The hang is recognised without waiting for it: the TCP
 //! connect and TLS handshake succeed, the request is sent, and no status line arrives
 //! within `answer_timeout` — PCCS is up and waiting on its upstream.
+//!
+//! HTTP itself is hyper's (status line, headers, chunked bodies: RFC 9112); URLs are
+//! read with the http crate's `Authority` and `PathAndQuery` plus the RFC 3986 rules
+//! they leave open (a bracketed host must be an IPv6 address followed by `:port` or
+//! nothing, a port is digits), and an error names the part that is wrong.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +20,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::DcapError;
@@ -35,6 +41,7 @@ pub const SYSTEM_CA_BUNDLES: [&str; 2] = [
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Url {
     pub tls: bool,
+    /// A name or address; an IPv6 address without its brackets.
     pub host: String,
     pub port: u16,
     /// Always starts with `/`.
@@ -42,47 +49,86 @@ pub struct Url {
 }
 
 impl Url {
+    /// Parses `http(s)://host[:port][/path[?query]]` strictly: every part must be what
+    /// RFC 3986 allows there (no blanks, control characters or stray brackets), no
+    /// user info, no fragment. The error names the wrong part.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (tls, rest) = if let Some(r) = s.strip_prefix("https://") {
-            (true, r)
-        } else if let Some(r) = s.strip_prefix("http://") {
-            (false, r)
-        } else {
-            return Err(format!("{s:?}: not an http(s) URL"));
+        use std::str::FromStr;
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| format!("{s:?}: not an http(s) URL (no scheme://)"))?;
+        let tls = match scheme {
+            "https" => true,
+            "http" => false,
+            _ => return Err(format!("{s:?}: scheme {scheme:?} is not http or https")),
         };
-        let (authority, path) = match rest.find('/') {
+        let (auth, path) = match rest.find(['/', '?', '#']) {
             Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
+            None => (rest, ""),
         };
-        if authority.contains('@') {
+        if auth.contains('@') {
             return Err(format!("{s:?}: credentials in URLs are not supported"));
         }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let bad_auth = |why: &str| format!("{s:?}: host and port {auth:?}: {why}");
+        let authority =
+            http::uri::Authority::from_str(auth).map_err(|e| bad_auth(&e.to_string()))?;
+        let (host, port_text) = if let Some(v6) = auth.strip_prefix('[') {
             let (h, after) = v6
                 .split_once(']')
-                .ok_or_else(|| format!("{s:?}: bad IPv6 host"))?;
-            (h.to_string(), after.strip_prefix(':'))
+                .ok_or_else(|| bad_auth("no ] after an IPv6 host"))?;
+            if h.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(bad_auth("not an IPv6 address in [ ]"));
+            }
+            let port = match after {
+                "" => None,
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| bad_auth("text after ] that is not :port"))?,
+                ),
+            };
+            (h.to_string(), port)
         } else {
-            match authority.rsplit_once(':') {
+            match auth.split_once(':') {
                 Some((h, p)) => (h.to_string(), Some(p)),
-                None => (authority.to_string(), None),
+                None => (auth.to_string(), None),
             }
         };
-        let port = match port {
-            Some(p) => p
+        if host.is_empty() {
+            return Err(bad_auth("no host"));
+        }
+        // RFC 3986 §3.2.2 reg-name: unreserved, pct-encoded, sub-delims.
+        if !auth.starts_with('[')
+            && !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b))
+        {
+            return Err(bad_auth("the host has a character no host name can hold"));
+        }
+        let port = match port_text {
+            Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => p
                 .parse::<u16>()
-                .map_err(|_| format!("{s:?}: bad port {p:?}"))?,
+                .map_err(|_| bad_auth(&format!("port {p:?} is above 65535")))?,
+            Some(p) => return Err(bad_auth(&format!("port {p:?} is not a number"))),
             None if tls => 443,
             None => 80,
         };
-        if host.is_empty() {
-            return Err(format!("{s:?}: no host"));
+        debug_assert_eq!(authority.port_u16().unwrap_or(port), port);
+        if path.contains('#') {
+            return Err(format!("{s:?}: a #fragment has no place in a PCCS URL"));
         }
+        let path = match path {
+            "" => "/".to_string(),
+            p if p.starts_with('?') => format!("/{p}"),
+            p => p.to_string(),
+        };
+        http::uri::PathAndQuery::from_str(&path).map_err(|e| {
+            format!("{s:?}: path {path:?}: {e} (blanks and control characters must be %-encoded)")
+        })?;
         Ok(Url {
             tls,
             host,
             port,
-            path: path.to_string(),
+            path,
         })
     }
 
@@ -232,10 +278,9 @@ pub enum Fetch {
     Io(String),
 }
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-
-/// GET one URL on the probe's server.
+/// GET one URL on the probe's server. Phases and their limits: TCP connect and TLS
+/// handshake (`connect_timeout` each), then the answer's status line and headers, then
+/// its body (`answer_timeout` for both together).
 pub async fn get(settings: &ProbeSettings, url: &Url) -> Fetch {
     let addr = url.authority();
     let tcp = match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(&addr)).await
@@ -254,170 +299,188 @@ pub async fn get(settings: &ProbeSettings, url: &Url) -> Fetch {
         Ok(Ok(s)) => s,
     };
     let _ = tcp.set_nodelay(true);
-    let mut stream: Box<dyn Stream> = if url.tls {
-        let config = match client_config(&settings.trust) {
-            Ok(c) => c,
-            Err(e) => return Fetch::Tls(e),
-        };
-        let name = match ServerName::try_from(url.host.clone()) {
-            Ok(n) => n,
-            Err(e) => return Fetch::Tls(format!("bad server name {:?}: {e}", url.host)),
-        };
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        match tokio::time::timeout(settings.connect_timeout, connector.connect(name, tcp)).await {
-            Err(_) => return Fetch::ConnectTimeout,
-            Ok(Err(e)) => return classify_tls_error(e),
-            Ok(Ok(s)) => Box::new(s),
-        }
-    } else {
-        Box::new(tcp)
+    let key = settings.api_key.as_ref();
+    if !url.tls {
+        return exchange(tcp, url, key, settings.answer_timeout).await;
+    }
+    let config = match client_config(&settings.trust) {
+        Ok(c) => c,
+        Err(e) => return Fetch::Tls(e),
     };
-    let mut req = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: cchost-dcap-probe\r\nAccept: */*\r\nConnection: close\r\n",
-        url.path,
-        url.authority()
-    );
-    if let Some(k) = &settings.api_key {
-        req.push_str(&format!("Ocp-Apim-Subscription-Key: {}\r\n", k.expose()));
+    let name = match ServerName::try_from(url.host.clone()) {
+        Ok(n) => n,
+        Err(e) => return Fetch::Tls(format!("bad server name {:?}: {e}", url.host)),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    match tokio::time::timeout(settings.connect_timeout, connector.connect(name, tcp)).await {
+        Err(_) => Fetch::ConnectTimeout,
+        Ok(Err(e)) => classify_tls_error(e),
+        Ok(Ok(tls)) => exchange(tls, url, key, settings.answer_timeout).await,
     }
-    req.push_str("\r\n");
-    if let Err(e) = stream.write_all(req.as_bytes()).await {
-        return Fetch::Io(format!("sending the request: {e}"));
-    }
-    drop(req);
-    read_answer(&mut stream, settings.answer_timeout).await
 }
 
-async fn read_answer(stream: &mut Box<dyn Stream>, timeout: Duration) -> Fetch {
+/// Sends the GET for `url` over an established connection and reads the answer with
+/// hyper's HTTP/1 client, within `answer_timeout` in all: no status line in time is
+/// [`Fetch::NoAnswer`]; a body that does not finish in time, is over [`MAX_ANSWER`] or
+/// breaks HTTP is [`Fetch::BadAnswer`]. Public so that the fuzz targets can feed it
+/// any bytes as the server's answer.
+pub async fn exchange<S>(
+    io: S,
+    url: &Url,
+    api_key: Option<&Secret>,
+    answer_timeout: Duration,
+) -> Fetch
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use http::header;
+    use http_body_util::BodyExt;
     let started = Instant::now();
-    let mut buf: Vec<u8> = Vec::with_capacity(8192);
-    let mut chunk = [0u8; 8192];
-    let mut head_end: Option<usize> = None;
-    loop {
-        let left = timeout.saturating_sub(started.elapsed());
-        let n = match tokio::time::timeout(left, stream.read(&mut chunk)).await {
-            Err(_) => {
-                if head_end.is_none() {
-                    return Fetch::NoAnswer(timeout);
+    let req = {
+        let mut b = http::Request::get(url.path.as_str())
+            .header(header::HOST, url.authority())
+            .header(header::USER_AGENT, "cchost-dcap-probe")
+            .header(header::ACCEPT, "*/*")
+            .header(header::CONNECTION, "close");
+        if let Some(k) = api_key {
+            match http::HeaderValue::from_str(k.expose()) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    b = b.header("Ocp-Apim-Subscription-Key", v);
                 }
-                return Fetch::BadAnswer("the body did not arrive in time".into());
+                Err(_) => {
+                    return Fetch::Io("the API key cannot be sent as an HTTP header value".into());
+                }
             }
-            Ok(Ok(n)) => n,
-            // A server that closes without close_notify: treat as end of data.
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset && buf.is_empty() => {
-                return Fetch::ClosedWithoutAnswer;
-            }
-            Ok(Err(e)) => return Fetch::Io(e.to_string()),
-        };
-        if n == 0 {
-            if buf.is_empty() {
-                return Fetch::ClosedWithoutAnswer;
-            }
-            break;
         }
-        if buf.len() + n > MAX_ANSWER {
+        match b.body(http_body_util::Empty::<hyper::body::Bytes>::new()) {
+            Ok(r) => r,
+            Err(e) => return Fetch::Io(format!("cannot request {:?}: {e}", url.path)),
+        }
+    };
+    let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let io = hyper_util::rt::TokioIo::new(ProbeIo {
+        inner: io,
+        read: read.clone(),
+    });
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(io).await {
+        Ok(x) => x,
+        Err(e) => return Fetch::Io(e.to_string()),
+    };
+    let conn = tokio::spawn(conn);
+    let head = tokio::time::timeout(answer_timeout, sender.send_request(req)).await;
+    let resp = match head {
+        Err(_) => {
+            conn.abort();
+            return Fetch::NoAnswer(answer_timeout);
+        }
+        Ok(Err(e)) => {
+            conn.abort();
+            return classify_http_error(&e, read.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        Ok(Ok(r)) => r,
+    };
+    let (parts, body) = resp.into_parts();
+    let left = answer_timeout.saturating_sub(started.elapsed());
+    let body = tokio::time::timeout(
+        left,
+        http_body_util::Limited::new(body, MAX_ANSWER).collect(),
+    )
+    .await;
+    conn.abort();
+    let body = match body {
+        Err(_) => return Fetch::BadAnswer("the body did not arrive in time".into()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return Fetch::BadAnswer(format!("answer larger than {MAX_ANSWER} bytes"));
         }
-        buf.extend_from_slice(&chunk[..n]);
-        if head_end.is_none() {
-            head_end = find(&buf, b"\r\n\r\n").map(|i| i + 4);
-        }
-        if let Some(h) = head_end
-            && let Ok(Some(len)) = content_length(&buf[..h])
-            && buf.len() >= h + len
-        {
-            break;
-        }
-    }
-    match parse_answer(&buf) {
-        Ok(a) => Fetch::Answer(a),
-        Err(e) => Fetch::BadAnswer(e),
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn content_length(head: &[u8]) -> Result<Option<usize>, String> {
-    let text = String::from_utf8_lossy(head);
-    for line in text.split("\r\n").skip(1) {
-        if let Some((k, v)) = line.split_once(':')
-            && k.trim().eq_ignore_ascii_case("content-length")
-        {
-            return v
-                .trim()
-                .parse::<usize>()
-                .map(Some)
-                .map_err(|_| format!("bad Content-Length {v:?}"));
-        }
-    }
-    Ok(None)
-}
-
-/// Parses an HTTP/1.x answer held in memory (status line, headers, body; chunked or not).
-pub fn parse_answer(buf: &[u8]) -> Result<Answer, String> {
-    let h = find(buf, b"\r\n\r\n").ok_or_else(|| {
-        format!(
-            "no HTTP header in {} bytes: {:?}",
-            buf.len(),
-            String::from_utf8_lossy(&buf[..buf.len().min(40)])
-        )
-    })?;
-    let head = std::str::from_utf8(&buf[..h]).map_err(|_| "header is not UTF-8".to_string())?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let mut parts = status_line.splitn(3, ' ');
-    let proto = parts.next().unwrap_or("");
-    if !proto.starts_with("HTTP/1.") {
-        return Err(format!("not an HTTP/1 status line: {status_line:?}"));
-    }
-    let status = parts
-        .next()
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let raw = &buf[h + 4..];
-    let chunked = headers.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(raw)?
-    } else {
-        match content_length(&buf[..h + 2])? {
-            Some(n) if n <= raw.len() => raw[..n].to_vec(),
-            Some(n) => return Err(format!("body truncated: {} of {n} bytes", raw.len())),
-            None => raw.to_vec(),
-        }
+        Ok(Err(e)) => return Fetch::BadAnswer(format!("body: {e}")),
+        Ok(Ok(b)) => b.to_bytes().to_vec(),
     };
-    Ok(Answer {
-        status,
-        headers,
+    Fetch::Answer(Answer {
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
         body,
     })
 }
 
-fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let eol = find(raw, b"\r\n").ok_or("chunked body truncated")?;
-        let size_text = std::str::from_utf8(&raw[..eol]).map_err(|_| "bad chunk size")?;
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        raw = &raw[eol + 2..];
-        if size == 0 {
-            return Ok(out);
+/// What a failed request means for the verdicts: a peer that closed before sending a
+/// byte, bytes that are not an HTTP answer, or an I/O failure.
+fn classify_http_error(e: &hyper::Error, bytes_read: usize) -> Fetch {
+    let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
+    if bytes_read == 0
+        && (e.is_incomplete_message()
+            || io.is_some_and(|i| i.kind() == std::io::ErrorKind::ConnectionReset))
+    {
+        return Fetch::ClosedWithoutAnswer;
+    }
+    if e.is_parse() || e.is_parse_status() || e.is_incomplete_message() {
+        return Fetch::BadAnswer(format!("{e} (after {bytes_read} bytes)"));
+    }
+    Fetch::Io(match io {
+        Some(i) => i.to_string(),
+        None => e.to_string(),
+    })
+}
+
+/// The connection as hyper sees it: counts the bytes that came back (to tell "closed
+/// without a byte" from "closed in the middle") and takes a TLS peer's close without
+/// close_notify for the end of data, as the probe always has (a PCCS answer carries its
+/// length, so a cut body is still noticed).
+struct ProbeIo<S> {
+    inner: S,
+    read: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ProbeIo<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len() - before;
+                self.read.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                Poll::Ready(Ok(()))
+            }
+            other => other,
         }
-        if raw.len() < size {
-            return Err("chunked body truncated".into());
-        }
-        out.extend_from_slice(&raw[..size]);
-        raw = raw.get(size + 2..).ok_or("chunked body truncated")?;
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ProbeIo<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -737,19 +800,108 @@ mod tests {
         );
     }
 
+    /// Issue 14.5: URLs the old parser took (control characters in the path, text
+    /// after an IPv6 host) are refused, naming the part.
+    #[test]
+    fn url_parse_is_strict_and_names_the_part() {
+        for (bad, part) in [
+            (
+                "http://127.0.0.1:8081/sgx/certification/v4/\r\nX-Injected: yes\r\nX-Pad: ",
+                "path",
+            ),
+            ("https://[::1]junk:9/x", "host and port"),
+            ("https://[::1/x", "host and port"),
+            ("https://[zz]/x", "host and port"),
+            ("https://p ccs:8081/", "host and port"),
+            ("https://pccs:+81/", "host and port"),
+            ("https://pccs:/", "host and port"),
+            ("https://pccs:1:2/", "host and port"),
+            ("https://pc\0cs/", "host and port"),
+            ("https://pccs/a b", "path"),
+            ("https://pccs/a\0b", "path"),
+            ("https://pccs/a#b", "fragment"),
+            ("https://u:p@pccs/", "credentials"),
+            ("https:/pccs/", "scheme"),
+            ("gopher://pccs/", "scheme"),
+        ] {
+            let e = Url::parse(bad).unwrap_err();
+            assert!(e.contains(part), "{bad:?}: {e}");
+        }
+        let u = Url::parse("https://[fe80::1]:8081?x=1").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("fe80::1", 8081, "/?x=1")
+        );
+        assert_eq!(
+            Url::parse("http://pccs").unwrap().to_string(),
+            "http://pccs:80/"
+        );
+    }
+
+    /// Feeds `raw` as the server's whole answer through [`exchange`].
+    fn answer_to(raw: &[u8]) -> Fetch {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let raw = raw.to_vec();
+        rt.block_on(async move {
+            let (client, mut server) = tokio::io::duplex(1 << 16);
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut req = [0u8; 4096];
+                let _ = server.read(&mut req).await;
+                let _ = server.write_all(&raw).await;
+                let _ = server.shutdown().await;
+            });
+            let u = Url::parse("https://p:8081/sgx/certification/v4/rootcacrl").unwrap();
+            exchange(client, &u, None, Duration::from_secs(5)).await
+        })
+    }
+
     #[test]
     fn http_answers() {
-        let a = parse_answer(b"HTTP/1.1 404 Not Found\r\nContent-Length: 32\r\nETag: x\r\n\r\nNo cache data for this platform.").unwrap();
+        let Fetch::Answer(a) = answer_to(b"HTTP/1.1 404 Not Found\r\nContent-Length: 32\r\nETag: x\r\n\r\nNo cache data for this platform.") else {
+            panic!()
+        };
         assert_eq!(a.status, 404);
         assert_eq!(a.body, b"No cache data for this platform.");
-        let c = parse_answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n").unwrap();
+        assert_eq!(a.header("etag"), Some("x"));
+        let Fetch::Answer(c) = answer_to(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n") else {
+            panic!()
+        };
         assert_eq!(c.body, b"abcde");
-        assert!(parse_answer(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
-        assert!(parse_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\nshort").is_err());
-        assert!(
-            parse_answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffff\r\nab")
-                .is_err()
-        );
+        assert!(matches!(
+            answer_to(b"SSH-2.0-OpenSSH\r\n\r\n"),
+            Fetch::BadAnswer(_)
+        ));
+        assert!(matches!(
+            answer_to(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\nshort"),
+            Fetch::BadAnswer(_)
+        ));
+        assert!(matches!(
+            answer_to(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffff\r\nab"),
+            Fetch::BadAnswer(_)
+        ));
+        assert_eq!(answer_to(b""), Fetch::ClosedWithoutAnswer);
+    }
+
+    /// Issue 14.7: a sign in the status code or a chunk size, and a chunk not followed
+    /// by CRLF, were accepted by the hand-written parser.
+    #[test]
+    fn signs_and_missing_crlf_are_not_http() {
+        for raw in [
+            &b"HTTP/1.1 +200 OK\r\nContent-Length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+3\r\nabc\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY0\r\n\r\n",
+        ] {
+            let f = answer_to(raw);
+            assert!(
+                matches!(f, Fetch::BadAnswer(_)),
+                "{:?}: {f:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
     }
 
     #[test]

@@ -443,20 +443,34 @@ pub fn hex(b: &[u8]) -> String {
 }
 
 /// Parses hex (e.g. an FMSPC `00806F050000`); `None` when it is not even-length hex.
+///
+/// Hex digits only (`[0-9A-Fa-f]`, two per byte): `u8::from_str_radix` alone would also
+/// take a leading `+` in each pair (issue 14.7: `+0+0+0+0+0+0` was six zero bytes).
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim();
+    let s = s.trim().as_bytes();
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+    let nibble = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    s.chunks_exact(2)
+        .map(|p| Some((nibble(p[0])? << 4) | nibble(p[1])?))
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unhex_takes_hex_digits_only() {
+        assert_eq!(unhex("00806F050000"), Some(vec![0, 0x80, 0x6f, 5, 0, 0]));
+        assert_eq!(unhex(" 0a "), Some(vec![10]));
+        assert_eq!(unhex("+0+0+0+0+0+0"), None);
+        assert_eq!(unhex("00806F+50000"), None);
+        assert_eq!(unhex("0g"), None);
+        assert_eq!(unhex("\u{e9}"), None);
+        assert_eq!(unhex("abc"), None);
+    }
 
     #[test]
     fn platform_info_request_is_the_documented_20_bytes() {

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -114,11 +114,15 @@ pub async fn transact(
         Endpoint::Vsock { cid, port } => {
             let (cid, port, ep2, req) = (*cid, *port, ep.clone(), request.to_vec());
             tokio::task::spawn_blocking(move || {
+                // One deadline for the whole exchange, as on the unix socket: the
+                // per-call SO_RCVTIMEO alone lets a peer that trickles a byte before
+                // each timeout hold this thread for hours (issue 14.10).
+                let deadline = Instant::now() + timeout;
                 let mut s = VsockStream::connect(cid, port, timeout).map_err(|e| {
                     connect_err(&ep2, HostError::io(PathBuf::from(ep2.to_string()), e))
                 })?;
                 s.write_all(&req).map_err(|e| io_err(&ep2, e))?;
-                read_reply_sync(&mut s, &ep2, timeout)
+                read_reply_sync(&mut s, &ep2, timeout, deadline)
             })
             .await
             .map_err(|e| QgsError::Io {
@@ -186,29 +190,66 @@ async fn read_reply_async<R: AsyncRead + Unpin>(
     Ok(msg)
 }
 
-fn read_reply_sync<R: Read>(
+/// A blocking stream whose reads can be bounded.
+pub(crate) trait TimedRead: Read {
+    fn set_read_timeout(&mut self, timeout: Duration) -> std::io::Result<()>;
+}
+
+impl TimedRead for VsockStream {
+    fn set_read_timeout(&mut self, timeout: Duration) -> std::io::Result<()> {
+        VsockStream::set_read_timeout(self, timeout)
+    }
+}
+
+impl TimedRead for std::os::unix::net::UnixStream {
+    fn set_read_timeout(&mut self, timeout: Duration) -> std::io::Result<()> {
+        std::os::unix::net::UnixStream::set_read_timeout(self, Some(timeout))
+    }
+}
+
+/// Reads one framed reply, every read bounded by what is left until `deadline`.
+fn read_reply_sync<R: TimedRead>(
     r: &mut R,
     ep: &Endpoint,
     timeout: Duration,
+    deadline: Instant,
 ) -> Result<Vec<u8>, QgsError> {
-    let timed_out = |e: std::io::Error| {
-        if matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ) {
-            QgsError::Timeout {
-                endpoint: ep.clone(),
-                timeout,
+    let timed_out = || QgsError::Timeout {
+        endpoint: ep.clone(),
+        timeout,
+    };
+    let read_full = |r: &mut R, buf: &mut [u8]| -> Result<(), QgsError> {
+        let mut got = 0;
+        while got < buf.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timed_out());
             }
-        } else {
-            io_err(ep, e)
+            r.set_read_timeout(left).map_err(|e| io_err(ep, e))?;
+            match r.read(&mut buf[got..]) {
+                Ok(0) => {
+                    return Err(io_err(ep, std::io::ErrorKind::UnexpectedEof.into()));
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(timed_out());
+                }
+                Err(e) => return Err(io_err(ep, e)),
+            }
         }
+        Ok(())
     };
     let mut prefix = [0u8; proto::PREFIX_LEN];
-    r.read_exact(&mut prefix).map_err(timed_out)?;
+    read_full(r, &mut prefix)?;
     let n = proto::parse_prefix(prefix).map_err(|e| proto_err(ep, e))?;
     let mut msg = vec![0u8; n];
-    r.read_exact(&mut msg).map_err(timed_out)?;
+    read_full(r, &mut msg)?;
     Ok(msg)
 }
 
@@ -236,4 +277,52 @@ pub async fn collateral(
     let (_, body) =
         proto::parse_message(&msg, MsgType::GetCollateralResp).map_err(|e| proto_err(ep, e))?;
     Collateral::parse_body(body).map_err(|e| proto_err(ep, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    /// Issue 14.10: a peer that sends one byte before each read timeout ends used to
+    /// hold the blocking thread for as long as it liked; the whole reply now has one
+    /// deadline.
+    #[test]
+    fn a_trickling_peer_meets_one_overall_deadline() {
+        let (mut ours, mut peer) = UnixStream::pair().unwrap();
+        let trickler = std::thread::spawn(move || {
+            let mut reply = 64u32.to_be_bytes().to_vec();
+            reply.extend([0u8; 64]);
+            for b in reply {
+                if peer.write_all(&[b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        });
+        let ep = Endpoint::Vsock { cid: 1, port: 4050 };
+        let timeout = Duration::from_millis(200);
+        let start = Instant::now();
+        let r = read_reply_sync(&mut ours, &ep, timeout, start + timeout);
+        let took = start.elapsed();
+        assert!(matches!(r, Err(QgsError::Timeout { .. })), "{r:?}");
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        drop(ours);
+        trickler.join().unwrap();
+    }
+
+    #[test]
+    fn a_prompt_reply_is_read_whole() {
+        let (mut ours, mut peer) = UnixStream::pair().unwrap();
+        let mut reply = 16u32.to_be_bytes().to_vec();
+        reply.extend(1..=16u8);
+        peer.write_all(&reply).unwrap();
+        let ep = Endpoint::Vsock { cid: 1, port: 4050 };
+        let timeout = Duration::from_secs(5);
+        let msg = read_reply_sync(&mut ours, &ep, timeout, Instant::now() + timeout).unwrap();
+        assert_eq!(msg, (1..=16u8).collect::<Vec<_>>());
+        drop(peer);
+        let e = read_reply_sync(&mut ours, &ep, timeout, Instant::now() + timeout).unwrap_err();
+        assert!(matches!(e, QgsError::Closed { .. }), "{e:?}");
+    }
 }

@@ -4,7 +4,7 @@
 //!   `QCNL_CONF_PATH` set, prepares `/var/run/tdx-qgs` (a stale socket stops old QGS
 //!   from starting), restarts it with backoff when it exits or its liveness probe
 //!   (GET_PLATFORM_INFO) keeps failing, and optionally on a schedule: QGS is known to
-//!   stop producing quotes after a few days (facts/dcap.md §9.4).
+//!   stop producing quotes after a few days (docs/facts/dcap.md#qgs-stops-quoting).
 //! - **systemd**: the same probe and schedule, acted on through `qgsd.service` over
 //!   D-Bus ([`super::systemd`]).
 //!
@@ -117,6 +117,17 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), DcapError> {
     let (tx, _rx) = watch::channel(State::default());
+    run_with_state(host, cfg, shutdown, tx).await
+}
+
+/// [`run`], publishing what the supervisor sees on `tx` (the daemon's metrics and
+/// readiness follow it).
+pub async fn run_with_state(
+    host: HostRoot,
+    cfg: DcapConfig,
+    shutdown: watch::Receiver<bool>,
+    tx: watch::Sender<State>,
+) -> Result<(), DcapError> {
     let settings = Settings::from_config(&cfg);
     match cfg.supervise.mode {
         SuperviseMode::Off => Ok(()),
@@ -136,12 +147,17 @@ pub async fn prepare_socket(host: &HostRoot, s: &Settings) -> Result<(), DcapErr
         Endpoint::Unix { path } => path,
         Endpoint::Vsock { .. } => {
             // QGS in vsock mode needs the host side of vsock; probing from the host
-            // itself (CID 1) needs the loopback transport (facts/dcap.md §2.1).
-            for m in ["vhost_vsock", "vsock_loopback"] {
-                if let Err(e) = host.modprobe(m) {
-                    tracing::warn!(module = m, error = %e, "cannot load vsock module");
+            // itself (CID 1) needs the loopback transport (docs/facts/dcap.md#qgs-service).
+            // modprobe runs a process and waits: not on the runtime's thread.
+            let host = host.clone();
+            let loaded = tokio::task::spawn_blocking(move || {
+                for m in ["vhost_vsock", "vsock_loopback"] {
+                    if let Err(e) = host.modprobe(m) {
+                        tracing::warn!(module = m, error = %e, "cannot load vsock module");
+                    }
                 }
-            }
+            });
+            let _ = loaded.await;
             return Ok(());
         }
     };

@@ -1,5 +1,5 @@
 //! One plugin endpoint: serve the socket, register with kubelet, and do both again
-//! whenever kubelet restarts (facts k8s-cdi-rust.md §1.4–1.5).
+//! whenever kubelet restarts (docs/facts/k8s.md#kubelet-restart).
 //!
 //! Order matters: the plugin serves its socket *before* it calls `Register`, because
 //! kubelet dials back at once. The endpoint is the bare socket file name. A kubelet
@@ -41,7 +41,7 @@ const FAST_RETRY: Duration = Duration::from_millis(25);
 /// Kubelet dials the plugin right after a successful Register. No call at all within
 /// this time means kubelet cannot talk to us. The known cause used to be an old kubelet
 /// (before kubernetes PR #112597, 1.26) whose grpc-go sends the socket path as
-/// `:authority`, which the HTTP/2 server (h2) rejects (facts k8s-cdi-rust.md §1.10);
+/// `:authority`, which the HTTP/2 server (h2) rejects (docs/facts/k8s.md#grpc-authority);
 /// `authority.rs` now rewrites that, so this check catches whatever else breaks.
 pub const AUTHORITY_CHECK: Duration = Duration::from_secs(10);
 
@@ -79,7 +79,7 @@ pub async fn register(
     };
     let local = host.socket_path(&host_path)?;
     // The URI only sets `:authority`; "localhost" is what kubelet itself uses for
-    // unix sockets (facts §1.10). The connector ignores it and dials the socket.
+    // unix sockets (docs/facts/k8s.md#grpc-authority). The connector ignores it and dials the socket.
     let channel = Endpoint::from_static("http://localhost")
         .connect_timeout(REGISTER_TIMEOUT)
         .connect_with_connector(tower::service_fn(move |_| {

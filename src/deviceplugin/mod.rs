@@ -11,13 +11,13 @@
 
 pub mod api;
 pub mod authority;
-pub mod devices;
 pub mod endpoint;
 pub mod preferred;
 pub mod service;
 pub mod state;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, watch};
@@ -26,7 +26,9 @@ use tokio::task::JoinHandle;
 use crate::config::DevicePluginConfig;
 use crate::host::HostRoot;
 use crate::host::unix::DirEvent;
-use devices::Discovery;
+use crate::inventory::passthrough::Discovery;
+use crate::observe::health::{Health, State};
+use crate::observe::metrics::METRICS;
 use endpoint::{EndpointEvent, PluginEndpoint, PluginError};
 use state::DeviceList;
 
@@ -44,6 +46,19 @@ pub struct PluginManager {
     shutdown: watch::Receiver<bool>,
     plugins: BTreeMap<String, Running>,
     progress: Option<mpsc::UnboundedSender<(String, EndpointEvent)>>,
+    health: Option<Arc<Health>>,
+    /// First respawn delay of a failed endpoint (doubles up to [`RESPAWN_MAX`]).
+    respawn: Duration,
+}
+
+/// First delay before a failed endpoint is started again.
+pub const RESPAWN_INITIAL: Duration = Duration::from_secs(1);
+/// Longest delay between respawns of a failed endpoint.
+pub const RESPAWN_MAX: Duration = Duration::from_secs(60);
+
+/// The health part of a resource's endpoint.
+pub fn health_part(resource: &str) -> String {
+    format!("deviceplugin {resource}")
 }
 
 impl PluginManager {
@@ -64,7 +79,15 @@ impl PluginManager {
             shutdown,
             plugins: BTreeMap::new(),
             progress: None,
+            health: None,
+            respawn: RESPAWN_INITIAL,
         })
+    }
+
+    /// Reports each endpoint's state (serving or not, and why) as a health part.
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// Reports endpoint progress (serving, registered, stopped) on a channel.
@@ -106,36 +129,103 @@ impl PluginManager {
 
     fn spawn(&mut self, resource: &str) {
         let (tx, rx) = watch::channel(DeviceList::default());
-        let ep = PluginEndpoint {
-            host: self.host.clone(),
-            socket_dir: self.cfg.socket_dir.clone(),
-            resource: resource.to_string(),
-            devices: rx,
-            pci_resource_env: self.cfg.pci_resource_env,
-            retry: Duration::from_secs(10),
-            calls: Default::default(),
-            authority_check: endpoint::AUTHORITY_CHECK,
-        };
-        let progress = self.progress.clone().map(|p| {
-            let (etx, mut erx) = mpsc::unbounded_channel();
-            let r = resource.to_string();
-            tokio::spawn(async move {
-                while let Some(e) = erx.recv().await {
-                    if p.send((r.clone(), e)).is_err() {
-                        return;
+        let part = health_part(resource);
+        if let Some(h) = &self.health {
+            h.set(&part, State::Starting);
+        }
+        // Every endpoint reports its progress here: health follows it, and it is
+        // passed on to whoever asked (tests, benchmarks).
+        let (etx, mut erx) = mpsc::unbounded_channel();
+        let outer = self.progress.clone();
+        let health = self.health.clone();
+        let r = resource.to_string();
+        let p = part.clone();
+        tokio::spawn(async move {
+            while let Some(e) = erx.recv().await {
+                if let Some(h) = &health {
+                    match e {
+                        EndpointEvent::Serving => h.set(&p, State::Serving),
+                        EndpointEvent::Stopped => h.remove(&p),
+                        _ => {}
                     }
                 }
-            });
-            etx
-        });
-        let run = ep.run(self.events.subscribe(), self.shutdown.clone(), progress);
-        let name = resource.to_string();
-        let task = tokio::spawn(async move {
-            let r = run.await;
-            if let Err(e) = &r {
-                tracing::error!(resource = %name, error = %e, "device plugin endpoint failed");
+                if let Some(o) = &outer {
+                    let _ = o.send((r.clone(), e));
+                }
             }
-            r
+        });
+        let make = {
+            let host = self.host.clone();
+            let socket_dir = self.cfg.socket_dir.clone();
+            let resource = resource.to_string();
+            let pci_resource_env = self.cfg.pci_resource_env;
+            let calls: Arc<std::sync::atomic::AtomicU64> = Default::default();
+            move || PluginEndpoint {
+                host: host.clone(),
+                socket_dir: socket_dir.clone(),
+                resource: resource.clone(),
+                devices: rx.clone(),
+                pci_resource_env,
+                retry: Duration::from_secs(10),
+                calls: calls.clone(),
+                authority_check: endpoint::AUTHORITY_CHECK,
+            }
+        };
+        let events = self.events.clone();
+        let mut shutdown = self.shutdown.clone();
+        let health = self.health.clone();
+        let name = resource.to_string();
+        let first_delay = self.respawn;
+        let task = tokio::spawn(async move {
+            // An endpoint whose serve failed (its socket path taken, the directory
+            // unusable) is started again with backoff, for as long as cchost runs.
+            let mut delay = first_delay;
+            loop {
+                let started = tokio::time::Instant::now();
+                let run = tokio::spawn(make().run(
+                    events.subscribe(),
+                    shutdown.clone(),
+                    Some(etx.clone()),
+                ));
+                let outcome = run.await;
+                if *shutdown.borrow() {
+                    return match outcome {
+                        Ok(r) => r,
+                        Err(e) => Err(PluginError::Io {
+                            what: format!("device plugin {name}"),
+                            message: e.to_string(),
+                        }),
+                    };
+                }
+                let why = match outcome {
+                    Ok(Ok(())) => "ended".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => format!("panicked: {e}"),
+                };
+                if started.elapsed() >= RESPAWN_MAX {
+                    delay = first_delay;
+                }
+                tracing::error!(resource = %name, error = %why, retry_in = ?delay, "device plugin endpoint failed; starting it again");
+                if let Some(h) = &health {
+                    h.set(
+                        &health_part(&name),
+                        State::NotServing(format!("{why}; retrying in {delay:?}")),
+                    );
+                }
+                crate::observe::events::raise(
+                    "DevicePluginFailed",
+                    "ServeDevicePlugin",
+                    format!(
+                        "cchost device plugin {name} cannot serve (kubelet is not offered these devices): {why}"
+                    ),
+                );
+                tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => return Ok(()),
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(RESPAWN_MAX);
+                METRICS.service_restarts_total.inc(&[&health_part(&name)]);
+            }
         });
         self.plugins
             .insert(resource.to_string(), Running { devices: tx, task });

@@ -13,8 +13,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::devices::{PassthroughDevice, numeric_key};
 use crate::host::pci::PciAddress;
+use crate::inventory::passthrough::{PassthroughDevice, numeric_key};
 
 pub fn preferred<'a>(
     devices: &'a [PassthroughDevice],
@@ -114,7 +114,7 @@ pub fn preferred<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deviceplugin::devices::{DeviceClass, Health};
+    use crate::inventory::passthrough::{DeviceClass, Health};
 
     fn dev(id: &str, numa: Option<u32>, switch: Option<&str>) -> PassthroughDevice {
         PassthroughDevice {

@@ -1,4 +1,4 @@
-//! The `DevicePlugin` gRPC service of one resource (facts k8s-cdi-rust.md §1.2–1.3).
+//! The `DevicePlugin` gRPC service of one resource (docs/facts/k8s.md#device-plugin-api).
 //!
 //! Every RPC answers or returns a gRPC status that says what was wrong; no input can
 //! make it panic.
@@ -14,10 +14,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::api::{self, device_plugin_server::DevicePlugin};
-use super::devices::{Health, PassthroughDevice};
 use super::preferred::preferred;
 use super::state::DeviceList;
 use crate::cdi::Spec;
+use crate::inventory::passthrough::{Health, PassthroughDevice};
+use crate::observe::metrics::METRICS;
 
 /// Permissions kubelet passes to the runtime for vfio nodes (mknod, read, write).
 pub const NODE_PERMISSIONS: &str = "mrw";
@@ -35,7 +36,8 @@ pub struct PluginService {
     calls: Arc<AtomicU64>,
 }
 
-/// `nvidia.com/pgpu` -> `PCI_RESOURCE_NVIDIA_COM_PGPU` (KubeVirt's rule, facts §1.7).
+/// `nvidia.com/pgpu` -> `PCI_RESOURCE_NVIDIA_COM_PGPU` (KubeVirt's rule,
+/// docs/facts/k8s.md#pci-resource-env).
 pub fn pci_resource_env_name(resource: &str) -> String {
     let mut s = String::from("PCI_RESOURCE_");
     s.extend(resource.chars().map(|c| match c {
@@ -100,7 +102,8 @@ impl PluginService {
         &self,
         req: &api::AllocateRequest,
     ) -> Result<api::AllocateResponse, Status> {
-        let devices = self.devices.borrow().clone();
+        // Borrowed, not cloned: nothing below awaits, so the read lock is short.
+        let devices = self.devices.borrow();
         let mut out = Vec::with_capacity(req.container_requests.len());
         for creq in &req.container_requests {
             if creq.devices_ids.is_empty() {
@@ -238,12 +241,18 @@ impl DevicePlugin for PluginService {
         &self,
         req: Request<api::AllocateRequest>,
     ) -> Result<Response<api::AllocateResponse>, Status> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let r = self.allocate_now(req.get_ref());
+        let took = started.elapsed().as_secs_f64();
+        METRICS.allocate_seconds.observe(&[&self.resource], took);
         match &r {
             Ok(resp) => {
+                METRICS.allocate_total.inc(&[&self.resource, "ok"]);
                 tracing::info!(resource = %self.resource, containers = resp.container_responses.len(), "Allocate")
             }
             Err(e) => {
+                METRICS.allocate_total.inc(&[&self.resource, "refused"]);
                 tracing::warn!(resource = %self.resource, error = %e.message(), "Allocate refused")
             }
         }

@@ -3,4 +3,3 @@
 pub mod cc;
 pub mod usage;
 pub mod vfio;
-pub mod vfio_plan;

@@ -2,7 +2,7 @@
 //!
 //! A GPU must not be moved between drivers (or reset for a CC-mode switch) while anything
 //! holds it: that is how CC switches hang and leave the GPU in an invalid state
-//! (../shared/facts/gpu.md §5 P2). We look at `/proc/<pid>/fd/*` links (and
+//! (docs/facts/gpu.md#in-use). We look at `/proc/<pid>/fd/*` links (and
 //! `/proc/<pid>/maps` for the sysfs BAR files, which stay mapped after their fd is closed)
 //! for:
 //! - the GPU's `/dev/nvidiaN` node (the minor from `/proc/driver/nvidia/gpus/<BDF>/information`;

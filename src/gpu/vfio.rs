@@ -1,13 +1,13 @@
 //! Moving one PCI function between drivers through sysfs, journaled.
 //!
-//! The bind sequence is NVIDIA vfio-manage's (../shared/facts/gpu.md §1.5): clear
+//! The bind sequence is NVIDIA vfio-manage's (docs/facts/gpu.md#sysfs-bind-sequence): clear
 //! `driver_override`, unbind from the current driver, write the vfio driver's name to
 //! `driver_override`, write the address to `/sys/bus/pci/drivers/<driver>/bind`. No
 //! `new_id`, no `drivers_probe`, no remove/rescan. A device already on the target
 //! driver is left alone. Every change is journaled before it starts, with the
 //! binding (driver + override) that restores it.
 //!
-//! What to bind, and whether it is safe, is decided before (see `vfio_plan`); this module
+//! What to bind, and whether it is safe, is decided before (see `plan::vfio`); this module
 //! only acts.
 
 use std::path::PathBuf;
@@ -117,6 +117,12 @@ pub enum VfioError {
         driver: String,
         found: String,
     },
+    #[error("{address}: wrote {driver}/unbind but the device is still on {found}")]
+    StillBound {
+        address: PciAddress,
+        driver: String,
+        found: String,
+    },
     #[error(
         "{address}: bound to {driver}, but no vfio device node ({}) appeared within {waited_ms} ms; is /dev a devtmpfs?",
         paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" or ")
@@ -159,16 +165,16 @@ pub enum BindOutcome {
 /// Binds one function to `driver` (a directory name under /sys/bus/pci/drivers, which
 /// must exist). The caller has checked that the device may be moved.
 pub fn bind(
+    host: &HostRoot,
     journal: &mut Journal,
     address: &PciAddress,
     driver: &str,
     node_timeout: Duration,
     observe: Observer<'_>,
 ) -> Result<BindOutcome, VfioError> {
-    let host = journal.host().clone();
     bind_shared(
         &Shared::new(journal, observe),
-        &host,
+        host,
         address,
         driver,
         node_timeout,
@@ -265,7 +271,7 @@ pub fn bind_shared(
     }
 }
 
-/// The four writes of gpu.md §1.5 (bind) from the state `dev` shows.
+/// The four writes of docs/facts/gpu.md#sysfs-bind-sequence (bind) from the state `dev` shows.
 fn move_to(
     host: &HostRoot,
     dev: &PciDevice,
@@ -344,19 +350,19 @@ pub enum UnbindOutcome {
     NotBound { binding: Binding },
     /// Put back to the binding the journal recorded before cchost's bind.
     Restored { to: Binding },
-    /// Bound to vfio by someone else: released, left driverless (gpu.md §1.5).
+    /// Bound to vfio by someone else: released, left driverless (docs/facts/gpu.md#sysfs-bind-sequence).
     Released { from: Binding },
 }
 
 /// Releases a device from vfio: back to what the journal recorded, or, for a device
 /// cchost did not bind, driverless with `driver_override` cleared.
 pub fn unbind(
+    host: &HostRoot,
     journal: &mut Journal,
     address: &PciAddress,
     is_vfio_driver: &dyn Fn(&str) -> bool,
     observe: Observer<'_>,
 ) -> Result<UnbindOutcome, VfioError> {
-    let host = journal.host().clone();
     let subject = address.to_string();
     if let Some(entry) = journal.find(BIND_KIND, &subject).cloned() {
         let original: Binding = entry.restore_as().map_err(|e| JournalError::Restore {
@@ -365,7 +371,15 @@ pub fn unbind(
         })?;
         journal.restoring(entry.seq)?;
         observe(address, Step::Journaled);
-        restore_binding(&host, address, &original)?;
+        if let Err(e) = restore_binding(host, address, &original) {
+            // Refused before any write (in use, driver missing): the bind stands as it
+            // was, and so does its entry. Otherwise the entry stays `restoring` for the
+            // next run to finish.
+            if matches!(e, VfioError::InUse { .. } | VfioError::DriverMissing { .. }) {
+                journal.applied(entry.seq)?;
+            }
+            return Err(e);
+        }
         journal.forget(entry.seq)?;
         observe(address, Step::Committed);
         return Ok(UnbindOutcome::Restored { to: original });
@@ -381,7 +395,19 @@ pub fn unbind(
     };
     let seq = journal.begin(UNBIND_KIND, &subject, &target, &current)?;
     observe(address, Step::Journaled);
-    restore_binding(&host, address, &target)?;
+    if let Err(e) = restore_binding(host, address, &target) {
+        // No half-done entry: put the device back as it was, then drop the entry. Only
+        // when that fails too does the entry stay, for the next run to recover.
+        match restore_binding(host, address, &current) {
+            Ok(()) => journal.forget(seq)?,
+            Err(back) => tracing::error!(
+                device = %address,
+                error = %back,
+                "could not put the device back after a failed unbind; the journal keeps the step for recovery"
+            ),
+        }
+        return Err(e);
+    }
     journal.applied(seq)?;
     observe(address, Step::Committed);
     Ok(UnbindOutcome::Released { from: current })
@@ -430,10 +456,17 @@ pub fn restore_binding(
     }
     let now = host.pci_device(address)?;
     if now.driver != want.driver {
-        return Err(VfioError::NotBound {
-            address: *address,
-            driver: want.driver.clone().unwrap_or_else(|| "(none)".into()),
-            found: Binding::of(&now).to_string(),
+        return Err(match &want.driver {
+            Some(d) => VfioError::NotBound {
+                address: *address,
+                driver: d.clone(),
+                found: Binding::of(&now).to_string(),
+            },
+            None => VfioError::StillBound {
+                address: *address,
+                driver: dev.driver.clone().unwrap_or_default(),
+                found: Binding::of(&now).to_string(),
+            },
         });
     }
     Ok(())
@@ -458,7 +491,7 @@ fn ensure_driver_dir(host: &HostRoot, driver: &str) -> Result<(), VfioError> {
 }
 
 /// Finds (loading it if allowed) the driver directory for a vfio module: the first of
-/// `candidates` present under /sys/bus/pci/drivers (gpu.md §1.4: `vfio_pci` registers
+/// `candidates` present under /sys/bus/pci/drivers (docs/facts/gpu.md#vfio-driver-choice: `vfio_pci` registers
 /// as `vfio-pci`). Also makes sure the type1 IOMMU backend is there for the group
 /// interface.
 pub fn ensure_vfio_driver(

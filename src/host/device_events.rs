@@ -14,7 +14,6 @@
 use std::os::fd::{AsRawFd, RawFd};
 
 use super::uevent::{Uevent, UeventSocket};
-use crate::config::EventSource;
 
 pub trait DeviceEventSource: AsRawFd + Send + Sync + 'static {
     /// `netlink` or `udev`, for logs.
@@ -52,17 +51,24 @@ impl BoxedSource {
     }
 }
 
-/// Opens the configured source.
-pub fn open(kind: EventSource) -> std::io::Result<BoxedSource> {
-    match kind {
-        EventSource::Netlink => Ok(BoxedSource(Box::new(UeventSocket::open()?))),
-        #[cfg(feature = "udev")]
-        EventSource::Udev => Ok(BoxedSource(Box::new(super::udev::UdevMonitor::open()?))),
-        #[cfg(not(feature = "udev"))]
-        EventSource::Udev => Err(std::io::Error::new(
+/// Opens the kernel's uevent netlink socket (`event_source = "netlink"`).
+pub fn open_netlink() -> std::io::Result<BoxedSource> {
+    Ok(BoxedSource(Box::new(UeventSocket::open()?)))
+}
+
+/// Opens a libudev monitor (`event_source = "udev"`); an error in a build without the
+/// `udev` cargo feature.
+pub fn open_udev() -> std::io::Result<BoxedSource> {
+    #[cfg(feature = "udev")]
+    {
+        Ok(BoxedSource(Box::new(super::udev::UdevMonitor::open()?)))
+    }
+    #[cfg(not(feature = "udev"))]
+    {
+        Err(std::io::Error::new(
             std::io::ErrorKind::Unsupported,
             "event_source = \"udev\" needs cchost built with the `udev` cargo feature",
-        )),
+        ))
     }
 }
 
@@ -108,14 +114,14 @@ mod tests {
 
     #[test]
     fn netlink_is_always_available() {
-        let s = open(EventSource::Netlink).unwrap();
+        let s = open_netlink().unwrap();
         assert_eq!(s.0.name(), "netlink");
     }
 
     #[cfg(not(feature = "udev"))]
     #[test]
     fn udev_without_the_feature_says_so() {
-        let e = open(EventSource::Udev).err().unwrap();
+        let e = open_udev().err().unwrap();
         assert!(e.to_string().contains("udev` cargo feature"), "{e}");
     }
 }

@@ -45,6 +45,47 @@ pub struct KernelLog {
     pub records: Vec<KmsgRecord>,
     /// Lines that were not records (a capture edited by hand); kept for messages.
     pub skipped: usize,
+    /// The oldest records left out to keep the newest [`MAX_READ_BYTES`] of the log.
+    pub dropped: usize,
+}
+
+/// Records, keeping only the newest `limit` bytes of them (each record counted with
+/// its line end): a log over the limit loses its oldest records, not all of them.
+struct NewestRecords {
+    records: std::collections::VecDeque<(KmsgRecord, u64)>,
+    bytes: u64,
+    limit: u64,
+    dropped: usize,
+}
+
+impl NewestRecords {
+    fn new(limit: u64) -> Self {
+        NewestRecords {
+            records: std::collections::VecDeque::new(),
+            bytes: 0,
+            limit,
+            dropped: 0,
+        }
+    }
+
+    fn push(&mut self, r: KmsgRecord, size: u64) {
+        self.records.push_back((r, size));
+        self.bytes += size;
+        while self.bytes > self.limit {
+            let Some((_, n)) = self.records.pop_front() else {
+                break;
+            };
+            self.bytes -= n;
+            self.dropped += 1;
+        }
+    }
+
+    fn into_parts(self) -> (Vec<KmsgRecord>, usize) {
+        (
+            self.records.into_iter().map(|(r, _)| r).collect(),
+            self.dropped,
+        )
+    }
 }
 
 /// Parses one record: `prefix;message` where prefix is
@@ -79,20 +120,27 @@ impl HostRoot {
         if meta.file_type().is_char_device() {
             return self.read_kmsg_device(path);
         }
-        let text = self.read_string(path)?;
-        let mut records = Vec::new();
+        let (text, mut dropped) = if meta.is_file() && meta.len() > MAX_READ_BYTES {
+            read_newest_text(&local, path, MAX_READ_BYTES)?
+        } else {
+            (self.read_string(path)?, 0)
+        };
+        let mut newest = NewestRecords::new(MAX_READ_BYTES);
         let mut skipped = 0;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             match parse_record(line) {
-                Some(r) => records.push(r),
+                Some(r) => newest.push(r, line.len() as u64 + 1),
                 None if line.starts_with(' ') => {}
                 None => skipped += 1,
             }
         }
+        let (records, more) = newest.into_parts();
+        dropped += more;
         Ok(KernelLog {
             source: KmsgSource::File,
             records,
             skipped,
+            dropped,
         })
     }
 
@@ -106,23 +154,15 @@ impl HostRoot {
         // One record per read; a buffer smaller than the record gives EINVAL. The
         // kernel's upper bound for a formatted record is 8 KiB (CONSOLE_EXT_LOG_MAX).
         let mut buf = vec![0u8; 16 * 1024];
-        let mut records = Vec::new();
+        let mut newest = NewestRecords::new(MAX_READ_BYTES);
         let mut skipped = 0;
-        let mut total: u64 = 0;
         loop {
             match f.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
-                    total += n as u64;
-                    if total > MAX_READ_BYTES {
-                        return Err(HostError::TooLarge {
-                            path: path.to_path_buf(),
-                            limit: MAX_READ_BYTES,
-                        });
-                    }
                     let text = String::from_utf8_lossy(&buf[..n]);
                     match text.lines().next().and_then(parse_record) {
-                        Some(r) => records.push(r),
+                        Some(r) => newest.push(r, n as u64),
                         None => skipped += 1,
                     }
                 }
@@ -134,12 +174,48 @@ impl HostRoot {
                 Err(e) => return Err(HostError::io(path, e)),
             }
         }
+        let (records, dropped) = newest.into_parts();
         Ok(KernelLog {
             source: KmsgSource::Device,
             records,
             skipped,
+            dropped,
         })
     }
+}
+
+/// A kmsg file as UTF-8 text, at most its last `limit` bytes (from the first whole
+/// line in them), and whether anything before was left out (1 if so: the number of
+/// records in the part not read is not known).
+fn read_newest_text(local: &Path, path: &Path, limit: u64) -> Result<(String, usize), HostError> {
+    use std::io::{Seek, SeekFrom};
+    // Non-blocking open: the file was a regular file a moment ago; if it was swapped
+    // for a FIFO since, the open must not wait for a writer.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(local)
+        .map_err(|e| HostError::io(path, e))?;
+    let len = f.metadata().map_err(|e| HostError::io(path, e))?.len();
+    let start = len.saturating_sub(limit);
+    f.seek(SeekFrom::Start(start))
+        .map_err(|e| HostError::io(path, e))?;
+    let mut bytes = Vec::new();
+    f.take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(|e| HostError::io(path, e))?;
+    let mut dropped = 0;
+    if start > 0 {
+        // The first line is cut (or starts exactly at the cut): skip it whole.
+        let first_end = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(bytes.len(), |i| i + 1);
+        bytes.drain(..first_end);
+        dropped = 1;
+    }
+    let text = String::from_utf8(bytes).map_err(|_| HostError::NotUtf8(path.to_path_buf()))?;
+    Ok((text, dropped))
 }
 
 #[cfg(test)]
@@ -177,6 +253,39 @@ mod tests {
         assert_eq!(log.records.len(), 2);
         assert_eq!(log.records[1].message, "second");
         assert_eq!(log.skipped, 1);
+    }
+
+    /// Issue 14.10: a log over the read limit used to be dropped whole; the newest
+    /// records are kept.
+    #[test]
+    fn a_log_over_the_limit_keeps_its_newest_records() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("dev")).unwrap();
+        let mut text = String::new();
+        let mut seq = 0;
+        while text.len() as u64 <= MAX_READ_BYTES + 4096 {
+            seq += 1;
+            text.push_str(&format!("6,{seq},{seq},-;{}\n", "x".repeat(100)));
+        }
+        text.push_str("6,999999999,1,-;virt/tdx: module initialized\n");
+        std::fs::write(dir.path().join("dev/kmsg"), &text).unwrap();
+        let host = HostRoot::new(dir.path()).unwrap();
+        let log = host.kernel_log().unwrap();
+        assert!(log.dropped > 0);
+        assert_eq!(
+            log.records.last().unwrap().message,
+            "virt/tdx: module initialized"
+        );
+        assert!(log.records.len() > 1000);
+        assert!(log.records.first().unwrap().seq > 1);
+        let mut n = NewestRecords::new(10);
+        for i in 0..5 {
+            let r = parse_record(&format!("6,{i},0,-;m")).unwrap();
+            n.push(r, 4);
+        }
+        let (kept, dropped) = n.into_parts();
+        assert_eq!((kept.len(), dropped), (2, 3));
+        assert_eq!(kept[0].seq, 3);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! wake-up that must precede them, through the host door.
 //!
 //! Queries map read-only (`O_RDONLY` + `PROT_READ`): a read-only mapping cannot change the
-//! device even by mistake (facts gpu.md §2.3). Only a mode *set* maps read-write.
+//! device even by mistake (docs/facts/gpu.md#cc-read-only-query). Only a mode *set* maps read-write.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -212,7 +212,7 @@ impl HostRoot {
 
     /// Wakes a runtime-suspended device (`power/control` = `on`) so its BARs answer; the
     /// guard restores the old value. A VFIO-bound idle GPU is typically suspended and then
-    /// reads all-ones (facts gpu.md §2.3). Devices without runtime PM files are left alone.
+    /// reads all-ones (docs/facts/gpu.md#cc-read-only-query). Devices without runtime PM files are left alone.
     pub fn wake_pci_device(&self, addr: &PciAddress) -> Result<PowerGuard, HostError> {
         let dir = device_dir(addr);
         let control = dir.join("power/control");
@@ -225,11 +225,14 @@ impl HostRoot {
         if status.as_deref().is_none_or(|s| s == "active") {
             return Ok(guard);
         }
-        let Some(old) = self.read_attr_opt(&control)? else {
+        let Some(old) = self.read_string_opt(&control)? else {
             return Ok(guard);
         };
-        if old != "on" {
+        if old.trim() != "on" {
             self.write_attr(&control, "on")?;
+            // Put back exactly what was read ("auto\n"): the kernel's control_store
+            // compares with sysfs_streq, which ignores the newline
+            // (drivers/base/power/sysfs.c), and a copy of sysfs stays byte for byte.
             guard.restore = Some(old);
         }
         Ok(guard)
@@ -243,7 +246,7 @@ impl HostRoot {
 
     /// Whether the PCI COMMAND register has Memory Space Enable set (bit 1 at config
     /// offset 4). `None` when config space is shorter than that. cchost checks this and
-    /// refuses rather than writing config space (facts gpu.md §2.3).
+    /// refuses rather than writing config space (docs/facts/gpu.md#cc-read-only-query).
     pub fn pci_memory_decode(&self, addr: &PciAddress) -> Result<Option<bool>, HostError> {
         let bytes = self.read_bytes_limited(device_dir(addr).join("config"), 4096)?;
         Ok(bytes

@@ -14,6 +14,7 @@ pub mod exec;
 pub mod kmsg;
 mod lock;
 pub mod mmio;
+mod open;
 pub mod owner;
 pub mod socket;
 
@@ -27,7 +28,8 @@ pub mod uevent;
 pub mod unix;
 
 pub use error::HostError;
-pub use lock::HostLock;
+pub use lock::{HostLock, LockWait};
+pub use open::{Resolution, open_regular_local};
 pub use record::Access;
 
 use std::ffi::OsStr;
@@ -35,6 +37,8 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
 
 /// Largest file cchost reads in one go. Real inputs are far smaller (cpuinfo of a
 /// 512-thread host is ~1 MiB); anything bigger is a broken or hostile file.
@@ -46,6 +50,8 @@ pub struct HostRoot {
     root: PathBuf,
     /// Off unless [`HostRoot::with_recorder`] turned it on (`cchost capture`).
     recorder: record::Recorder,
+    /// openat2 or user space (open.rs).
+    resolution: Resolution,
 }
 
 /// What kind of thing sits at a host path (without following a final symlink).
@@ -71,6 +77,7 @@ impl HostRoot {
         Ok(Self {
             root: canonical,
             recorder: record::Recorder::default(),
+            resolution: Resolution::default(),
         })
     }
 
@@ -79,6 +86,7 @@ impl HostRoot {
         Self {
             root: PathBuf::from("/"),
             recorder: record::Recorder::default(),
+            resolution: Resolution::default(),
         }
     }
 
@@ -115,6 +123,20 @@ impl HostRoot {
         Some(Path::new("/").join(rel))
     }
 
+    /// The kernel filesystems a whole host has that are missing or empty under this
+    /// root (`sys`, `proc`, `dev`). A root that lacks one is not a host: every fact read
+    /// from it would be an absence, and every remedy built on that absence wrong.
+    pub fn missing_kernel_dirs(&self) -> Vec<&'static str> {
+        ["sys", "proc", "dev"]
+            .into_iter()
+            .filter(|d| {
+                let p = Path::new("/").join(d);
+                self.kind_followed(&p) != Some(NodeKind::Dir)
+                    || self.list_dir(&p).map(|v| v.is_empty()).unwrap_or(true)
+            })
+            .collect()
+    }
+
     /// Does anything exist at this path (a dangling symlink counts)?
     pub fn exists(&self, host_path: impl AsRef<Path>) -> bool {
         self.kind(host_path).is_some()
@@ -144,8 +166,7 @@ impl HostRoot {
     ) -> Result<Vec<u8>, HostError> {
         let host_path = host_path.as_ref();
         self.record(host_path, Access::Read);
-        let local = self.resolve(host_path)?;
-        let file = fs::File::open(&local).map_err(|e| HostError::io(host_path, e))?;
+        let file = self.open_expect(host_path, OFlag::O_RDONLY, open::Expect::File)?;
         let mut buf = Vec::new();
         // sysfs reports a size of 4096 for every attribute, so read, don't trust metadata.
         file.take(limit + 1)
@@ -281,12 +302,18 @@ impl HostRoot {
             std::process::id()
         ));
         let result = (|| -> std::io::Result<()> {
+            // A leftover (or planted) temp name is removed, and the new one must be
+            // created afresh: O_EXCL never opens a FIFO or follows a link there.
+            match fs::remove_file(&tmp) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
             let mut f = fs::OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(mode)
-                .custom_flags(libc::O_NOFOLLOW)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(&tmp)?;
             f.write_all(contents)?;
             f.set_permissions(fs::Permissions::from_mode(mode))?;
@@ -304,18 +331,28 @@ impl HostRoot {
         Ok(())
     }
 
+    /// The permission bits of an existing file (not following a final symlink); `None`
+    /// when there is none.
+    pub fn mode_of(&self, host_path: impl AsRef<Path>) -> Option<u32> {
+        let local = self.resolve_parent(host_path).ok()?;
+        let meta = fs::symlink_metadata(local).ok()?;
+        meta.file_type()
+            .is_file()
+            .then_some(meta.permissions().mode() & 0o7777)
+    }
+
     /// Writes a kernel attribute (sysfs/procfs) in place: one `write(2)` of the whole
     /// value, no temp file (the kernel rejects creating files there).
     pub fn write_attr(&self, host_path: impl AsRef<Path>, value: &str) -> Result<(), HostError> {
         let host_path = host_path.as_ref();
-        let local = self.resolve(host_path)?;
         // O_TRUNC as the shell's `echo v > attr` does: kernfs and procfs ignore it, and
         // on a fixture's regular file it keeps a shorter value from leaving a tail behind.
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&local)
-            .map_err(|e| HostError::io(host_path, e))?;
+        // O_NONBLOCK (open.rs) keeps a FIFO planted there from blocking the open.
+        let mut f = self.open_expect(
+            host_path,
+            OFlag::O_WRONLY | OFlag::O_TRUNC,
+            open::Expect::File,
+        )?;
         f.write_all(value.as_bytes())
             .map_err(|e| HostError::io(host_path, e))
     }
@@ -335,6 +372,21 @@ impl HostRoot {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(HostError::io(host_path, e)),
+        }
+    }
+}
+
+impl NodeKind {
+    /// "a FIFO", "a directory": for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            NodeKind::File => "a regular file",
+            NodeKind::Dir => "a directory",
+            NodeKind::Symlink => "a symbolic link",
+            NodeKind::CharDevice => "a character device",
+            NodeKind::BlockDevice => "a block device",
+            NodeKind::Socket => "a socket",
+            NodeKind::Fifo => "a FIFO",
         }
     }
 }

@@ -27,37 +27,43 @@ pub struct PciAddress {
 #[error("not a PCI address (expected dddd:bb:dd.f): {0:?}")]
 pub struct BadPciAddress(pub String);
 
+/// The kernel names a PCI device `"%04x:%02x:%02x.%d"` (drivers/pci/probe.c,
+/// `pci_setup_device`): a domain of four hex digits (more only when it needs them, with
+/// no leading zero then), bus and device of exactly two, a function digit 0–7. That form
+/// is accepted, and lspci's short `bb:dd.f` (domain 0); hex digits of either case, nothing
+/// else (no sign, no padding, no short fields; issue 14.9).
 impl FromStr for PciAddress {
     type Err = BadPciAddress;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || BadPciAddress(s.to_string());
-        // Accept the short form bb:dd.f too (lspci prints it), meaning domain 0.
+        let hex = |x: &str| -> Result<u32, BadPciAddress> {
+            if x.is_empty() || x.len() > 8 || !x.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad());
+            }
+            u32::from_str_radix(x, 16).map_err(|_| bad())
+        };
         let (domain, rest) = match s.matches(':').count() {
             2 => {
                 let (d, r) = s.split_once(':').ok_or_else(bad)?;
-                (u32::from_str_radix(d, 16).map_err(|_| bad())?, r)
+                if d.len() < 4 || (d.len() > 4 && d.starts_with('0')) {
+                    return Err(bad());
+                }
+                (hex(d)?, r)
             }
             1 => (0, s),
             _ => return Err(bad()),
         };
         let (bus, rest) = rest.split_once(':').ok_or_else(bad)?;
         let (dev, func) = rest.split_once('.').ok_or_else(bad)?;
-        let hex2 = |x: &str| -> Result<u8, BadPciAddress> {
-            if x.is_empty() || x.len() > 2 {
-                return Err(bad());
-            }
-            u8::from_str_radix(x, 16).map_err(|_| bad())
-        };
+        if bus.len() != 2 || dev.len() != 2 || func.len() != 1 {
+            return Err(bad());
+        }
         let addr = PciAddress {
             domain,
-            bus: hex2(bus)?,
-            device: hex2(dev)?,
-            function: if func.len() == 1 {
-                hex2(func)?
-            } else {
-                return Err(bad());
-            },
+            bus: hex(bus)? as u8,
+            device: hex(dev)? as u8,
+            function: hex(func)? as u8,
         };
         if addr.device > 0x1f || addr.function > 7 {
             return Err(bad());
@@ -339,6 +345,9 @@ mod tests {
         assert_eq!(short.to_string(), "0000:3b:00.0");
         let wide: PciAddress = "10000:01:00.0".parse().unwrap();
         assert_eq!(wide.domain, 0x10000);
+        assert_eq!(wide.to_string(), "10000:01:00.0");
+        let upper: PciAddress = "0000:3B:1F.7".parse().unwrap();
+        assert_eq!(upper.to_string(), "0000:3b:1f.7");
     }
 
     #[test]
@@ -352,6 +361,17 @@ mod tests {
             "0000:3b:00.00",
             "0000:0:0:0.0",
             "../../etc",
+            // Issue 14.9: forms the kernel never prints.
+            "C:4.1",
+            "+1:3b:00.0",
+            "0000:+f:00.0",
+            "000000000:3b:00.0",
+            "00000:3b:00.0",
+            "000:3b:00.0",
+            "0000:3b:0.0",
+            "0000:3b:00.+1",
+            "0000:3b:+0.0",
+            "0000: 3b:00.0",
         ] {
             assert!(s.parse::<PciAddress>().is_err(), "{s}");
         }

@@ -60,6 +60,22 @@ impl VsockStream {
             file: std::fs::File::from(fd),
         })
     }
+
+    /// Sets `SO_RCVTIMEO` (a read blocks at most `timeout`; zero is refused, as the
+    /// kernel would take it for "no timeout").
+    pub fn set_read_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+        use nix::sys::socket::{setsockopt, sockopt};
+        use nix::sys::time::TimeVal;
+        if timeout.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        let tv = TimeVal::new(
+            timeout.as_secs() as libc::time_t,
+            timeout.subsec_micros() as libc::suseconds_t,
+        );
+        setsockopt(&self.file, sockopt::ReceiveTimeout, &tv)?;
+        Ok(())
+    }
 }
 
 impl Read for VsockStream {

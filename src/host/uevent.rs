@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{
-    AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, setsockopt, socket,
-    sockopt,
+    AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recvfrom, setsockopt,
+    socket, sockopt,
 };
 
 /// One parsed kernel uevent.
@@ -102,16 +102,23 @@ impl UeventSocket {
     /// datagram was not a kernel uevent.
     pub fn recv(&self) -> std::io::Result<Option<Uevent>> {
         let mut buf = [0u8; 8192];
-        match recv(
-            self.fd.as_raw_fd(),
-            &mut buf,
-            nix::sys::socket::MsgFlags::empty(),
-        ) {
-            Ok(n) => Ok(Uevent::parse(&buf[..n])),
+        match recvfrom::<NetlinkAddr>(self.fd.as_raw_fd(), &mut buf) {
+            Ok((n, from)) => Ok(from_kernel(from.map(|a| a.pid()), &buf[..n])),
             Err(nix::errno::Errno::EAGAIN) => Err(std::io::ErrorKind::WouldBlock.into()),
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// A datagram counts only when the kernel sent it: netlink port id 0. Any process
+/// that may send to the group could forge one otherwise; udev drops such messages the
+/// same way (systemd src/libsystemd/sd-device/device-monitor.c, "Multicast kernel
+/// netlink message from PID … ignored"; netlink(7): the kernel's nl_pid is 0).
+fn from_kernel(sender_port: Option<u32>, datagram: &[u8]) -> Option<Uevent> {
+    if sender_port != Some(0) {
+        return None;
+    }
+    Uevent::parse(datagram)
 }
 
 /// Does this uevent concern passthrough devices (PCI functions, their drivers, vfio
@@ -136,6 +143,15 @@ mod tests {
         assert_eq!(ev.subsystem(), Some("pci"));
         assert_eq!(ev.env["DRIVER"], "vfio-pci");
         assert!(is_passthrough_relevant(&ev));
+    }
+
+    /// Issue 14.10: a uevent from a process (port id not 0) is not the kernel's.
+    #[test]
+    fn only_the_kernel_port_is_believed() {
+        let raw = b"remove@/devices/pci0000:00/0000:00:03.0\0ACTION=remove\0SUBSYSTEM=pci\0";
+        assert!(from_kernel(Some(0), raw).is_some());
+        assert!(from_kernel(Some(4242), raw).is_none());
+        assert!(from_kernel(None, raw).is_none());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! OpenShift MachineConfig for a profile: `kernelArguments` plus the modules-load.d file
-//! (machineconfiguration.openshift.io/v1, Ignition 3.2.0; ../shared/facts/cpu-tee.md §2.2).
+//! (machineconfiguration.openshift.io/v1, Ignition 3.2.0; docs/facts/cpu-tee.md#kernel-args).
 //! The MCO applies kernel arguments with rpm-ostree and reboots the pool; cchost never does.
 
 use serde::Serialize;
@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::modules;
 use super::profile::{ArgProfile, Platform};
 use crate::config::KernelConfig;
-use crate::plan::facts::CpuVendor;
+use crate::inventory::facts::CpuVendor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

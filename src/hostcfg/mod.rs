@@ -5,6 +5,7 @@ pub mod args;
 pub mod bls;
 pub mod boot;
 pub mod grubfile;
+pub mod journaled;
 pub mod machineconfig;
 pub mod modules;
 pub mod profile;

@@ -1,5 +1,5 @@
 //! Kernel modules for Kata's vsock channel: loaded now with the host's modprobe and
-//! persisted in modules-load.d (../shared/facts/cpu-tee.md §5: `vhost_vsock` is the host
+//! persisted in modules-load.d (docs/facts/cpu-tee.md#kernel-args: `vhost_vsock` is the host
 //! side, `/dev/vhost-vsock`; coco-pattern also loads `vsock_loopback`).
 
 use std::path::Path;

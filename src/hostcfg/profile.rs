@@ -1,11 +1,11 @@
 //! Which kernel arguments each profile needs and which it must not have, each with the
-//! fact it comes from (../shared/facts/cpu-tee.md §2.2, §4, §5).
+//! fact it comes from (docs/facts/cpu-tee.md#kernel-args, #iommu).
 
 use serde::Serialize;
 
 use super::args::{ArgEdit, ArgMatch, KernelArg};
 use crate::config::KernelConfig;
-use crate::plan::facts::{CpuVendor, NodeFacts};
+use crate::inventory::facts::{CpuVendor, NodeFacts};
 
 /// The TEE the host is set up for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]

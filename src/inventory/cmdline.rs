@@ -1,7 +1,13 @@
-//! The kernel command line (`/proc/cmdline`), split the way the kernel splits it
-//! (lib/cmdline.c `next_arg`): whitespace separates parameters except inside double
-//! quotes; `param="a b"` and `"param=a b"` both give the value `a b`; the first `=`
-//! (even inside quotes) separates name and value; everything after a lone `--` goes to init.
+//! The kernel command line (`/proc/cmdline`), split the way the kernel splits it,
+//! byte for byte: lib/cmdline.c `next_arg` and kernel/params.c `parse_args`.
+//! The line is bytes, not UTF-8. Whitespace is the kernel's `isspace` (lib/ctype.c:
+//! bytes 9–13, 32 and 160, Latin-1 NBSP; never a multi-byte UTF-8 space) and separates
+//! parameters except inside double quotes. A quote that opens the token is dropped
+//! with one at its very end (`"param=a b"`); a value that starts with a quote is
+//! dropped with one at the token's end (`param="a b"`); every other quote stays
+//! (`a"b`, `x="a b"c` gives `a b"c`). The first `=` at an index above 0 splits name and
+//! value (`=foo` is a flag named `=foo`). Parameters end at a token that is exactly
+//! `--` after that (so `--` or `"--"`, not `--""`); the rest goes to init.
 //! Parameter names compare with `-` and `_` equal (`kvm-amd.sev` is `kvm_amd.sev`),
 //! as the kernel's `parameq` does. When a parameter repeats, handlers run in order and
 //! the last one wins; [`Cmdline::last`] gives that one, [`Cmdline::all`] all of them.
@@ -47,6 +53,13 @@ const MAX_CMDLINE: usize = 64 * 1024;
 impl Cmdline {
     /// Parses the content of `/proc/cmdline` (`path` names the file in errors).
     pub fn parse(path: &Path, text: &str) -> Result<Self, HostError> {
+        Self::parse_bytes(path, text.as_bytes())
+    }
+
+    /// Parses the command line as the bytes the kernel reads. Names and values that
+    /// are not UTF-8 (a token cut inside a multi-byte character at byte 160) are kept
+    /// with U+FFFD in place of the bad bytes; every name cchost looks up is ASCII.
+    pub fn parse_bytes(path: &Path, text: &[u8]) -> Result<Self, HostError> {
         if text.len() > MAX_CMDLINE {
             return Err(HostError::malformed(
                 path,
@@ -56,24 +69,34 @@ impl Cmdline {
                 ),
             ));
         }
-        if text.contains('\0') {
+        if text.contains(&0) {
             return Err(HostError::malformed(path, "contains a NUL byte"));
         }
-        let raw = text.trim_end_matches('\n').to_string();
+        let line = text.strip_suffix(b"\n").unwrap_or(text);
+        let raw = String::from_utf8_lossy(line).into_owned();
+        let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let mut params = Vec::new();
         let mut init_args = Vec::new();
-        let mut after_dashes = false;
-        for token in split_args(&raw) {
-            if after_dashes {
-                init_args.push(token.0);
-                continue;
+        let mut args = skip_spaces(line);
+        while !args.is_empty() {
+            let (param, value, rest) = next_arg(args);
+            args = rest;
+            if value.is_none() && param == b"--" {
+                // init/main.c hands the rest to init, `name=value` rejoined.
+                while !args.is_empty() {
+                    let (param, value, rest) = next_arg(args);
+                    args = rest;
+                    init_args.push(match value {
+                        Some(v) => format!("{}={}", lossy(&param), lossy(&v)),
+                        None => lossy(&param),
+                    });
+                }
+                break;
             }
-            let (name, value) = token.into_param();
-            if name == "--" && value.is_none() {
-                after_dashes = true;
-                continue;
-            }
-            params.push(Param { name, value });
+            params.push(Param {
+                name: lossy(&param),
+                value: value.as_deref().map(lossy),
+            });
         }
         Ok(Cmdline {
             raw,
@@ -121,50 +144,75 @@ impl Cmdline {
     }
 }
 
-/// A raw token with its quote structure, before the name/value split.
-struct Token(String, Option<usize>);
-
-impl Token {
-    fn into_param(self) -> (String, Option<String>) {
-        let Token(text, equals) = self;
-        match equals {
-            None => (text, None),
-            Some(i) => (text[..i].to_string(), Some(text[i + 1..].to_string())),
-        }
-    }
+/// The kernel's `isspace` (lib/ctype.c `_ctype`: `_S` on 9–13, 32 and 160).
+fn is_space(b: u8) -> bool {
+    matches!(b, 9..=13 | 32 | 160)
 }
 
-/// Splits like the kernel's `next_arg`: quotes group, and are removed.
-fn split_args(s: &str) -> Vec<Token> {
-    let mut out = Vec::new();
-    let mut chars = s.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        if chars.peek().is_none() {
+/// lib/string.c `skip_spaces`.
+fn skip_spaces(s: &[u8]) -> &[u8] {
+    let n = s.iter().take_while(|&&b| is_space(b)).count();
+    &s[n..]
+}
+
+/// lib/cmdline.c `next_arg`, step for step: the C code ends strings by writing NULs
+/// into the token (at the `=`, over a closing quote, after the token), so this copies
+/// the token, writes the same NULs and reads the same C strings back.
+/// Returns the parameter, its value (`None` without an `=` past index 0) and the rest
+/// of the line after trailing spaces.
+fn next_arg(line: &[u8]) -> (Vec<u8>, Option<Vec<u8>>, &[u8]) {
+    let mut args = line;
+    let (mut in_quote, mut quoted) = (false, false);
+    if args.first() == Some(&b'"') {
+        args = &args[1..];
+        in_quote = true;
+        quoted = true;
+    }
+    let mut equals = 0;
+    let mut i = 0;
+    while i < args.len() {
+        let c = args[i];
+        if is_space(c) && !in_quote {
             break;
         }
-        let mut text = String::new();
-        let mut in_quote = false;
-        let mut equals: Option<usize> = None;
-        while let Some(&c) = chars.peek() {
-            if c.is_whitespace() && !in_quote {
-                break;
-            }
-            chars.next();
-            if c == '"' {
-                in_quote = !in_quote;
-                continue; // quotes are never part of a name or value
-            }
-            if c == '=' && equals.is_none() {
-                equals = Some(text.len());
-            }
-            text.push(c);
+        if equals == 0 && c == b'=' {
+            equals = i;
         }
-        out.push(Token(text, equals));
+        if c == b'"' {
+            in_quote = !in_quote;
+        }
+        i += 1;
     }
-    out
+    let mut tok = args[..i].to_vec();
+    let val_start = if equals == 0 {
+        None
+    } else {
+        tok[equals] = 0;
+        let mut v = equals + 1;
+        // "Don't include quotes in value."
+        if tok.get(v) == Some(&b'"') {
+            v += 1;
+            if tok[i - 1] == b'"' {
+                tok[i - 1] = 0;
+            }
+        }
+        Some(v)
+    };
+    if quoted && i > 0 && tok[i - 1] == b'"' {
+        tok[i - 1] = 0;
+    }
+    let c_str = |from: usize| -> Vec<u8> {
+        let t = &tok[from.min(tok.len())..];
+        t[..t.iter().position(|&b| b == 0).unwrap_or(t.len())].to_vec()
+    };
+    let param = c_str(0);
+    let value = val_start.map(c_str);
+    let rest = if i < args.len() {
+        &args[i + 1..]
+    } else {
+        &args[i..]
+    };
+    (param, value, skip_spaces(rest))
 }
 
 #[cfg(test)]
@@ -237,5 +285,54 @@ mod tests {
         assert_eq!(c.value("a"), Some("b c"));
         assert!(p("").params.is_empty());
         assert!(p("   \n").params.is_empty());
+    }
+
+    fn params(c: &Cmdline) -> Vec<(&str, Option<&str>)> {
+        c.params
+            .iter()
+            .map(|p| (p.name.as_str(), p.value.as_deref()))
+            .collect()
+    }
+
+    /// Issue 14.6: the inputs where cchost and lib/cmdline.c disagreed.
+    #[test]
+    fn reads_like_the_kernel_next_arg() {
+        // Only bytes 9-13, 32 and 160 separate: no Unicode spaces.
+        for cp in ["\u{2003}", "\u{85}", "\u{2028}"] {
+            let line = format!("nohi{cp}bernate");
+            assert_eq!(params(&p(&line)), [(line.as_str(), None)], "{cp:?}");
+        }
+        // U+00A0 is c2 a0: the kernel splits at the a0 byte and keeps the c2.
+        let c = Cmdline::parse_bytes(Path::new("/proc/cmdline"), b"a\xc2\xa0b").unwrap();
+        assert_eq!(params(&c), [("a\u{fffd}", None), ("b", None)]);
+        let c = Cmdline::parse_bytes(Path::new("/proc/cmdline"), b"x=\xe9 y").unwrap();
+        assert_eq!(params(&c), [("x", Some("\u{fffd}")), ("y", None)]);
+        // Quotes inside a token stay.
+        assert_eq!(params(&p(r#"a"b"#)), [(r#"a"b"#, None)]);
+        assert_eq!(params(&p(r#"x="a b"c"#)), [("x", Some(r#"a b"c"#))]);
+        assert_eq!(params(&p(r#"x"y z"=1"#)), [(r#"x"y z""#, Some("1"))]);
+        // `=` at index 0 is no separator; a later one is.
+        assert_eq!(params(&p("=foo")), [("=foo", None)]);
+        assert_eq!(params(&p("=a=b")), [("=a", Some("b"))]);
+        // Only `--` or `"--"` end the parameters.
+        for not_end in [r#"--"""#, r#"-"-""#] {
+            let c = p(&format!("{not_end} iommu=pt"));
+            assert_eq!(params(&c), [(not_end, None), ("iommu", Some("pt"))]);
+            assert!(c.init_args.is_empty(), "{not_end}");
+        }
+        // An open quote runs to the end of the line, across the blank.
+        let c = p(r#"--" iommu=pt"#);
+        assert_eq!(params(&c), [(r#"--" iommu"#, Some("pt"))]);
+        assert!(c.init_args.is_empty());
+        let c = p(r#"ro "--" single x="1 2""#);
+        assert_eq!(params(&c), [("ro", None)]);
+        assert_eq!(c.init_args, ["single", "x=1 2"]);
+        // A lone quote, quoted empty values, tabs and newlines.
+        assert_eq!(params(&p("\"")), [("", None)]);
+        assert_eq!(params(&p("x=\"")), [("x", Some(""))]);
+        assert_eq!(
+            params(&p("a\tb\x0bc")),
+            [("a", None), ("b", None), ("c", None)]
+        );
     }
 }

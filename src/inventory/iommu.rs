@@ -1,6 +1,6 @@
 //! The IOMMU: present in firmware (ACPI DMAR / IVRS / IORT), enabled in the kernel
 //! (IOMMU groups exist), and in which mode (translated DMA vs identity/passthrough),
-//! per group and overall (../shared/facts/cpu-tee.md §4).
+//! per group and overall (docs/facts/cpu-tee.md#iommu).
 
 use std::collections::BTreeMap;
 

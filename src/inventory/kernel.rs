@@ -44,6 +44,8 @@ pub const DEVICE_NODES: &[&str] = &[
     "/dev/sev",
     "/dev/iommu",
     "/dev/vfio/vfio",
+    "/dev/sgx_enclave",
+    "/dev/sgx_provision",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,12 +126,21 @@ impl KernelInfo {
                 None
             }
         };
-        let cmdline = match host.read_string_opt(PROC_CMDLINE) {
-            Ok(Some(t)) => Cmdline::parse(Path::new(PROC_CMDLINE), &t).unwrap_or_else(|e| {
-                problems.push(e.into());
-                Cmdline::default()
-            }),
-            Ok(None) => {
+        // Bytes, not UTF-8: the kernel's command line is a byte string.
+        let cmdline = match host.read_bytes(PROC_CMDLINE) {
+            Ok(t) => {
+                if std::str::from_utf8(&t).is_err() {
+                    problems.push(Problem::new(
+                        PROC_CMDLINE,
+                        "not UTF-8: split as bytes, as the kernel does; bad bytes show as U+FFFD",
+                    ));
+                }
+                Cmdline::parse_bytes(Path::new(PROC_CMDLINE), &t).unwrap_or_else(|e| {
+                    problems.push(e.into());
+                    Cmdline::default()
+                })
+            }
+            Err(e) if e.is_not_found() => {
                 problems.push(Problem::new(PROC_CMDLINE, "missing"));
                 Cmdline::default()
             }

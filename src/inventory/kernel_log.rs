@@ -1,7 +1,7 @@
 //! The kernel-log lines that carry TEE and IOMMU facts. The whole log is read once
 //! (see [`HostRoot::kernel_log`]); only lines that mention TDX, SEV/SNP, the IOMMU or
 //! Arm RME are kept, and the verdicts match them loosely because the wording changes
-//! between kernel versions (../shared/facts/cpu-tee.md §3.5).
+//! between kernel versions (docs/facts/cpu-tee.md#tdx-linux).
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +45,12 @@ impl KernelLogInfo {
     pub fn collect(host: &HostRoot, problems: &mut Vec<Problem>) -> Self {
         match host.kernel_log() {
             Ok(log) => {
+                if log.dropped > 0 {
+                    problems.push(Problem::new(
+                        KMSG,
+                        "longer than cchost reads; the oldest records were left out",
+                    ));
+                }
                 if log.skipped > 0 {
                     problems.push(Problem::new(
                         KMSG,

@@ -1,6 +1,6 @@
 //! The misc cgroup controller's `misc.capacity`: how many TDX KeyIDs and SEV/SEV-ES
-//! ASIDs the host has in total (there is no "available" count; ../shared/facts
-//! cpu-tee.md §1.1, §6.7). Keys are matched exactly: NFD's prefix match would read
+//! ASIDs the host has in total (there is no "available" count;
+//! docs/facts/cpu-tee.md#misc-capacity). Keys are matched exactly: NFD's prefix match would read
 //! `sev_es` for `sev` if the lines came in another order.
 
 use std::collections::BTreeMap;

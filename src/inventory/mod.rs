@@ -4,6 +4,8 @@
 pub mod cca;
 pub mod cmdline;
 pub mod cpuinfo;
+pub mod facts;
+mod facts_from_inventory;
 pub mod gpu;
 pub mod iommu;
 pub mod kernel;
@@ -12,6 +14,7 @@ pub mod lockdown;
 pub mod misc;
 pub mod modalias;
 pub mod modules;
+pub mod passthrough;
 pub mod pci_names;
 pub mod render;
 pub mod sev;
@@ -28,6 +31,7 @@ use crate::host::{HostError, HostRoot};
 
 pub use cca::CcaInfo;
 pub use cpuinfo::{CpuInfo, CpuVendor};
+pub use facts::NodeFacts;
 pub use gpu::{GpuDevice, GpuInventory, GpuKind, discover_gpus};
 pub use iommu::{IommuInfo, IommuMode};
 pub use kernel::{KernelInfo, ModuleState};

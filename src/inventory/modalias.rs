@@ -4,7 +4,7 @@
 //! publish `alias vfio_pci:v…d…sv…sd…bc…sc…i… <module>` lines in
 //! `/lib/modules/<release>/modules.alias`; plain `vfio_pci` publishes an all-wildcard
 //! one. Like NVIDIA's vfio-manage (and libvirt), the pattern with the fewest `*`
-//! wildcards wins and `vfio-pci` is the fallback (../shared/facts/gpu.md §1.4).
+//! wildcards wins and `vfio-pci` is the fallback (docs/facts/gpu.md#vfio-driver-choice).
 
 use serde::{Deserialize, Serialize};
 
@@ -37,7 +37,7 @@ pub struct VfioChoice {
     pub module: String,
     /// Name of the driver directory under /sys/bus/pci/drivers for the plain vfio-pci
     /// case; variant drivers register under their own name, which the binder looks up
-    /// as `module` first and then with `_` replaced by `-` (gpu.md §1.4).
+    /// as `module` first and then with `_` replaced by `-` (docs/facts/gpu.md#vfio-driver-choice).
     pub driver: String,
     #[serde(flatten)]
     pub source: VfioChoiceSource,
@@ -79,7 +79,12 @@ impl VfioAliases {
             let mut parts = rest.split_whitespace();
             if let (Some(pattern), Some(module), None) = (parts.next(), parts.next(), parts.next())
             {
-                entries.push((pattern.to_string(), module.to_string()));
+                match supported_pattern(pattern.as_bytes()) {
+                    Ok(()) => entries.push((pattern.to_string(), module.to_string())),
+                    Err(why) => tracing::warn!(
+                        "modules.alias: vfio_pci:{pattern} ({module}) skipped: {why}"
+                    ),
+                }
             }
         }
         VfioAliases {
@@ -136,9 +141,53 @@ impl VfioAliases {
     }
 }
 
-/// fnmatch(3) without flags, as modprobe uses for aliases: `*`, `?` and `[...]`
-/// classes (with `!`/`^` negation and ranges).
-fn glob_match(pat: &[u8], s: &[u8]) -> bool {
+/// Whether [`glob_match`] matches `pattern` exactly as fnmatch(3) does.
+///
+/// libkmod matches wildcard aliases with `fnmatch(pattern, modalias, 0)`
+/// (libkmod/libkmod-index.c, `index_searchwild__all`): POSIX XCU §2.13 "Pattern
+/// Matching Notation" with glibc's extensions. modpost (scripts/mod/file2alias.c,
+/// `do_pci_entry`) writes `vfio_pci:` patterns of ASCII letters, digits and `*` only,
+/// so cchost implements `*`, `?` and classes of plain characters and refuses the rest
+/// rather than guess: a backslash escape, `[[:class:]]`, `[=x=]` and `[.x.]` forms (any `[` inside a
+/// class), an unterminated `[` (glibc does not match it literally), and any byte that
+/// is not printable ASCII. A refused alias is skipped with a warning naming it.
+pub fn supported_pattern(p: &[u8]) -> Result<(), &'static str> {
+    if p.iter().any(|b| !b.is_ascii_graphic()) {
+        return Err("a byte that is not printable ASCII");
+    }
+    if p.contains(&b'\\') {
+        return Err("a backslash escape (not written by modpost)");
+    }
+    let mut i = 0;
+    while i < p.len() {
+        if p[i] == b'[' {
+            let mut j = i + 1;
+            if matches!(p.get(j), Some(b'!' | b'^')) {
+                j += 1;
+            }
+            if p.get(j) == Some(&b']') {
+                j += 1; // a leading `]` is a member
+            }
+            loop {
+                match p.get(j) {
+                    None => return Err("an unterminated [ (fnmatch does not match it literally)"),
+                    Some(b']') => break,
+                    Some(b'[') => return Err("a [ inside a class ([:class:], [=x=], [.x.])"),
+                    Some(_) => j += 1,
+                }
+            }
+            i = j + 1;
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+/// fnmatch(3) without flags, as libkmod uses for aliases, for the patterns that
+/// [`supported_pattern`] accepts: `*`, `?` and `[...]` classes (with `!`/`^` negation
+/// and ranges).
+pub(crate) fn glob_match(pat: &[u8], s: &[u8]) -> bool {
     // Iterative matcher with single-star backtracking: linear in practice.
     let (mut p, mut i) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
@@ -294,5 +343,78 @@ alias vfio_pci:broken-line-without-module
         assert!(glob_match(b"a[b", b"a[b"));
         assert!(glob_match(b"*", b""));
         assert!(!glob_match(b"", b"a"));
+    }
+
+    /// Issue 14.8: the forms where cchost and fnmatch(3) disagreed are refused.
+    #[test]
+    fn patterns_fnmatch_reads_differently_are_refused() {
+        for p in [
+            "a\\*",
+            "v[[:digit:]]",
+            "v[{-",
+            "v[[=a=]]",
+            "v[[.a.]]",
+            "a[b",
+            "v\u{e9}*",
+        ] {
+            assert!(supported_pattern(p.as_bytes()).is_err(), "{p}");
+            let a = VfioAliases::parse(&format!("alias vfio_pci:{p} m\n"));
+            assert!(a.is_empty(), "{p}");
+        }
+        for p in [
+            "v*d*sv*sd*bc*sc*i*",
+            "v[]a]",
+            "v[!]]x",
+            "v[a-]",
+            "[^a-c]*",
+            "a?b",
+        ] {
+            assert!(supported_pattern(p.as_bytes()).is_ok(), "{p}");
+        }
+    }
+
+    /// The matcher against glibc's fnmatch(3) (flags 0, as libkmod calls it) on every
+    /// accepted pattern built from a small alphabet.
+    #[test]
+    fn matcher_agrees_with_libc_fnmatch() {
+        let alphabet: &[&str] = &[
+            "a", "b", "-", "*", "?", "[a-c]", "[!b]", "[]a]", "[^]]", "]", "[a-]", "[c-a]",
+        ];
+        let subjects: Vec<String> = {
+            let chars = ["", "a", "b", "c", "-", "]", "^", "!"];
+            let mut v = Vec::new();
+            for x in chars {
+                for y in chars {
+                    for z in chars {
+                        v.push(format!("{x}{y}{z}"));
+                    }
+                }
+            }
+            v
+        };
+        let mut n = 0;
+        for x in alphabet {
+            for y in alphabet {
+                for z in alphabet {
+                    let pat = format!("{x}{y}{z}");
+                    if supported_pattern(pat.as_bytes()).is_err() {
+                        continue;
+                    }
+                    let cp = std::ffi::CString::new(pat.clone()).unwrap();
+                    for s in &subjects {
+                        let cs = std::ffi::CString::new(s.clone()).unwrap();
+                        // SAFETY: both are NUL-terminated C strings that outlive the call.
+                        let libc_says = unsafe { libc::fnmatch(cp.as_ptr(), cs.as_ptr(), 0) } == 0;
+                        assert_eq!(
+                            glob_match(pat.as_bytes(), s.as_bytes()),
+                            libc_says,
+                            "{pat:?} vs {s:?}"
+                        );
+                        n += 1;
+                    }
+                }
+            }
+        }
+        assert!(n > 100_000, "{n}");
     }
 }

@@ -61,7 +61,7 @@ pub struct ModuleParam {
 
 impl ModuleParam {
     /// A boolean parameter is on when it reads `Y` or `1` (older kernels printed `1`
-    /// for some bool params; ../shared/facts/cpu-tee.md §6.6).
+    /// for some bool params; docs/facts/cpu-tee.md#kvm-params).
     pub fn is_on(&self) -> bool {
         matches!(self.raw.as_str(), "Y" | "y" | "1")
     }

@@ -1,8 +1,7 @@
 //! AMD SEV, SEV-ES and SEV-SNP host readiness: kvm_amd's `sev`, `sev_es`, `sev_snp`
 //! parameters (`Y` or `1`), `/dev/sev` (the ccp driver), ASID counts from
 //! misc.capacity, the firmware API version from the kernel log, and the IOMMU
-//! passthrough pitfall that silently turns SNP off (../shared/facts/cpu-tee.md §3.3,
-//! §4, §5).
+//! passthrough pitfall that silently turns SNP off (docs/facts/cpu-tee.md#sev-linux, #iommu).
 
 use std::collections::BTreeMap;
 

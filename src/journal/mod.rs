@@ -20,7 +20,10 @@
 //! A journal that does not parse is an error naming the file, and nothing is changed.
 
 mod file;
+mod merge;
 mod restore;
+
+pub use merge::take_back;
 
 pub use file::{FILE_KIND, FileChange, FileRestore, FileRestorer, write_file};
 pub use restore::{Recovery, RestoreError, Restored, Restorer, recover, undo_all};
@@ -140,6 +143,27 @@ pub enum JournalError {
     UnknownKind(String),
 }
 
+/// Default for how long a command waits for another cchost process's journal lock.
+pub const DEFAULT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Milliseconds to wait for the journal lock (set once by the CLI, `--lock-wait`).
+static LOCK_WAIT_MS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(DEFAULT_LOCK_WAIT.as_millis() as u64);
+
+/// Sets how long [`Journal::open`] waits for the lock before it gives up.
+pub fn set_lock_wait(wait: std::time::Duration) {
+    LOCK_WAIT_MS.store(
+        u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+fn lock_wait() -> crate::host::LockWait {
+    crate::host::LockWait::Upto(std::time::Duration::from_millis(
+        LOCK_WAIT_MS.load(std::sync::atomic::Ordering::Relaxed),
+    ))
+}
+
 /// The open journal. Holding it holds the lock.
 #[derive(Debug)]
 pub struct Journal {
@@ -149,9 +173,10 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens (or starts) the journal under the host root, waiting for the lock.
+    /// Opens (or starts) the journal under the host root, waiting for the lock (saying
+    /// so) at most the time set with [`set_lock_wait`].
     pub fn open(host: &HostRoot) -> Result<Self, JournalError> {
-        let lock = host.lock_exclusive(LOCK_PATH)?;
+        let lock = host.lock_exclusive(LOCK_PATH, lock_wait())?;
         let file = match host.read_bytes(JOURNAL_PATH) {
             Ok(bytes) => parse(&bytes).map_err(|reason| JournalError::Corrupt {
                 path: host.lexical(JOURNAL_PATH),
@@ -192,7 +217,9 @@ impl Journal {
         self.host.lexical(JOURNAL_PATH)
     }
 
-    pub fn host(&self) -> &HostRoot {
+    /// The host the journal lives on, for the journal's own restores. Actuators take the
+    /// host as a parameter beside the journal rather than pulling it out of here.
+    pub(crate) fn host(&self) -> &HostRoot {
         &self.host
     }
 
@@ -232,7 +259,10 @@ impl Journal {
         let change = to_json(&change)?;
         let restore = to_json(&restore)?;
         let seq = self.file.next_seq;
-        self.file.next_seq += 1;
+        self.file.next_seq = seq.checked_add(1).ok_or_else(|| JournalError::Corrupt {
+            path: self.host.lexical(JOURNAL_PATH),
+            reason: format!("next_seq {seq} leaves no room for another entry"),
+        })?;
         self.file.entries.push(Entry {
             seq,
             kind: kind.to_string(),
@@ -320,12 +350,26 @@ impl Journal {
     }
 }
 
+/// [`parse`] for `crate::fuzzing`.
+pub(crate) fn parse_for_fuzzing(bytes: &[u8]) -> Result<(), String> {
+    parse(bytes).map(|_| ())
+}
+
 fn parse(bytes: &[u8]) -> Result<JournalFile, String> {
     let file: JournalFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if file.version != FORMAT_VERSION {
         return Err(format!(
             "format version {} (this cchost reads version {FORMAT_VERSION})",
             file.version
+        ));
+    }
+    // A sequence number that cannot be incremented would wrap to 0 on the next change
+    // and leave a journal this function rejects (issue 14.4): refuse it while nothing
+    // has been changed yet.
+    if file.next_seq == u64::MAX {
+        return Err(format!(
+            "next_seq {} leaves no room for another entry",
+            file.next_seq
         ));
     }
     let mut seqs = std::collections::BTreeSet::new();

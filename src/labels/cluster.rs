@@ -1,7 +1,7 @@
 //! Writing labels to the API server: Server-Side Apply on this node's Node object (field
 //! manager `cchost`, forced: the keys are ours), extended resources on the Node status,
 //! or a NodeFeature object for clusters where nfd-master owns labels
-//! (../shared/facts/k8s-cdi-rust.md §4).
+//! (docs/facts/k8s.md#server-side-apply).
 //!
 //! SSA semantics do the bookkeeping: the applied object holds exactly our keys, and a
 //! key we owned and now leave out is removed by the API server. What the server holds
@@ -60,6 +60,8 @@ impl SinkError {
 pub const RBAC_NEEDED: &[(&str, &str, &str)] = &[
     ("", "nodes", "get"),
     ("", "nodes", "patch"),
+    // The watches on the own Node (labels::node_watch, `cc.follow_label`; labels::drift).
+    ("", "nodes", "list"),
     ("", "nodes", "watch"),
     ("", "nodes/status", "patch"),
     ("nfd.k8s-sigs.io", "nodefeatures", "get"),

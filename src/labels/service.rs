@@ -15,21 +15,24 @@ use super::nfdfile::FileLabeler;
 use super::{NodeLabels, compute};
 use crate::config::{LabelBackend, LabelsConfig};
 use crate::host::HostRoot;
-use crate::plan::NodeFacts;
+use crate::inventory::NodeFacts;
 
 /// How the labeler reads the facts each round (the inventory, in `cchost run`).
 pub type FactSource = Arc<dyn Fn(&HostRoot) -> Result<NodeFacts, String> + Send + Sync>;
 
 /// The fact source `cchost run` uses: a fresh inventory of the host each round, plus the
 /// GPUs' CC mode read from their firmware where that is safe ([`super::cc_mode`]).
-pub fn inventory_facts(config: crate::config::Config) -> FactSource {
-    let cache = std::sync::Mutex::new(super::cc_mode::CcModeCache::default());
+pub fn inventory_facts(
+    config: crate::config::Config,
+    cache: super::cc_mode::SharedCcModes,
+) -> FactSource {
     Arc::new(move |host: &HostRoot| {
         let inv = crate::inventory::Inventory::collect(host, &config);
         for p in &inv.problems {
             tracing::debug!(path = %p.path.display(), "{}", p.message);
         }
         let mut facts = NodeFacts::from_inventory(&inv);
+        facts.duties = super::duties::duties(&config, host);
         if config.labels.nvidia {
             let query = super::cc_mode::live_query(host);
             cache
@@ -94,7 +97,9 @@ fn namespace(cfg: &LabelsConfig) -> String {
 
 enum Sink {
     Kube(KubeLabeler),
-    File(FileLabeler),
+    /// Shared so that its write (with fsync) runs on a blocking thread, not on the
+    /// daemon's runtime thread.
+    File(Arc<std::sync::Mutex<FileLabeler>>),
     Off,
 }
 
@@ -130,10 +135,9 @@ async fn make_sink(ctx: &LabelerContext) -> Result<Sink, String> {
     let backend = resolve_backend(&ctx.config);
     match backend {
         LabelBackend::Off => Ok(Sink::Off),
-        LabelBackend::File | LabelBackend::Auto => Ok(Sink::File(FileLabeler::new(
-            ctx.host.clone(),
-            &ctx.config.feature_file,
-        ))),
+        LabelBackend::File | LabelBackend::Auto => Ok(Sink::File(Arc::new(std::sync::Mutex::new(
+            FileLabeler::new(ctx.host.clone(), &ctx.config.feature_file),
+        )))),
         LabelBackend::Node | LabelBackend::NodeFeature => {
             let node = node_name(&ctx.config, &ctx.host)
                 .ok_or("no node name: set NODE_NAME (downward API) or labels.node_name")?;
@@ -152,7 +156,8 @@ async fn make_sink(ctx: &LabelerContext) -> Result<Sink, String> {
     }
 }
 
-async fn round(ctx: &LabelerContext, sink: &mut Sink) -> Result<(), String> {
+/// One round; `Ok(true)` when it wrote a change.
+async fn round(ctx: &LabelerContext, sink: &mut Sink) -> Result<bool, String> {
     let host = ctx.host.clone();
     let facts = ctx.facts.clone();
     let facts = tokio::task::spawn_blocking(move || facts(&host))
@@ -163,9 +168,21 @@ async fn round(ctx: &LabelerContext, sink: &mut Sink) -> Result<(), String> {
         tracing::warn!(problem = %p, "labels");
     }
     match sink {
-        Sink::Off => Ok(()),
-        Sink::File(f) => f.sync(&want).map(|_| ()).map_err(|e| e.to_string()),
-        Sink::Kube(k) => k.sync(&want).await.map(|_| ()).map_err(|e| e.to_string()),
+        Sink::Off => Ok(false),
+        Sink::File(f) => {
+            let f = f.clone();
+            tokio::task::spawn_blocking(move || match f.lock() {
+                Ok(mut f) => f.sync(&want).map_err(|e| e.to_string()),
+                Err(_) => Err("feature-file writer poisoned".to_string()),
+            })
+            .await
+            .map_err(|e| format!("feature-file writer panicked: {e}"))?
+        }
+        Sink::Kube(k) => k
+            .sync(&want)
+            .await
+            .map(|r| r.writes > 0)
+            .map_err(|e| e.to_string()),
     }
 }
 
@@ -184,6 +201,16 @@ async fn next_node(rx: &mut Option<watch::Receiver<Option<Node>>>) -> Option<Nod
 /// cluster backend it also watches its own Node ([`super::drift`]) and writes again at
 /// once when someone else removed or changed what it applied.
 pub async fn run_labeler(ctx: LabelerContext, shutdown: impl Future<Output = ()>) {
+    run_labeler_reporting(ctx, shutdown, |_| {}).await;
+}
+
+/// [`run_labeler`], telling `report` how each round went: `Ok(wrote a change)` or the
+/// error (including a backend that cannot start).
+pub async fn run_labeler_reporting(
+    ctx: LabelerContext,
+    shutdown: impl Future<Output = ()>,
+    report: impl Fn(Result<bool, &str>),
+) {
     tokio::pin!(shutdown);
     let interval = Duration::from_secs(ctx.config.interval_seconds.max(1));
     let mut backoff = Backoff::default();
@@ -202,6 +229,7 @@ pub async fn run_labeler(ctx: LabelerContext, shutdown: impl Future<Output = ()>
                     Err(e) => {
                         let d = backoff.fail();
                         tracing::error!(error = %e, retry_in = ?d, "labeler cannot start its backend");
+                        report(Err(&e));
                         return d;
                     }
                 }
@@ -210,13 +238,15 @@ pub async fn run_labeler(ctx: LabelerContext, shutdown: impl Future<Output = ()>
                 return backoff.fail();
             };
             match round(&ctx, s).await {
-                Ok(()) => {
+                Ok(changed) => {
                     backoff.reset();
+                    report(Ok(changed));
                     interval
                 }
                 Err(e) => {
                     let d = backoff.fail();
                     tracing::error!(error = %e, retry_in = ?d, "labels not written");
+                    report(Err(&e));
                     d
                 }
             }

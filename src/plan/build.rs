@@ -6,12 +6,12 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::facts::{CpuVendor, NodeFacts};
 use crate::config::{Config, GpuChoice, ProfileChoice};
 use crate::hostcfg::args::ArgEdit;
 use crate::hostcfg::boot::{BootConfig, BootStep, Mechanism};
 use crate::hostcfg::modules;
 use crate::hostcfg::profile::{ArgFinding, ArgProfile, Platform};
+use crate::inventory::facts::{CpuVendor, NodeFacts};
 use crate::labels::{self, NodeLabels};
 
 /// What the planner reads besides config and facts.

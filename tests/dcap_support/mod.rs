@@ -175,7 +175,7 @@ pub fn answer(status: u16, body: &str) -> Reply {
     }
 }
 
-/// PCCS's literal strings (facts/pccs-observed.md).
+/// PCCS's literal strings (docs/facts/dcap.md#pccs-observed).
 pub const NO_CACHE: &str = "No cache data for this platform.";
 pub const UPSTREAM_FAIL: &str = "Unable to retrieve the collateral from the Intel SGX PCS.";
 pub const NOT_FOUND_PLATFORM: &str = "The platform was not found in the cache.";

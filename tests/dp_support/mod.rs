@@ -85,6 +85,8 @@ impl FakeHost {
             "/sys/bus/pci/drivers/pcieport",
             "/sys/kernel/iommu_groups",
             "/dev/vfio",
+            // A whole host has /proc (cchost refuses a root without it).
+            "/proc/sys",
             DP_DIR,
         ] {
             std::fs::create_dir_all(h.local(d)).unwrap();

@@ -353,7 +353,7 @@ impl CcDevice {
         Ok(true)
     }
 
-    /// The knob sequence of a CC mode. Order per facts §2.2: CCM is set first and
+    /// The knob sequence of a CC mode. Order per docs/facts/gpu.md#cc-registers: CCM is set first and
     /// cleared last, so a CCD-only state never exists; the BAR0 decoupler and the knobs
     /// 2/4/34 are written on Hopper only.
     fn cc_steps(&self, mode: TargetMode) -> Result<Vec<Step>, CcError> {

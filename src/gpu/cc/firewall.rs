@@ -1,4 +1,4 @@
-//! Blackwell's boot-time BAR0 firewall (facts gpu.md §2.2): after a reset, BAR0 reads
+//! Blackwell's boot-time BAR0 firewall (docs/facts/gpu.md#cc-registers): after a reset, BAR0 reads
 //! all-ones until the firmware drops the firewall. gpu-admin-tools waits for bit 20 of
 //! the dword at +0x8 of NVIDIA's DVSEC capability (vendor 0x10de, DVSEC ID 0) to clear,
 //! up to 5 s, and sleeps 3 s instead where the capability is absent. cchost does the

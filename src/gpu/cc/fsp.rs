@@ -1,4 +1,4 @@
-//! MCTP/NVDM framing and PRC knobs over an [`FspTransport`] (facts gpu.md §2.2).
+//! MCTP/NVDM framing and PRC knobs over an [`FspTransport`] (docs/facts/gpu.md#cc-registers).
 //!
 //! Request: dword0 MCTP transport header (single packet: SOM and EOM set, seq 0),
 //! dword1 MCTP message header (type 0x7e vendor-defined, vendor 0x10de, NVDM type in the

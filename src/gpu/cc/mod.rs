@@ -1,5 +1,5 @@
 //! GPU Confidential Computing mode, natively: the FSP firmware mailbox behind a [`Bar0`]
-//! register interface (facts gpu.md §2.2).
+//! register interface (docs/facts/gpu.md#cc-registers).
 //!
 //! - [`bar0`]: the register trait; the real implementation wraps a `resource0` mapping.
 //! - [`regs`]: the documented register offsets and which chip family uses which.
@@ -10,6 +10,7 @@
 //! - [`switch`]: mode changes for many devices at once, each reported on its own.
 //! - [`journaled`]: the same switches written to the journal first; undo and recovery.
 //! - [`live`]: opening real devices through `HostRoot` (mapping, wake-up, sysfs reset).
+//! - [`node_mode`]: one mode for the whole node (the `nvidia.com/cc.mode` label).
 //! - [`precheck`]: may this device be switched (driverless or vfio-pci, and unused)?
 //! - [`sim`]: a register-level simulator of the FSP that the same client code drives.
 
@@ -21,6 +22,7 @@ pub mod fsp;
 pub mod journaled;
 pub mod live;
 pub mod mode;
+pub mod node_mode;
 pub mod precheck;
 pub mod regs;
 pub mod sim;

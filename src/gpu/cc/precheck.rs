@@ -1,6 +1,6 @@
 //! May a device's CC mode be changed now? Only when no driver but vfio-pci holds it and
 //! nothing uses it: a bound nvidia driver or a running VM makes the FSP queue time out or
-//! refuse, and an interrupted switch leaves the invalid mode (facts §2.2, §5 P2).
+//! refuse, and an interrupted switch leaves the invalid mode (docs/facts/gpu.md#in-use).
 //!
 //! Users are found by [`crate::gpu::usage::users_of`] (open fds and mappings in `/proc`).
 
@@ -45,7 +45,8 @@ pub fn check_switchable(host: &HostRoot, pci: &PciDevice) -> Result<(), Refusal>
     check_unused(host, pci)
 }
 
-/// Refuses a device somebody uses (the read-only query's precondition, facts §2.3).
+/// Refuses a device somebody uses (the read-only query's precondition,
+/// docs/facts/gpu.md#cc-read-only-query).
 pub fn check_unused(host: &HostRoot, pci: &PciDevice) -> Result<(), Refusal> {
     let users: Vec<String> = crate::gpu::usage::users_of(host, pci)
         .map_err(|source| Refusal::Scan {

@@ -1,4 +1,4 @@
-//! Register offsets and per-family choices, all from facts gpu.md §2.2
+//! Register offsets and per-family choices, all from docs/facts/gpu.md#cc-registers
 //! (gpu-admin-tools v2025.10.20).
 
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Switching many devices at once: staging, resets and verification run in parallel
 //! (one thread per device), and every device gets its own [`Outcome`]. NVIDIA's manager
-//! resets one by one in places (facts §5 P7); here the resets overlap, so N devices take
+//! resets one by one in places (docs/facts/gpu.md#reset-timing); here the resets overlap, so N devices take
 //! about as long as one.
 
 use serde::Serialize;

@@ -1,4 +1,4 @@
-//! The two in-band mailboxes to the FSP (facts gpu.md §2.2). Both move whole packets of
+//! The two in-band mailboxes to the FSP (docs/facts/gpu.md#cc-registers). Both move whole packets of
 //! dwords; framing is [`super::fsp`]'s business.
 
 use std::time::{Duration, Instant};
@@ -93,7 +93,7 @@ impl FspTransport for Emem<'_> {
             )));
         }
         // The FSP empties the command queue when it takes a command; a queue that stays
-        // full means the FSP is busy with someone else's request (facts §5 P2).
+        // full means the FSP is busy with someone else's request (docs/facts/gpu.md#in-use).
         let start = Instant::now();
         let drained = poll(self.timing.rpc, self.timing.poll, || {
             let (h, t) = self.cmd_queue()?;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::gpu::cc::regs::Family;
 
-// Framing constants, from facts gpu.md §2.2 (restated here on purpose).
+// Framing constants, from docs/facts/gpu.md#cc-registers (restated here on purpose).
 const SOM: u32 = 1 << 31;
 const EOM: u32 = 1 << 30;
 const VENDOR_MSG: u32 = 0x7e;

@@ -1,5 +1,5 @@
 //! A register-level simulator of the GPU's FSP, written from the documented protocol
-//! (facts gpu.md §2.2), for tests and benchmarks. The client under test is the real one:
+//! (docs/facts/gpu.md#cc-registers), for tests and benchmarks. The client under test is the real one:
 //! [`SimGpu::device`] returns a [`CcDevice`] whose [`Bar0`] and [`Reset`] are the
 //! simulator's, so every register access of a query or switch lands here.
 //!
@@ -37,7 +37,8 @@ pub const BAR0_LEN: u32 = 16 << 20;
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     pub family: Family,
-    /// Time from reset to boot-complete (≈1.7–1.8 s observed on H100, facts §2.2).
+    /// Time from reset to boot-complete (≈1.7–1.8 s observed on H100,
+    /// docs/facts/gpu.md#cc-registers).
     pub reset_delay: Duration,
     /// Whether the firmware knows the PPCIe knobs (old firmware did not).
     pub knows_ppcie_knob: bool,
@@ -82,7 +83,7 @@ impl SimConfig {
     }
 }
 
-/// Injectable faults, each modelled on a failure seen in the field (facts §5 P2).
+/// Injectable faults, each modelled on a failure seen in the field (docs/facts/gpu.md#in-use).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Fault {
     /// The FSP never takes the command (queue stays full) and never replies.

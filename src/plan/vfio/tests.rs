@@ -1,5 +1,7 @@
 use super::*;
+use crate::gpu::vfio::{self, VfioError};
 use crate::inventory::testutil::{Func, Tree};
+use crate::journal::Journal;
 
 const NV: u16 = 0x10de;
 

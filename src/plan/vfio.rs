@@ -1,4 +1,5 @@
-//! Deciding what a `gpu bind` / `gpu unbind` moves, and refusing what is unsafe.
+//! Deciding what a `gpu bind` / `gpu unbind` moves, and refusing what is unsafe
+//! (reads the host, changes nothing; `apply::vfio` carries a plan out).
 //!
 //! Every device is checked before any is changed: one refusal refuses the whole request
 //! and nothing is touched (design rule 5). Refusals: the address does not exist or is
@@ -7,19 +8,18 @@
 //! `[vfio] allow_foreign_group_members`), or a process holds it.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use serde::Serialize;
 
-use super::usage::{self, Holder};
-use super::vfio::{self, BIND_KIND, BindOutcome, Binding, Observer, UnbindOutcome, VfioError};
 use crate::config::Config;
+use crate::gpu::usage::{self, Holder};
+use crate::gpu::vfio::{BIND_KIND, Binding};
 use crate::host::pci::{PciAddress, PciDevice, device_dir};
 use crate::host::{HostError, HostRoot};
 use crate::inventory::gpu::read_vfio_aliases;
 use crate::inventory::modalias::VfioChoice;
 use crate::inventory::{GpuDevice, GpuInventory, GpuKind};
-use crate::journal::{Entry, Journal};
+use crate::journal::Entry;
 
 /// Which devices a command is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +111,7 @@ impl std::fmt::Display for Refusal {
             ),
             Refusal::NoIommu { address } => write!(
                 f,
-                "{address} has no IOMMU group: the IOMMU is off (enable VT-d/AMD-Vi in firmware and add intel_iommu=on or amd_iommu=on to the kernel command line)"
+                "{address} has no IOMMU group: the IOMMU is off (enable VT-d/AMD-Vi in firmware; on Intel also add intel_iommu=on to the kernel command line, while the AMD IOMMU is on by default and amd_iommu=on is not a valid value)"
             ),
             Refusal::BootVga { address } => write!(
                 f,
@@ -155,7 +155,8 @@ pub struct Plan {
     pub warnings: Vec<String>,
 }
 
-fn is_vfio_name(d: &str) -> bool {
+/// A driver name that is a vfio driver (`vfio-pci`, `nvgrace_gpu_vfio_pci`, ...).
+pub(crate) fn is_vfio_name(d: &str) -> bool {
     d.contains("vfio")
 }
 
@@ -459,136 +460,6 @@ pub fn plan_unbind(
         items,
         warnings: Vec::new(),
     })
-}
-
-/// The result for one device.
-#[derive(Debug, Serialize)]
-pub struct ItemResult<T> {
-    pub address: PciAddress,
-    #[serde(flatten)]
-    pub outcome: Result<T, String>,
-}
-
-/// Carries out a bind plan, device by device. The vfio drivers are made present
-/// first (before any device is touched). A device that fails is put back where it
-/// was and the run stops there: devices done before it stay bound (and journaled).
-pub fn apply_bind(
-    journal: &mut Journal,
-    config: &Config,
-    plan: &Plan,
-    observe: Observer<'_>,
-) -> Result<Vec<ItemResult<BindOutcome>>, VfioError> {
-    let host = journal.host().clone();
-    let mut drivers = Vec::new();
-    for it in &plan.items {
-        let d = if it.changes {
-            vfio::ensure_vfio_driver(
-                &host,
-                &it.module,
-                &it.driver_candidates,
-                config.vfio.load_modules,
-            )?
-        } else {
-            String::new()
-        };
-        drivers.push(d);
-    }
-    let timeout = Duration::from_millis(config.vfio.device_node_timeout_ms);
-    // Journal entries first, one per function that moves, in plan order (so undo's
-    // order does not depend on thread scheduling); then one thread per function: the
-    // sysfs writes of different devices overlap (a real GPU's unbind from nvidia takes
-    // long). A function that fails is put back at once; the others carry on.
-    let shared = vfio::Shared::new(journal, observe);
-    let fail = |address: &PciAddress, e: VfioError| {
-        let mut msg = e.to_string();
-        msg.push_str(&roll_back_one(&mut shared.journal(), address));
-        msg
-    };
-    let begun: Vec<Result<Option<vfio::Begun>, String>> = plan
-        .items
-        .iter()
-        .zip(&drivers)
-        .map(|(it, driver)| {
-            if !it.changes {
-                return Ok(None);
-            }
-            vfio::begin_bind(&shared, &host, &it.address, driver).map_err(|e| fail(&it.address, e))
-        })
-        .collect();
-    let out = std::thread::scope(|s| {
-        let handles: Vec<_> = plan
-            .items
-            .iter()
-            .zip(drivers)
-            .zip(begun)
-            .map(|((it, driver), begun)| {
-                let (shared, host, fail) = (&shared, &host, &fail);
-                s.spawn(move || {
-                    let outcome = match begun {
-                        Err(msg) => Err(msg),
-                        Ok(None) => Ok(BindOutcome::AlreadyBound {
-                            driver: if it.changes {
-                                driver
-                            } else {
-                                it.current.driver.clone().unwrap_or_default()
-                            },
-                        }),
-                        Ok(Some(b)) => vfio::finish_bind(shared, host, b, timeout)
-                            .map_err(|e| fail(&it.address, e)),
-                    };
-                    ItemResult {
-                        address: it.address,
-                        outcome,
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    });
-    Ok(out)
-}
-
-/// Puts a device whose bind failed back on its recorded binding.
-fn roll_back_one(journal: &mut Journal, address: &PciAddress) -> String {
-    let Some(entry) = journal.find(BIND_KIND, &address.to_string()).cloned() else {
-        return String::new();
-    };
-    let original: Binding = match entry.restore_as() {
-        Ok(b) => b,
-        Err(e) => return format!("; could not read its journal entry: {e}"),
-    };
-    let host = journal.host().clone();
-    match vfio::restore_binding(&host, address, &original) {
-        Ok(()) => match journal.forget(entry.seq) {
-            Ok(()) => format!("; put back on {original}"),
-            Err(e) => format!("; put back on {original}, but the journal: {e}"),
-        },
-        Err(e) => format!("; could not put it back on {original} ({e}); `cchost undo` will retry"),
-    }
-}
-
-/// Carries out an unbind plan; stops at the first failure.
-pub fn apply_unbind(
-    journal: &mut Journal,
-    plan: &Plan,
-    observe: Observer<'_>,
-) -> Vec<ItemResult<UnbindOutcome>> {
-    let mut out = Vec::new();
-    for it in &plan.items {
-        let r = vfio::unbind(journal, &it.address, &is_vfio_name, observe);
-        let failed = r.is_err();
-        out.push(ItemResult {
-            address: it.address,
-            outcome: r.map_err(|e| e.to_string()),
-        });
-        if failed {
-            break;
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -1,23 +1,14 @@
-//! Running a plan: each action through its actuator, each host change written to the
+//! Running a node plan ([`crate::plan::build`]): each action through its actuator, each host change written to the
 //! journal (with what restores it) before it is made. A failed step is rolled back at
 //! once where it can be; later actions do not run. cchost never reboots.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::build::{Action, Plan};
 use crate::host::HostRoot;
-use crate::hostcfg::boot::{self, BootStep, HostTools};
-use crate::journal::{self, Entry, Journal, JournalError, RestoreError, Restorer};
-
-/// Journal kind of a boot-configuration step (change and restore: the [`BootStep`]).
-pub const KARGS_KIND: &str = "kernel.args";
-/// Journal kind of a module load.
-pub const MODULE_KIND: &str = "kernel.module";
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ModuleRestore {
-    module: String,
-}
+use crate::hostcfg::boot::{self, HostTools};
+use crate::hostcfg::journaled::{KARGS_KIND, MODULE_KIND, ModuleRestore};
+use crate::journal::{self, Journal, JournalError};
+use crate::plan::build::{Action, Plan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -97,7 +88,7 @@ pub fn apply(
             }
             Action::PersistModules { path, content, .. } => {
                 let p = path.display().to_string();
-                journal::write_file(journal, &p, content, 0o644)?
+                journal::write_file(host, journal, &p, content, 0o644)?
             }
         };
         done.push(Done {
@@ -109,43 +100,4 @@ pub fn apply(
         done,
         reboot_required: plan.reboot_required,
     })
-}
-
-/// Undoes boot-configuration steps (`cchost undo`, recovery after a crash).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct KernelArgsRestorer;
-
-impl Restorer for KernelArgsRestorer {
-    fn kind(&self) -> &str {
-        KARGS_KIND
-    }
-
-    fn restore(&self, host: &HostRoot, entry: &Entry) -> Result<(), RestoreError> {
-        let step: BootStep = entry.restore_as()?;
-        boot::undo_step(host, host, &step).map_err(|e| RestoreError::new(e.to_string()))
-    }
-}
-
-/// Unloads a module cchost loaded (fails, and says so, while it is in use).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ModuleRestorer;
-
-impl Restorer for ModuleRestorer {
-    fn kind(&self) -> &str {
-        MODULE_KIND
-    }
-
-    fn restore(&self, host: &HostRoot, entry: &Entry) -> Result<(), RestoreError> {
-        let r: ModuleRestore = entry.restore_as()?;
-        let out = host.run_host_tool("modprobe", &["-r", r.module.as_str()])?;
-        if out.success {
-            Ok(())
-        } else {
-            Err(RestoreError::new(format!(
-                "modprobe -r {}: {}",
-                r.module,
-                out.stderr.trim()
-            )))
-        }
-    }
 }

@@ -1,6 +1,6 @@
 //! Which passthrough devices this host can hand to a pod, under which IDs and /dev
 //! nodes: the one list both the CDI spec and the device plugin are made from, so their
-//! names cannot drift apart (facts gpu.md §3.3: CDI kind == resource name, CDI device
+//! names cannot drift apart (docs/facts/gpu.md#kata-cdi-contract: CDI kind == resource name, CDI device
 //! name == device-plugin ID).
 //!
 //! The input is a list of [`Candidate`]s (matched GPU / NVSwitch functions), taken
@@ -168,7 +168,7 @@ impl Discovery {
 }
 
 /// Upper-case model name for per-model resource names, the way NVIDIA's sandbox plugin
-/// derives it: `GH100 [H100 SXM5 80GB]` -> `GH100_H100_SXM5_80GB` (facts gpu.md §3.1).
+/// derives it: `GH100 [H100 SXM5 80GB]` -> `GH100_H100_SXM5_80GB` (docs/facts/gpu.md#sandbox-device-plugin).
 pub fn model_resource_class(model: &str) -> String {
     let mut out: String = model
         .chars()
@@ -317,12 +317,10 @@ pub fn discover_from(
                 format!("{}/{}", cfg.model_prefix, model_resource_class(&c.model))
             }
             DeviceClass::Gpu => cfg.gpu_resource.clone(),
+            // Empty: one resource per model, as NVIDIA's sandbox device plugin does with
+            // `NVSWITCH_ALIAS=""` (the same rule as `P_GPU_ALIAS=""`).
             DeviceClass::NvSwitch if cfg.nvswitch_resource.is_empty() => {
-                skipped.push(Skipped::because(
-                    c.address,
-                    "NVSwitch not advertised (device_plugin.nvswitch_resource is empty)",
-                ));
-                continue;
+                format!("{}/{}", cfg.model_prefix, model_resource_class(&c.model))
             }
             DeviceClass::NvSwitch => cfg.nvswitch_resource.clone(),
         };
@@ -369,7 +367,7 @@ pub fn discover_from(
         let key = (resource.clone(), id.clone());
         if let Some(unit) = units.get_mut(&key) {
             // Functions sharing one group travel together (e.g. NVSwitches that share
-            // a group on some HGX boards, facts gpu.md §5 P5).
+            // a group on some HGX boards, docs/facts/gpu.md#nvswitch-groups).
             unit.functions.push(c.address);
             continue;
         }
@@ -471,6 +469,20 @@ pub fn discover(
 ) -> Result<Discovery, HostError> {
     let inv = crate::inventory::gpu::discover_gpus(host, matching);
     let (candidates, skipped) = candidates_from_inventory(&inv);
+    // A bus that cannot be listed says nothing about the devices on it: an error, so
+    // that no caller takes "nothing found" for "every device gone".
+    if let Some(bus) = skipped
+        .iter()
+        .find(|s| s.address.is_none() && s.unreadable.is_some())
+    {
+        return Err(HostError::malformed(
+            crate::host::pci::PCI_DEVICES,
+            format!(
+                "cannot list the PCI bus, so no device can be told present or gone ({})",
+                bus.reason
+            ),
+        ));
+    }
     Ok(discover_from(host, cfg, candidates, skipped))
 }
 
@@ -490,7 +502,10 @@ mod tests {
         );
         assert_eq!(model_resource_class("3D thing."), "GPU_3D_THING");
         assert!(
-            crate::cdi::validate_class(&model_resource_class("a".repeat(100).as_str())).is_ok()
+            crate::config::cdi_names::validate_class(&model_resource_class(
+                "a".repeat(100).as_str()
+            ))
+            .is_ok()
         );
     }
 

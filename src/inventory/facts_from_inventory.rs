@@ -1,6 +1,9 @@
 //! Filling the node facts from the inventory.
 
-use super::facts::{CpuVendor, GpuFacts, IommuFacts, IommuMode, NodeFacts, SnpFacts, TdxFacts};
+use super::facts::{
+    CpuVendor, Duties, GpuFacts, IommuFacts, IommuMode, NodeFacts, SgxFacts, SnpFacts, TdxFacts,
+    VirtFacts,
+};
 use crate::inventory::{self, GpuKind, Inventory, ModuleState};
 
 /// A kvm module boolean parameter reads on (`Y`, or `1` on older kernels).
@@ -16,6 +19,7 @@ impl NodeFacts {
             Some(_) => CpuVendor::Other,
             None => CpuVendor::Unknown,
         };
+        let flag = |f: &str| inv.cpu.as_ref().is_some_and(|c| c.has_flag(f));
         let tdx_on = on(inv.tdx.kvm_param.as_deref());
         let tdx = TdxFacts {
             capable: inv.tdx.host_platform_flag || tdx_on,
@@ -88,7 +92,20 @@ impl NodeFacts {
             modules_loaded,
             modules_builtin,
             vhost_vsock_device: inv.kernel.node("/dev/vhost-vsock"),
+            kvm_device: inv.kernel.node("/dev/kvm"),
+            virt: VirtFacts {
+                sse4_2: flag("sse4_2"),
+                vmx: flag("vmx"),
+                svm: flag("svm"),
+            },
+            sgx: SgxFacts {
+                cpu: flag("sgx") && flag("sgx_lc"),
+                enclave_device: inv.kernel.node("/dev/sgx_enclave"),
+                provision_device: inv.kernel.node("/dev/sgx_provision"),
+            },
             gpus,
+            cc_pending: None,
+            duties: Duties::default(),
         }
     }
 }

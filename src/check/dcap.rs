@@ -1,16 +1,15 @@
-//! The DCAP subtree of `cchost check` (TDX hosts): the same probes as
-//! `cchost dcap status`, run once and shown as check nodes.
+//! The DCAP subtree of `cchost check` (TDX hosts): the verdicts of `cchost dcap
+//! status`, shown as check nodes.
 //!
-//! Checks are synchronous; the probes are async. The report is built on a thread of its
-//! own with its own small runtime, so this works whether or not the caller is already
-//! inside a tokio runtime (the daemon is).
+//! The probes are live (a socket, HTTPS): [`probe`] runs them once, before evaluation,
+//! as the inventory is read before it; the checks then only read the report
+//! ([`Ctx::dcap`]), so evaluation stays pure.
 
-use std::cell::OnceCell;
-use std::rc::Rc;
-
-use super::status::{self, Item, Level, Report};
-use crate::check::{Check, CheckOutcome, Ctx, Profile, Status};
-use crate::config::DcapEnable;
+use super::{Check, CheckOutcome, Ctx, Profile, Status};
+use crate::config::{Config, DcapEnable};
+use crate::dcap::status::{self, Item, Level, Report};
+use crate::host::HostRoot;
+use crate::inventory::Inventory;
 
 /// Child checks: (id, title, item ids they show).
 const CHILDREN: &[(&str, &str, &[&str])] = &[
@@ -47,40 +46,33 @@ const CHILDREN: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
-/// The `dcap` check with its children; SKIP unless the profile is TDX and a host is
-/// given to probe.
+/// The `dcap` check with its children; SKIP unless the profile is TDX and the probes
+/// ran ([`probe`]).
 pub fn dcap_check() -> Check {
-    let cell: Rc<OnceCell<Option<Report>>> = Rc::new(OnceCell::new());
-    let root_cell = cell.clone();
-    let root = Check::new(
-        "dcap",
-        "Intel DCAP quote generation (QGS → PCCS)",
-        move |ctx| {
-            let Some(report) = root_cell.get_or_init(|| build(ctx)) else {
-                return skip_reason(ctx);
-            };
-            let worst = report.worst();
-            let msg = format!(
-                "QGS {}; PCCS {}",
-                report.qgs_endpoint,
-                report.pccs_url.as_deref().unwrap_or("(none)")
-            );
-            // The children carry the verdicts; a FAIL here would skip them (the tree skips
-            // the children of a failed parent), so the root at most WARNs.
-            match worst {
-                Level::Fail => CheckOutcome::warn(
-                    format!("{msg}: the chain is broken"),
-                    "see the failing DCAP checks below (or `cchost dcap status`)",
-                ),
-                Level::Warn => CheckOutcome::warn(msg, "see the DCAP warnings below"),
-                _ => CheckOutcome::pass(msg),
-            }
-        },
-    );
+    let root = Check::new("dcap", "Intel DCAP quote generation (QGS → PCCS)", |ctx| {
+        let Some(report) = ctx.dcap else {
+            return skip_reason(ctx);
+        };
+        let worst = report.worst();
+        let msg = format!(
+            "QGS {}; PCCS {}",
+            report.qgs_endpoint,
+            report.pccs_url.as_deref().unwrap_or("(none)")
+        );
+        // The children carry the verdicts; a FAIL here would skip them (the tree skips
+        // the children of a failed parent), so the root at most WARNs.
+        match worst {
+            Level::Fail => CheckOutcome::warn(
+                format!("{msg}: the chain is broken"),
+                "see the failing DCAP checks below (or `cchost dcap status`)",
+            ),
+            Level::Warn => CheckOutcome::warn(msg, "see the DCAP warnings below"),
+            _ => CheckOutcome::pass(msg),
+        }
+    });
     let children = CHILDREN.iter().map(|(id, title, items)| {
-        let cell = cell.clone();
-        Check::new(*id, *title, move |_ctx| {
-            let Some(Some(report)) = cell.get() else {
+        Check::new(*id, *title, move |ctx| {
+            let Some(report) = ctx.dcap else {
                 return CheckOutcome::skip("DCAP not probed");
             };
             outcome(report, items)
@@ -105,23 +97,38 @@ fn skip_reason(ctx: &Ctx) -> CheckOutcome {
 
 /// The inventory says TDX is off (not merely unknown).
 fn tdx_off(ctx: &Ctx) -> bool {
-    ctx.inv.tdx.verdict.state == crate::inventory::verdict::State::No
+    tdx_off_in(ctx.inv)
 }
 
-fn build(ctx: &Ctx) -> Option<Report> {
-    let host = ctx.host?;
-    let applies = match ctx.config.dcap.enable {
+fn tdx_off_in(inv: &Inventory) -> bool {
+    inv.tdx.verdict.state == crate::inventory::verdict::State::No
+}
+
+/// Runs the DCAP probes when the subtree applies (the profile is TDX and TDX is not
+/// off, or `dcap.enable = on`): the input [`Ctx::dcap`] of the checks. `None`: not
+/// probed (the checks then say why).
+///
+/// The probes are async and this is called from synchronous code that may itself run
+/// inside a tokio runtime (the daemon): they run on a thread of their own with a small
+/// runtime.
+pub fn probe(
+    host: &HostRoot,
+    inv: &Inventory,
+    config: &Config,
+    profile: Option<Profile>,
+) -> Option<Report> {
+    let applies = match config.dcap.enable {
         DcapEnable::Off => false,
         DcapEnable::On => true,
         // A TDX-capable CPU with TDX off (not set up yet, or a VM) has no guests to
         // quote for: probing QGS there would report an empty chain as a PASS.
-        DcapEnable::Auto => ctx.profile == Some(Profile::Tdx) && !tdx_off(ctx),
+        DcapEnable::Auto => profile == Some(Profile::Tdx) && !tdx_off_in(inv),
     };
     if !applies {
         return None;
     }
     let host = host.clone();
-    let cfg = ctx.config.dcap.clone();
+    let cfg = config.dcap.clone();
     std::thread::scope(|s| {
         s.spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -130,12 +137,12 @@ fn build(ctx: &Ctx) -> Option<Report> {
                 .ok()?;
             // The API key is only needed to reach Intel PCS directly; a check never
             // fails for want of it.
-            let key = super::files::load_api_key(&cfg).ok().flatten();
+            let key = crate::dcap::files::load_api_key(&cfg).ok().flatten();
             Some(rt.block_on(status::report(
                 &host,
                 &cfg,
                 key,
-                super::collateral::now_unix(),
+                crate::dcap::collateral::now_unix(),
             )))
         })
         .join()
@@ -185,13 +192,10 @@ fn outcome(report: &Report, ids: &[&str]) -> CheckOutcome {
 mod tests {
     use super::*;
     use crate::check::{Node, evaluate};
-    use crate::config::Config;
-    use crate::host::HostRoot;
-    use crate::inventory::Inventory;
 
     fn find<'a>(nodes: &'a [Node], id: &str) -> &'a Node {
         let mut found = None;
-        crate::check::walk(nodes, &mut |n| {
+        super::super::walk(nodes, &mut |n| {
             if n.id == id {
                 found = Some(n);
             }
@@ -218,11 +222,15 @@ mod tests {
             .port();
         config.dcap.pccs.url = format!("https://127.0.0.1:{port}/sgx/certification/v4/");
         let inv = Inventory::collect(&host, &config);
+        let probed = probe(&host, &inv, &config, Some(Profile::Tdx));
+        assert!(probed.is_some(), "a TDX host is probed");
         let ctx = Ctx {
             inv: &inv,
             config: &config,
             profile: Some(Profile::Tdx),
-            host: Some(&host),
+            dcap: probed.as_ref(),
+            bind_all: None,
+            cdi_conflicts: None,
         };
         let nodes = evaluate(&[dcap_check()], &ctx);
         assert_eq!(nodes[0].outcome.status, Status::Warn, "{:?}", nodes[0]);
@@ -238,9 +246,13 @@ mod tests {
         // qgs.conf / qcnl missing: warnings with a remedy.
         assert_eq!(find(&nodes, "dcap.qgs_conf").outcome.status, Status::Warn);
 
-        // Not a TDX profile: the whole subtree is skipped, nothing probed.
+        // Not a TDX profile: nothing probed, the whole subtree is skipped.
+        assert!(probe(&host, &inv, &config, Some(Profile::Snp)).is_none());
         let ctx = Ctx {
             profile: Some(Profile::Snp),
+            dcap: None,
+            bind_all: None,
+            cdi_conflicts: None,
             ..ctx
         };
         let nodes = evaluate(&[dcap_check()], &ctx);
