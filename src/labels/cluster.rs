@@ -60,8 +60,9 @@ impl SinkError {
 pub const RBAC_NEEDED: &[(&str, &str, &str)] = &[
     ("", "nodes", "get"),
     ("", "nodes", "patch"),
-    // The watch on the own Node (labels::node_watch, `cc.follow_label`).
-    ("", "nodes", "list"),
+    // The watches on the own Node (labels::node_watch, `cc.follow_label`; labels::drift):
+    // a watch with a field selector is verb `watch` alone; `list` is never asked for
+    // (tests/k8s RBACFromEvidence, from the API server's audit log).
     ("", "nodes", "watch"),
     ("", "nodes/status", "patch"),
     ("nfd.k8s-sigs.io", "nodefeatures", "get"),

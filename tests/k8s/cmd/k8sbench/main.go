@@ -242,9 +242,13 @@ func fleet() error {
 	if err != nil {
 		return err
 	}
-	host := filepath.Join(c.Dir, "host")
-	if err := harness.MakeHost(*repo, host, "gpus-on-vfio"); err != nil {
-		return err
+	// One host root each: `cchost run` refuses a second instance on a host root.
+	hosts := make([]string, *n)
+	for i := range hosts {
+		hosts[i] = filepath.Join(c.Dir, fmt.Sprintf("host-%03d", i))
+		if err := harness.MakeHost(*repo, hosts[i], "gpus-on-vfio"); err != nil {
+			return err
+		}
 	}
 	// Labels only: these Nodes have no kubelet.
 	cfg := strings.Replace(d.Config, `mode = "on"`, `mode = "off"`, 1)
@@ -266,7 +270,7 @@ func fleet() error {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			h, err := c.StartCchostAsDaemonSet(d, *cchost, host, cfg, names[i], names[i], tokens[i])
+			h, err := c.StartCchostAsDaemonSet(d, *cchost, hosts[i], cfg, names[i], names[i], tokens[i])
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil && startErr == nil {
