@@ -48,3 +48,6 @@ step cargo clippy --all-targets -- -D warnings
 step cargo clippy --all-targets --features udev -- -D warnings
 step cargo test --lib --features udev -- host::udev host::device_events config::
 step cargo test
+# Fuzz targets (fuzz/, docs/testing.md "Fuzzing"): libFuzzer on the stable toolchain,
+# each target 20 s on its seed corpus; a crash, failed assertion or hang fails the run.
+step bash fuzz/run.sh smoke 20
