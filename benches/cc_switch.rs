@@ -3,6 +3,8 @@
 //! that delay, so this measures whether the resets overlap, not register speed.
 //!
 //! `cargo bench --bench cc_switch` — about 30 s. Prints medians; asserts nothing.
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
 

@@ -16,6 +16,8 @@
 //! `CCHOST_BENCH_STATIC_BIN=<path>` adds a second cchost binary (a static, non-PIE build,
 //! docs/performance.md "vfio bind") to the same guest as `/bin/cchost-static`: it binds
 //! in the same rounds, alternating with the others, so both builds meet the same load.
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 // The harness's own unit tests are compiled out here, leaving their imports unused.
 #[allow(unused_imports)]

@@ -1,6 +1,8 @@
 //! Writes the committed fixture hosts: `cargo run --example make_fixtures -- tests/host`.
 //! Each scenario directory is replaced; tests/host/README.md is left alone. The test
-//! `tests/fixture_trees.rs` fails when the committed trees differ from what this writes.
+//! `tests/fixture_hosts/fixture_trees.rs` fails when the committed trees differ from what this writes.
+// Test support: may unwrap, expect and panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

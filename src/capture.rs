@@ -43,6 +43,57 @@ pub struct CaptureSummary {
     pub absent: usize,
 }
 
+const CMDLINE: &str = "/proc/cmdline";
+
+/// Kernel arguments whose whole value identifies this machine's disks or volumes.
+const ID_ARGS: &[&str] = &[
+    "rd.luks.uuid",
+    "rd.luks.name",
+    "luks.uuid",
+    "rd.md.uuid",
+    "rd.lvm.lv",
+    "rd.lvm.vg",
+    "cryptdevice",
+    "boot_uuid",
+];
+
+/// Disk and volume identifiers in a kernel command line replaced by `scrubbed`, the
+/// argument names kept (so the capture still says e.g. that `root=` names a UUID):
+/// `root=UUID=…`, `resume=PARTUUID=…`, `LABEL=`/`PARTLABEL=` values, and the values of
+/// [`ID_ARGS`]. Everything else (what cchost judges) is left as it is.
+pub fn scrub_cmdline(text: &str) -> String {
+    const TAGS: &[&str] = &["UUID=", "PARTUUID=", "LABEL=", "PARTLABEL=", "ZFS="];
+    let scrub = |arg: &str| -> String {
+        let Some((key, value)) = arg.split_once('=') else {
+            return arg.to_string();
+        };
+        if ID_ARGS.contains(&key) {
+            return format!("{key}=scrubbed");
+        }
+        for tag in TAGS {
+            if let Some(rest) = value.strip_prefix(tag) {
+                let _ = rest;
+                return format!("{key}={tag}scrubbed");
+            }
+        }
+        // `root=/dev/disk/by-uuid/…` and friends.
+        if value.starts_with("/dev/disk/by-") {
+            let dir = value.rsplit_once('/').map_or(value, |(d, _)| d);
+            return format!("{key}={dir}/scrubbed");
+        }
+        arg.to_string()
+    };
+    let mut out: String = text
+        .split_whitespace()
+        .map(scrub)
+        .collect::<Vec<_>>()
+        .join(" ");
+    if text.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
 /// Linux gives up after 40 links; so does the walk.
 const MAX_LINKS: usize = 40;
 
@@ -208,6 +259,9 @@ impl Copier<'_> {
             }
         } else if access == Access::Read && kind == NodeKind::File {
             match self.src.read_bytes(host_path) {
+                Ok(b) if host_path == Path::new(CMDLINE) => {
+                    scrub_cmdline(&String::from_utf8_lossy(&b)).into_bytes()
+                }
                 Ok(b) => b,
                 // Unreadable (too large, a permission): the inventory saw the same
                 // error; the capture keeps the file's name only.

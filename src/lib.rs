@@ -4,13 +4,15 @@
 //! Layers, bottom up (docs/architecture.md; enforced by tests/source_tree/layers.rs):
 //! - [`host`], [`config`]: the only door to the host's files; the configuration.
 //! - [`inventory`] (with the node facts and the passthrough-device model), [`journal`],
-//!   [`fixture`] (test support: fixture host trees laid out as the kernel lays out /sys).
+//!   `fixture` (test support, cargo feature `test-support`: fixture host trees laid out
+//!   as the kernel lays out /sys).
 //! - actuators: [`gpu`], [`hostcfg`], [`cdi`] (each change journaled).
 //! - services: [`labels`], [`deviceplugin`], [`dcap`].
 //! - [`plan`]: config + facts -> what would change (changes nothing).
 //! - [`apply`] (carries a plan out), [`check`] (the readiness tree).
 //! - [`observe`]: metrics, health, systemd notification and Kubernetes Events.
 //! - [`daemon`] (`cchost run`), [`capture`].
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod apply;
 pub mod capture;
@@ -20,6 +22,7 @@ pub mod config;
 pub mod daemon;
 pub mod dcap;
 pub mod deviceplugin;
+#[cfg(any(test, feature = "test-support"))]
 pub mod fixture;
 #[doc(hidden)]
 pub mod fuzzing;

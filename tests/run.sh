@@ -43,6 +43,9 @@ step() {
 
 step cargo fmt --check
 step cargo clippy --all-targets -- -D warnings
+# The product (library and binary) without the `test-support` feature the tests turn
+# on: it must build with no fixture trees and no firmware simulator in it.
+step cargo clippy --lib --bins -- -D warnings
 # The optional libudev event source (needs libudev-dev): lint it and run its unit tests
 # (they need no udevd; events from a running udevd are not tested here).
 step cargo clippy --all-targets --features udev -- -D warnings
@@ -51,3 +54,5 @@ step cargo test
 # Fuzz targets (fuzz/, docs/testing.md "Fuzzing"): libFuzzer on the stable toolchain,
 # each target 20 s on its seed corpus; a crash, failed assertion or hang fails the run.
 step bash fuzz/run.sh smoke 20
+# Last: it rebuilds target/debug/cchost without the test hooks.
+step bash tests/no-test-hooks.sh

@@ -5,6 +5,8 @@
 //!   and nothing cites files outside the repository.
 //!
 //! They read the repository's files as text; none links the crate.
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "source_tree/doc_refs.rs"]
 mod doc_refs;

@@ -86,9 +86,9 @@ pub fn apply(
                 journal.applied(seq)?;
                 true
             }
-            Action::PersistModules { path, content, .. } => {
+            Action::PersistModules { path, content, .. } | Action::KataDropin { path, content } => {
                 let p = path.display().to_string();
-                journal::write_file(journal, &p, content, 0o644)?
+                journal::write_file(host, journal, &p, content, 0o644)?
             }
         };
         done.push(Done {

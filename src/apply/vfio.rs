@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::gpu::vfio::{self, BIND_KIND, BindOutcome, Binding, Observer, UnbindOutcome, VfioError};
+use crate::host::HostRoot;
 use crate::host::pci::PciAddress;
 use crate::journal::Journal;
 use crate::plan::vfio::{Plan, is_vfio_name};
@@ -23,17 +24,17 @@ pub struct ItemResult<T> {
 /// first (before any device is touched). A device that fails is put back where it
 /// was and the run stops there: devices done before it stay bound (and journaled).
 pub fn apply_bind(
+    host: &HostRoot,
     journal: &mut Journal,
     config: &Config,
     plan: &Plan,
     observe: Observer<'_>,
 ) -> Result<Vec<ItemResult<BindOutcome>>, VfioError> {
-    let host = journal.host().clone();
     let mut drivers = Vec::new();
     for it in &plan.items {
         let d = if it.changes {
             vfio::ensure_vfio_driver(
-                &host,
+                host,
                 &it.module,
                 &it.driver_candidates,
                 config.vfio.load_modules,
@@ -51,7 +52,7 @@ pub fn apply_bind(
     let shared = vfio::Shared::new(journal, observe);
     let fail = |address: &PciAddress, e: VfioError| {
         let mut msg = e.to_string();
-        msg.push_str(&roll_back_one(&mut shared.journal(), address));
+        msg.push_str(&roll_back_one(host, &mut shared.journal(), address));
         msg
     };
     let begun: Vec<Result<Option<vfio::Begun>, String>> = plan
@@ -62,7 +63,7 @@ pub fn apply_bind(
             if !it.changes {
                 return Ok(None);
             }
-            vfio::begin_bind(&shared, &host, &it.address, driver).map_err(|e| fail(&it.address, e))
+            vfio::begin_bind(&shared, host, &it.address, driver).map_err(|e| fail(&it.address, e))
         })
         .collect();
     let out = std::thread::scope(|s| {
@@ -72,7 +73,7 @@ pub fn apply_bind(
             .zip(drivers)
             .zip(begun)
             .map(|((it, driver), begun)| {
-                let (shared, host, fail) = (&shared, &host, &fail);
+                let (shared, fail) = (&shared, &fail);
                 s.spawn(move || {
                     let outcome = match begun {
                         Err(msg) => Err(msg),
@@ -102,7 +103,7 @@ pub fn apply_bind(
 }
 
 /// Puts a device whose bind failed back on its recorded binding.
-fn roll_back_one(journal: &mut Journal, address: &PciAddress) -> String {
+fn roll_back_one(host: &HostRoot, journal: &mut Journal, address: &PciAddress) -> String {
     let Some(entry) = journal.find(BIND_KIND, &address.to_string()).cloned() else {
         return String::new();
     };
@@ -110,8 +111,7 @@ fn roll_back_one(journal: &mut Journal, address: &PciAddress) -> String {
         Ok(b) => b,
         Err(e) => return format!("; could not read its journal entry: {e}"),
     };
-    let host = journal.host().clone();
-    match vfio::restore_binding(&host, address, &original) {
+    match vfio::restore_binding(host, address, &original) {
         Ok(()) => match journal.forget(entry.seq) {
             Ok(()) => format!("; put back on {original}"),
             Err(e) => format!("; put back on {original}, but the journal: {e}"),
@@ -122,13 +122,14 @@ fn roll_back_one(journal: &mut Journal, address: &PciAddress) -> String {
 
 /// Carries out an unbind plan; stops at the first failure.
 pub fn apply_unbind(
+    host: &HostRoot,
     journal: &mut Journal,
     plan: &Plan,
     observe: Observer<'_>,
 ) -> Vec<ItemResult<UnbindOutcome>> {
     let mut out = Vec::new();
     for it in &plan.items {
-        let r = vfio::unbind(journal, &it.address, &is_vfio_name, observe);
+        let r = vfio::unbind(host, journal, &it.address, &is_vfio_name, observe);
         let failed = r.is_err();
         out.push(ItemResult {
             address: it.address,

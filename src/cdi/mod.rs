@@ -7,6 +7,7 @@
 //! are the device-plugin IDs. Files are replaced atomically (dot-temp + rename; CDI
 //! loads only `*.json`/`*.yaml`), and a kind with no devices left has its file removed.
 
+pub mod foreign;
 mod spec;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -5,51 +5,31 @@
 //! as the inventory is read before it; the checks then only read the report
 //! ([`Ctx::dcap`]), so evaluation stays pure.
 
-use super::{Check, CheckOutcome, Ctx, Profile, Status};
+use super::{Check, CheckId, CheckOutcome, Ctx, Profile, Status};
 use crate::config::{Config, DcapEnable};
 use crate::dcap::status::{self, Item, Level, Report};
 use crate::host::HostRoot;
 use crate::inventory::Inventory;
 
-/// Child checks: (id, title, item ids they show).
-const CHILDREN: &[(&str, &str, &[&str])] = &[
+/// Child checks and the report items each shows (an id ending in `.`: every item with
+/// that prefix).
+const CHILDREN: &[(CheckId, &[&str])] = &[
+    (CheckId::DcapQgsConf, &["qgs.conf"]),
+    (CheckId::DcapQgs, &["qgs"]),
+    (CheckId::DcapQcnl, &["qcnl", "qcnl.trust"]),
     (
-        "dcap.qgs_conf",
-        "QGS transport config (/etc/qgs.conf)",
-        &["qgs.conf"],
-    ),
-    ("dcap.qgs", "QGS answers GET_PLATFORM_INFO", &["qgs"]),
-    (
-        "dcap.qcnl",
-        "QCNL config points QGS at a PCCS",
-        &["qcnl", "qcnl.trust"],
-    ),
-    (
-        "dcap.pccs",
-        "PCCS reachable and serving collateral",
+        CheckId::DcapPccs,
         &["pccs", "pccs.qe_identity", "pccs.tcb_info"],
     ),
-    (
-        "dcap.registration",
-        "Platform registered with PCCS",
-        &["pccs.pckcert"],
-    ),
-    (
-        "dcap.collateral",
-        "QGS gets collateral (GET_COLLATERAL)",
-        &["qgs.collateral"],
-    ),
-    (
-        "dcap.expiry",
-        "Collateral not about to expire",
-        &["expiry."],
-    ),
+    (CheckId::DcapRegistration, &["pccs.pckcert"]),
+    (CheckId::DcapCollateral, &["qgs.collateral"]),
+    (CheckId::DcapExpiry, &["expiry."]),
 ];
 
 /// The `dcap` check with its children; SKIP unless the profile is TDX and the probes
 /// ran ([`probe`]).
 pub fn dcap_check() -> Check {
-    let root = Check::new("dcap", "Intel DCAP quote generation (QGS → PCCS)", |ctx| {
+    let root = Check::new(CheckId::Dcap, |ctx| {
         let Some(report) = ctx.dcap else {
             return skip_reason(ctx);
         };
@@ -70,8 +50,8 @@ pub fn dcap_check() -> Check {
             _ => CheckOutcome::pass(msg),
         }
     });
-    let children = CHILDREN.iter().map(|(id, title, items)| {
-        Check::new(*id, *title, move |ctx| {
+    let children = CHILDREN.iter().map(|(id, items)| {
+        Check::new(*id, move |ctx| {
             let Some(report) = ctx.dcap else {
                 return CheckOutcome::skip("DCAP not probed");
             };
@@ -229,6 +209,8 @@ mod tests {
             config: &config,
             profile: Some(Profile::Tdx),
             dcap: probed.as_ref(),
+            bind_all: None,
+            cdi_conflicts: None,
         };
         let nodes = evaluate(&[dcap_check()], &ctx);
         assert_eq!(nodes[0].outcome.status, Status::Warn, "{:?}", nodes[0]);
@@ -249,6 +231,8 @@ mod tests {
         let ctx = Ctx {
             profile: Some(Profile::Snp),
             dcap: None,
+            bind_all: None,
+            cdi_conflicts: None,
             ..ctx
         };
         let nodes = evaluate(&[dcap_check()], &ctx);

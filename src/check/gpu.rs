@@ -3,28 +3,16 @@
 
 use crate::inventory::{GpuDevice, GpuKind, IommuMode};
 
-use super::{Check, CheckOutcome, Ctx};
+use super::{Check, CheckId, CheckOutcome, Ctx};
 
 pub fn gpus() -> Check {
-    Check::new("gpu", "GPUs and NVSwitches", found).with([
-        Check::new("gpu.cc", "GPUs support Confidential Computing", cc),
-        Check::new(
-            "gpu.iommu_group",
-            "Each device has an IOMMU group of its own",
-            groups,
-        ),
-        Check::new("gpu.boot_vga", "No GPU drives the boot console", boot_vga),
-        Check::new(
-            "gpu.bar_access",
-            "GPU registers reachable for CC mode (no kernel lockdown)",
-            bar_access,
-        ),
-        Check::new("gpu.vfio_module", "vfio-pci available", vfio_module),
-        Check::new(
-            "gpu.vfio_bound",
-            "GPUs bound to their vfio driver",
-            vfio_bound,
-        ),
+    Check::new(CheckId::Gpu, found).with([
+        Check::new(CheckId::GpuCc, cc),
+        Check::new(CheckId::GpuIommuGroup, groups),
+        Check::new(CheckId::GpuBootVga, boot_vga),
+        Check::new(CheckId::GpuBarAccess, bar_access),
+        Check::new(CheckId::GpuVfioModule, vfio_module),
+        Check::new(CheckId::GpuVfioBound, vfio_bound),
     ])
 }
 
@@ -163,7 +151,66 @@ fn groups(ctx: &Ctx) -> CheckOutcome {
             "move the card to another slot, or enable ACS on the upstream bridge in the BIOS",
         );
     }
-    CheckOutcome::pass(format!("{} device(s), each group clean", devs.len()))
+    // VFIO hands out a group only when every device in it is on a vfio driver, on
+    // pci-stub, or on none (bridges on pcieport are allowed): drivers/vfio/group.c,
+    // vfio_group_viable / vfio_dev_driver_allowed. One NVSwitch of four on vfio-pci
+    // with the others on a host driver is a group no guest can open.
+    let mut not_viable: Vec<String> = Vec::new();
+    let mut fix: Vec<String> = Vec::new();
+    for d in devs.iter().filter(|d| d.is_on_vfio()) {
+        let Some(g) = &d.iommu_group else { continue };
+        for m in &g.others {
+            let Some(drv) = m.driver.as_deref() else {
+                continue;
+            };
+            if m.bridge || drv.contains("vfio") || drv == "pci-stub" {
+                continue;
+            }
+            not_viable.push(format!(
+                "group {}: {} is on {} but {} is on {drv}",
+                g.number,
+                d.address,
+                d.driver.as_deref().unwrap_or("vfio"),
+                m.address
+            ));
+            fix.push(m.address.to_string());
+        }
+    }
+    if !not_viable.is_empty() {
+        fix.sort();
+        fix.dedup();
+        return CheckOutcome::fail(
+            format!("not viable for VFIO: {}", not_viable.join("; ")),
+            format!(
+                "put the whole group on vfio: cchost gpu bind {} (or release the group with cchost gpu unbind)",
+                fix.join(" ")
+            ),
+        );
+    }
+    let mut sizes: std::collections::BTreeMap<u32, usize> = std::collections::BTreeMap::new();
+    for d in devs {
+        if let Some(g) = &d.iommu_group {
+            *sizes.entry(g.number).or_default() += 1;
+        }
+    }
+    let shared_groups: Vec<String> = sizes
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(g, n)| format!("group {g} holds {n} (passed through together)"))
+        .collect();
+    CheckOutcome::pass(if shared_groups.is_empty() {
+        format!(
+            "{} device(s), one group each, no foreign members",
+            devs.len()
+        )
+    } else {
+        format!(
+            "{} device(s) in {} group(s), no foreign members; {}",
+            devs.len(),
+            sizes.len(),
+            shared_groups.join(", ")
+        )
+    })
 }
 
 fn boot_vga(ctx: &Ctx) -> CheckOutcome {
@@ -214,6 +261,22 @@ fn vfio_bound(ctx: &Ctx) -> CheckOutcome {
     if want.is_empty() {
         CheckOutcome::pass("no GPU to pass through")
     } else if !bad.is_empty() {
+        // Only offer `gpu bind --all` when that command would do it: the same plan it
+        // makes, with the same refusals.
+        let refusal = ctx.bind_all.and_then(|r| r.as_ref().err());
+        let remedy = match refusal {
+            Some(crate::plan::vfio::PlanError::Refused(why)) => format!(
+                "`cchost gpu bind --all` refuses this host now; first fix: {}",
+                why.iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Some(e) => format!("`cchost gpu bind --all` cannot plan here: {e}"),
+            None => {
+                "cchost gpu bind --all (or set vfio.bind_on_start = true for `cchost run`)".into()
+            }
+        };
         CheckOutcome::warn(
             format!(
                 "{} of {} not on vfio: {}",
@@ -221,7 +284,7 @@ fn vfio_bound(ctx: &Ctx) -> CheckOutcome {
                 want.len(),
                 bad.join(", ")
             ),
-            "cchost gpu bind --all (or set vfio.bind_on_start = true for `cchost run`)",
+            remedy,
         )
     } else {
         CheckOutcome::pass(format!("{} device(s) on vfio", want.len()))

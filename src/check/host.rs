@@ -3,14 +3,10 @@
 
 use crate::inventory::{CpuVendor, IommuMode};
 
-use super::{Check, CheckOutcome, Ctx};
+use super::{Check, CheckId, CheckOutcome, Ctx};
 
 pub fn cpu_and_kvm() -> Check {
-    Check::new("cpu", "CPU identified", cpu).with([Check::new(
-        "kvm",
-        "KVM available (/dev/kvm)",
-        kvm,
-    )])
+    Check::new(CheckId::Cpu, cpu).with([Check::new(CheckId::Kvm, kvm)])
 }
 
 fn cpu(ctx: &Ctx) -> CheckOutcome {
@@ -26,10 +22,25 @@ fn cpu(ctx: &Ctx) -> CheckOutcome {
                 ""
             }
         )),
-        None => CheckOutcome::fail(
-            "/proc/cpuinfo could not be read",
-            "run cchost with /proc mounted (in a container: mount the host's /proc under --host-root)",
-        ),
+        None => {
+            // Missing is a mount problem; anything else (permission, a FIFO, garbage)
+            // is about the file itself, and mounting /proc would not help.
+            let why = ctx
+                .inv
+                .problems
+                .iter()
+                .find(|p| p.path == std::path::Path::new("/proc/cpuinfo"));
+            match why {
+                Some(p) if !p.message.contains("No such file") => CheckOutcome::fail(
+                    format!("/proc/cpuinfo could not be read: {}", p.message),
+                    "run cchost as root, with the host's own /proc (not a copy or a stand-in)",
+                ),
+                _ => CheckOutcome::fail(
+                    "/proc/cpuinfo could not be read",
+                    "run cchost with /proc mounted (in a container: mount the host's /proc under --host-root)",
+                ),
+            }
+        }
     }
 }
 
@@ -72,25 +83,15 @@ pub(super) fn state_word(s: crate::inventory::ModuleState) -> &'static str {
 }
 
 pub fn iommu() -> Check {
-    Check::new(
-        "iommu.firmware",
-        "IOMMU described by firmware",
-        iommu_firmware,
-    )
-    .with([Check::new(
-        "iommu.enabled",
-        "IOMMU enabled in the kernel",
+    Check::new(CheckId::IommuFirmware, iommu_firmware).with([Check::new(
+        CheckId::IommuEnabled,
         iommu_enabled,
     )
-    .with([Check::new("iommu.mode", "IOMMU translates DMA", iommu_mode)])])
+    .with([Check::new(CheckId::IommuMode, iommu_mode)])])
 }
 
 pub fn iommu_cmdline() -> Check {
-    Check::new(
-        "iommu.cmdline",
-        "IOMMU kernel arguments valid",
-        iommu_cmdline_check,
-    )
+    Check::new(CheckId::IommuCmdline, iommu_cmdline_check)
 }
 
 fn iommu_firmware(ctx: &Ctx) -> CheckOutcome {
@@ -178,7 +179,7 @@ fn iommu_cmdline_check(ctx: &Ctx) -> CheckOutcome {
     if let Some(w) = i.cmdline_warnings.first() {
         return CheckOutcome::warn(
             w.clone(),
-            "remove amd_iommu=on from the kernel command line",
+            "remove amd_iommu=on from the kernel command line (cchost apply does)",
         );
     }
     if i.cmdline_args.is_empty() {
@@ -189,11 +190,7 @@ fn iommu_cmdline_check(ctx: &Ctx) -> CheckOutcome {
 }
 
 pub fn vsock() -> Check {
-    Check::new(
-        "vsock",
-        "vhost-vsock available (Kata agent channel)",
-        vsock_check,
-    )
+    Check::new(CheckId::Vsock, vsock_check)
 }
 
 fn vsock_check(ctx: &Ctx) -> CheckOutcome {
@@ -226,7 +223,7 @@ fn vsock_check(ctx: &Ctx) -> CheckOutcome {
 }
 
 pub fn inventory_health() -> Check {
-    Check::new("inventory", "Host facts readable", inventory_check)
+    Check::new(CheckId::Inventory, inventory_check)
 }
 
 fn inventory_check(ctx: &Ctx) -> CheckOutcome {

@@ -6,14 +6,10 @@ use crate::hostcfg::profile::{ArgProfile, Platform};
 use crate::inventory::NodeFacts;
 use crate::plan::build::choose;
 
-use super::{Check, CheckOutcome, Ctx};
+use super::{Check, CheckId, CheckOutcome, Ctx};
 
 pub fn kernel_args() -> Check {
-    Check::new(
-        "kernel.args",
-        "Kernel command line has the profile's arguments",
-        kernel_args_check,
-    )
+    Check::new(CheckId::KernelArgs, kernel_args_check)
 }
 
 fn kernel_args_check(ctx: &Ctx) -> CheckOutcome {

@@ -5,15 +5,18 @@
 //! Checks form a tree: a child only makes sense when its parent holds, so when a parent
 //! FAILs (or is SKIPped) its children are SKIPped without running (snphost style).
 //!
-//! Evaluation ([`evaluate`]) is separate from rendering ([`render`]) and from the list
-//! of checks ([`build_checks`]). To add a subtree (DCAP probes, vfio readiness), write
-//! a function returning a [`Check`] in its own file and push it in [`build_checks`].
+//! Evaluation ([`evaluate`]) is separate from rendering ([`render`]), from the list of
+//! checks ([`registry::CHECK_LIST`]: id, title, category, parent, inputs, remedy kinds)
+//! and from the trees a profile runs ([`build_checks`]). To add a check, add its id to
+//! the registry (and to docs/check-json.md, which a test holds to the registry), write
+//! its function in the subtree's file and put it in the tree.
 
 mod dcap;
 mod gpu;
 mod host;
 mod kernel_args;
 mod passthrough;
+pub mod registry;
 pub mod render;
 mod tee;
 
@@ -22,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::host::HostRoot;
 use crate::inventory::{CpuVendor, Inventory};
+pub use registry::{CHECK_LIST, CheckId, CheckMeta};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -119,29 +123,29 @@ pub struct Ctx<'a> {
     /// The DCAP chain, probed live before evaluation ([`dcap::probe`]); `None` when it
     /// was not probed (not a TDX host, `dcap.enable = off`, or no host to probe).
     pub dcap: Option<&'a crate::dcap::status::Report>,
+    /// What `cchost gpu bind --all` would do on this host, planned before evaluation so
+    /// the passthrough check offers that command only when it would not refuse; `None`
+    /// when there is no host to plan on.
+    pub bind_all: Option<&'a Result<crate::plan::vfio::Plan, crate::plan::vfio::PlanError>>,
+    /// Other CDI specs on the host that define cchost's kinds ([`crate::cdi::foreign`]),
+    /// read before evaluation; `None` when there is no host to read.
+    pub cdi_conflicts: Option<&'a [crate::cdi::foreign::Conflict]>,
 }
 
 pub type CheckFn = Box<dyn Fn(&Ctx) -> CheckOutcome>;
 
-/// A named check and the checks that only make sense when it holds.
+/// A registered check ([`registry::CHECK_LIST`]: its id, title and metadata) with its
+/// function, and the checks that only make sense when it holds.
 pub struct Check {
-    /// Stable id (`tdx.bios`); documented in docs/check-json.md.
-    pub id: String,
-    /// What is checked, as a short title (`TDX enabled in the BIOS`).
-    pub title: String,
+    pub id: CheckId,
     pub run: CheckFn,
     pub children: Vec<Check>,
 }
 
 impl Check {
-    pub fn new(
-        id: impl Into<String>,
-        title: impl Into<String>,
-        run: impl Fn(&Ctx) -> CheckOutcome + 'static,
-    ) -> Self {
+    pub fn new(id: CheckId, run: impl Fn(&Ctx) -> CheckOutcome + 'static) -> Self {
         Check {
-            id: id.into(),
-            title: title.into(),
+            id,
             run: Box::new(run),
             children: Vec::new(),
         }
@@ -174,6 +178,7 @@ pub fn build_checks(ctx: &Ctx) -> Vec<Check> {
     v.push(host::vsock());
     v.push(gpu::gpus());
     v.push(passthrough::passthrough());
+    v.push(passthrough::cdi_conflicts());
     v.push(dcap::dcap_check());
     v.push(host::inventory_health());
     v
@@ -188,11 +193,15 @@ fn evaluate_one(c: &Check, ctx: &Ctx) -> Node {
     let outcome = (c.run)(ctx);
     let children = match outcome.status {
         Status::Pass | Status::Warn => evaluate(&c.children, ctx),
-        Status::Fail | Status::Skip => c.children.iter().map(|ch| skipped(ch, &c.id)).collect(),
+        Status::Fail | Status::Skip => c
+            .children
+            .iter()
+            .map(|ch| skipped(ch, c.id.name()))
+            .collect(),
     };
     Node {
-        id: c.id.clone(),
-        title: c.title.clone(),
+        id: c.id.name().to_string(),
+        title: c.id.title().to_string(),
         outcome,
         children,
     }
@@ -200,8 +209,8 @@ fn evaluate_one(c: &Check, ctx: &Ctx) -> Node {
 
 fn skipped(c: &Check, parent: &str) -> Node {
     Node {
-        id: c.id.clone(),
-        title: c.title.clone(),
+        id: c.id.name().to_string(),
+        title: c.id.title().to_string(),
         outcome: CheckOutcome::skip(format!("needs {parent}")),
         children: c.children.iter().map(|ch| skipped(ch, parent)).collect(),
     }
@@ -222,11 +231,21 @@ pub fn build_tree_on(
 ) -> Vec<Node> {
     let resolved = profile.resolve(inv);
     let probed = host.and_then(|h| dcap::probe(h, inv, config, resolved));
+    let bind_all = host.map(|h| {
+        crate::plan::vfio::plan_bind(h, config, &inv.gpus, &crate::plan::vfio::Selection::All)
+    });
+    let cdi_conflicts = host.map(|h| {
+        let cfg = &config.device_plugin;
+        let kinds = crate::cdi::foreign::planned_kinds(cfg, &inv.gpus);
+        crate::cdi::foreign::conflicts(h, &cfg.cdi_dir, &kinds, &Default::default())
+    });
     let ctx = Ctx {
         inv,
         config,
         profile: resolved,
         dcap: probed.as_ref(),
+        bind_all: bind_all.as_ref(),
+        cdi_conflicts: cdi_conflicts.as_deref(),
     };
     evaluate(&build_checks(&ctx), &ctx)
 }

@@ -3,14 +3,42 @@
 //! which one, which file, and what to do. Same scan as `cchost run`
 //! (`inventory::passthrough::unreadable_from_inventory`), from the checked inventory.
 
-use super::{Check, CheckOutcome, Ctx};
+use super::{Check, CheckId, CheckOutcome, Ctx};
 use crate::inventory::passthrough::unreadable_from_inventory;
 
 pub fn passthrough() -> Check {
-    Check::new(
-        "deviceplugin.readable",
-        "Device plugin can read every matched PCI function",
-        readable,
+    Check::new(CheckId::DevicepluginReadable, readable)
+}
+
+/// No other CDI spec claims cchost's kinds (cdi::foreign).
+pub fn cdi_conflicts() -> Check {
+    Check::new(CheckId::CdiConflicts, no_conflicts)
+}
+
+fn no_conflicts(ctx: &Ctx) -> CheckOutcome {
+    use crate::cdi::foreign;
+    let Some(found) = ctx.cdi_conflicts else {
+        return CheckOutcome::skip("not read (no host)");
+    };
+    let kinds = foreign::planned_kinds(&ctx.config.device_plugin, &ctx.inv.gpus);
+    let Some(first) = found.first() else {
+        return CheckOutcome::pass(format!(
+            "no other spec in {} or {} defines {}",
+            foreign::SPEC_DIRS[0],
+            foreign::SPEC_DIRS[1],
+            kinds.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    };
+    let list: Vec<String> = found.iter().map(ToString::to_string).collect();
+    CheckOutcome::fail(
+        format!(
+            "{}: a device defined by two CDI specs is unresolvable, so pods asking for it fail",
+            list.join("; ")
+        ),
+        format!(
+            "remove {} (left by the stack cchost replaces, e.g. NVIDIA's sandbox device plugin), or give cchost other names (device_plugin.gpu_resource / nvswitch_resource)",
+            first.path.display()
+        ),
     )
 }
 

@@ -7,7 +7,7 @@ use crate::inventory::tdx::{
 use crate::inventory::{CpuVendor, State};
 
 use super::host::{state_word, verdict_fail};
-use super::{Check, CheckOutcome, Ctx, Profile};
+use super::{Check, CheckId, CheckOutcome, Ctx, Profile};
 
 /// Oldest SEV firmware with a working SNP (snphost; AMDESE/AMDSEV#176).
 const MIN_SNP_FIRMWARE: (u32, u32) = (1, 51);
@@ -16,7 +16,7 @@ pub fn tee(profile: Option<Profile>) -> Check {
     match profile {
         Some(Profile::Tdx) => tdx(),
         Some(Profile::Snp) => snp(),
-        _ => Check::new("tee", "CPU has a supported TEE (TDX or SEV-SNP)", no_tee),
+        _ => Check::new(CheckId::Tee, no_tee),
     }
 }
 
@@ -26,6 +26,15 @@ fn no_tee(ctx: &Ctx) -> CheckOutcome {
             "the CPU could not be identified (/proc/cpuinfo unreadable)",
             "make /proc/cpuinfo readable, or pick one with --profile tdx|snp",
         ),
+        Some(c) if c.vendor == CpuVendor::Arm && ctx.inv.cca.verdict.state == State::No => {
+            let v = &ctx.inv.cca.verdict;
+            CheckOutcome::fail(
+                v.reason
+                    .clone()
+                    .unwrap_or_else(|| "no CPU TEE on this platform".into()),
+                v.remedy.clone().unwrap_or_default(),
+            )
+        }
         Some(c) if c.vendor == CpuVendor::Arm => {
             let v = &ctx.inv.cca.verdict;
             CheckOutcome::warn(
@@ -44,26 +53,18 @@ fn no_tee(ctx: &Ctx) -> CheckOutcome {
 }
 
 fn tdx() -> Check {
-    Check::new("tdx.cpu", "Intel CPU", |ctx| {
+    Check::new(CheckId::TdxCpu, |ctx| {
         vendor_is(ctx, CpuVendor::Intel, "snp")
     })
-    .with([Check::new(
-        "tdx.bios",
-        "TDX enabled in the BIOS (tdx_host_platform)",
-        tdx_bios,
+    .with([Check::new(CheckId::TdxBios, tdx_bios).with([Check::new(
+        CheckId::TdxKernel,
+        tdx_kernel,
     )
     .with([
-        Check::new("tdx.kernel", "Kernel has TDX host support", tdx_kernel).with([
-            Check::new(
-                "tdx.nohibernate",
-                "Hibernation disabled (nohibernate)",
-                tdx_nohibernate,
-            ),
-            Check::new("tdx.module", "TDX module initialised", tdx_module),
-            Check::new("tdx.kvm", "TDX enabled in KVM (kvm_intel tdx=Y)", tdx_kvm)
-                .with([Check::new("tdx.keys", "TDX KeyIDs (misc cgroup)", tdx_keys)]),
-        ]),
-    ])])
+        Check::new(CheckId::TdxNohibernate, tdx_nohibernate),
+        Check::new(CheckId::TdxModule, tdx_module),
+        Check::new(CheckId::TdxKvm, tdx_kvm).with([Check::new(CheckId::TdxKeys, tdx_keys)]),
+    ])])])
 }
 
 fn vendor_is(ctx: &Ctx, want: CpuVendor, other_profile: &str) -> CheckOutcome {
@@ -138,7 +139,10 @@ fn tdx_nohibernate(ctx: &Ctx) -> CheckOutcome {
 
 fn tdx_module(ctx: &Ctx) -> CheckOutcome {
     let t = &ctx.inv.tdx;
-    let line = t.module_log.clone().unwrap_or_default();
+    let mut line = t.module_log.clone().unwrap_or_default();
+    if let Some(v) = &t.module_version {
+        line = format!("version {v}; {line}");
+    }
     match t.module {
         TdxModuleState::Initialized => CheckOutcome::pass(line),
         TdxModuleState::Failed => CheckOutcome::fail(line, REMEDY_MODULE_FAILED),
@@ -182,43 +186,25 @@ fn tdx_keys(ctx: &Ctx) -> CheckOutcome {
 }
 
 fn snp() -> Check {
-    let snp_kvm = Check::new(
-        "snp.kvm",
-        "SEV-SNP enabled in KVM (kvm_amd sev_snp)",
-        |ctx| level(ctx, &ctx.inv.sev.snp, "sev_snp"),
-    )
-    .with([
-        Check::new("snp.asids", "SEV-ES/SNP ASIDs (misc cgroup)", snp_asids),
-        Check::new("snp.dev_sev", "/dev/sev present (ccp driver)", snp_dev_sev),
-        Check::new("snp.firmware", "SEV firmware 1.51 or newer", snp_firmware),
-    ]);
-    let sev_es = Check::new(
-        "snp.sev_es",
-        "SEV-ES enabled in KVM (kvm_amd sev_es)",
-        |ctx| level(ctx, &ctx.inv.sev.sev_es, "sev_es"),
-    )
-    .with([snp_kvm]);
-    let sev = Check::new("snp.sev", "SEV enabled in KVM (kvm_amd sev)", |ctx| {
-        level(ctx, &ctx.inv.sev.sev, "sev")
+    let snp_kvm = Check::new(CheckId::SnpKvm, |ctx| {
+        level(ctx, &ctx.inv.sev.snp, "sev_snp")
     })
-    .with([sev_es]);
+    .with([
+        Check::new(CheckId::SnpAsids, snp_asids),
+        Check::new(CheckId::SnpDevSev, snp_dev_sev),
+        Check::new(CheckId::SnpFirmware, snp_firmware),
+    ]);
+    let sev_es = Check::new(CheckId::SnpSevEs, |ctx| {
+        level(ctx, &ctx.inv.sev.sev_es, "sev_es")
+    })
+    .with([snp_kvm]);
+    let sev = Check::new(CheckId::SnpSev, |ctx| level(ctx, &ctx.inv.sev.sev, "sev")).with([sev_es]);
     // The BIOS and IOMMU checks do not need kvm_amd: they explain why it is not
     // enough even when it loads.
-    Check::new("snp.cpu", "AMD CPU", |ctx| {
-        vendor_is(ctx, CpuVendor::Amd, "tdx")
-    })
-    .with([
-        Check::new(
-            "snp.bios",
-            "SEV-SNP enabled in the BIOS (sev_snp flag)",
-            snp_bios,
-        ),
-        Check::new(
-            "snp.iommu",
-            "IOMMU on and translating (SNP needs it)",
-            snp_iommu,
-        ),
-        Check::new("snp.kvm_amd", "kvm_amd loaded", snp_kvm_amd).with([sev]),
+    Check::new(CheckId::SnpCpu, |ctx| vendor_is(ctx, CpuVendor::Amd, "tdx")).with([
+        Check::new(CheckId::SnpBios, snp_bios),
+        Check::new(CheckId::SnpIommu, snp_iommu),
+        Check::new(CheckId::SnpKvmAmd, snp_kvm_amd).with([sev]),
     ])
 }
 

@@ -175,21 +175,30 @@ fn a_subtree_can_be_added_from_outside() {
         config: &cfg,
         profile: Some(Profile::Snp),
         dcap: None,
+        bind_all: None,
+        cdi_conflicts: None,
     };
     let mut checks = build_checks(&ctx);
+    // A subtree built outside the profile's tree (registered ids, functions of its own):
+    // its failing root skips its child without running it.
     checks.push(
-        Check::new("extra", "An extension", |_| {
-            CheckOutcome::fail("broken", "fix it")
-        })
-        .with([Check::new("extra.child", "Child", |_| {
-            CheckOutcome::pass("never runs")
-        })]),
+        Check::new(CheckId::Gpu, |_| CheckOutcome::fail("broken", "fix it"))
+            .with([Check::new(CheckId::GpuCc, |_| -> CheckOutcome {
+                panic!("a child of a FAIL runs")
+            })]),
     );
     let nodes = evaluate(&checks, &ctx);
     let r = Report::from_nodes(Profile::Snp, Some(Profile::Snp), nodes);
     assert!(!r.ready);
-    assert_eq!(status(&r, "extra.child"), Status::Skip);
+    let extra = r.checks.last().unwrap();
+    assert_eq!(
+        (extra.id.as_str(), extra.outcome.status),
+        ("gpu", Status::Fail)
+    );
+    assert_eq!(extra.children[0].outcome.status, Status::Skip);
+    assert_eq!(extra.children[0].outcome.message, "needs gpu");
     assert_eq!(r.findings.len(), 1);
+    assert_eq!(r.findings[0].message, "broken");
 }
 
 /// An Intel host with TDX up (module initialised, keys, nohibernate), no GPUs.
@@ -262,4 +271,81 @@ fn tdx_host_ready_and_not() {
         flat.contains("- add nohibernate to the kernel command line and reboot (tdx.nohibernate, tdx.module, tdx.kvm)"),
         "{text}"
     );
+}
+
+#[test]
+fn grace_has_no_cpu_tee_and_is_not_ready() {
+    // NVIDIA Grace: Neoverse V2 cores (implementer 0x41, part 0xd4f), Armv9.0, no RME.
+    let t = Tree::new();
+    t.file(
+        "/proc/cpuinfo",
+        "processor : 0\nBogoMIPS : 2000.00\nFeatures : fp asimd evtstrm sve2\nCPU implementer : 0x41\nCPU architecture: 8\nCPU variant : 0x0\nCPU part : 0xd4f\nCPU revision : 0\n",
+    )
+    .file("/proc/cmdline", "quiet\n")
+    .file("/proc/sys/kernel/osrelease", "6.8.0\n");
+    let r = report(&t, Profile::Auto);
+    assert!(!r.ready, "{}", render::text(&r));
+    let tee = r.find("tee").expect("tee check");
+    assert_eq!(tee.outcome.status, Status::Fail, "{}", render::text(&r));
+    assert!(
+        tee.outcome.message.contains("no CPU TEE on this platform")
+            && tee.outcome.message.contains("Neoverse V2"),
+        "{}",
+        tee.outcome.message
+    );
+    // An Arm part not on the list stays "unknown" (a warning), never claimed either way.
+    let t = Tree::new();
+    t.file(
+        "/proc/cpuinfo",
+        "processor : 0\nFeatures : fp asimd\nCPU implementer : 0x41\nCPU part : 0xd84\n",
+    );
+    let r = report(&t, Profile::Auto);
+    assert_eq!(status(&r, "tee"), Status::Warn);
+}
+
+#[test]
+fn every_tree_follows_the_registry_and_together_they_run_every_check() {
+    let t = Tree::new();
+    let inv = Inventory::collect(&t.host, &Config::default());
+    let cfg = Config::default();
+    fn walk_checks(c: &Check, parent: Option<CheckId>, out: &mut Vec<(CheckId, Option<CheckId>)>) {
+        out.push((c.id, parent));
+        for ch in &c.children {
+            walk_checks(ch, Some(c.id), out);
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for profile in [Some(Profile::Tdx), Some(Profile::Snp), None] {
+        let ctx = Ctx {
+            inv: &inv,
+            config: &cfg,
+            profile,
+            dcap: None,
+            bind_all: None,
+            cdi_conflicts: None,
+        };
+        let mut pairs = Vec::new();
+        for c in &build_checks(&ctx) {
+            walk_checks(c, None, &mut pairs);
+        }
+        let mut ids: Vec<CheckId> = pairs.iter().map(|(i, _)| *i).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(
+            ids.len(),
+            pairs.len(),
+            "{profile:?}: an id twice in one tree"
+        );
+        for (id, parent) in pairs {
+            assert_eq!(
+                parent,
+                id.meta().needs,
+                "{profile:?}: parent of {}",
+                id.name()
+            );
+            seen.insert(id);
+        }
+    }
+    let all: std::collections::BTreeSet<CheckId> = CHECK_LIST.iter().map(|m| m.id).collect();
+    assert_eq!(seen, all, "registered checks no tree runs");
 }

@@ -4,6 +4,7 @@ use cchost::cdi;
 use cchost::inventory::passthrough;
 
 use super::Global;
+use super::output::{out, outln};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -13,7 +14,7 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {
-    /// Print the specs on stdout instead of writing them.
+    /// Print the specs on stdout (one JSON array, a spec per kind) instead of writing them.
     #[arg(long)]
     pub stdout: bool,
     /// Directory to write into (a host path; default: device_plugin.cdi_dir).
@@ -33,24 +34,32 @@ pub fn run(g: &Global, c: Command) -> anyhow::Result<ExitCode> {
     }
     let specs = cdi::specs_for(&scan)?;
     if a.stdout {
-        for spec in &specs {
-            print!("{}", String::from_utf8_lossy(&cdi::render(spec)?));
-        }
+        // One JSON document: an array with one spec per kind (a spec file holds one
+        // kind, so several cannot be concatenated into one valid document).
+        let mut text = serde_json::to_string_pretty(&specs)?;
+        text.push('\n');
+        out!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
     let dir = a.dir.as_deref().unwrap_or(&cfg.cdi_dir);
+    cchost::config::paths::under_one_of(
+        "--dir",
+        std::path::Path::new(dir),
+        &["/etc/cdi", "/var/run/cdi", "/run/cdi"],
+    )
+    .map_err(anyhow::Error::msg)?;
     let report = cdi::write_specs(&g.host, dir, &specs)?;
     for p in &report.written {
-        println!("wrote {}", p.display());
+        outln!("wrote {}", p.display());
     }
     for p in &report.unchanged {
-        println!("unchanged {}", p.display());
+        outln!("unchanged {}", p.display());
     }
     for p in &report.removed {
-        println!("removed {}", p.display());
+        outln!("removed {}", p.display());
     }
     if specs.is_empty() {
-        println!("no passthrough devices: {}", scan.why_empty());
+        outln!("no passthrough devices: {}", scan.why_empty());
     }
     Ok(ExitCode::SUCCESS)
 }

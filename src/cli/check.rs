@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use cchost::check::{Profile, Report, render};
+use cchost::check::{CHECK_LIST, Profile, Report, registry, render};
 use cchost::inventory::Inventory;
 
 use super::Global;
@@ -20,10 +20,22 @@ pub struct Args {
     /// Which TEE to check for; `auto` picks TDX on Intel and SEV-SNP on AMD.
     #[arg(long, value_enum, default_value_t = ProfileArg::Auto)]
     pub profile: ProfileArg,
+    /// List every check (id, category, remedy kinds, title) instead of running them.
+    #[arg(long)]
+    pub list: bool,
 }
 
 /// Exit 0 when ready, 1 when not (2, usage or I/O errors, comes from the caller).
 pub fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
+    if a.list {
+        let text = if a.json {
+            format!("{}\n", serde_json::to_string_pretty(CHECK_LIST)?)
+        } else {
+            registry::list_text()
+        };
+        super::inventory::write_stdout(&text)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let profile = match a.profile {
         ProfileArg::Tdx => Profile::Tdx,
         ProfileArg::Snp => Profile::Snp,

@@ -2,9 +2,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use cchost::dcap::{collateral, files, status, supervisor};
+use cchost::dcap::{collateral, configure, files, status, supervisor};
 
 use super::Global;
+use super::output::{out, outln};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -14,14 +15,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write /etc/qgs.conf and the QCNL config from cchost's config.
+    /// Write /etc/qgs.conf and the QCNL config where they are missing, and fix only what
+    /// `dcap status` names in an existing one (journaled: `cchost undo` restores).
     Configure {
-        /// Show what would be written; change nothing.
+        /// Show the changes as a diff; change nothing.
         #[arg(long)]
         dry_run: bool,
     },
     /// Keep QGS running in the foreground ([dcap.supervise] mode child or systemd).
     Supervise,
+}
+
+/// `status` and `supervise` read /sys (TDX state); `configure` only writes /etc files.
+pub fn reads_the_host(c: &Command) -> bool {
+    !matches!(c, Command::Configure { .. })
 }
 
 pub fn run(g: &Global, c: Command) -> anyhow::Result<ExitCode> {
@@ -35,32 +42,43 @@ pub fn run(g: &Global, c: Command) -> anyhow::Result<ExitCode> {
             let key = files::load_api_key(cfg)?;
             let report = rt.block_on(status::report(&g.host, cfg, key, collateral::now_unix()));
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", report.render_text());
+                out!("{}", report.render_text());
             }
             Ok(ExitCode::from(if report.ready() { 0 } else { 1 }))
         }
         Command::Configure { dry_run } => {
             let key = files::load_api_key(cfg)?;
-            let desired = files::desired_files(cfg, key.as_ref());
-            if dry_run {
-                for f in &desired {
-                    println!(
-                        "--- {} (mode {:o})\n{}",
-                        f.path.display(),
+            // Under the journal lock from the start: what is planned is what is written.
+            let mut journal = if dry_run {
+                None
+            } else {
+                Some(cchost::journal::Journal::open(&g.host)?)
+            };
+            let plans = configure::plan(&g.host, cfg, key.as_ref())?;
+            for f in &plans {
+                let verb = match (f.changes(), dry_run) {
+                    (false, _) => "unchanged",
+                    (true, true) => "would change",
+                    (true, false) => "wrote",
+                };
+                if let (true, Some(j), Some(after)) = (f.changes(), journal.as_mut(), &f.after) {
+                    cchost::journal::write_file(
+                        &g.host,
+                        j,
+                        &f.path.to_string_lossy(),
+                        after,
                         f.mode,
-                        f.display_contents()
-                    );
+                    )?;
                 }
-                return Ok(ExitCode::SUCCESS);
+                outln!("{verb} {}: {}", f.path.display(), f.why);
+                if f.changes() && dry_run {
+                    out!("{}", f.diff());
+                }
             }
-            for ch in files::write_files(&g.host, &desired)? {
-                println!(
-                    "{} {}",
-                    if ch.changed { "wrote    " } else { "unchanged" },
-                    ch.path.display()
-                );
+            if dry_run {
+                outln!("(dry run: nothing changed)");
             }
             Ok(ExitCode::SUCCESS)
         }

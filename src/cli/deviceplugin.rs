@@ -12,6 +12,7 @@ use tokio::net::UnixStream;
 use tonic::transport::Endpoint;
 
 use super::Global;
+use super::output::outln;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -92,7 +93,7 @@ pub fn run(g: &Global, c: Command) -> anyhow::Result<ExitCode> {
                 Err(s) => serde_json::json!({ "error": s.message() }),
             };
         }
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         anyhow::Ok(ExitCode::SUCCESS)
     })
 }

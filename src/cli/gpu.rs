@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use serde::Serialize;
 
 use cchost::apply;
@@ -16,6 +15,7 @@ use cchost::journal::{self, Journal, Restorer};
 use cchost::plan::vfio::{PlanError, Selection, plan_bind, plan_unbind};
 
 use super::Global;
+use super::output::outln;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -102,26 +102,16 @@ pub(super) fn open_journal(g: &Global) -> anyhow::Result<Journal> {
     Ok(j)
 }
 
-/// Crash tests: `CCHOST_TEST_KILL_AFTER_STEP=N` makes cchost SIGKILL itself right after
-/// the N-th sysfs/journal step (counting from 1 across all devices), so that a test can
-/// stop it at every point of a bind deterministically.
+/// Logs each sysfs/journal step (counting from 1 across all devices); the crash-test
+/// hook ([`super::test_hooks`], test builds only) may kill cchost after one of them.
 fn step_observer() -> anyhow::Result<impl FnMut(&PciAddress, Step)> {
-    let kill_after: Option<u32> = match std::env::var("CCHOST_TEST_KILL_AFTER_STEP") {
-        Ok(v) => Some(
-            v.parse()
-                .with_context(|| format!("CCHOST_TEST_KILL_AFTER_STEP={v:?}: not a number"))?,
-        ),
-        Err(_) => None,
-    };
+    let kill_after = super::test_hooks::kill_after_step()?;
     let mut n = 0u32;
     Ok(move |addr: &PciAddress, step: Step| {
         n += 1;
         tracing::debug!(%addr, ?step, n, "step done");
         if kill_after == Some(n) {
-            eprintln!(
-                "CCHOST_TEST_KILL_AFTER_STEP: killing myself after step {n} ({addr} {step:?})"
-            );
-            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+            super::test_hooks::kill_self(n, &format!("{addr} {step:?}"));
         }
     })
 }
@@ -139,7 +129,7 @@ fn warn_pending(entries: &[journal::Entry]) {
 }
 
 fn print_json(v: &impl Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
@@ -167,6 +157,10 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
     let inv = discover_gpus(&g.host, &g.config.matching);
     let plan = match plan_bind(&g.host, &g.config, &inv, &a.selection()) {
         Ok(p) => p,
+        // `--all` binds what it can: each refused device is named, the others bound.
+        Err(PlanError::Refused(_)) if matches!(a.selection(), Selection::All) => {
+            return bind_each(g, a, journal.as_mut(), &inv);
+        }
         Err(e) => return refused(e, a.json),
     };
     for w in &plan.warnings {
@@ -189,12 +183,12 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
             } else {
                 format!("already on {}", it.current)
             };
-            println!("{} {what}", it.address);
+            outln!("{} {what}", it.address);
         }
         return Ok(ExitCode::SUCCESS);
     };
     let mut observe = step_observer()?;
-    let results = apply::vfio::apply_bind(journal, &g.config, &plan, &mut observe)?;
+    let results = apply::vfio::apply_bind(&g.host, journal, &g.config, &plan, &mut observe)?;
     let failed = results.iter().any(|r| r.outcome.is_err()) || results.len() < plan.items.len();
     if a.json {
         print_json(&results)?;
@@ -202,10 +196,10 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
         for r in &results {
             match &r.outcome {
                 Ok(vfio::BindOutcome::AlreadyBound { driver }) => {
-                    println!("{} already on {driver}", r.address)
+                    outln!("{} already on {driver}", r.address)
                 }
                 Ok(vfio::BindOutcome::Bound { from, driver }) => {
-                    println!("{} bound to {driver} (was {from})", r.address)
+                    outln!("{} bound to {driver} (was {from})", r.address)
                 }
                 Err(e) => eprintln!("{} FAILED: {e}", r.address),
             }
@@ -219,6 +213,60 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `bind --all` with some device refused: the device-by-device plans, each refusal
+/// printed, the rest bound. Exit 1 (not everything is bound).
+fn bind_each(
+    g: &Global,
+    a: BindArgs,
+    journal: Option<&mut Journal>,
+    inv: &cchost::inventory::gpu::GpuInventory,
+) -> anyhow::Result<ExitCode> {
+    let (plans, refusals, failures) =
+        cchost::plan::vfio::plan_all_or_each(&g.host, &g.config, inv)?;
+    for r in &refusals {
+        eprintln!("{r} (refused; the other devices are bound)");
+    }
+    for f in &failures {
+        eprintln!("{f} FAILED");
+    }
+    let Some(journal) = journal else {
+        if a.json {
+            print_json(&serde_json::json!({ "plans": plans, "refused": refusals }))?;
+        }
+        for it in plans.iter().flat_map(|p| &p.items) {
+            println!("{} would bind (now {})", it.address, it.current);
+        }
+        return Ok(ExitCode::from(1));
+    };
+    let mut observe = step_observer()?;
+    let mut all = Vec::new();
+    for plan in &plans {
+        for w in &plan.warnings {
+            eprintln!("warning: {w}");
+        }
+        let results = apply::vfio::apply_bind(&g.host, journal, &g.config, plan, &mut observe)?;
+        for r in &results {
+            if a.json {
+                continue;
+            }
+            match &r.outcome {
+                Ok(vfio::BindOutcome::AlreadyBound { driver }) => {
+                    println!("{} already on {driver}", r.address)
+                }
+                Ok(vfio::BindOutcome::Bound { from, driver }) => {
+                    println!("{} bound to {driver} (was {from})", r.address)
+                }
+                Err(e) => eprintln!("{} FAILED: {e}", r.address),
+            }
+        }
+        all.extend(results);
+    }
+    if a.json {
+        print_json(&serde_json::json!({ "results": all, "refused": refusals }))?;
+    }
+    Ok(ExitCode::from(1))
 }
 
 fn unbind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
@@ -241,12 +289,12 @@ fn unbind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
             return print_json(&plan).map(|_| ExitCode::SUCCESS);
         }
         for it in &plan.items {
-            println!("{} would be released (now {})", it.address, it.current);
+            outln!("{} would be released (now {})", it.address, it.current);
         }
         return Ok(ExitCode::SUCCESS);
     };
     let mut observe = step_observer()?;
-    let results = apply::vfio::apply_unbind(journal, &plan, &mut observe);
+    let results = apply::vfio::apply_unbind(&g.host, journal, &plan, &mut observe);
     let failed = results.iter().any(|r| r.outcome.is_err());
     if a.json {
         print_json(&results)?;
@@ -254,13 +302,13 @@ fn unbind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
         for r in &results {
             match &r.outcome {
                 Ok(vfio::UnbindOutcome::NotBound { binding }) => {
-                    println!("{} not on vfio ({binding}); nothing to do", r.address)
+                    outln!("{} not on vfio ({binding}); nothing to do", r.address)
                 }
                 Ok(vfio::UnbindOutcome::Restored { to }) => {
-                    println!("{} restored to {to}", r.address)
+                    outln!("{} restored to {to}", r.address)
                 }
                 Ok(vfio::UnbindOutcome::Released { from }) => {
-                    println!("{} released from {from}; left without a driver", r.address)
+                    outln!("{} released from {from}; left without a driver", r.address)
                 }
                 Err(e) => eprintln!("{} FAILED: {e}", r.address),
             }
@@ -317,12 +365,17 @@ fn list(g: &Global, a: ListArgs) -> anyhow::Result<ExitCode> {
         print_json(&serde_json::json!({ "devices": rows, "problems": inv.problems }))?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<14} {:<9} {:<10} {:<14} {:<6} {:<22} MODEL",
-        "ADDRESS", "KIND", "ID", "DRIVER", "GROUP", "CCHOST"
+        "ADDRESS",
+        "KIND",
+        "ID",
+        "DRIVER",
+        "GROUP",
+        "CCHOST"
     );
     for r in &rows {
-        println!(
+        outln!(
             "{:<14} {:<9} {:<10} {:<14} {:<6} {:<22} {}",
             r.address.to_string(),
             format!("{:?}", r.kind).to_lowercase(),

@@ -22,6 +22,7 @@ use cchost::host::mmio::MapAccess;
 use cchost::host::pci::{PciAddress, PciDevice};
 
 use super::Global;
+use super::output::outln;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -186,25 +187,17 @@ fn open_all(
         .collect()
 }
 
-/// Crash tests: `CCHOST_TEST_KILL_AFTER_STEP=N` SIGKILLs cchost right after the N-th
-/// switch step (counted across devices), like `gpu bind`'s.
+/// Logs each switch step (counted across devices); the crash-test hook
+/// ([`super::test_hooks`], test builds only) may kill cchost after one of them, like
+/// `gpu bind`'s.
 fn kill_observer() -> anyhow::Result<impl Fn(&str, SwitchStep) + Sync> {
-    let kill_after: Option<u32> = match std::env::var("CCHOST_TEST_KILL_AFTER_STEP") {
-        Ok(v) => Some(
-            v.parse()
-                .with_context(|| format!("CCHOST_TEST_KILL_AFTER_STEP={v:?}: not a number"))?,
-        ),
-        Err(_) => None,
-    };
+    let kill_after = super::test_hooks::kill_after_step()?;
     let n = AtomicU32::new(0);
     Ok(move |dev: &str, step: SwitchStep| {
         let k = n.fetch_add(1, Ordering::SeqCst) + 1;
         tracing::debug!(dev, ?step, n = k, "CC step done");
         if kill_after == Some(k) {
-            eprintln!(
-                "CCHOST_TEST_KILL_AFTER_STEP: killing myself after step {k} ({dev} {step:?})"
-            );
-            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+            super::test_hooks::kill_self(k, &format!("{dev} {step:?}"));
         }
     })
 }
@@ -238,13 +231,13 @@ fn query(g: &Global, targets: Vec<(PciDevice, Family)>, json: bool) -> anyhow::R
         .collect();
     let ok = rows.iter().all(|r| r.error.is_none());
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         for r in &rows {
             match (&r.state, &r.error) {
-                (Some(s), _) => println!("{}  {:<9} {s}", r.device, format!("{:?}", r.family)),
+                (Some(s), _) => outln!("{}  {:<9} {s}", r.device, format!("{:?}", r.family)),
                 (_, Some(e)) => {
-                    println!("{}  {:<9} error: {e}", r.device, format!("{:?}", r.family))
+                    outln!("{}  {:<9} error: {e}", r.device, format!("{:?}", r.family))
                 }
                 _ => {}
             }
@@ -257,7 +250,7 @@ fn query(g: &Global, targets: Vec<(PciDevice, Family)>, json: bool) -> anyhow::R
     })
 }
 
-fn print_outcomes(outs: &[Outcome]) {
+fn print_outcomes(outs: &[Outcome]) -> anyhow::Result<()> {
     for o in outs {
         let state = o
             .after
@@ -270,11 +263,12 @@ fn print_outcomes(outs: &[Outcome]) {
             Status::Failed => "FAILED",
             Status::Skipped => "skipped",
         };
-        println!("{}  {status:<9} {state}", o.device);
+        outln!("{}  {status:<9} {state}", o.device);
         if let Some(e) = &o.error {
-            println!("    {e}");
+            outln!("    {e}");
         }
     }
+    Ok(())
 }
 
 /// Devices refused before anything was touched, as failed outcomes.
@@ -306,9 +300,9 @@ fn set(
         .collect();
     let ok = outs.iter().all(Outcome::ok);
     if json {
-        println!("{}", serde_json::to_string_pretty(&outs)?);
+        outln!("{}", serde_json::to_string_pretty(&outs)?);
     } else {
-        print_outcomes(&outs);
+        print_outcomes(&outs)?;
     }
     Ok(if ok {
         ExitCode::SUCCESS
@@ -367,10 +361,10 @@ fn ppcie_set(
 
 fn finish_ppcie(report: &PpcieReport, json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        outln!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        print_outcomes(&report.devices);
-        println!("{}: {:?}", report.requested, report.status);
+        print_outcomes(&report.devices)?;
+        outln!("{}: {:?}", report.requested, report.status);
     }
     Ok(if report.status == Status::Failed {
         ExitCode::from(1)

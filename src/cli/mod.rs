@@ -1,7 +1,8 @@
 //! Command-line interface: global options, logging, dispatch, exit codes.
 //!
-//! Exit codes: 0 = success / ready, 1 = not ready (or a refused change), 2 = usage or
-//! I/O error.
+//! Exit codes: 0 = success / ready, 1 = not ready (`check`), work to do (`plan`) or a
+//! refused change, 2 = usage or I/O error. A closed stdout (`| head`) cuts the output
+//! short and changes no exit code.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +12,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use cchost::config::{Config, DEFAULT_CONFIG_PATH};
 use cchost::host::HostRoot;
+
+mod output;
 
 mod capture;
 mod cdi;
@@ -23,6 +26,7 @@ mod inventory;
 mod plan;
 mod render;
 mod run;
+mod test_hooks;
 mod undo;
 
 #[derive(Debug, Parser)]
@@ -41,6 +45,15 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Seconds to wait for another cchost process's journal lock before giving up.
+    #[arg(
+        long,
+        global = true,
+        env = "CCHOST_LOCK_WAIT_S",
+        default_value_t = 60.0,
+        value_name = "SECONDS"
+    )]
+    pub lock_wait: f64,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -57,7 +70,8 @@ pub enum Command {
     Check(check::Args),
     /// Every fact cchost found about this host, with evidence.
     Inventory(inventory::Args),
-    /// What `apply` would change, computed from config + inventory.
+    /// What `apply` would change, computed from config + inventory. Exit code 0: nothing
+    /// to change; 1: `apply` has work to do; 2: usage or I/O error.
     Plan(plan::PlanArgs),
     /// Make the changes of the plan (journaled, idempotent).
     Apply(plan::ApplyArgs),
@@ -84,6 +98,18 @@ pub enum Command {
     Capture(capture::Args),
 }
 
+impl Command {
+    /// Commands whose answers come from the host's /sys, /proc and /dev (not `render`,
+    /// which writes for another machine, nor `undo`, which only replays the journal).
+    fn reads_the_host(&self) -> bool {
+        match self {
+            Command::Render(_) | Command::Undo(_) | Command::DevicePlugin(_) => false,
+            Command::Dcap(c) => dcap::reads_the_host(c),
+            _ => true,
+        }
+    }
+}
+
 /// What every command gets: the host door and the configuration.
 pub struct Global {
     pub host: HostRoot,
@@ -101,10 +127,16 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(cli.log_format);
+    output::set_format(cli.log_format);
+    if !(cli.lock_wait.is_finite() && (0.0..=86_400.0).contains(&cli.lock_wait)) {
+        output::error("--lock-wait must be between 0 and 86400 seconds");
+        return ExitCode::from(2);
+    }
+    cchost::journal::set_lock_wait(std::time::Duration::from_secs_f64(cli.lock_wait));
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            output::error(&format!("{e:#}"));
             ExitCode::from(2)
         }
     }
@@ -113,8 +145,11 @@ pub fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("CCHOST_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    // Colour only for a person at a terminal, never into a file or a journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -129,6 +164,23 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
     };
+    if cli.command.reads_the_host() {
+        let missing = host.missing_kernel_dirs();
+        if !missing.is_empty() {
+            anyhow::bail!(
+                "host root {} is not a whole host: {} missing or empty; nothing was checked. \
+                 Point --host-root at the host's / (in a DaemonSet, mount the host's / at /host \
+                 with its /sys, /proc and /dev)",
+                host.root().display(),
+                missing
+                    .iter()
+                    .map(|d| format!("{d}/"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                    + if missing.len() == 1 { " is" } else { " are" }
+            );
+        }
+    }
     let config = Config::load(&config_path, explicit)?;
     let g = Global {
         host,

@@ -8,6 +8,7 @@ use cchost::journal::{self, FileRestorer, Journal, Restorer};
 use cchost::plan::{self, Plan};
 
 use super::Global;
+use super::output::{out, outln};
 
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
@@ -37,15 +38,20 @@ fn make_plan(g: &Global) -> Plan {
         tracing::warn!(path = %p.path.display(), "{}", p.message);
     }
     let mut facts = NodeFacts::from_inventory(&inv);
+    facts.duties = cchost::labels::duties::duties(&g.config, &g.host);
     if g.config.labels.nvidia {
-        // The CC mode labels, as `cchost run` would set them now (read-only queries).
-        let query = cchost::labels::cc_mode::live_query(&g.host);
-        cchost::labels::cc_mode::CcModeCache::default().fill(
+        // The CC mode labels, as `cchost run` would set them now (read-only queries;
+        // plan never wakes a suspended GPU, it says what it could not read).
+        let query = cchost::labels::cc_mode::live_query_no_wake(&g.host);
+        let unread = cchost::labels::cc_mode::CcModeCache::default().fill(
             &g.host,
             &g.config.matching,
             &mut facts,
             &query,
         );
+        for (address, why) in unread {
+            tracing::warn!(device = %address, "CC mode not read: {why}");
+        }
     }
     let inputs = plan::gather(&g.host, &g.host, &g.config, facts);
     plan::build(&g.config, &inputs)
@@ -55,9 +61,9 @@ fn make_plan(g: &Global) -> Plan {
 pub fn run_plan(g: &Global, a: PlanArgs) -> anyhow::Result<ExitCode> {
     let p = make_plan(g);
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&p)?);
+        outln!("{}", serde_json::to_string_pretty(&p)?);
     } else {
-        print!("{}", plan::render::to_text(&p));
+        out!("{}", plan::render::to_text(&p));
     }
     Ok(if p.is_empty() {
         ExitCode::SUCCESS
@@ -72,23 +78,23 @@ pub fn run_apply(g: &Global, a: ApplyArgs) -> anyhow::Result<ExitCode> {
     let p = make_plan(g);
     if a.dry_run {
         if a.json {
-            println!("{}", serde_json::to_string_pretty(&p)?);
+            outln!("{}", serde_json::to_string_pretty(&p)?);
         } else {
-            print!("{}", plan::render::to_text(&p));
-            println!("\n(dry run: nothing changed)");
+            out!("{}", plan::render::to_text(&p));
+            outln!("\n(dry run: nothing changed)");
         }
         return Ok(ExitCode::SUCCESS);
     }
     if p.is_empty() {
         if a.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"done": [], "reboot_required": p.reboot_required})
             );
         } else {
-            println!("Nothing to change.");
+            outln!("Nothing to change.");
             if p.reboot_required {
-                println!(
+                outln!(
                     "Reboot required: the boot configuration is ready, the running kernel is not (cchost never reboots)."
                 );
             }
@@ -113,13 +119,13 @@ pub fn run_apply(g: &Global, a: ApplyArgs) -> anyhow::Result<ExitCode> {
     match report {
         Ok(r) => {
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                outln!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 for d in &r.done {
-                    println!("{} {}", if d.changed { "done:" } else { "ok:  " }, d.action);
+                    outln!("{} {}", if d.changed { "done:" } else { "ok:  " }, d.action);
                 }
                 if r.reboot_required {
-                    println!(
+                    outln!(
                         "\nReboot required: the new kernel arguments take effect at the next boot (cchost never reboots)."
                     );
                 }
@@ -127,7 +133,7 @@ pub fn run_apply(g: &Global, a: ApplyArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            super::output::error(&e.to_string());
             Ok(ExitCode::from(1))
         }
     }

@@ -4,6 +4,7 @@ use cchost::hostcfg::machineconfig::{self, Role};
 use cchost::hostcfg::profile::Platform;
 
 use super::Global;
+use super::output::out;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -27,8 +28,8 @@ pub struct MachineconfigArgs {
 pub fn run(g: &Global, c: Command) -> anyhow::Result<ExitCode> {
     match c {
         Command::Machineconfig(a) => {
-            let yaml = machineconfig::render(a.platform, a.gpu, a.role, &g.config.kernel)?;
-            print!("{yaml}");
+            let yaml = machineconfig::render(a.platform, a.gpu, a.role, &g.config)?;
+            out!("{yaml}");
             Ok(ExitCode::SUCCESS)
         }
     }

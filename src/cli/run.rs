@@ -12,7 +12,21 @@ use super::Global;
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
+/// Held by the one `cchost run` of a host root for as long as it runs.
+pub const RUN_LOCK: &str = "/run/cchost/run.lock";
+
 pub fn run(g: &Global, _a: Args) -> anyhow::Result<ExitCode> {
+    // One daemon per host root: a second would fight over the plugin sockets, the CDI
+    // spec and the status file (and remove the first one's on exit).
+    let _one = match g.host.lock_exclusive(RUN_LOCK, cchost::host::LockWait::No) {
+        Ok(l) => l,
+        Err(cchost::host::HostError::Locked { .. }) => anyhow::bail!(
+            "another `cchost run` is already running on host root {} (it holds {}); not starting a second one",
+            g.host.root().display(),
+            g.host.lexical(RUN_LOCK).display()
+        ),
+        Err(e) => return Err(e).context("cannot take the daemon lock"),
+    };
     // One thread: the daemon mostly sleeps, and a small idle footprint matters on a
     // node (docs/performance.md).
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -27,7 +41,8 @@ pub fn run(g: &Global, _a: Args) -> anyhow::Result<ExitCode> {
             tracing::warn!(kind = %r.kind, subject = %r.subject, "recovered an interrupted step of an earlier run");
         }
         if g.config.vfio.bind_on_start {
-            let done = cchost::daemon::bind_on_start::bind_matched(&mut journal, &g.config);
+            let done =
+                cchost::daemon::bind_on_start::bind_matched(&g.host, &mut journal, &g.config);
             tracing::info!(bound = ?done.bound, already = ?done.already, "vfio.bind_on_start");
             for r in &done.refused {
                 tracing::warn!("vfio.bind_on_start: {r}");
@@ -48,8 +63,13 @@ pub fn run(g: &Global, _a: Args) -> anyhow::Result<ExitCode> {
         }
         if let Some(mode) = cchost::gpu::cc::TargetMode::on_start(g.config.cc.mode_on_start) {
             let opener = cchost::gpu::cc::live::MmioOpener::default();
-            let done =
-                cchost::daemon::cc_on_start::set_mode(&mut journal, &g.config, mode, &opener);
+            let done = cchost::daemon::cc_on_start::set_mode(
+                &g.host,
+                &mut journal,
+                &g.config,
+                mode,
+                &opener,
+            );
             for o in &done.outcomes {
                 METRICS.cc_switches_total.inc(&[match o.status {
                     Status::Switched => "switched",

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use cchost::journal::{self, FileRestorer, Journal, Restorer};
 
 use super::Global;
+use super::output::outln;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -29,12 +30,12 @@ pub fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
     if a.dry_run {
         let entries = Journal::peek(&g.host)?;
         if a.json {
-            println!("{}", serde_json::to_string_pretty(&entries)?);
+            outln!("{}", serde_json::to_string_pretty(&entries)?);
         } else if entries.is_empty() {
-            println!("nothing to undo");
+            outln!("nothing to undo");
         } else {
             for e in entries.iter().rev() {
-                println!("would revert {e}: restore {}", e.restore);
+                outln!("would revert {e}: restore {}", e.restore);
             }
         }
         return Ok(ExitCode::SUCCESS);
@@ -45,18 +46,18 @@ pub fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
         // A restore that was refused (device in use) or failed: exit 1, the rest of the
         // journal is kept for the next undo.
         Err(e @ journal::JournalError::Restore { .. }) => {
-            eprintln!("error: {e}");
+            super::output::error(&e.to_string());
             return Ok(ExitCode::from(1));
         }
         Err(e) => return Err(e.into()),
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&done)?);
+        outln!("{}", serde_json::to_string_pretty(&done)?);
     } else if done.is_empty() {
-        println!("nothing to undo");
+        outln!("nothing to undo");
     } else {
         for r in &done {
-            println!("reverted #{} {} {}", r.seq, r.kind, r.subject);
+            outln!("reverted #{} {} {}", r.seq, r.kind, r.subject);
         }
     }
     Ok(ExitCode::SUCCESS)

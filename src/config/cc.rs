@@ -21,6 +21,24 @@ pub struct CcConfig {
     /// `cchost run` switches every CC-capable GPU that is driverless or on vfio-pci and
     /// unused to this mode at start (journaled, as `cchost gpu cc set`).
     pub mode_on_start: ModeOnStart,
+    /// `cchost run` watches its own Node's `nvidia.com/cc.mode` label and switches the
+    /// GPUs to it, as NVIDIA's cc-manager does (needs the `node` labels backend).
+    pub follow_label: bool,
+    /// The mode `follow_label` applies while the Node has no `nvidia.com/cc.mode` label.
+    pub default_mode: DefaultMode,
+}
+
+/// The mode applied without a `nvidia.com/cc.mode` label (cc-manager's
+/// `DEFAULT_CC_MODE`; `keep` leaves the GPUs as they are).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultMode {
+    #[default]
+    Keep,
+    On,
+    Off,
+    Devtools,
+    Ppcie,
 }
 
 #[cfg(test)]

@@ -196,11 +196,46 @@ impl DcapConfig {
         if self.threads == 0 || self.threads > 256 {
             return Err(format!("dcap.threads = {}: must be 1..=256", self.threads));
         }
-        if !self.socket.is_absolute() {
+        // The socket's directory may be given to the socket group (supervisor.rs), so it
+        // must be a runtime directory, not /etc.
+        super::paths::under_one_of("dcap.socket", &self.socket, &["/run", "/var/run"])?;
+        if self.socket.parent().is_some_and(|p| {
+            p == std::path::Path::new("/run") || p == std::path::Path::new("/var/run")
+        }) {
             return Err(format!(
-                "dcap.socket = {}: must be an absolute host path",
+                "dcap.socket = {:?}: must be in a directory of its own under /run or /var/run",
                 self.socket.display()
             ));
+        }
+        // QGS reads /etc/qgs.conf (hard-coded in QGS); QCNL reads the file named by
+        // QCNL_CONF_PATH, by convention /etc/sgx_default_qcnl.conf
+        // (SGXDataCenterAttestationPrimitives, QuoteGeneration/qcnl).
+        super::paths::normal_absolute("dcap.qgs_conf_path", &self.qgs_conf_path)?;
+        if !self.qgs_conf_path.starts_with("/etc")
+            || self.qgs_conf_path.file_name() != Some(std::ffi::OsStr::new("qgs.conf"))
+        {
+            return Err(format!(
+                "dcap.qgs_conf_path = {:?}: must be a file named qgs.conf under /etc",
+                self.qgs_conf_path.display()
+            ));
+        }
+        super::paths::normal_absolute("dcap.qcnl_conf_path", &self.qcnl_conf_path)?;
+        if !self.qcnl_conf_path.starts_with("/etc")
+            || !self
+                .qcnl_conf_path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with("qcnl.conf"))
+        {
+            return Err(format!(
+                "dcap.qcnl_conf_path = {:?}: must be a file under /etc whose name ends in qcnl.conf",
+                self.qcnl_conf_path.display()
+            ));
+        }
+        if let Some(p) = &self.pccs.ca_bundle {
+            super::paths::normal_absolute("dcap.pccs.ca_bundle", p)?;
+        }
+        if let Some(p) = &self.supervise.cache_dir {
+            super::paths::normal_absolute("dcap.supervise.cache_dir", p)?;
         }
         if let Some(f) = &self.fmspc
             && (f.len() != 12 || !f.chars().all(|c| c.is_ascii_hexdigit()))
@@ -287,6 +322,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("api_key"), "{err}");
+    }
+
+    #[test]
+    fn file_paths_cannot_aim_at_other_host_files() {
+        for (key, line) in [
+            ("dcap.qgs_conf_path", "qgs_conf_path = \"/etc/shadow\""),
+            (
+                "dcap.qgs_conf_path",
+                "qgs_conf_path = \"/etc/x/../qgs.conf\"",
+            ),
+            ("dcap.qcnl_conf_path", "qcnl_conf_path = \"/etc/shadow\""),
+            (
+                "dcap.qcnl_conf_path",
+                "qcnl_conf_path = \"/root/sgx_default_qcnl.conf\"",
+            ),
+            ("dcap.socket", "socket = \"/etc/qgs.socket\""),
+            ("dcap.socket", "socket = \"/run/qgs.socket\""),
+        ] {
+            let e = Config::from_toml(&format!("[dcap]\n{line}\n"), Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{line}: {e}");
+        }
+        Config::from_toml(
+            "[dcap]\nqcnl_conf_path = \"/etc/sgx/my_qcnl.conf\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
     }
 
     #[test]

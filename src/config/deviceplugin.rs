@@ -47,7 +47,7 @@ pub struct DevicePluginConfig {
     pub gpu_resource: String,
     /// Vendor prefix of per-model resource names.
     pub model_prefix: String,
-    /// Resource name (and CDI kind) of NVSwitches. Empty: NVSwitches are not advertised.
+    /// Resource name (and CDI kind) of NVSwitches. Empty: one resource per model.
     pub nvswitch_resource: String,
     /// Also return `PCI_RESOURCE_<NAME>=<bdf,...>` in Allocate (KubeVirt style).
     pub pci_resource_env: bool,
@@ -116,6 +116,23 @@ impl DevicePluginConfig {
                 ));
             }
         }
+        // kubelet's device-plugin directory is <kubelet root>/device-plugins (the root
+        // moves on k0s, microk8s); CDI reads specs from /etc/cdi and /var/run/cdi
+        // (cncf-tags/container-device-interface, SPEC.md). cchost removes stale specs it
+        // wrote in cdi_dir, so that directory must be a CDI one.
+        let sock = std::path::Path::new(&self.socket_dir);
+        super::paths::normal_absolute("device_plugin.socket_dir", sock)?;
+        if sock.file_name() != Some(std::ffi::OsStr::new("device-plugins")) {
+            return Err(format!(
+                "device_plugin.socket_dir = {:?}: must be kubelet's <root>/device-plugins directory",
+                self.socket_dir
+            ));
+        }
+        super::paths::under_one_of(
+            "device_plugin.cdi_dir",
+            std::path::Path::new(&self.cdi_dir),
+            &["/etc/cdi", "/var/run/cdi", "/run/cdi"],
+        )?;
         Ok(())
     }
 }

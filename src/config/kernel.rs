@@ -97,16 +97,14 @@ impl KernelConfig {
                 ));
             }
         }
-        let f = &self.modules_load_file;
-        if !f.is_absolute()
-            || !f.starts_with("/etc/modules-load.d")
-            || f.extension().is_none_or(|e| e != "conf")
-        {
-            return Err(format!(
-                "kernel.modules_load_file {} must be /etc/modules-load.d/<name>.conf",
-                f.display()
-            ));
-        }
+        // systemd-modules-load reads *.conf directly in modules-load.d
+        // (modules-load.d(5)); a path is checked in normal form, so `..` cannot leave it.
+        super::paths::file_in(
+            "kernel.modules_load_file",
+            &self.modules_load_file,
+            "/etc/modules-load.d",
+            Some(".conf"),
+        )?;
         Ok(())
     }
 }
@@ -139,6 +137,12 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.validate().is_err());
+        let escape = KernelConfig {
+            modules_load_file: "/etc/modules-load.d/../../etc/shadow.conf".into(),
+            ..Default::default()
+        };
+        let e = escape.validate().unwrap_err();
+        assert!(e.contains("kernel.modules_load_file"), "{e}");
         assert!(toml::from_str::<KernelConfig>("profile = \"sgx\"").is_err());
     }
 }

@@ -46,6 +46,8 @@ pub struct LabelsConfig {
 }
 
 pub const DEFAULT_LABEL_PREFIX: &str = "cchost.io";
+/// The directory nfd-worker's `local` source reads.
+pub const FEATURES_DIR: &str = "/etc/kubernetes/node-feature-discovery/features.d";
 pub const DEFAULT_FEATURE_FILE: &str = "/etc/kubernetes/node-feature-discovery/features.d/cchost";
 
 impl Default for LabelsConfig {
@@ -79,12 +81,14 @@ impl LabelsConfig {
                 self.prefix
             ));
         }
-        if !self.feature_file.is_absolute() {
-            return Err(format!(
-                "labels.feature_file {} must be an absolute host path",
-                self.feature_file.display()
-            ));
-        }
+        // nfd-worker's local source reads the files directly in features.d
+        // (node-feature-discovery docs, "Local feature source").
+        super::paths::file_in(
+            "labels.feature_file",
+            &self.feature_file,
+            FEATURES_DIR,
+            None,
+        )?;
         if self.interval_seconds == 0 {
             return Err("labels.interval_seconds must be at least 1".to_string());
         }
@@ -121,5 +125,26 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("reserved"));
         c.prefix = "example.com".into();
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn feature_file_stays_in_features_d() {
+        for bad in [
+            "/etc/shadow",
+            "/etc/kubernetes/node-feature-discovery/features.d/../../../shadow",
+            "features.d/cchost",
+        ] {
+            let c = LabelsConfig {
+                feature_file: bad.into(),
+                ..Default::default()
+            };
+            let e = c.validate().unwrap_err();
+            assert!(e.contains("labels.feature_file"), "{bad}: {e}");
+        }
+        let c = LabelsConfig {
+            feature_file: format!("{FEATURES_DIR}/other").into(),
+            ..Default::default()
+        };
+        c.validate().unwrap();
     }
 }

@@ -9,17 +9,20 @@ mod cc;
 pub mod cdi_names;
 mod dcap;
 mod deviceplugin;
+mod kata;
 mod kernel;
 mod labels;
 mod matching;
 mod observe;
+pub mod paths;
 mod vfio;
 
-pub use cc::{CcConfig, ModeOnStart};
+pub use cc::{CcConfig, DefaultMode, ModeOnStart};
 pub use dcap::{
     DcapConfig, DcapEnable, PccsConfig, QgsTransport, Secret, SuperviseConfig, SuperviseMode,
 };
 pub use deviceplugin::{DevicePluginConfig, EventSource, PluginMode, VfioModeConfig};
+pub use kata::KataConfig;
 pub use kernel::{GpuChoice, KernelConfig, MechanismChoice, ProfileChoice};
 pub use labels::{LabelBackend, LabelsConfig, is_dns_subdomain};
 pub use matching::{Architecture, ChipRange, DeviceMatch, MatchConfig};
@@ -49,6 +52,8 @@ pub struct Config {
     pub cc: CcConfig,
     /// Health endpoint, metrics and Kubernetes Events of `cchost run`.
     pub observe: ObserveConfig,
+    /// Kata drop-ins (the QGS port of TDX guests).
+    pub kata: KataConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +87,7 @@ impl Config {
     /// Loads the config file. `explicit` is true when the user named it: then a missing
     /// file is an error; the default path may be absent (defaults apply).
     pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
-        match std::fs::read_to_string(path) {
+        match read_config_text(path) {
             Ok(text) => Self::from_toml(&text, path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
                 Ok(Config::default())
@@ -104,6 +109,44 @@ impl Config {
         self.observe.validate()?;
         Ok(())
     }
+}
+
+/// Reads the config file without ever blocking on it (a FIFO there is an error, not a
+/// hang) and at most 1 MiB of it.
+fn read_config_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    const LIMIT: u64 = 1024 * 1024;
+    // O_NONBLOCK: opening a FIFO for reading otherwise waits for a writer (fifo(7)).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)?;
+    let ft = file.metadata()?.file_type();
+    if !ft.is_file() {
+        let what = if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_dir() {
+            "a directory"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("is {what}, not a regular file; refusing to read it"),
+        ));
+    }
+    let mut text = String::new();
+    file.take(LIMIT + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > LIMIT {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {LIMIT} bytes; refusing to read it"),
+        ));
+    }
+    Ok(text)
 }
 
 #[cfg(test)]

@@ -8,10 +8,10 @@
 use crate::apply;
 use crate::config::Config;
 use crate::gpu::vfio::{BindOutcome, Step};
+use crate::host::HostRoot;
 use crate::host::pci::PciAddress;
-use crate::inventory::gpu::{GpuKind, discover_gpus};
+use crate::inventory::gpu::discover_gpus;
 use crate::journal::Journal;
-use crate::plan::vfio::{PlanError, Selection, plan_bind};
 
 /// What binding at start did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -23,39 +23,23 @@ pub struct StartBind {
     pub failed: Vec<String>,
 }
 
-pub fn bind_matched(journal: &mut Journal, config: &Config) -> StartBind {
-    let host = journal.host().clone();
-    let inv = discover_gpus(&host, &config.matching);
+pub fn bind_matched(host: &HostRoot, journal: &mut Journal, config: &Config) -> StartBind {
+    let inv = discover_gpus(host, &config.matching);
     let mut out = StartBind::default();
-    let plans = match plan_bind(&host, config, &inv, &Selection::All) {
-        Ok(p) => vec![p],
-        Err(PlanError::Refused(_)) => {
-            // Device by device: the good ones are bound, the refused ones named.
-            let mut plans = Vec::new();
-            let wanted = inv
-                .devices
-                .iter()
-                .filter(|d| d.kind == GpuKind::Gpu || config.vfio.bind_nvswitches);
-            for d in wanted {
-                let sel = Selection::Addresses(vec![d.address]);
-                match plan_bind(&host, config, &inv, &sel) {
-                    Ok(p) => plans.push(p),
-                    Err(PlanError::Refused(rs)) => out
-                        .refused
-                        .extend(rs.iter().map(|r| format!("{}: {r}", d.address))),
-                    Err(PlanError::Host(e)) => out.failed.push(format!("{}: {e}", d.address)),
-                }
-            }
+    let plans = match crate::plan::vfio::plan_all_or_each(host, config, &inv) {
+        Ok((plans, refused, failed)) => {
+            out.refused = refused;
+            out.failed = failed;
             plans
         }
-        Err(PlanError::Host(e)) => {
+        Err(e) => {
             out.failed.push(format!("GPU inventory: {e}"));
             return out;
         }
     };
     let mut quiet = |_: &PciAddress, _: Step| {};
     for plan in plans {
-        match apply::vfio::apply_bind(journal, config, &plan, &mut quiet) {
+        match apply::vfio::apply_bind(host, journal, config, &plan, &mut quiet) {
             Ok(results) => {
                 for r in results {
                     let a = r.address.to_string();

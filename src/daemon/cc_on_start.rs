@@ -9,6 +9,7 @@ use crate::gpu::cc::journaled;
 use crate::gpu::cc::live::{self, LiveDevice, Opener};
 use crate::gpu::cc::switch::Outcome;
 use crate::gpu::cc::{CcDevice, TargetMode};
+use crate::host::HostRoot;
 use crate::host::pci::PciDevice;
 use crate::journal::Journal;
 
@@ -20,14 +21,14 @@ pub struct StartSwitch {
 }
 
 pub fn set_mode(
+    host: &HostRoot,
     journal: &mut Journal,
     config: &Config,
     mode: TargetMode,
     opener: &dyn Opener,
 ) -> StartSwitch {
-    let host = journal.host().clone();
     let mut out = StartSwitch::default();
-    let candidates = match live::candidates(&host, &config.matching) {
+    let candidates = match live::candidates(host, &config.matching) {
         Ok(c) => c,
         Err(e) => {
             out.refused.push(format!("PCI scan: {e}"));
@@ -39,7 +40,7 @@ pub fn set_mode(
         .into_iter()
         .filter(|(_, f)| f.cc_reg().is_some())
         .filter_map(
-            |(pci, f)| match live::open_for_switch(&host, &pci, f, opener) {
+            |(pci, f)| match live::open_for_switch(host, &pci, f, opener) {
                 Ok(d) => Some(d),
                 Err(why) => {
                     out.refused.push(format!("{}: {why}", pci.address));

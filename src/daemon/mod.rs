@@ -13,6 +13,7 @@
 //! when `ctx.shutdown` turns true.
 
 pub mod bind_on_start;
+pub mod cc_label;
 pub mod cc_on_start;
 pub mod notify;
 pub mod observe;
@@ -56,6 +57,8 @@ pub struct Context {
     pub health: Arc<Health>,
     /// This service's name (its part in `health`).
     pub name: String,
+    /// The GPUs' CC modes as last read or switched (the labeler and the CC manager).
+    pub cc_modes: crate::labels::cc_mode::SharedCcModes,
 }
 
 impl Context {
@@ -115,6 +118,9 @@ impl Daemon {
         if self.config.labels.backend != crate::config::LabelBackend::Off {
             self.add_service("labels", |ctx| Box::pin(run_labels(ctx)));
         }
+        if self.config.cc.follow_label {
+            self.add_service("cc-label", |ctx| Box::pin(run_cc_label(ctx)));
+        }
         if self.config.dcap.supervise.mode != crate::config::SuperviseMode::Off {
             self.add_service("dcap", |ctx| Box::pin(run_dcap(ctx)));
         }
@@ -171,6 +177,7 @@ impl Daemon {
             changes,
             health: self.health.clone(),
             name: String::new(),
+            cc_modes: Default::default(),
         };
         // Every service is a part of readiness from the start.
         for (name, _) in &self.services {
@@ -240,7 +247,7 @@ async fn run_labels(ctx: Context) -> Result<(), DaemonError> {
     let lctx = LabelerContext {
         host: ctx.host.clone(),
         config: ctx.config.labels.clone(),
-        facts: inventory_facts((*ctx.config).clone()),
+        facts: inventory_facts((*ctx.config).clone(), ctx.cc_modes.clone()),
     };
     let mut shutdown = ctx.shutdown.clone();
     let report_ctx = ctx.clone();
@@ -269,6 +276,44 @@ async fn run_labels(ctx: Context) -> Result<(), DaemonError> {
         },
     )
     .await;
+    Ok(())
+}
+
+/// `cc.follow_label`: one watch on the own Node's `nvidia.com/cc.mode`, and the applier.
+async fn run_cc_label(ctx: Context) -> Result<(), DaemonError> {
+    use crate::gpu::cc::live::MmioOpener;
+    use crate::gpu::cc::node_mode::CC_MODE_LABEL;
+    let fail = |message: String| DaemonError::Service {
+        service: "cc-label".to_string(),
+        message,
+    };
+    let node =
+        crate::labels::service::node_name(&ctx.config.labels, &ctx.host).ok_or_else(|| {
+            fail("no node name: set NODE_NAME (downward API) or labels.node_name".into())
+        })?;
+    let client = crate::labels::cluster::client(ctx.config.labels.kubeconfig.as_deref())
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let inv = crate::inventory::Inventory::collect(&ctx.host, &ctx.config);
+    let facts = crate::inventory::facts::NodeFacts::from_inventory(&inv);
+    let applier = std::sync::Arc::new(cc_label::Applier {
+        host: ctx.host.clone(),
+        config: ctx.config.clone(),
+        tee_on: facts.tdx.enabled != facts.snp.enabled,
+        opener: std::sync::Arc::new(MmioOpener::default()),
+        modes: ctx.cc_modes.clone(),
+        retry: cc_label::RETRY,
+    });
+    let (tx, rx) = watch::channel(None);
+    let watcher = tokio::spawn(crate::labels::node_watch::watch_node_label(
+        client,
+        node,
+        CC_MODE_LABEL.to_string(),
+        tx,
+        ctx.shutdown.clone(),
+    ));
+    applier.run(rx, ctx.shutdown.clone()).await;
+    watcher.abort();
     Ok(())
 }
 

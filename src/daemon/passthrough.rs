@@ -18,6 +18,9 @@ use super::{Context, DaemonError};
 use crate::observe::events;
 use crate::observe::metrics::METRICS;
 
+/// How soon a failed scan is tried again.
+const SCAN_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn fail(message: impl std::fmt::Display) -> DaemonError {
     DaemonError::Service {
         service: "passthrough".to_string(),
@@ -25,21 +28,37 @@ fn fail(message: impl std::fmt::Display) -> DaemonError {
     }
 }
 
-/// One pass: scan and write the CDI spec. Errors are logged; the last good state stays.
-pub fn scan_and_write(ctx: &Context) -> Option<Discovery> {
+/// One pass: scan and write the CDI spec. Errors are logged; the last good state stays
+/// (a device this scan could not read is carried over from `previous`: issue 13 item 5).
+pub fn scan_and_write(ctx: &Context, previous: Option<&Discovery>) -> Option<Discovery> {
     let cfg = &ctx.config.device_plugin;
-    let scan = match passthrough::discover(&ctx.host, &ctx.config.matching, cfg) {
+    let mut scan = match passthrough::discover(&ctx.host, &ctx.config.matching, cfg) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "device scan failed; keeping the last state");
+            tracing::error!(error = %e, "device scan failed; keeping the last state, retrying");
             return None;
         }
     };
+    if let Some(prev) = previous {
+        for id in passthrough::keep_unreadable(prev, &mut scan) {
+            tracing::warn!(id = %id, "device unreadable in this scan; keeping its last state");
+        }
+    }
     for s in &scan.skipped {
         match s.address {
             Some(a) => tracing::info!(address = %a, reason = %s.reason, "not advertised"),
             None => tracing::info!(reason = %s.reason, "not advertised"),
         }
+    }
+    let kinds: std::collections::BTreeSet<String> = scan.resources().into_iter().collect();
+    let ids: std::collections::BTreeSet<String> =
+        scan.devices.iter().map(|d| d.id.clone()).collect();
+    for c in cdi::foreign::conflicts(&ctx.host, &cfg.cdi_dir, &kinds, &ids) {
+        tracing::error!(
+            file = %c.path.display(),
+            kind = %c.kind,
+            "CONFLICTING CDI SPEC: {c}; the runtime cannot resolve these devices while it is there: remove the file"
+        );
     }
     match cdi::sync(&ctx.host, &cfg.cdi_dir, &scan) {
         Ok(r) => {
@@ -61,10 +80,11 @@ pub fn scan_and_write(ctx: &Context) -> Option<Discovery> {
 fn pass(
     ctx: &Context,
     last: Option<PassthroughStatus>,
+    previous: Option<&Discovery>,
 ) -> (Option<Discovery>, Option<PassthroughStatus>) {
     #[cfg(test)]
     tests::record_pass_thread();
-    let Some(scan) = scan_and_write(ctx) else {
+    let Some(scan) = scan_and_write(ctx, previous) else {
         return (None, last);
     };
     let now = PassthroughStatus::from_scan(&scan);
@@ -163,20 +183,25 @@ pub async fn run(mut ctx: Context) -> Result<(), DaemonError> {
     let mut last_status: Option<PassthroughStatus> = None;
     let mut raised = BTreeSet::new();
     let mut first = true;
+    let mut last_scan: Option<Discovery> = None;
     loop {
         let change = ctx.changes.borrow_and_update().clone();
         tracing::debug!(seq = change.seq, reason = %change.reason, "rescanning devices");
         let job_ctx = ctx.clone();
         let last = last_status.take();
-        let (scan, written) = tokio::task::spawn_blocking(move || pass(&job_ctx, last))
-            .await
-            .map_err(|e| fail(format!("device scan panicked: {e}")))?;
+        let previous = last_scan.clone();
+        let (scan, written) =
+            tokio::task::spawn_blocking(move || pass(&job_ctx, last, previous.as_ref()))
+                .await
+                .map_err(|e| fail(format!("device scan panicked: {e}")))?;
         last_status = written;
+        let failed = scan.is_none();
         if let Some(scan) = scan {
             if let Some(p) = plugins.as_mut() {
                 p.update(&scan);
             }
             observe_scan(&scan, &mut raised);
+            last_scan = Some(scan);
         }
         if first {
             // Serving from the first pass on; each endpoint is a health part of its
@@ -184,9 +209,13 @@ pub async fn run(mut ctx: Context) -> Result<(), DaemonError> {
             ctx.serving();
             first = false;
         }
+        // A scan that failed is tried again soon, not only at the next device event.
         tokio::select! {
             _ = ctx.shutdown.wait_for(|s| *s) => break,
             r = ctx.changes.changed() => if r.is_err() { break },
+            _ = tokio::time::sleep(SCAN_RETRY), if failed => {
+                tracing::info!("retrying the device scan");
+            }
         }
     }
     // The CDI spec stays as it is: every write was atomic, and it still describes the
@@ -242,6 +271,7 @@ mod tests {
             changes,
             health: health.clone(),
             name: "passthrough".into(),
+            cc_modes: Default::default(),
         };
         let runtime_thread = std::thread::current().id();
         let mut seen = health.subscribe();

@@ -53,7 +53,8 @@ impl DesiredFile {
 /// both agree on (docs/facts/dcap.md#qgs-transport).
 pub fn render_qgs_conf(cfg: &DcapConfig) -> String {
     let mut s = String::from(
-        "# Written by cchost (cchost dcap configure); changes here are overwritten.\n\
+        "# Written by cchost (cchost dcap configure); it later changes only a port line\n\
+         # that selects the wrong transport, and `cchost undo` removes this file.\n\
          # QGS reads two keys: port and number_threads.\n",
     );
     match cfg.transport {
@@ -160,36 +161,6 @@ pub fn desired_files(cfg: &DcapConfig, api_key: Option<&Secret>) -> Vec<DesiredF
             secret: api_key.is_some(),
         },
     ]
-}
-
-/// What writing one file did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FileChange {
-    pub path: PathBuf,
-    pub changed: bool,
-}
-
-/// Writes the desired files atomically; a file already holding the same bytes is left
-/// alone (idempotent).
-pub fn write_files(host: &HostRoot, files: &[DesiredFile]) -> Result<Vec<FileChange>, DcapError> {
-    let mut out = Vec::new();
-    for f in files {
-        let current = match host.read_bytes(&f.path) {
-            Ok(b) => Some(b),
-            Err(e) if e.is_not_found() => None,
-            Err(e) => return Err(e.into()),
-        };
-        let changed = current.as_deref() != Some(&f.contents[..]);
-        if changed {
-            host.write_atomic(&f.path, &f.contents, f.mode)?;
-            tracing::info!(path = %f.path.display(), "wrote DCAP config file");
-        }
-        out.push(FileChange {
-            path: f.path.clone(),
-            changed,
-        });
-    }
-    Ok(out)
 }
 
 /// What `/etc/qgs.conf` on the host says.
@@ -426,17 +397,5 @@ mod tests {
                 .to_string()
                 .contains("api_key_file")
         );
-    }
-
-    #[test]
-    fn write_is_idempotent() {
-        let dir = tempfile::tempdir().unwrap();
-        let host = HostRoot::new(dir.path()).unwrap();
-        let files = desired_files(&DcapConfig::default(), None);
-        let first = write_files(&host, &files).unwrap();
-        assert!(first.iter().all(|c| c.changed));
-        let second = write_files(&host, &files).unwrap();
-        assert!(second.iter().all(|c| !c.changed));
-        assert!(dir.path().join("etc/qgs.conf").is_file());
     }
 }

@@ -11,6 +11,7 @@
 //! - [`supervisor`]: run QGS as a child, or drive `qgsd.service` over D-Bus ([`systemd`]).
 
 pub mod collateral;
+pub mod configure;
 pub mod files;
 pub mod pccs;
 pub mod proto;
@@ -46,14 +47,16 @@ pub enum DcapError {
     },
 }
 
-/// Host path of the kvm_intel TDX switch; TDX is on only when it reads exactly `Y`
-/// (the NFD rule, docs/facts/cpu-tee.md#kvm-params).
+/// Host path of the kvm_intel TDX switch; on as `inventory::modules::param_on` says
+/// (docs/facts/cpu-tee.md#kvm-params).
 pub const KVM_INTEL_TDX: &str = "/sys/module/kvm_intel/parameters/tdx";
 
 /// Is TDX enabled on this host? Returns the verdict and the evidence line.
 pub fn tdx_enabled(host: &crate::host::HostRoot) -> (bool, String) {
     match host.read_string_opt(KVM_INTEL_TDX) {
-        Ok(Some(v)) if v == "Y\n" || v == "Y" => (true, format!("{KVM_INTEL_TDX} = Y")),
+        Ok(Some(v)) if crate::inventory::modules::param_on(&v) => {
+            (true, format!("{KVM_INTEL_TDX} = {}", v.trim()))
+        }
         Ok(Some(v)) => (false, format!("{KVM_INTEL_TDX} = {:?}", v.trim())),
         Ok(None) => (
             false,

@@ -49,6 +49,9 @@ pub struct Settings {
     pub stop_grace: Duration,
     /// systemd unit (systemd mode).
     pub unit: String,
+    /// How to ask PCCS whether it is up, when a probe of QGS times out (`None`: never
+    /// asked, every timeout counts).
+    pub pccs: Option<super::pccs::ProbeSettings>,
 }
 
 impl Settings {
@@ -71,6 +74,7 @@ impl Settings {
             backoff_max: Duration::from_secs(s.backoff_max_s.max(1)),
             stop_grace: Duration::from_secs(5),
             unit: s.unit.clone(),
+            pccs: None,
         }
     }
 
@@ -128,7 +132,8 @@ pub async fn run_with_state(
     shutdown: watch::Receiver<bool>,
     tx: watch::Sender<State>,
 ) -> Result<(), DcapError> {
-    let settings = Settings::from_config(&cfg);
+    let mut settings = Settings::from_config(&cfg);
+    settings.pccs = pccs_probe_settings(&host, &cfg);
     match cfg.supervise.mode {
         SuperviseMode::Off => Ok(()),
         SuperviseMode::Child => run_child(host, settings, shutdown, tx).await,
@@ -387,6 +392,9 @@ async fn watch_child(
                         }
                         state.send_modify(|st| { st.healthy = true; st.probes_ok += 1; st.last_error = None; });
                     }
+                    Err(e) if busy_waiting_on_pccs(s, &e).await => {
+                        state.send_modify(|st| { st.last_error = Some(e.to_string()); });
+                    }
                     Err(e) => {
                         failures += 1;
                         tracing::warn!(error = %e, failures, "QGS liveness probe failed");
@@ -399,6 +407,55 @@ async fn watch_child(
             }
         }
     }
+}
+
+/// The PCCS probe settings from the config (QCNL's trust rules), when they can be made.
+pub fn pccs_probe_settings(
+    host: &HostRoot,
+    cfg: &DcapConfig,
+) -> Option<super::pccs::ProbeSettings> {
+    use super::pccs::{ProbeSettings, Url};
+    let base = Url::parse(&cfg.pccs.url).ok()?;
+    let trust = ProbeSettings::trust_for(
+        host,
+        cfg.pccs.ca_bundle.as_deref(),
+        cfg.pccs.use_secure_cert,
+    )
+    .ok()?;
+    Some(ProbeSettings {
+        base,
+        trust,
+        connect_timeout: Duration::from_millis(cfg.pccs.connect_timeout_ms),
+        answer_timeout: Duration::from_millis(cfg.pccs.answer_timeout_ms),
+        api_key: None,
+    })
+}
+
+/// A probe that timed out while PCCS is down or hanging: QGS accepted the connection,
+/// and its workers are most likely all waiting on PCCS for quote requests (a LAZY
+/// PCCS without a route to Intel holds each one about a minute). Restarting QGS would
+/// not bring PCCS back and would drop the TDs' requests in flight, so this is logged
+/// and not counted as a liveness failure. With PCCS answering, a timeout counts (the
+/// known multi-day stall).
+pub(crate) async fn busy_waiting_on_pccs(s: &Settings, e: &qgs::QgsError) -> bool {
+    use super::pccs::Verdict;
+    let (qgs::QgsError::Timeout { .. }, Some(p)) = (e, &s.pccs) else {
+        return false;
+    };
+    let root = p
+        .base
+        .with_path(&super::pccs::join(&p.base.path, "rootcacrl"));
+    let probe = super::pccs::probe(p, &root).await;
+    let pccs_down = !probe.verdict.pccs_up()
+        || matches!(
+            probe.verdict,
+            Verdict::UpstreamHangSuspected | Verdict::UpstreamUnreachable
+        );
+    if pccs_down {
+        tracing::warn!(qgs = %e, pccs = %probe.message,
+            "QGS did not answer in time while PCCS is down: not restarting QGS (it is waiting on PCCS)");
+    }
+    pccs_down
 }
 
 /// Sleeps, or returns true early when shutdown is requested.

@@ -139,6 +139,9 @@ pub async fn supervise(
                         st.last_error = None;
                     });
                 }
+                Err(e) if super::supervisor::busy_waiting_on_pccs(&s, &e).await => {
+                    state.send_modify(|st| st.last_error = Some(e.to_string()));
+                }
                 Err(e) => {
                     failures += 1;
                     tracing::warn!(error = %e, failures, "QGS liveness probe failed");

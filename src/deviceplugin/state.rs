@@ -36,6 +36,22 @@ pub fn merge(
         {
             continue;
         }
+        // Unreadable this time is not gone: keep the last good state until a scan can
+        // read it again (a transient sysfs error must not take a device from pods).
+        if let Some(why) = old.functions.iter().find_map(|f| {
+            scan.skipped
+                .iter()
+                .find(|s| s.address == Some(*f) && s.unreadable.is_some())
+        }) {
+            tracing::warn!(
+                resource,
+                id = %old.id,
+                reason = %why.reason,
+                "cannot read the device this time; keeping its last state"
+            );
+            out.push(old.clone());
+            continue;
+        }
         let reason = old
             .functions
             .iter()
@@ -147,6 +163,25 @@ mod tests {
             )
         ));
         assert!(rx.borrow().iter().all(|d| d.health.is_healthy()));
+    }
+
+    /// Issue 13 item 5: a device whose files cannot be read this time keeps its last
+    /// good state; only a scan that reads it as gone (or ineligible) changes it.
+    #[test]
+    fn an_unreadable_device_keeps_its_last_state() {
+        let prev = vec![dev("3", "0000:01:00.0")];
+        let unreadable = Skipped {
+            address: Some("0000:01:00.0".parse().unwrap()),
+            reason: "/sys/bus/pci/devices/0000:01:00.0/vendor: Input/output error".into(),
+            unreadable: Some(crate::inventory::passthrough::Unreadable {
+                file: "/sys/bus/pci/devices/0000:01:00.0/vendor".into(),
+                error: "Input/output error".into(),
+            }),
+        };
+        let next = merge("r.io/x", &prev, &scan(vec![], vec![unreadable]));
+        assert_eq!(next, prev);
+        let gone = merge("r.io/x", &prev, &scan(vec![], vec![]));
+        assert!(!gone[0].health.is_healthy());
     }
 
     #[test]

@@ -117,6 +117,12 @@ pub enum VfioError {
         driver: String,
         found: String,
     },
+    #[error("{address}: wrote {driver}/unbind but the device is still on {found}")]
+    StillBound {
+        address: PciAddress,
+        driver: String,
+        found: String,
+    },
     #[error(
         "{address}: bound to {driver}, but no vfio device node ({}) appeared within {waited_ms} ms; is /dev a devtmpfs?",
         paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" or ")
@@ -159,16 +165,16 @@ pub enum BindOutcome {
 /// Binds one function to `driver` (a directory name under /sys/bus/pci/drivers, which
 /// must exist). The caller has checked that the device may be moved.
 pub fn bind(
+    host: &HostRoot,
     journal: &mut Journal,
     address: &PciAddress,
     driver: &str,
     node_timeout: Duration,
     observe: Observer<'_>,
 ) -> Result<BindOutcome, VfioError> {
-    let host = journal.host().clone();
     bind_shared(
         &Shared::new(journal, observe),
-        &host,
+        host,
         address,
         driver,
         node_timeout,
@@ -351,12 +357,12 @@ pub enum UnbindOutcome {
 /// Releases a device from vfio: back to what the journal recorded, or, for a device
 /// cchost did not bind, driverless with `driver_override` cleared.
 pub fn unbind(
+    host: &HostRoot,
     journal: &mut Journal,
     address: &PciAddress,
     is_vfio_driver: &dyn Fn(&str) -> bool,
     observe: Observer<'_>,
 ) -> Result<UnbindOutcome, VfioError> {
-    let host = journal.host().clone();
     let subject = address.to_string();
     if let Some(entry) = journal.find(BIND_KIND, &subject).cloned() {
         let original: Binding = entry.restore_as().map_err(|e| JournalError::Restore {
@@ -365,7 +371,15 @@ pub fn unbind(
         })?;
         journal.restoring(entry.seq)?;
         observe(address, Step::Journaled);
-        restore_binding(&host, address, &original)?;
+        if let Err(e) = restore_binding(host, address, &original) {
+            // Refused before any write (in use, driver missing): the bind stands as it
+            // was, and so does its entry. Otherwise the entry stays `restoring` for the
+            // next run to finish.
+            if matches!(e, VfioError::InUse { .. } | VfioError::DriverMissing { .. }) {
+                journal.applied(entry.seq)?;
+            }
+            return Err(e);
+        }
         journal.forget(entry.seq)?;
         observe(address, Step::Committed);
         return Ok(UnbindOutcome::Restored { to: original });
@@ -381,7 +395,19 @@ pub fn unbind(
     };
     let seq = journal.begin(UNBIND_KIND, &subject, &target, &current)?;
     observe(address, Step::Journaled);
-    restore_binding(&host, address, &target)?;
+    if let Err(e) = restore_binding(host, address, &target) {
+        // No half-done entry: put the device back as it was, then drop the entry. Only
+        // when that fails too does the entry stay, for the next run to recover.
+        match restore_binding(host, address, &current) {
+            Ok(()) => journal.forget(seq)?,
+            Err(back) => tracing::error!(
+                device = %address,
+                error = %back,
+                "could not put the device back after a failed unbind; the journal keeps the step for recovery"
+            ),
+        }
+        return Err(e);
+    }
     journal.applied(seq)?;
     observe(address, Step::Committed);
     Ok(UnbindOutcome::Released { from: current })
@@ -430,10 +456,17 @@ pub fn restore_binding(
     }
     let now = host.pci_device(address)?;
     if now.driver != want.driver {
-        return Err(VfioError::NotBound {
-            address: *address,
-            driver: want.driver.clone().unwrap_or_else(|| "(none)".into()),
-            found: Binding::of(&now).to_string(),
+        return Err(match &want.driver {
+            Some(d) => VfioError::NotBound {
+                address: *address,
+                driver: d.clone(),
+                found: Binding::of(&now).to_string(),
+            },
+            None => VfioError::StillBound {
+                address: *address,
+                driver: dev.driver.clone().unwrap_or_default(),
+                found: Binding::of(&now).to_string(),
+            },
         });
     }
     Ok(())

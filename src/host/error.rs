@@ -21,6 +21,21 @@ pub enum HostError {
     NotADirectory(PathBuf),
     #[error("{}: {what}", path.display())]
     Malformed { path: PathBuf, what: String },
+    #[error("{}: is {}, not the regular file or directory cchost expects; refusing to open it", path.display(), found.describe())]
+    UnexpectedKind {
+        path: PathBuf,
+        found: super::NodeKind,
+    },
+    #[error(
+        "{}: another cchost process holds this lock (gave up after {:.1} s); \
+         let it finish, or raise --lock-wait",
+        path.display(),
+        waited.as_secs_f64()
+    )]
+    Locked {
+        path: PathBuf,
+        waited: std::time::Duration,
+    },
 }
 
 impl HostError {
@@ -54,7 +69,9 @@ impl HostError {
         match self {
             HostError::Io { path, .. }
             | HostError::TooLarge { path, .. }
-            | HostError::Malformed { path, .. } => Some(path),
+            | HostError::Malformed { path, .. }
+            | HostError::UnexpectedKind { path, .. }
+            | HostError::Locked { path, .. } => Some(path),
             HostError::NotUtf8(p)
             | HostError::SymlinkLoop(p)
             | HostError::BadPath(p)

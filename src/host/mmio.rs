@@ -225,11 +225,14 @@ impl HostRoot {
         if status.as_deref().is_none_or(|s| s == "active") {
             return Ok(guard);
         }
-        let Some(old) = self.read_attr_opt(&control)? else {
+        let Some(old) = self.read_string_opt(&control)? else {
             return Ok(guard);
         };
-        if old != "on" {
+        if old.trim() != "on" {
             self.write_attr(&control, "on")?;
+            // Put back exactly what was read ("auto\n"): the kernel's control_store
+            // compares with sysfs_streq, which ignores the newline
+            // (drivers/base/power/sysfs.c), and a copy of sysfs stays byte for byte.
             guard.restore = Some(old);
         }
         Ok(guard)

@@ -14,6 +14,7 @@ pub mod exec;
 pub mod kmsg;
 mod lock;
 pub mod mmio;
+mod open;
 pub mod owner;
 pub mod socket;
 
@@ -27,14 +28,18 @@ pub mod uevent;
 pub mod unix;
 
 pub use error::HostError;
-pub use lock::HostLock;
+pub use lock::{HostLock, LockWait};
+pub use open::Resolution;
 pub use record::Access;
 
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::unistd::UnlinkatFlags;
 
 /// Largest file cchost reads in one go. Real inputs are far smaller (cpuinfo of a
 /// 512-thread host is ~1 MiB); anything bigger is a broken or hostile file.
@@ -46,6 +51,8 @@ pub struct HostRoot {
     root: PathBuf,
     /// Off unless [`HostRoot::with_recorder`] turned it on (`cchost capture`).
     recorder: record::Recorder,
+    /// openat2 or user space (open.rs).
+    resolution: Resolution,
 }
 
 /// What kind of thing sits at a host path (without following a final symlink).
@@ -71,6 +78,7 @@ impl HostRoot {
         Ok(Self {
             root: canonical,
             recorder: record::Recorder::default(),
+            resolution: Resolution::default(),
         })
     }
 
@@ -79,6 +87,7 @@ impl HostRoot {
         Self {
             root: PathBuf::from("/"),
             recorder: record::Recorder::default(),
+            resolution: Resolution::default(),
         }
     }
 
@@ -115,6 +124,20 @@ impl HostRoot {
         Some(Path::new("/").join(rel))
     }
 
+    /// The kernel filesystems a whole host has that are missing or empty under this
+    /// root (`sys`, `proc`, `dev`). A root that lacks one is not a host: every fact read
+    /// from it would be an absence, and every remedy built on that absence wrong.
+    pub fn missing_kernel_dirs(&self) -> Vec<&'static str> {
+        ["sys", "proc", "dev"]
+            .into_iter()
+            .filter(|d| {
+                let p = Path::new("/").join(d);
+                self.kind_followed(&p) != Some(NodeKind::Dir)
+                    || self.list_dir(&p).map(|v| v.is_empty()).unwrap_or(true)
+            })
+            .collect()
+    }
+
     /// Does anything exist at this path (a dangling symlink counts)?
     pub fn exists(&self, host_path: impl AsRef<Path>) -> bool {
         self.kind(host_path).is_some()
@@ -144,8 +167,7 @@ impl HostRoot {
     ) -> Result<Vec<u8>, HostError> {
         let host_path = host_path.as_ref();
         self.record(host_path, Access::Read);
-        let local = self.resolve(host_path)?;
-        let file = fs::File::open(&local).map_err(|e| HostError::io(host_path, e))?;
+        let file = self.open_expect(host_path, OFlag::O_RDONLY, open::Expect::File)?;
         let mut buf = Vec::new();
         // sysfs reports a size of 4096 for every attribute, so read, don't trust metadata.
         file.take(limit + 1)
@@ -264,58 +286,81 @@ impl HostRoot {
             .file_name()
             .ok_or_else(|| HostError::BadPath(host_path.to_path_buf()))?;
         self.create_dir_all(parent_host)?;
-        let parent = self.resolve(parent_host)?;
-        let target = parent.join(file_name);
-        if let Ok(meta) = fs::symlink_metadata(&target)
-            && meta.file_type().is_symlink()
-        {
-            // Renaming over a symlink replaces the link itself, which is what we want;
-            // we never write through it to wherever it points.
-            tracing::debug!(path = %host_path.display(), "replacing a symlink with a regular file");
-        }
+        // Everything below happens relative to one descriptor of the parent directory
+        // (opened inside the root by the kernel where it can, open.rs): a symlink
+        // swapped into the path meanwhile cannot move the write elsewhere.
+        let dir = self.open_expect(
+            parent_host,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            open::Expect::Dir,
+        )?;
         // A dot-name: NFD, CDI and systemd readers all skip dot-files, so a reader never
         // sees the half-written temp file.
-        let tmp = parent.join(format!(
+        let tmp = format!(
             ".{}.cchost-tmp.{}",
             file_name.to_string_lossy(),
             std::process::id()
-        ));
-        let result = (|| -> std::io::Result<()> {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(mode)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&tmp)?;
-            f.write_all(contents)?;
-            f.set_permissions(fs::Permissions::from_mode(mode))?;
-            f.sync_all()?;
-            fs::rename(&tmp, &target)?;
-            if let Ok(dir) = fs::File::open(&parent) {
-                let _ = dir.sync_all();
+        );
+        let unlink_tmp = || nix::unistd::unlinkat(&dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        let result = (|| -> nix::Result<()> {
+            // A leftover (or planted) temp name is removed, and the new one must be
+            // created afresh: O_EXCL never opens a FIFO or follows a link there.
+            match unlink_tmp() {
+                Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => return Err(e),
             }
+            let fd = nix::fcntl::openat(
+                &dir,
+                tmp.as_str(),
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::from_bits_truncate(mode),
+            )?;
+            let mut f = fs::File::from(fd);
+            let io = |e: std::io::Error| {
+                nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+            };
+            f.write_all(contents).map_err(io)?;
+            f.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(io)?;
+            f.sync_all().map_err(io)?;
+            // Renaming over a symlink replaces the link itself: never a write through it.
+            nix::fcntl::renameat(&dir, tmp.as_str(), &dir, file_name)?;
+            let _ = dir.sync_all();
             Ok(())
         })();
         if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(HostError::io(host_path, e));
+            let _ = unlink_tmp();
+            return Err(HostError::io(host_path, e.into()));
         }
         Ok(())
+    }
+
+    /// The permission bits of an existing file (not following a final symlink); `None`
+    /// when there is none.
+    pub fn mode_of(&self, host_path: impl AsRef<Path>) -> Option<u32> {
+        let local = self.resolve_parent(host_path).ok()?;
+        let meta = fs::symlink_metadata(local).ok()?;
+        meta.file_type()
+            .is_file()
+            .then_some(meta.permissions().mode() & 0o7777)
     }
 
     /// Writes a kernel attribute (sysfs/procfs) in place: one `write(2)` of the whole
     /// value, no temp file (the kernel rejects creating files there).
     pub fn write_attr(&self, host_path: impl AsRef<Path>, value: &str) -> Result<(), HostError> {
         let host_path = host_path.as_ref();
-        let local = self.resolve(host_path)?;
         // O_TRUNC as the shell's `echo v > attr` does: kernfs and procfs ignore it, and
         // on a fixture's regular file it keeps a shorter value from leaving a tail behind.
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&local)
-            .map_err(|e| HostError::io(host_path, e))?;
+        // O_NONBLOCK (open.rs) keeps a FIFO planted there from blocking the open.
+        let mut f = self.open_expect(
+            host_path,
+            OFlag::O_WRONLY | OFlag::O_TRUNC,
+            open::Expect::File,
+        )?;
         f.write_all(value.as_bytes())
             .map_err(|e| HostError::io(host_path, e))
     }
@@ -335,6 +380,21 @@ impl HostRoot {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(HostError::io(host_path, e)),
+        }
+    }
+}
+
+impl NodeKind {
+    /// "a FIFO", "a directory": for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            NodeKind::File => "a regular file",
+            NodeKind::Dir => "a directory",
+            NodeKind::Symlink => "a symbolic link",
+            NodeKind::CharDevice => "a character device",
+            NodeKind::BlockDevice => "a block device",
+            NodeKind::Socket => "a socket",
+            NodeKind::Fifo => "a FIFO",
         }
     }
 }

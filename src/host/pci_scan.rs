@@ -135,9 +135,11 @@ impl HostRoot {
         host_path: &Path,
     ) -> Result<String, HostError> {
         self.record(host_path, super::Access::Read);
+        // O_NONBLOCK and the type check: a FIFO planted as an attribute must not block
+        // the scan (open.rs).
         let file = match std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(local)
         {
             Ok(f) => f,
@@ -146,6 +148,13 @@ impl HostRoot {
             }
             Err(e) => return Err(HostError::io(host_path, e)),
         };
+        let meta = file.metadata().map_err(|e| HostError::io(host_path, e))?;
+        if !meta.file_type().is_file() {
+            return Err(HostError::UnexpectedKind {
+                path: host_path.to_path_buf(),
+                found: super::kind_of(&meta.file_type()),
+            });
+        }
         let mut buf = Vec::new();
         file.take(ATTR_LIMIT + 1)
             .read_to_end(&mut buf)

@@ -131,3 +131,96 @@ fn link_name_gives_driver_name() {
         Some("vfio-pci")
     );
 }
+
+/// Both ways of resolving (openat2(RESOLVE_IN_ROOT) and the user-space fallback) keep a
+/// hostile absolute or `..` symlink inside the root.
+#[test]
+fn both_resolutions_keep_symlinks_inside_the_root() {
+    let (dir, host) = root();
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(outside.path().join("secret"), "outside").unwrap();
+    let inside = dir.path().join(outside.path().strip_prefix("/").unwrap());
+    fs::create_dir_all(&inside).unwrap();
+    fs::write(inside.join("secret"), "inside").unwrap();
+    fs::create_dir_all(dir.path().join("a")).unwrap();
+    symlink(outside.path().join("secret"), dir.path().join("a/abs")).unwrap();
+    let up = format!("{}{}/secret", "../".repeat(12), outside.path().display());
+    symlink(&up, dir.path().join("a/up")).unwrap();
+    for h in [host.clone(), host.with_resolution(Resolution::UserSpace)] {
+        assert_eq!(h.read_string("/a/abs").unwrap(), "inside", "{h:?}");
+        assert_eq!(h.read_string("/a/up").unwrap(), "inside", "{h:?}");
+        h.write_attr("/a/abs", "written").unwrap();
+        assert_eq!(
+            fs::read_to_string(outside.path().join("secret")).unwrap(),
+            "outside"
+        );
+        fs::write(inside.join("secret"), "inside").unwrap();
+        let err = h.read_string("/a/missing").unwrap_err();
+        assert!(err.is_not_found(), "{err}");
+    }
+    assert!(
+        !host
+            .with_resolution(Resolution::UserSpace)
+            .kernel_resolves(),
+        "the fallback must be selectable"
+    );
+}
+
+/// On a kernel with openat2 (5.6+, which every CI and dev machine here has), the host
+/// door uses it: then the kernel, not cchost, confines each lookup to the root.
+#[test]
+fn openat2_is_used_where_the_kernel_has_it() {
+    let (dir, host) = root();
+    fs::write(dir.path().join("f"), "x").unwrap();
+    host.read_string("/f").unwrap();
+    let how = nix::fcntl::OpenHow::new()
+        .flags(nix::fcntl::OFlag::O_RDONLY)
+        .resolve(nix::fcntl::ResolveFlag::RESOLVE_IN_ROOT);
+    let d = fs::File::open(dir.path()).unwrap();
+    let kernel_has_it = nix::fcntl::openat2(&d, "f", how).is_ok();
+    assert_eq!(host.kernel_resolves(), kernel_has_it);
+}
+
+/// A symlink loop is the same error either way.
+#[test]
+fn symlink_loop_is_named_with_both_resolutions() {
+    let (dir, host) = root();
+    symlink("b", dir.path().join("a")).unwrap();
+    symlink("a", dir.path().join("b")).unwrap();
+    for h in [host.clone(), host.with_resolution(Resolution::UserSpace)] {
+        let err = h.read_string("/a").unwrap_err();
+        assert!(matches!(err, HostError::SymlinkLoop(_)), "{err}");
+    }
+}
+
+/// A FIFO where a file belongs is refused at once, for reads and attribute writes, with
+/// either resolution (it used to block the open forever).
+#[test]
+fn fifo_is_refused_not_waited_on() {
+    let (dir, host) = root();
+    nix::unistd::mkfifo(
+        &dir.path().join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h2 = host.clone();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        for h in [h2.clone(), h2.with_resolution(Resolution::UserSpace)] {
+            out.push(h.read_string("/fifo").map(|_| ()));
+            out.push(h.read_string_opt("/fifo").map(|_| ()));
+        }
+        let _ = tx.send(out);
+    });
+    let out = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("reading a FIFO blocked");
+    for r in out {
+        let e = r.unwrap_err();
+        assert!(e.to_string().contains("is a FIFO"), "{e}");
+    }
+    // Writing: with no reader the open fails (ENXIO) or the type check refuses it.
+    let e = host.write_attr("/fifo", "1").unwrap_err();
+    assert!(e.to_string().contains("/fifo"), "{e}");
+}

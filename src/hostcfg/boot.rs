@@ -142,6 +142,13 @@ pub enum BootError {
         code: Option<i32>,
         stderr: String,
     },
+    #[error(
+        "{}: edited after cchost changed it, and the edits touch what cchost changed; \
+         undo will not overwrite them (nothing was changed). Take cchost's change out by hand, \
+         then run `cchost undo` again",
+        path.display()
+    )]
+    EditedSince { path: PathBuf },
 }
 
 fn bls_entries(host: &HostRoot) -> Result<Vec<(PathBuf, String)>, HostError> {
@@ -447,7 +454,8 @@ pub fn run_step(host: &HostRoot, tools: &dyn HostTools, step: &BootStep) -> Resu
     match step {
         BootStep::EditFiles { files, then } => {
             for f in files {
-                host.write_atomic(&f.path, f.after.as_bytes(), 0o644)?;
+                let mode = host.mode_of(&f.path).unwrap_or(0o644);
+                host.write_atomic(&f.path, f.after.as_bytes(), mode)?;
             }
             if let Some(t) = then {
                 run_tool(tools, t)?;
@@ -462,9 +470,34 @@ pub fn run_step(host: &HostRoot, tools: &dyn HostTools, step: &BootStep) -> Resu
 pub fn undo_step(host: &HostRoot, tools: &dyn HostTools, step: &BootStep) -> Result<(), BootError> {
     match step {
         BootStep::EditFiles { files, then } => {
+            // Work out every file first: a later operator edit that cannot be kept
+            // refuses the whole undo before anything is written.
+            let mut writes = Vec::new();
             for f in files {
-                match &f.before {
-                    Some(b) => host.write_atomic(&f.path, b.as_bytes(), 0o644)?,
+                let current = host.read_string_opt(&f.path)?;
+                let put = match (&f.before, current) {
+                    (None, None) => None,
+                    (Some(b), None) => Some(b.clone()),
+                    (None, Some(c)) if c == f.after => None,
+                    (None, Some(_)) => {
+                        return Err(BootError::EditedSince {
+                            path: f.path.clone(),
+                        });
+                    }
+                    (Some(b), Some(c)) => {
+                        Some(crate::journal::take_back(b, &f.after, &c).ok_or_else(|| {
+                            BootError::EditedSince {
+                                path: f.path.clone(),
+                            }
+                        })?)
+                    }
+                };
+                writes.push((f, put));
+            }
+            for (f, put) in writes {
+                let mode = host.mode_of(&f.path).unwrap_or(0o644);
+                match put {
+                    Some(text) => host.write_atomic(&f.path, text.as_bytes(), mode)?,
                     None => host.remove_file(&f.path)?,
                 }
             }

@@ -29,7 +29,10 @@ impl Restorer for KernelArgsRestorer {
 
     fn restore(&self, host: &HostRoot, entry: &Entry) -> Result<(), RestoreError> {
         let step: BootStep = entry.restore_as()?;
-        boot::undo_step(host, host, &step).map_err(|e| RestoreError::new(e.to_string()))
+        boot::undo_step(host, host, &step).map_err(|e| match e {
+            e @ boot::BootError::EditedSince { .. } => RestoreError::refused(e.to_string()),
+            e => RestoreError::new(e.to_string()),
+        })
     }
 }
 

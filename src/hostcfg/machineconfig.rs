@@ -6,8 +6,7 @@ use serde::Serialize;
 
 use super::modules;
 use super::profile::{ArgProfile, Platform};
-use crate::config::KernelConfig;
-use crate::inventory::facts::CpuVendor;
+use crate::config::Config;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -79,6 +78,14 @@ struct Contents {
     source: String,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error(transparent)]
+    Yaml(#[from] serde_norway::Error),
+    #[error("Kata QGS drop-in: {0}")]
+    Kata(String),
+}
+
 /// The MachineConfig's name: `99-cchost-<platform>[-gpu]-<role>`.
 pub fn name(platform: Platform, gpu: bool, role: Role) -> String {
     format!(
@@ -89,15 +96,18 @@ pub fn name(platform: Platform, gpu: bool, role: Role) -> String {
     )
 }
 
-/// Renders the MachineConfig YAML (with a header naming the command that made it).
+/// Renders the MachineConfig YAML (with a header naming the command that made it). On
+/// TDX, with `kata.qgs_dropin` and DCAP not off, it also carries the Kata QGS drop-ins
+/// ([`super::kata`]); a QGS setting Kata cannot reach is an error.
 pub fn render(
     platform: Platform,
     gpu: bool,
     role: Role,
-    cfg: &KernelConfig,
-) -> Result<String, serde_norway::Error> {
+    full: &Config,
+) -> Result<String, RenderError> {
+    let cfg = &full.kernel;
     // No running host here: every argument of the profile is stated.
-    let profile = ArgProfile::new(platform, gpu, CpuVendor::Unknown, cfg);
+    let profile = ArgProfile::new(platform, gpu, None, cfg);
     let kernel_arguments = profile
         .edit(None)
         .add
@@ -105,16 +115,34 @@ pub fn render(
         .map(|a| a.to_string())
         .collect();
     let mods = modules::wanted(cfg);
-    let storage = (!mods.is_empty()).then(|| Storage {
-        files: vec![File {
+    let mut files = Vec::new();
+    if !mods.is_empty() {
+        files.push(File {
             path: cfg.modules_load_file.display().to_string(),
             mode: 0o644,
             overwrite: true,
             contents: Contents {
                 source: data_url(&modules::load_file_content(&mods)),
             },
-        }],
-    });
+        });
+    }
+    if platform == Platform::Tdx
+        && full.kata.qgs_dropin
+        && full.dcap.enable != crate::config::DcapEnable::Off
+    {
+        let content = super::kata::dropin_content(&full.dcap).map_err(RenderError::Kata)?;
+        for path in super::kata::dropin_paths(&full.kata) {
+            files.push(File {
+                path: path.display().to_string(),
+                mode: 0o644,
+                overwrite: true,
+                contents: Contents {
+                    source: data_url(&content),
+                },
+            });
+        }
+    }
+    let storage = (!files.is_empty()).then_some(Storage { files });
     let mc = MachineConfig {
         api_version: "machineconfiguration.openshift.io/v1",
         kind: "MachineConfig",
@@ -160,7 +188,7 @@ mod tests {
 
     #[test]
     fn tdx_gpu_worker_has_the_arguments_and_the_modules_file() {
-        let y = render(Platform::Tdx, true, Role::Worker, &KernelConfig::default()).unwrap();
+        let y = render(Platform::Tdx, true, Role::Worker, &Config::default()).unwrap();
         let v: serde_json::Value = serde_norway::from_str(&y).unwrap();
         assert_eq!(v["apiVersion"], "machineconfiguration.openshift.io/v1");
         assert_eq!(v["kind"], "MachineConfig");
@@ -178,12 +206,45 @@ mod tests {
         assert_eq!(f["path"], "/etc/modules-load.d/cchost.conf");
         assert_eq!(f["mode"], 420);
         assert_eq!(f["contents"]["source"], "data:,vhost_vsock%0A");
+        // The Kata QGS drop-ins (unix socket: port 0), one per TDX runtime handler.
+        let files = v["spec"]["config"]["storage"]["files"].as_array().unwrap();
+        let kata: Vec<&serde_json::Value> = files
+            .iter()
+            .filter(|f| {
+                f["path"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("/config.d/96-cchost-qgs")
+            })
+            .collect();
+        assert_eq!(kata.len(), 2, "{y}");
+        assert!(
+            kata[0]["contents"]["source"]
+                .as_str()
+                .unwrap()
+                .contains("tdx_quote_generation_service_socket_port%20%3D%200%0A"),
+            "{y}"
+        );
+    }
+
+    #[test]
+    fn vsock_transport_gives_kata_the_port_and_a_bad_socket_is_refused() {
+        let mut c = Config::default();
+        c.dcap.transport = crate::config::QgsTransport::Vsock;
+        let y = render(Platform::Tdx, false, Role::Worker, &c).unwrap();
+        assert!(y.contains("socket_port%20%3D%204050%0A"), "{y}");
+        c.dcap.transport = crate::config::QgsTransport::Unix;
+        c.dcap.socket = "/run/elsewhere.sock".into();
+        assert!(render(Platform::Tdx, false, Role::Worker, &c).is_err());
+        // SNP: no Kata TDX drop-in.
+        let y = render(Platform::Snp, false, Role::Worker, &Config::default()).unwrap();
+        assert!(!y.contains("96-cchost-qgs"), "{y}");
     }
 
     #[test]
     fn snp_never_renders_iommu_arguments() {
         for gpu in [false, true] {
-            let y = render(Platform::Snp, gpu, Role::Master, &KernelConfig::default()).unwrap();
+            let y = render(Platform::Snp, gpu, Role::Master, &Config::default()).unwrap();
             assert!(!y.contains("iommu"), "{y}");
             assert!(y.contains("kvm_amd.sev_snp=1"));
         }

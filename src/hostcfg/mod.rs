@@ -6,6 +6,7 @@ pub mod bls;
 pub mod boot;
 pub mod grubfile;
 pub mod journaled;
+pub mod kata;
 pub mod machineconfig;
 pub mod modules;
 pub mod profile;

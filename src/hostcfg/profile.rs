@@ -97,15 +97,20 @@ fn forbid(arg: ArgMatch, why: &str) -> Forbidden {
 impl ArgProfile {
     /// The profile for a platform, with GPU passthrough or not, on a CPU vendor (which
     /// decides how the IOMMU is switched on when no TEE decides it).
-    pub fn new(platform: Platform, gpu: bool, vendor: CpuVendor, cfg: &KernelConfig) -> Self {
+    pub fn new(
+        platform: Platform,
+        gpu: bool,
+        vendor: Option<CpuVendor>,
+        cfg: &KernelConfig,
+    ) -> Self {
         let mut required = Vec::new();
         let mut forbidden = vec![forbid(
             ArgMatch::Exact(KernelArg::kv("amd_iommu", "on")),
             "`on` is not a valid amd_iommu value (the kernel logs \"AMD-Vi: Unknown option - 'on'\"); the AMD IOMMU is on by default when the IVRS table exists",
         )];
         let vendor = match platform {
-            Platform::Tdx => CpuVendor::Intel,
-            Platform::Snp => CpuVendor::Amd,
+            Platform::Tdx => Some(CpuVendor::Intel),
+            Platform::Snp => Some(CpuVendor::Amd),
             Platform::None => vendor,
         };
         let iommu_needed = platform != Platform::None || gpu;
@@ -153,7 +158,7 @@ impl ArgProfile {
             Platform::None => {}
         }
         if iommu_needed {
-            if vendor == CpuVendor::Intel {
+            if vendor == Some(CpuVendor::Intel) {
                 required.push(req(
                     KernelArg::kv("intel_iommu", "on"),
                     if gpu && platform == Platform::None {
@@ -286,7 +291,7 @@ mod tests {
 
     #[test]
     fn tdx_needs_tdx_nohibernate_and_iommu() {
-        let p = ArgProfile::new(Platform::Tdx, false, CpuVendor::Intel, &cfg());
+        let p = ArgProfile::new(Platform::Tdx, false, Some(CpuVendor::Intel), &cfg());
         assert_eq!(
             names(&p.edit(None)),
             ["kvm_intel.tdx=1", "nohibernate", "intel_iommu=on"]
@@ -304,7 +309,7 @@ mod tests {
 
     #[test]
     fn running_facts_drop_arguments_already_in_effect() {
-        let p = ArgProfile::new(Platform::Tdx, false, CpuVendor::Intel, &cfg());
+        let p = ArgProfile::new(Platform::Tdx, false, Some(CpuVendor::Intel), &cfg());
         let mut f = NodeFacts::default();
         f.tdx.enabled = true;
         f.iommu.enabled = true;
@@ -313,7 +318,7 @@ mod tests {
 
     #[test]
     fn snp_never_has_iommu_pt_and_amd_iommu_on_is_invalid() {
-        let p = ArgProfile::new(Platform::Snp, true, CpuVendor::Amd, &cfg());
+        let p = ArgProfile::new(Platform::Snp, true, Some(CpuVendor::Amd), &cfg());
         let e = p.edit(None);
         assert!(!names(&e).iter().any(|a| a.contains("iommu")));
         let toks = split("ro iommu=pt amd_iommu=on");
@@ -330,7 +335,7 @@ mod tests {
         assert!(!fixed.iter().any(|t| t.contains("iommu")));
         // No SNP profile ever adds passthrough.
         for gpu in [false, true] {
-            let p = ArgProfile::new(Platform::Snp, gpu, CpuVendor::Amd, &cfg());
+            let p = ArgProfile::new(Platform::Snp, gpu, Some(CpuVendor::Amd), &cfg());
             assert!(
                 !p.edit(None)
                     .add
@@ -342,12 +347,12 @@ mod tests {
 
     #[test]
     fn gpu_without_tee_turns_the_iommu_on_per_vendor() {
-        let intel = ArgProfile::new(Platform::None, true, CpuVendor::Intel, &cfg());
+        let intel = ArgProfile::new(Platform::None, true, Some(CpuVendor::Intel), &cfg());
         assert_eq!(names(&intel.edit(None)), ["intel_iommu=on"]);
-        let amd = ArgProfile::new(Platform::None, true, CpuVendor::Amd, &cfg());
+        let amd = ArgProfile::new(Platform::None, true, Some(CpuVendor::Amd), &cfg());
         assert!(amd.edit(None).add.is_empty());
         assert_eq!(amd.findings(&split("amd_iommu=off"), None).len(), 1);
-        let none = ArgProfile::new(Platform::None, false, CpuVendor::Intel, &cfg());
+        let none = ArgProfile::new(Platform::None, false, Some(CpuVendor::Intel), &cfg());
         assert!(none.edit(None).add.is_empty());
         // amd_iommu=on is reported on every profile.
         assert_eq!(none.findings(&split("amd_iommu=on"), None).len(), 1);
@@ -360,7 +365,7 @@ mod tests {
             remove_args: vec!["quiet".into()],
             ..cfg()
         };
-        let p = ArgProfile::new(Platform::None, false, CpuVendor::Intel, &c);
+        let p = ArgProfile::new(Platform::None, false, Some(CpuVendor::Intel), &c);
         assert_eq!(
             p.edit(None).apply(&split("quiet ro")),
             split("ro mitigations=auto")

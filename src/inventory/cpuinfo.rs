@@ -24,6 +24,9 @@ pub struct CpuInfo {
     /// `vendor_id` (x86) or `CPU implementer` (arm64) as printed.
     pub vendor_id: String,
     pub model_name: Option<String>,
+    /// arm64 `CPU part` (e.g. `0xd4f`, Neoverse V2); `None` on x86.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<String>,
     /// Logical CPUs (`processor` entries).
     pub logical_cpus: usize,
     /// Feature flags of the first CPU (`flags` on x86, `Features` on arm64).
@@ -40,6 +43,7 @@ impl CpuInfo {
         let mut vendor_id: Option<String> = None;
         let mut implementer: Option<String> = None;
         let mut model_name = None;
+        let mut part: Option<String> = None;
         let mut flags: Option<BTreeSet<String>> = None;
         let mut logical_cpus = 0usize;
         for line in text.lines() {
@@ -53,6 +57,7 @@ impl CpuInfo {
                 "vendor_id" if vendor_id.is_none() => vendor_id = Some(value.to_string()),
                 "CPU implementer" if implementer.is_none() => implementer = Some(value.to_string()),
                 "model name" if model_name.is_none() => model_name = Some(value.to_string()),
+                "CPU part" if part.is_none() => part = Some(value.to_ascii_lowercase()),
                 "flags" | "Features" if flags.is_none() => {
                     flags = Some(value.split_whitespace().map(str::to_string).collect())
                 }
@@ -86,6 +91,7 @@ impl CpuInfo {
             vendor,
             vendor_id,
             model_name,
+            part,
             logical_cpus,
             flags,
         })

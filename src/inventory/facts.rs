@@ -6,15 +6,10 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CpuVendor {
-    Intel,
-    Amd,
-    Other,
-    #[default]
-    Unknown,
-}
+// One vocabulary per fact: the inventory's own CPU vendor and IOMMU mode (Arm and Off
+// included), not copies of them.
+pub use super::cpuinfo::CpuVendor;
+pub use super::iommu::IommuMode;
 
 /// Intel TDX on the host.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,19 +33,6 @@ pub struct SnpFacts {
     pub sev_es_enabled: bool,
     /// SEV-ES ASIDs (misc.capacity `sev_es`); SNP guests use these.
     pub esids: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IommuMode {
-    /// DMA translated (`DMA`, `DMA-FQ` group types).
-    Translated,
-    /// Identity mapping (`iommu=pt`).
-    Passthrough,
-    /// Groups of both kinds.
-    Mixed,
-    #[default]
-    Unknown,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,9 +82,58 @@ pub struct GpuFacts {
     pub cc_mode: Option<CcMode>,
 }
 
+/// Hardware virtualization as Kata needs it (the CPU flags NFD's `cpu.cpuid` feature
+/// shows, by their /proc/cpuinfo names).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtFacts {
+    /// cpuinfo `sse4_2` (NFD `SSE42`).
+    pub sse4_2: bool,
+    /// cpuinfo `vmx` (Intel VT-x; NFD `VMX`).
+    pub vmx: bool,
+    /// cpuinfo `svm` (AMD-V; NFD `SVM`).
+    pub svm: bool,
+}
+
+/// Intel SGX as the DCAP stack (QGS, the SGX device plugin) needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SgxFacts {
+    /// cpuinfo `sgx` and `sgx_lc` (launch control; the in-kernel driver needs it).
+    pub cpu: bool,
+    /// `/dev/sgx_enclave`: the kernel's SGX driver found EPC memory and started
+    /// (arch/x86/kernel/cpu/sgx/driver.c creates it only then).
+    pub enclave_device: bool,
+    /// `/dev/sgx_provision`: needed by the quoting enclaves QGS loads.
+    pub provision_device: bool,
+}
+
+impl SgxFacts {
+    /// SGX is usable on this node: CPU support with launch control and both device
+    /// nodes (the BIOS enabled it and gave it EPC).
+    pub fn enabled(&self) -> bool {
+        self.cpu && self.enclave_device && self.provision_device
+    }
+}
+
+/// The jobs cchost itself does on this node (from its configuration and the host),
+/// which the consumers' "deploy" labels stand for. Not hardware facts, but facts about
+/// cchost here; the labels stay a pure function of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Duties {
+    /// `cchost run` binds the matched GPUs to vfio at start (`vfio.bind_on_start`): the
+    /// job of the GPU Operator's vfio-manager.
+    pub binds_gpus: bool,
+    /// `cchost run` serves the GPUs to the kubelet as a device plugin with CDI
+    /// (`device_plugin.mode` resolves to on): the job of the sandbox device plugin.
+    pub serves_gpus: bool,
+    /// `cchost run` sets the GPUs' CC mode from the Node's `nvidia.com/cc.mode` label
+    /// (`cc.manage = "label"`): the job of NVIDIA's cc-manager.
+    pub manages_cc_mode: bool,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeFacts {
-    pub cpu_vendor: CpuVendor,
+    /// `None` when /proc/cpuinfo could not be read.
+    pub cpu_vendor: Option<CpuVendor>,
     pub tdx: TdxFacts,
     pub snp: SnpFacts,
     pub iommu: IommuFacts,
@@ -114,7 +145,21 @@ pub struct NodeFacts {
     pub modules_builtin: BTreeSet<String>,
     /// `/dev/vhost-vsock` exists.
     pub vhost_vsock_device: bool,
+    /// `/dev/kvm` exists.
+    #[serde(default)]
+    pub kvm_device: bool,
+    #[serde(default)]
+    pub virt: VirtFacts,
+    #[serde(default)]
+    pub sgx: SgxFacts,
     pub gpus: Vec<GpuFacts>,
+    /// A CC mode the label-driven CC manager wants but has not applied to every device
+    /// yet (one is in use); retried when it is free.
+    #[serde(default)]
+    pub cc_pending: Option<String>,
+    /// What cchost does here (filled from the config by the caller; default: nothing).
+    #[serde(default)]
+    pub duties: Duties,
 }
 
 impl NodeFacts {

@@ -1,21 +1,18 @@
 //! Filling the node facts from the inventory.
 
-use super::facts::{CpuVendor, GpuFacts, IommuFacts, IommuMode, NodeFacts, SnpFacts, TdxFacts};
-use crate::inventory::{self, GpuKind, Inventory, ModuleState};
+use super::facts::{
+    Duties, GpuFacts, IommuFacts, NodeFacts, SgxFacts, SnpFacts, TdxFacts, VirtFacts,
+};
+use crate::inventory::{GpuKind, Inventory, ModuleState};
 
-/// A kvm module boolean parameter reads on (`Y`, or `1` on older kernels).
 fn on(v: Option<&str>) -> bool {
-    matches!(v.map(str::trim), Some("Y" | "y" | "1"))
+    v.is_some_and(super::modules::param_on)
 }
 
 impl NodeFacts {
     pub fn from_inventory(inv: &Inventory) -> NodeFacts {
-        let cpu_vendor = match inv.cpu.as_ref().map(|c| c.vendor) {
-            Some(inventory::CpuVendor::Intel) => CpuVendor::Intel,
-            Some(inventory::CpuVendor::Amd) => CpuVendor::Amd,
-            Some(_) => CpuVendor::Other,
-            None => CpuVendor::Unknown,
-        };
+        let cpu_vendor = inv.cpu.as_ref().map(|c| c.vendor);
+        let flag = |f: &str| inv.cpu.as_ref().is_some_and(|c| c.has_flag(f));
         let tdx_on = on(inv.tdx.kvm_param.as_deref());
         let tdx = TdxFacts {
             capable: inv.tdx.host_platform_flag || tdx_on,
@@ -34,12 +31,7 @@ impl NodeFacts {
         let iommu = IommuFacts {
             present: inv.iommu.present.is_yes(),
             enabled: inv.iommu.enabled.is_yes(),
-            mode: match inv.iommu.mode {
-                inventory::IommuMode::Translated => IommuMode::Translated,
-                inventory::IommuMode::Passthrough => IommuMode::Passthrough,
-                inventory::IommuMode::Mixed => IommuMode::Mixed,
-                inventory::IommuMode::Off | inventory::IommuMode::Unknown => IommuMode::Unknown,
-            },
+            mode: inv.iommu.mode,
         };
         let cmdline = inv
             .kernel
@@ -88,7 +80,20 @@ impl NodeFacts {
             modules_loaded,
             modules_builtin,
             vhost_vsock_device: inv.kernel.node("/dev/vhost-vsock"),
+            kvm_device: inv.kernel.node("/dev/kvm"),
+            virt: VirtFacts {
+                sse4_2: flag("sse4_2"),
+                vmx: flag("vmx"),
+                svm: flag("svm"),
+            },
+            sgx: SgxFacts {
+                cpu: flag("sgx") && flag("sgx_lc"),
+                enclave_device: inv.kernel.node("/dev/sgx_enclave"),
+                provision_device: inv.kernel.node("/dev/sgx_provision"),
+            },
             gpus,
+            cc_pending: None,
+            duties: Duties::default(),
         }
     }
 }

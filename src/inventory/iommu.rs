@@ -29,7 +29,7 @@ pub const IOMMU_PARAMS: &[&str] = &[
     "intremap",
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IommuMode {
     /// DMA is translated (`DMA` / `DMA-FQ` default domains).
@@ -41,6 +41,7 @@ pub enum IommuMode {
     /// No IOMMU groups.
     Off,
     /// Groups exist but the kernel does not say (no `type` files before Linux 5.11).
+    #[default]
     Unknown,
 }
 

@@ -44,6 +44,8 @@ pub const DEVICE_NODES: &[&str] = &[
     "/dev/sev",
     "/dev/iommu",
     "/dev/vfio/vfio",
+    "/dev/sgx_enclave",
+    "/dev/sgx_provision",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

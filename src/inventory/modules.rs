@@ -60,11 +60,27 @@ pub struct ModuleParam {
 }
 
 impl ModuleParam {
-    /// A boolean parameter is on when it reads `Y` or `1` (older kernels printed `1`
-    /// for some bool params; docs/facts/cpu-tee.md#kvm-params).
+    /// Is this switch on? See [`param_on`].
     pub fn is_on(&self) -> bool {
-        matches!(self.raw.as_str(), "Y" | "y" | "1")
+        param_on(&self.raw)
     }
+}
+
+/// Is a module parameter that is a switch (kvm_intel `tdx`, kvm_amd `sev`, `sev_es`,
+/// `sev_snp`) on, given what its sysfs file holds? The one answer cchost uses.
+///
+/// The file holds what the kernel's getter prints (kernel/params.c): `param_get_bool`
+/// prints `Y` or `N`, `param_get_int` the number (kvm_amd's `sev` and `sev_es` were `int`
+/// parameters in older kernels, arch/x86/kvm/svm/svm.c), each followed by a newline. So
+/// a switch is on exactly when it reads `Y` or `1`; the kernel never prints `y`
+/// (docs/facts/cpu-tee.md#kvm-params).
+pub fn param_on(raw: &str) -> bool {
+    matches!(raw.strip_suffix('\n').unwrap_or(raw), "Y" | "1")
+}
+
+/// What the kernel prints for a switch parameter, on or off (see [`param_on`]).
+fn is_switch_value(raw: &str) -> bool {
+    matches!(raw.strip_suffix('\n').unwrap_or(raw), "Y" | "N" | "1" | "0")
 }
 
 /// Reads `/sys/module/<module>/parameters/<param>`; `Ok(None)` when the module is not
@@ -87,7 +103,7 @@ pub fn read_bool_param(
     param: &str,
 ) -> Result<Option<ModuleParam>, HostError> {
     match read_param(host, module, param)? {
-        Some(p) if matches!(p.raw.as_str(), "Y" | "N" | "y" | "n" | "1" | "0") => Ok(Some(p)),
+        Some(p) if is_switch_value(&p.raw) => Ok(Some(p)),
         Some(p) => Err(HostError::malformed(
             &p.path,
             format!("expected a boolean (Y/N/1/0), got {:?}", p.raw),
@@ -99,6 +115,17 @@ pub fn read_bool_param(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_switch_is_on_exactly_as_the_kernel_prints_it() {
+        // param_get_bool: "Y\n" / "N\n"; param_get_int (older kvm_amd sev): "1\n" / "0\n".
+        for on in ["Y\n", "Y", "1\n", "1"] {
+            assert!(param_on(on), "{on:?}");
+        }
+        for off in ["N\n", "N", "0\n", "0", "y", "yes", " Y", "Y\n\n", "", "2"] {
+            assert!(!param_on(off), "{off:?}");
+        }
+    }
 
     #[test]
     fn proc_modules() {

@@ -33,7 +33,7 @@ pub enum DeviceClass {
 pub enum VfioMode {
     /// Group nodes: `/dev/vfio/vfio` + `/dev/vfio/<group>`; ID = group number.
     Legacy,
-    /// Device cdevs: `/dev/vfio/devices/vfioN` + `/dev/iommu`; ID = N.
+    /// Device cdevs: `/dev/vfio/devices/vfioN` (with `/dev/iommu` on the host); ID = N.
     Iommufd,
 }
 
@@ -317,12 +317,10 @@ pub fn discover_from(
                 format!("{}/{}", cfg.model_prefix, model_resource_class(&c.model))
             }
             DeviceClass::Gpu => cfg.gpu_resource.clone(),
+            // Empty: one resource per model, as NVIDIA's sandbox device plugin does with
+            // `NVSWITCH_ALIAS=""` (the same rule as `P_GPU_ALIAS=""`).
             DeviceClass::NvSwitch if cfg.nvswitch_resource.is_empty() => {
-                skipped.push(Skipped::because(
-                    c.address,
-                    "NVSwitch not advertised (device_plugin.nvswitch_resource is empty)",
-                ));
-                continue;
+                format!("{}/{}", cfg.model_prefix, model_resource_class(&c.model))
             }
             DeviceClass::NvSwitch => cfg.nvswitch_resource.clone(),
         };
@@ -360,10 +358,12 @@ pub fn discover_from(
                     ));
                     continue;
                 };
-                (
-                    n.to_string(),
-                    vec![format!("{VFIO_DEVICES_DIR}/vfio{n}"), IOMMU_DEV.to_string()],
-                )
+                // The cdev only, not /dev/iommu: Kata's device manager takes only
+                // /dev/vfio/* as VFIO (src/runtime/pkg/device/manager/utils.go
+                // IsVFIODevice) and would hand any other node to the guest as a plain
+                // device, while its QEMU opens /dev/iommu on the host itself. NVIDIA's
+                // sandbox device plugin writes the same (pkg/device_plugin/cdi.go).
+                (n.to_string(), vec![format!("{VFIO_DEVICES_DIR}/vfio{n}")])
             }
         };
         let key = (resource.clone(), id.clone());
@@ -418,6 +418,32 @@ pub fn discover_from(
 }
 
 /// Sort key that orders "2" before "10".
+/// Carries devices of the previous scan that this scan could not read (a transient
+/// sysfs error) into this one, unchanged: unreadable is not gone, so the CDI spec and
+/// the plugin keep them until a scan reads them as gone or ineligible. Returns their IDs.
+pub fn keep_unreadable(previous: &Discovery, scan: &mut Discovery) -> Vec<String> {
+    let unreadable: std::collections::BTreeSet<PciAddress> =
+        scan.unreadable().filter_map(|s| s.address).collect();
+    let mut kept = Vec::new();
+    for d in &previous.devices {
+        let here = scan
+            .devices
+            .iter()
+            .any(|n| n.id == d.id || n.functions.iter().any(|f| d.functions.contains(f)));
+        if !here && d.functions.iter().any(|f| unreadable.contains(f)) {
+            scan.devices.push(d.clone());
+            kept.push(d.id.clone());
+        }
+    }
+    if !kept.is_empty() {
+        scan.devices.sort_by(|a, b| {
+            (a.resource.as_str(), numeric_key(&a.id))
+                .cmp(&(b.resource.as_str(), numeric_key(&b.id)))
+        });
+    }
+    kept
+}
+
 pub fn numeric_key(id: &str) -> (u64, &str) {
     (id.parse().unwrap_or(u64::MAX), id)
 }
@@ -471,12 +497,62 @@ pub fn discover(
 ) -> Result<Discovery, HostError> {
     let inv = crate::inventory::gpu::discover_gpus(host, matching);
     let (candidates, skipped) = candidates_from_inventory(&inv);
+    // A bus that cannot be listed says nothing about the devices on it: an error, so
+    // that no caller takes "nothing found" for "every device gone".
+    if let Some(bus) = skipped
+        .iter()
+        .find(|s| s.address.is_none() && s.unreadable.is_some())
+    {
+        return Err(HostError::malformed(
+            crate::host::pci::PCI_DEVICES,
+            format!(
+                "cannot list the PCI bus, so no device can be told present or gone ({})",
+                bus.reason
+            ),
+        ));
+    }
     Ok(discover_from(host, cfg, candidates, skipped))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 13 item 5: a device the new scan could not read stays (CDI spec, plugin);
+    /// one read as gone does not.
+    #[test]
+    fn an_unreadable_device_is_carried_over_a_gone_one_is_not() {
+        let dev = |id: &str, f: &str| PassthroughDevice {
+            id: id.into(),
+            resource: "nvidia.com/pgpu".into(),
+            class: DeviceClass::Gpu,
+            model: String::new(),
+            functions: vec![f.parse().unwrap()],
+            numa_node: None,
+            pcie_switch: None,
+            device_nodes: vec![],
+            health: Health::Healthy,
+        };
+        let prev = Discovery {
+            mode: VfioMode::Legacy,
+            devices: vec![dev("3", "0000:01:00.0"), dev("4", "0000:02:00.0")],
+            skipped: vec![],
+        };
+        let mut scan = Discovery {
+            mode: VfioMode::Legacy,
+            devices: vec![],
+            skipped: vec![Skipped {
+                address: Some("0000:01:00.0".parse().unwrap()),
+                reason: "vendor: Input/output error".into(),
+                unreadable: Some(Unreadable {
+                    file: "/sys/bus/pci/devices/0000:01:00.0/vendor".into(),
+                    error: "Input/output error".into(),
+                }),
+            }],
+        };
+        assert_eq!(keep_unreadable(&prev, &mut scan), ["3"]);
+        assert_eq!(scan.devices, vec![dev("3", "0000:01:00.0")]);
+    }
 
     #[test]
     fn per_model_names_match_nvidia_sandbox_plugin() {

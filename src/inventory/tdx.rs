@@ -45,6 +45,9 @@ pub struct TdxInfo {
     /// The kernel-log line the module state comes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module_log: Option<String>,
+    /// The TDX module's version when the kernel log shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_version: Option<String>,
     /// Total TDX KeyIDs (misc.capacity `tdx`).
     pub keys: Option<u64>,
     /// `nohibernate` on the kernel command line (TDX refuses to initialise without it).
@@ -72,6 +75,52 @@ pub fn module_state(log: &KernelLogInfo) -> (TdxModuleState, Option<String>) {
         state = (s, Some(line.to_string()));
     }
     state
+}
+
+/// The module's version from the kernel log, in either form kernels print it:
+/// `TDX module: attributes 0x0, vendor_id 0x8086, major_version 1, minor_version 5,
+/// build_date 20240129, build_num 698` (the host-support series that became
+/// arch/x86/virt/vmx/tdx/tdx.c), or a dotted `... version 1.5.06.00.0744` /
+/// `...: 1.5.06.00.0744` on a TDX line. The last such line wins.
+pub fn module_version(log: &KernelLogInfo) -> Option<String> {
+    let mut found = None;
+    for line in log.lines_with(&["tdx"]) {
+        let l = line.to_ascii_lowercase();
+        if !l.contains("module") {
+            continue;
+        }
+        let field = |name: &str| -> Option<String> {
+            let at = l.find(name)? + name.len();
+            let v: String = l[at..]
+                .trim_start_matches([' ', '=', ':'])
+                .chars()
+                .take_while(char::is_ascii_alphanumeric)
+                .collect();
+            (!v.is_empty()).then_some(v)
+        };
+        if let (Some(maj), Some(min)) = (field("major_version"), field("minor_version")) {
+            let mut v = format!("{maj}.{min}");
+            if let Some(n) = field("build_num") {
+                v.push_str(&format!(" build {n}"));
+            }
+            if let Some(d) = field("build_date") {
+                v.push_str(&format!(" ({d})"));
+            }
+            found = Some(v);
+            continue;
+        }
+        // A dotted version: digits and at least two dots, after "version" or a colon.
+        let dotted = l
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .map(|w| w.trim_matches(|c: char| !c.is_ascii_digit()))
+            .find(|w| {
+                w.matches('.').count() >= 2 && w.chars().all(|c| c.is_ascii_digit() || c == '.')
+            });
+        if let Some(v) = dotted {
+            found = Some(v.to_string());
+        }
+    }
+    found
 }
 
 impl TdxInfo {
@@ -127,6 +176,7 @@ impl TdxInfo {
             module,
             &module_log,
             nohibernate,
+            log.readable,
             ev,
         );
         TdxInfo {
@@ -135,6 +185,7 @@ impl TdxInfo {
             host_platform_flag,
             module,
             module_log,
+            module_version: module_version(log),
             keys,
             nohibernate,
         }
@@ -149,6 +200,7 @@ impl TdxInfo {
         module: TdxModuleState,
         module_log: &Option<String>,
         nohibernate: bool,
+        log_readable: bool,
         ev: Vec<Evidence>,
     ) -> Verdict {
         if let Some(c) = cpu
@@ -216,6 +268,23 @@ impl TdxInfo {
                 REMEDY_NO_MODULE,
             );
         }
+        // kvm_intel turns its tdx parameter back to N when TDX initialisation fails
+        // (arch/x86/kvm/vmx/tdx.c, tdx_bringup): asking for tdx=1 again is no remedy.
+        let asked = kernel
+            .cmdline
+            .value("kvm_intel.tdx")
+            .is_some_and(|v| matches!(v, "1" | "y" | "Y" | "on"));
+        if asked {
+            return Verdict::no(
+                ev,
+                if log_readable {
+                    "kvm_intel.tdx=1 is on the command line, yet kvm_intel has tdx=N: TDX initialisation failed, and the kernel log does not say why"
+                } else {
+                    "kvm_intel.tdx=1 is on the command line, yet kvm_intel has tdx=N: TDX initialisation failed; the kernel log, which says why, could not be read"
+                },
+                "read the kernel log as root (`dmesg | grep -i tdx`) for the reason TDX did not initialise, then fix that (BIOS TDX settings, TDX module)",
+            );
+        }
         Verdict::no(
             ev,
             "kvm_intel was loaded with tdx=N (off by default upstream)",
@@ -227,6 +296,30 @@ impl TdxInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn module_version_in_either_form() {
+        let log = |lines: &[&str]| KernelLogInfo {
+            readable: true,
+            relevant: lines.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(
+            module_version(&log(&[
+                "virt/tdx: BIOS enabled: private KeyID range [32, 64)",
+                "virt/tdx: TDX module: attributes 0x0, vendor_id 0x8086, major_version 1, minor_version 5, build_date 20240129, build_num 698",
+                "virt/tdx: module initialized",
+            ])),
+            Some("1.5 build 698 (20240129)".to_string())
+        );
+        assert_eq!(
+            module_version(&log(&["virt/tdx: TDX module version: 1.5.06.00.0744"])),
+            Some("1.5.06.00.0744".to_string())
+        );
+        assert_eq!(
+            module_version(&log(&["virt/tdx: module initialized"])),
+            None
+        );
+    }
     use crate::inventory::cmdline::Cmdline;
     use crate::inventory::kernel::ModuleState;
     use crate::inventory::verdict::State;
@@ -284,6 +377,33 @@ mod tests {
         assert_eq!(t.keys, Some(63));
         assert_eq!(t.module, TdxModuleState::Initialized);
         assert!(t.verdict.evidence.iter().any(|e| e.observed == "Y"));
+    }
+
+    /// Issue 13 item 8: with kvm_intel.tdx=1 already on the command line, the remedy is
+    /// not "add kvm_intel.tdx=1".
+    #[test]
+    fn tdx_asked_for_but_off_does_not_say_add_it() {
+        let unreadable = KernelLogInfo {
+            readable: false,
+            relevant: Vec::new(),
+        };
+        let t = TdxInfo::judge(
+            Some(&cpu("vmx tdx_host_platform")),
+            &kernel("nohibernate kvm_intel.tdx=1", ModuleState::Loaded),
+            &unreadable,
+            Some(&param("N")),
+            None,
+        );
+        let remedy = t.verdict.remedy.clone().unwrap_or_default();
+        assert!(!remedy.contains("add kvm_intel.tdx=1"), "{t:?}");
+        assert!(
+            t.verdict
+                .reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("could not be read"),
+            "{t:?}"
+        );
     }
 
     #[test]

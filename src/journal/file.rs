@@ -32,12 +32,12 @@ pub struct FileRestore {
 /// already has this content is left alone and nothing is journaled. Returns whether
 /// it changed anything. Files cchost changed before keep their first original.
 pub fn write_file(
+    host: &HostRoot,
     journal: &mut Journal,
     path: &str,
     contents: &str,
     mode: u32,
 ) -> Result<bool, JournalError> {
-    let host = journal.host().clone();
     let current = match host.read_bytes(path) {
         Ok(b) => Some(
             String::from_utf8(b)
@@ -50,20 +50,31 @@ pub fn write_file(
         return Ok(false);
     }
     let already = journal.find(FILE_KIND, path).is_some();
+    // An existing file keeps its mode; its former content goes into the journal.
+    let existing_mode = host.mode_of(path);
+    let mode = existing_mode.unwrap_or(mode);
+    if current.is_some() && !already {
+        tracing::warn!(
+            path,
+            "replacing a file cchost did not write; its former content is kept in the journal for `cchost undo`"
+        );
+    }
     let change = FileChange {
         path: path.to_string(),
         contents: contents.to_string(),
         mode,
     };
-    let seq = if already {
-        // The first entry keeps the true original; this write needs no entry of its own
-        // beyond marking the file as being changed again.
-        None
+    let seq = if let Some(e) = journal.find(FILE_KIND, path) {
+        // The first entry keeps the true original; it records the new content (what
+        // undo expects to find, to tell an operator's later edit from cchost's own).
+        let seq = e.seq;
+        journal.reapplying_with(seq, &change)?;
+        Some(seq)
     } else {
         let restore = FileRestore {
             path: path.to_string(),
             original: current,
-            mode: 0o644,
+            mode: existing_mode.unwrap_or(0o644),
         };
         Some(journal.begin(FILE_KIND, path, &change, &restore)?)
     };
@@ -83,11 +94,33 @@ impl Restorer for FileRestorer {
         FILE_KIND
     }
 
+    /// Refuses, naming the file, when the operator edited it after cchost's write in a
+    /// way that cannot be kept (see [`take_back`](super::take_back)).
     fn restore(&self, host: &HostRoot, entry: &Entry) -> Result<(), RestoreError> {
         let r: FileRestore = entry.restore_as()?;
-        match &r.original {
-            Some(text) => host.write_atomic(&r.path, text.as_bytes(), r.mode)?,
-            None => host.remove_file(&r.path)?,
+        let c: FileChange = entry.change_as()?;
+        let current = match host.read_bytes(&r.path) {
+            Ok(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
+        };
+        let edited = || {
+            RestoreError::refused(format!(
+                "{}: edited after cchost wrote it; undo will not overwrite those edits \
+                 (nothing was changed). Put back what cchost changed by hand, or move the \
+                 file away, then run `cchost undo` again",
+                r.path
+            ))
+        };
+        match (&r.original, current) {
+            (None, None) => {}
+            (None, Some(cur)) if cur == c.contents => host.remove_file(&r.path)?,
+            (None, Some(_)) => return Err(edited()),
+            (Some(text), None) => host.write_atomic(&r.path, text.as_bytes(), r.mode)?,
+            (Some(text), Some(cur)) => {
+                let back = super::take_back(text, &c.contents, &cur).ok_or_else(edited)?;
+                host.write_atomic(&r.path, back.as_bytes(), r.mode)?;
+            }
         }
         Ok(())
     }

@@ -20,7 +20,10 @@
 //! A journal that does not parse is an error naming the file, and nothing is changed.
 
 mod file;
+mod merge;
 mod restore;
+
+pub use merge::take_back;
 
 pub use file::{FILE_KIND, FileChange, FileRestore, FileRestorer, write_file};
 pub use restore::{Recovery, RestoreError, Restored, Restorer, recover, undo_all};
@@ -140,6 +143,27 @@ pub enum JournalError {
     UnknownKind(String),
 }
 
+/// Default for how long a command waits for another cchost process's journal lock.
+pub const DEFAULT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Milliseconds to wait for the journal lock (set once by the CLI, `--lock-wait`).
+static LOCK_WAIT_MS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(DEFAULT_LOCK_WAIT.as_millis() as u64);
+
+/// Sets how long [`Journal::open`] waits for the lock before it gives up.
+pub fn set_lock_wait(wait: std::time::Duration) {
+    LOCK_WAIT_MS.store(
+        u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+fn lock_wait() -> crate::host::LockWait {
+    crate::host::LockWait::Upto(std::time::Duration::from_millis(
+        LOCK_WAIT_MS.load(std::sync::atomic::Ordering::Relaxed),
+    ))
+}
+
 /// The open journal. Holding it holds the lock.
 #[derive(Debug)]
 pub struct Journal {
@@ -149,9 +173,10 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens (or starts) the journal under the host root, waiting for the lock.
+    /// Opens (or starts) the journal under the host root, waiting for the lock (saying
+    /// so) at most the time set with [`set_lock_wait`].
     pub fn open(host: &HostRoot) -> Result<Self, JournalError> {
-        let lock = host.lock_exclusive(LOCK_PATH)?;
+        let lock = host.lock_exclusive(LOCK_PATH, lock_wait())?;
         let file = match host.read_bytes(JOURNAL_PATH) {
             Ok(bytes) => parse(&bytes).map_err(|reason| JournalError::Corrupt {
                 path: host.lexical(JOURNAL_PATH),
@@ -192,7 +217,9 @@ impl Journal {
         self.host.lexical(JOURNAL_PATH)
     }
 
-    pub fn host(&self) -> &HostRoot {
+    /// The host the journal lives on, for the journal's own restores. Actuators take the
+    /// host as a parameter beside the journal rather than pulling it out of here.
+    pub(crate) fn host(&self) -> &HostRoot {
         &self.host
     }
 

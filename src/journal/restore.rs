@@ -7,18 +7,34 @@ use crate::host::{HostError, HostRoot};
 
 /// Why a restore failed (actuator-specific message).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct RestoreError(pub String);
+#[error("{message}")]
+pub struct RestoreError {
+    pub message: String,
+    /// True when the restorer refused before touching anything (the entry stays
+    /// `applied`, not `restoring`).
+    pub refused: bool,
+}
 
 impl RestoreError {
     pub fn new(msg: impl Into<String>) -> Self {
-        RestoreError(msg.into())
+        RestoreError {
+            message: msg.into(),
+            refused: false,
+        }
+    }
+
+    /// A refusal: nothing was changed.
+    pub fn refused(msg: impl Into<String>) -> Self {
+        RestoreError {
+            message: msg.into(),
+            refused: true,
+        }
     }
 }
 
 impl From<HostError> for RestoreError {
     fn from(e: HostError) -> Self {
-        RestoreError(e.to_string())
+        RestoreError::new(e.to_string())
     }
 }
 
@@ -135,11 +151,16 @@ pub fn undo_all(
     for entry in todo {
         let r = restorer_for(restorers, &entry)?;
         journal.restoring(entry.seq)?;
-        r.restore(journal.host(), &entry)
-            .map_err(|source| JournalError::Restore {
+        if let Err(source) = r.restore(journal.host(), &entry) {
+            if source.refused {
+                // Nothing was touched: the change is still in place, as before.
+                journal.applied(entry.seq)?;
+            }
+            return Err(JournalError::Restore {
                 entry: entry.to_string(),
                 source,
-            })?;
+            });
+        }
         journal.forget(entry.seq)?;
         done.push(Restored {
             seq: entry.seq,

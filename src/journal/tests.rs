@@ -185,11 +185,12 @@ fn file_change_is_journaled_and_undone() {
     fs::create_dir_all(dir.path().join("etc")).unwrap();
     fs::write(dir.path().join("etc/existing.conf"), "old\n").unwrap();
     let mut j = Journal::open(&host).unwrap();
-    assert!(write_file(&mut j, "/etc/existing.conf", "new\n", 0o644).unwrap());
-    assert!(write_file(&mut j, "/etc/existing.conf", "newer\n", 0o644).unwrap());
-    assert!(!write_file(&mut j, "/etc/existing.conf", "newer\n", 0o644).unwrap());
+    assert!(write_file(&host, &mut j, "/etc/existing.conf", "new\n", 0o644).unwrap());
+    assert!(write_file(&host, &mut j, "/etc/existing.conf", "newer\n", 0o644).unwrap());
+    assert!(!write_file(&host, &mut j, "/etc/existing.conf", "newer\n", 0o644).unwrap());
     assert!(
         write_file(
+            &host,
             &mut j,
             "/etc/modules-load.d/cchost.conf",
             "vfio_pci\n",
@@ -228,4 +229,69 @@ fn lock_serialises_two_openers() {
     drop(j);
     rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
     t.join().unwrap();
+}
+
+#[test]
+fn file_write_keeps_the_existing_mode_and_undo_restores_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, host) = host();
+    let p = dir.path().join("etc/modules-load.d/x.conf");
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, "old\n").unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+    let mut j = Journal::open(&host).unwrap();
+    assert!(write_file(&host, &mut j, "/etc/modules-load.d/x.conf", "new\n", 0o644).unwrap());
+    assert_eq!(
+        fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+    undo_all(&mut j, &[&FileRestorer]).unwrap();
+    assert_eq!(fs::read_to_string(&p).unwrap(), "old\n");
+    assert_eq!(
+        fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+}
+
+/// Item 6: undo never destroys an operator's edit made after cchost's change.
+#[test]
+fn undo_refuses_over_a_later_edit_and_keeps_an_edit_elsewhere() {
+    let (dir, host) = host();
+    let p = dir.path().join("etc/default/grub");
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, "A=1\nCMD=\"quiet\"\n").unwrap();
+    let mut j = Journal::open(&host).unwrap();
+    assert!(
+        write_file(
+            &host,
+            &mut j,
+            "/etc/default/grub",
+            "A=1\nCMD=\"quiet iommu=on\"\n",
+            0o644
+        )
+        .unwrap()
+    );
+    // The operator edits the same line afterwards: undo refuses, names the file, and
+    // changes nothing; the entry stays for a later undo.
+    fs::write(&p, "A=1\nCMD=\"quiet iommu=on nosmt\"\n").unwrap();
+    let e = undo_all(&mut j, &[&FileRestorer]).unwrap_err().to_string();
+    assert!(
+        e.contains("/etc/default/grub") && e.contains("edited"),
+        "{e}"
+    );
+    assert_eq!(
+        fs::read_to_string(&p).unwrap(),
+        "A=1\nCMD=\"quiet iommu=on nosmt\"\n"
+    );
+    assert_eq!(j.entries().len(), 1);
+    assert_eq!(j.entries()[0].state, EntryState::Applied);
+    // An edit of another line is kept while cchost's line is taken back.
+    fs::write(&p, "A=2\nCMD=\"quiet iommu=on\"\n").unwrap();
+    undo_all(&mut j, &[&FileRestorer]).unwrap();
+    assert_eq!(fs::read_to_string(&p).unwrap(), "A=2\nCMD=\"quiet\"\n");
+    // A file cchost created and the operator then edited is not removed.
+    assert!(write_file(&host, &mut j, "/etc/new.conf", "x\n", 0o644).unwrap());
+    fs::write(dir.path().join("etc/new.conf"), "x\nmine\n").unwrap();
+    assert!(undo_all(&mut j, &[&FileRestorer]).is_err());
+    assert!(dir.path().join("etc/new.conf").exists());
 }

@@ -49,23 +49,67 @@ pub fn live_query(
     }
 }
 
+/// The live reader for `cchost plan`, which only reads: a runtime-suspended GPU is
+/// not woken (waking writes `power/control`); it is reported as not read.
+pub fn live_query_no_wake(
+    host: &HostRoot,
+) -> impl Fn(&PciDevice, Family) -> Result<Result<CcState, CcError>, NotAsked> + '_ {
+    move |pci, family| {
+        let status = host
+            .read_attr_opt(device_dir(&pci.address).join("power/runtime_status"))
+            .map_err(|e| NotAsked::Unreadable(e.to_string()))?;
+        if status.as_deref().is_some_and(|s| s != "active") {
+            return Err(NotAsked::Busy(
+                "runtime-suspended, and reading it would mean waking it (a write); \
+                 `cchost gpu cc query` wakes it and puts the power setting back"
+                    .to_string(),
+            ));
+        }
+        live_query(host)(pci, family)
+    }
+}
+
 /// The modes read so far, by PCI address.
 #[derive(Debug, Default)]
 pub struct CcModeCache {
     last: HashMap<String, CcMode>,
+    /// A node mode the CC manager wants but could not apply everywhere yet (a device in
+    /// use); shown as `<prefix>/cc.mode.pending`.
+    pending: Option<String>,
 }
 
+/// The cache shared by the labeler and the label-driven CC manager, which records the
+/// state each switch verified (a switched GPU is often runtime-suspended afterwards and
+/// would not be read again).
+pub type SharedCcModes = std::sync::Arc<std::sync::Mutex<CcModeCache>>;
+
 impl CcModeCache {
+    /// Records a state read by someone else (a switch's verified `after`).
+    pub fn record(&mut self, address: &str, state: &CcState) {
+        self.last.insert(address.to_string(), mode_of(state));
+    }
+
+    /// Sets or clears the mode waiting for busy devices.
+    pub fn set_pending(&mut self, mode: Option<String>) {
+        self.pending = mode;
+    }
+
     /// Fills `cc_mode` of every CC-capable GPU in `facts`: read now when it may be read,
     /// else the last value read. This runs every labeler round, so the processes are
     /// scanned once for all GPUs, not once per GPU.
+    /// Returns the GPUs whose mode is unknown after this round, with why.
     pub fn fill(
         &mut self,
         host: &HostRoot,
         matching: &MatchConfig,
         facts: &mut NodeFacts,
         query: &Query<'_>,
-    ) {
+    ) -> Vec<(String, String)> {
+        let mut unread: Vec<(String, String)> = Vec::new();
+        let mut not_now = |address: &str, why: &NotAsked| {
+            not_now(address, why);
+            unread.push((address.to_string(), why.to_string()));
+        };
         let mut askable: Vec<(PciDevice, Family)> = Vec::new();
         for gpu in facts.gpus.iter().filter(|g| g.cc_capable) {
             let known = self.last.contains_key(&gpu.address);
@@ -102,9 +146,12 @@ impl CcModeCache {
         for gpu in facts.gpus.iter_mut().filter(|g| g.cc_capable) {
             gpu.cc_mode = self.last.get(&gpu.address).copied();
         }
+        facts.cc_pending = self.pending.clone();
         // Devices that left the host are forgotten.
         self.last
             .retain(|a, _| facts.gpus.iter().any(|g| &g.address == a));
+        unread.retain(|(a, _)| !self.last.contains_key(a));
+        unread
     }
 }
 

@@ -53,12 +53,16 @@ impl SinkError {
     }
 }
 
-/// Every (API group, resource, verb) this module asks the API server for; the shipped
+/// Every (API group, resource, verb) this module asks the API server for (`watch`: the
+/// own-Node watch of [`super::drift`], field selector `metadata.name`); the shipped
 /// RBAC (deploy/kubernetes/cchost.yaml) is tested against it. `nodefeatures` only with
 /// `labels.backend = "node-feature"`, in cchost's namespace.
 pub const RBAC_NEEDED: &[(&str, &str, &str)] = &[
     ("", "nodes", "get"),
     ("", "nodes", "patch"),
+    // The watch on the own Node (labels::node_watch, `cc.follow_label`).
+    ("", "nodes", "list"),
+    ("", "nodes", "watch"),
     ("", "nodes/status", "patch"),
     ("nfd.k8s-sigs.io", "nodefeatures", "get"),
     ("nfd.k8s-sigs.io", "nodefeatures", "create"),
@@ -223,6 +227,50 @@ impl KubeLabeler {
         self.labels = Some(labels);
         self.resources = Some(resources);
         Ok(())
+    }
+
+    /// The client this labeler writes with.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The Node this labeler keeps.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Whether `node` (as the server now has it) lacks a label or extended resource this
+    /// labeler knows it applied, or holds another value. Only the Node backend keeps
+    /// labels on the Node; extended resources are on its status in both backends.
+    pub fn drifted(&self, node: &Node) -> bool {
+        if self.mode == KubeMode::Node
+            && let Some(want) = &self.labels
+        {
+            let have = node.metadata.labels.as_ref();
+            if want
+                .iter()
+                .any(|(k, v)| have.and_then(|h| h.get(k)) != Some(v))
+            {
+                return true;
+            }
+        }
+        if let Some(want) = &self.resources {
+            let have = node.status.as_ref().and_then(|s| s.capacity.as_ref());
+            if want
+                .iter()
+                .any(|(k, v)| have.and_then(|h| h.get(k)).map(|q| &q.0) != Some(v))
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Forgets what is known to be on the server: the next sync reads it again (once)
+    /// and writes what differs.
+    pub fn forget(&mut self) {
+        self.labels = None;
+        self.resources = None;
     }
 
     fn nf_name(&self) -> String {

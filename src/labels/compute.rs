@@ -14,13 +14,29 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::config::LabelsConfig;
-use crate::inventory::facts::{CcMode, IommuMode, NodeFacts};
+use crate::inventory::facts::{CcMode, CpuVendor, IommuMode, NodeFacts};
 
 pub const TDX_LABEL: &str = "intel.feature.node.kubernetes.io/tdx";
 pub const SNP_LABEL: &str = "amd.feature.node.kubernetes.io/snp";
 pub const NV_CC_CAPABLE: &str = "nvidia.com/cc.capable";
 pub const NV_CC_MODE_STATE: &str = "nvidia.com/cc.mode.state";
 pub const NV_CC_READY_STATE: &str = "nvidia.com/cc.ready.state";
+/// The GPU Operator's "this node has NVIDIA GPUs" label (gpu-operator
+/// controllers/state_manager.go `commonGPULabelKey`).
+pub const NV_GPU_PRESENT: &str = "nvidia.com/gpu.present";
+/// The GPU Operator's scheduling label of its vfio-manager DaemonSet
+/// (assets/state-vfio-manager/0500_daemonset.yaml nodeSelector).
+pub const NV_DEPLOY_VFIO_MANAGER: &str = "nvidia.com/gpu.deploy.vfio-manager";
+/// The GPU Operator's scheduling label of the Kata sandbox device plugin
+/// (controllers/state_manager.go `kataDevicePluginDeployLabelKey`).
+pub const NV_DEPLOY_KATA_DEVICE_PLUGIN: &str = "nvidia.com/gpu.deploy.kata-sandbox-device-plugin";
+/// NFD's Kata label, set by the `osc-rules` NodeFeatureRule (coco-pattern
+/// charts/coco-supported/baremetal/templates/kata-nfd.yaml) and required by the
+/// sandboxed-containers operator's node eligibility check.
+pub const RUNTIME_KATA_LABEL: &str = "feature.node.kubernetes.io/runtime.kata";
+/// The SGX label coco-pattern's DCAP and SGX device plugin select on
+/// (charts/all/intel-dcap/templates/dcap-operator-cr.yaml).
+pub const SGX_LABEL: &str = "intel.feature.node.kubernetes.io/sgx";
 pub const TDX_KEYS_RESOURCE: &str = "tdx.intel.com/keys";
 pub const SNP_ESIDS_RESOURCE: &str = "sev-snp.amd.com/esids";
 const NFD_PREFIX: &str = "feature.node.kubernetes.io/cpu-security.";
@@ -103,12 +119,20 @@ pub fn compute(facts: &NodeFacts, cfg: &LabelsConfig) -> NodeLabels {
             IommuMode::Translated => "translated",
             IommuMode::Passthrough => "passthrough",
             IommuMode::Mixed => "mixed",
-            IommuMode::Unknown => "unknown",
+            // Groups exist (enabled), so the mode is never Off here.
+            IommuMode::Off | IommuMode::Unknown => "unknown",
         };
         put(&mut out, p("iommu.mode"), mode);
     }
     if facts.module_active("vhost_vsock") && facts.vhost_vsock_device {
         put(&mut out, p("vsock"), "true");
+    }
+    if runs_kata(facts) {
+        put(&mut out, RUNTIME_KATA_LABEL.to_string(), "true");
+    }
+    // SGX is an Intel feature; a contradicting vendor labels nothing.
+    if facts.sgx.enabled() && facts.cpu_vendor == Some(CpuVendor::Intel) {
+        put(&mut out, SGX_LABEL.to_string(), "true");
     }
 
     if !facts.gpus.is_empty() {
@@ -121,6 +145,10 @@ pub fn compute(facts: &NodeFacts, cfg: &LabelsConfig) -> NodeLabels {
         }
         if cfg.nvidia {
             nvidia_labels(facts, &mut out);
+            sandbox_labels(facts, &mut out);
+        }
+        if let Some(m) = &facts.cc_pending {
+            put(&mut out, p("cc.mode.pending"), m);
         }
     }
     out
@@ -150,6 +178,37 @@ fn nvidia_labels(facts: &NodeFacts, out: &mut NodeLabels) {
         .insert(NV_CC_MODE_STATE.to_string(), state.to_string());
     out.labels
         .insert(NV_CC_READY_STATE.to_string(), ready.to_string());
+}
+
+/// The labels the sandboxed-containers operator and the GPU Operator select on for GPU
+/// passthrough (gpu.present, and the two "deploy" labels of the jobs cchost does here).
+/// Each one only when true: a GPU is matched, and cchost binds them to vfio (the
+/// vfio-manager's job) or serves them to the kubelet (the sandbox device plugin's job).
+fn sandbox_labels(facts: &NodeFacts, out: &mut NodeLabels) {
+    let t = |out: &mut NodeLabels, k: &str| {
+        out.labels.insert(k.to_string(), "true".to_string());
+    };
+    t(out, NV_GPU_PRESENT);
+    if facts.duties.binds_gpus {
+        t(out, NV_DEPLOY_VFIO_MANAGER);
+    }
+    if facts.duties.serves_gpus {
+        t(out, NV_DEPLOY_KATA_DEVICE_PLUGIN);
+    }
+}
+
+/// NFD's `runtime.kata` rule, as the sandboxed-containers operator's NodeFeatureRule
+/// states it: SSE4.2 and VT-x with kvm + kvm_intel, or SSE4.2 and AMD-V with kvm +
+/// kvm_amd. cchost also asks for `/dev/kvm` (the module can be loaded with
+/// virtualization off in the BIOS, and then there is no device) and accepts a built-in
+/// module (NFD's `loadedmodule` only sees loadable ones).
+pub fn runs_kata(facts: &NodeFacts) -> bool {
+    let v = &facts.virt;
+    let kvm = facts.kvm_device && facts.module_active("kvm");
+    v.sse4_2
+        && kvm
+        && ((v.vmx && facts.module_active("kvm_intel"))
+            || (v.svm && facts.module_active("kvm_amd")))
 }
 
 fn common<'a>(mut it: impl Iterator<Item = Option<&'a str>>) -> Option<&'a str> {
@@ -231,7 +290,7 @@ mod tests {
 
     fn tdx_host() -> NodeFacts {
         NodeFacts {
-            cpu_vendor: CpuVendor::Intel,
+            cpu_vendor: Some(CpuVendor::Intel),
             tdx: TdxFacts {
                 capable: true,
                 enabled: true,
@@ -248,7 +307,7 @@ mod tests {
 
     fn snp_host() -> NodeFacts {
         NodeFacts {
-            cpu_vendor: CpuVendor::Amd,
+            cpu_vendor: Some(CpuVendor::Amd),
             snp: SnpFacts {
                 capable: true,
                 enabled: true,

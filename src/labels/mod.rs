@@ -4,10 +4,13 @@
 
 pub mod cc_mode;
 pub mod compute;
+pub mod duties;
 
 pub use compute::{NodeLabels, compute};
 pub mod cluster;
+pub mod drift;
 pub mod nfdfile;
+pub mod node_watch;
 pub mod service;
 
 pub use service::{FactSource, LabelerContext, inventory_facts, run_labeler};

@@ -32,6 +32,16 @@ pub enum FileError {
     Host(#[from] HostError),
     #[error("{path}: {size} bytes is over nfd-worker's 64 kB limit for a feature file")]
     TooBig { path: String, size: usize },
+    #[error(
+        "{path}: this file was not written by cchost (it lacks cchost's header line); \
+         leaving it as it is: remove it, or set labels.feature_file to another name"
+    )]
+    NotOurs { path: String },
+}
+
+/// True when `text` is a file cchost wrote (it starts with cchost's header line).
+pub fn is_ours(text: &str) -> bool {
+    text.starts_with(HEADER)
 }
 
 /// Keeps the file equal to the wanted labels, writing only on change.
@@ -64,7 +74,16 @@ impl FileLabeler {
         }
         let on_disk = self.host.read_string_opt(&self.path)?;
         if on_disk.as_deref() != Some(text.as_str()) {
-            self.host.write_atomic(&self.path, text.as_bytes(), 0o644)?;
+            // Another tool's file (or any host file the config was pointed at) is never
+            // replaced: only one cchost wrote, recognised by its header.
+            if on_disk.as_deref().is_some_and(|t| !is_ours(t)) {
+                return Err(FileError::NotOurs {
+                    path: self.path.display().to_string(),
+                });
+            }
+            // An existing file keeps the mode the operator gave it.
+            let mode = self.host.mode_of(&self.path).unwrap_or(0o644);
+            self.host.write_atomic(&self.path, text.as_bytes(), mode)?;
             tracing::info!(path = %self.path.display(), count = want.labels.len(), "NFD feature file written");
             self.last = Some(text);
             return Ok(true);
@@ -120,6 +139,31 @@ mod tests {
         assert!(g.sync(&labels(&[("cchost.io/tee", "none")])).unwrap());
         let text = std::fs::read_to_string(local.join("cchost")).unwrap();
         assert!(!text.contains("intel.feature"));
+    }
+
+    #[test]
+    fn a_file_cchost_did_not_write_is_never_replaced_and_a_mode_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path()).unwrap();
+        let p = "/etc/kubernetes/node-feature-discovery/features.d/cchost";
+        let local = dir.path().join(p.trim_start_matches('/'));
+        std::fs::create_dir_all(local.parent().unwrap()).unwrap();
+        std::fs::write(&local, "vendor.example/feature=true\n").unwrap();
+        let mut f = FileLabeler::new(host.clone(), p);
+        let e = f.sync(&labels(&[("cchost.io/tee", "tdx")])).unwrap_err();
+        assert!(matches!(e, FileError::NotOurs { .. }), "{e}");
+        assert!(e.to_string().contains(p), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&local).unwrap(),
+            "vendor.example/feature=true\n"
+        );
+        // cchost's own file with a mode the operator chose: rewritten, mode kept.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&local, format!("{HEADER}cchost.io/tee=none\n")).unwrap();
+        std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(f.sync(&labels(&[("cchost.io/tee", "tdx")])).unwrap());
+        let meta = std::fs::metadata(&local).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
     }
 
     #[test]

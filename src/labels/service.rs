@@ -6,7 +6,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Node;
+use tokio::sync::watch;
+
 use super::cluster::{self, KubeLabeler, KubeMode};
+use super::drift;
 use super::nfdfile::FileLabeler;
 use super::{NodeLabels, compute};
 use crate::config::{LabelBackend, LabelsConfig};
@@ -18,14 +22,17 @@ pub type FactSource = Arc<dyn Fn(&HostRoot) -> Result<NodeFacts, String> + Send 
 
 /// The fact source `cchost run` uses: a fresh inventory of the host each round, plus the
 /// GPUs' CC mode read from their firmware where that is safe ([`super::cc_mode`]).
-pub fn inventory_facts(config: crate::config::Config) -> FactSource {
-    let cache = std::sync::Mutex::new(super::cc_mode::CcModeCache::default());
+pub fn inventory_facts(
+    config: crate::config::Config,
+    cache: super::cc_mode::SharedCcModes,
+) -> FactSource {
     Arc::new(move |host: &HostRoot| {
         let inv = crate::inventory::Inventory::collect(host, &config);
         for p in &inv.problems {
             tracing::debug!(path = %p.path.display(), "{}", p.message);
         }
         let mut facts = NodeFacts::from_inventory(&inv);
+        facts.duties = super::duties::duties(&config, host);
         if config.labels.nvidia {
             let query = super::cc_mode::live_query(host);
             cache
@@ -179,7 +186,20 @@ async fn round(ctx: &LabelerContext, sink: &mut Sink) -> Result<bool, String> {
     }
 }
 
-/// Runs until `shutdown` completes. Errors are logged and retried with backoff.
+/// The next version of the Node from the drift watch; pending forever without one.
+async fn next_node(rx: &mut Option<watch::Receiver<Option<Node>>>) -> Option<Node> {
+    match rx {
+        Some(r) => match r.changed().await {
+            Ok(()) => r.borrow_and_update().clone(),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs until `shutdown` completes. Errors are logged and retried with backoff. With a
+/// cluster backend it also watches its own Node ([`super::drift`]) and writes again at
+/// once when someone else removed or changed what it applied.
 pub async fn run_labeler(ctx: LabelerContext, shutdown: impl Future<Output = ()>) {
     run_labeler_reporting(ctx, shutdown, |_| {}).await;
 }
@@ -195,11 +215,17 @@ pub async fn run_labeler_reporting(
     let interval = Duration::from_secs(ctx.config.interval_seconds.max(1));
     let mut backoff = Backoff::default();
     let mut sink: Option<Sink> = None;
+    let mut node_rx: Option<watch::Receiver<Option<Node>>> = None;
     loop {
         let wait = async {
             if sink.is_none() {
                 match make_sink(&ctx).await {
-                    Ok(s) => sink = Some(s),
+                    Ok(s) => {
+                        if let Sink::Kube(k) = &s {
+                            node_rx = Some(drift::watch_own_node(k.client(), k.node().to_string()));
+                        }
+                        sink = Some(s)
+                    }
                     Err(e) => {
                         let d = backoff.fail();
                         tracing::error!(error = %e, retry_in = ?d, "labeler cannot start its backend");
@@ -229,9 +255,22 @@ pub async fn run_labeler_reporting(
             d = wait => d,
             () = &mut shutdown => return,
         };
-        tokio::select! {
-            () = tokio::time::sleep(d) => {}
-            () = &mut shutdown => return,
+        let sleep = tokio::time::sleep(d);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => break,
+                () = &mut shutdown => return,
+                n = next_node(&mut node_rx) => {
+                    if let (Some(n), Some(Sink::Kube(k))) = (n, sink.as_mut())
+                        && k.drifted(&n)
+                    {
+                        tracing::info!(node = %k.node(), "the Node lost or changed labels or resources cchost applied; writing them again");
+                        k.forget();
+                        break;
+                    }
+                }
+            }
         }
     }
 }

@@ -422,6 +422,17 @@ mod tests {
     }
 
     #[test]
+    fn every_metric_is_documented() {
+        let doc = include_str!("../../docs/observability.md");
+        for name in METRICS.names() {
+            assert!(
+                doc.contains(&format!("| `{name}` |")),
+                "{name} is not in docs/observability.md"
+            );
+        }
+    }
+
+    #[test]
     fn wrong_label_counts_and_retain_do_not_panic() {
         let g = Family::new("g", "g", Kind::Gauge, &["a", "b"]);
         g.set(&["1"], 1.0);

@@ -2,7 +2,7 @@
 //! Pure: the same inputs give the same plan.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -22,6 +22,17 @@ pub struct PlanInputs {
     pub boot: Result<Option<BootConfig>, String>,
     /// The current content of the modules-load.d file cchost owns (None: absent).
     pub modules_file: Option<String>,
+    /// Each Kata `config.d` drop-in path ([`crate::hostcfg::kata`]): its current
+    /// content, and whether the runtime's directory (the parent of `config.d`) exists.
+    pub kata_dropins: Vec<KataDropinState>,
+}
+
+/// A Kata drop-in as the host has it now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KataDropinState {
+    pub path: PathBuf,
+    pub current: Option<String>,
+    pub runtime_dir: bool,
 }
 
 /// One change `apply` makes, in order.
@@ -44,6 +55,8 @@ pub enum Action {
         modules: Vec<String>,
         content: String,
     },
+    /// Write a Kata `config.d` drop-in (the QGS port of TDX guests).
+    KataDropin { path: PathBuf, content: String },
 }
 
 impl Action {
@@ -72,6 +85,12 @@ impl Action {
             Action::LoadModule { module, .. } => format!("load module {module} (modprobe)"),
             Action::PersistModules { path, modules, .. } => {
                 format!("write {} ({})", path.display(), modules.join(", "))
+            }
+            Action::KataDropin { path, .. } => {
+                format!(
+                    "write {} (Kata: where TDX guests reach QGS)",
+                    path.display()
+                )
             }
         }
     }
@@ -116,13 +135,13 @@ pub fn choose(cfg: &Config, f: &NodeFacts) -> ProfileChoiceMade {
         ProfileChoice::Snp => (Platform::Snp, "kernel.profile = \"snp\"".to_string()),
         ProfileChoice::None => (Platform::None, "kernel.profile = \"none\"".to_string()),
         ProfileChoice::Auto => {
-            if f.tdx.enabled || (f.cpu_vendor == CpuVendor::Intel && f.tdx.capable) {
+            if f.tdx.enabled || (f.cpu_vendor == Some(CpuVendor::Intel) && f.tdx.capable) {
                 (
                     Platform::Tdx,
                     "Intel CPU whose platform supports TDX (cpuinfo tdx_host_platform or kvm_intel tdx=Y)"
                         .to_string(),
                 )
-            } else if f.snp.enabled || (f.cpu_vendor == CpuVendor::Amd && f.snp.capable) {
+            } else if f.snp.enabled || (f.cpu_vendor == Some(CpuVendor::Amd) && f.snp.capable) {
                 (
                     Platform::Snp,
                     "AMD CPU with SEV-SNP (cpuinfo sev_snp or kvm_amd sev_snp=Y)".to_string(),
@@ -249,6 +268,8 @@ pub fn build(cfg: &Config, inputs: &PlanInputs) -> Plan {
         }
     }
 
+    kata_dropins(cfg, inputs, choice.platform, &mut actions, &mut notes);
+
     let NodeLabels {
         labels,
         extended_resources,
@@ -264,6 +285,44 @@ pub fn build(cfg: &Config, inputs: &PlanInputs) -> Plan {
         notes,
         labels,
         extended_resources,
+    }
+}
+
+/// The Kata QGS drop-ins on a TDX host with DCAP on: written where the runtime's
+/// directory exists and the content differs; a QGS setting Kata cannot reach is a note.
+fn kata_dropins(
+    cfg: &Config,
+    inputs: &PlanInputs,
+    platform: Platform,
+    actions: &mut Vec<Action>,
+    notes: &mut Vec<String>,
+) {
+    use crate::config::DcapEnable;
+    let dcap_on = match cfg.dcap.enable {
+        DcapEnable::On => true,
+        DcapEnable::Off => false,
+        DcapEnable::Auto => inputs.facts.tdx.enabled,
+    };
+    if !cfg.kata.qgs_dropin || platform != Platform::Tdx || !dcap_on {
+        return;
+    }
+    let content = match crate::hostcfg::kata::dropin_content(&cfg.dcap) {
+        Ok(c) => c,
+        Err(e) => {
+            notes.push(format!("Kata QGS drop-in not written: {e}"));
+            return;
+        }
+    };
+    for d in &inputs.kata_dropins {
+        if !d.runtime_dir {
+            continue;
+        }
+        if d.current.as_deref() != Some(content.as_str()) {
+            actions.push(Action::KataDropin {
+                path: d.path.clone(),
+                content: content.clone(),
+            });
+        }
     }
 }
 
@@ -287,9 +346,25 @@ pub fn gather(
             None
         }
     };
+    let kata_dropins = crate::hostcfg::kata::dropin_paths(&cfg.kata)
+        .into_iter()
+        .map(|path| {
+            let runtime_dir = path
+                .parent()
+                .and_then(Path::parent)
+                .is_some_and(|d| host.kind_followed(d) == Some(crate::host::NodeKind::Dir));
+            let current = host.read_string_opt(&path).ok().flatten();
+            KataDropinState {
+                path,
+                current,
+                runtime_dir,
+            }
+        })
+        .collect();
     PlanInputs {
         facts,
         boot,
         modules_file,
+        kata_dropins,
     }
 }

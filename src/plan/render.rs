@@ -59,7 +59,7 @@ pub fn to_text(plan: &Plan) -> String {
                 Action::LoadModule { why, .. } => {
                     let _ = writeln!(s, "     why: {why}");
                 }
-                Action::PersistModules { .. } => {}
+                Action::PersistModules { .. } | Action::KataDropin { .. } => {}
             }
         }
     }

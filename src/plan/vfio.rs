@@ -111,7 +111,7 @@ impl std::fmt::Display for Refusal {
             ),
             Refusal::NoIommu { address } => write!(
                 f,
-                "{address} has no IOMMU group: the IOMMU is off (enable VT-d/AMD-Vi in firmware and add intel_iommu=on or amd_iommu=on to the kernel command line)"
+                "{address} has no IOMMU group: the IOMMU is off (enable VT-d/AMD-Vi in firmware; on Intel also add intel_iommu=on to the kernel command line, while the AMD IOMMU is on by default and amd_iommu=on is not a valid value)"
             ),
             Refusal::BootVga { address } => write!(
                 f,
@@ -126,17 +126,46 @@ impl std::fmt::Display for Refusal {
                 "{address}: IOMMU group {group} also holds {} which would go to the VM with it; move them too, or set [vfio] allow_foreign_group_members = true",
                 members.join(", ")
             ),
-            Refusal::InUse { address, holders } => write!(
-                f,
-                "{address} is in use: {}",
-                holders
-                    .iter()
-                    .map(|h| h.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
+            Refusal::InUse { address, holders } => {
+                write!(
+                    f,
+                    "{address} is in use: {}",
+                    holders
+                        .iter()
+                        .map(|h| h.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )?;
+                let units = nvidia_daemons(holders);
+                if !units.is_empty() {
+                    write!(
+                        f,
+                        "; these are NVIDIA's host daemons of a pre-installed driver: stop them first (systemctl stop {}) and disable them if the GPUs stay on vfio; cchost does not stop services itself",
+                        units.join(" ")
+                    )?;
+                }
+                Ok(())
+            }
         }
     }
+}
+
+/// The systemd units of NVIDIA's host daemons among the holders (`nvidia-persistenced`
+/// keeps every GPU's /dev/nvidiaN open; `nv-fabricmanager` the NVSwitches' nodes).
+fn nvidia_daemons(holders: &[Holder]) -> Vec<&'static str> {
+    let mut units = Vec::new();
+    for h in holders {
+        // /proc/<pid>/comm is cut to 15 characters.
+        let unit = match h.comm.as_str() {
+            "nvidia-persiste" | "nvidia-persistenced" => "nvidia-persistenced.service",
+            "nv-fabricmanage" | "nv-fabricmanager" => "nvidia-fabricmanager.service",
+            _ => continue,
+        };
+        if !units.contains(&unit) {
+            units.push(unit);
+        }
+    }
+    units
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +187,41 @@ pub struct Plan {
 /// A driver name that is a vfio driver (`vfio-pci`, `nvgrace_gpu_vfio_pci`, ...).
 pub(crate) fn is_vfio_name(d: &str) -> bool {
     d.contains("vfio")
+}
+
+/// The plans to apply, the refused devices and the unreadable ones (`address: why`).
+pub type EachPlans = (Vec<Plan>, Vec<String>, Vec<String>);
+
+/// The plans for `bind --all` when some device is refused: one plan per matched device
+/// (GPUs, and NVSwitches with `vfio.bind_nvswitches`), so one device in use, the boot
+/// VGA device or a foreign group member does not keep the others from being bound. The
+/// refused ones come back as `address: reason` lines, the unreadable ones as errors.
+pub fn plan_all_or_each(
+    host: &HostRoot,
+    config: &Config,
+    inv: &GpuInventory,
+) -> Result<EachPlans, HostError> {
+    match plan_bind(host, config, inv, &Selection::All) {
+        Ok(p) => return Ok((vec![p], Vec::new(), Vec::new())),
+        Err(PlanError::Host(e)) => return Err(e),
+        Err(PlanError::Refused(_)) => {}
+    }
+    let (mut plans, mut refused, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    let wanted = inv
+        .devices
+        .iter()
+        .filter(|d| d.kind == GpuKind::Gpu || config.vfio.bind_nvswitches);
+    for d in wanted {
+        let sel = Selection::Addresses(vec![d.address]);
+        match plan_bind(host, config, inv, &sel) {
+            Ok(p) => plans.push(p),
+            Err(PlanError::Refused(rs)) => {
+                refused.extend(rs.iter().map(|r| format!("{}: {r}", d.address)))
+            }
+            Err(PlanError::Host(e)) => failed.push(format!("{}: {e}", d.address)),
+        }
+    }
+    Ok((plans, refused, failed))
 }
 
 /// Plans a bind. Reads the host, changes nothing.

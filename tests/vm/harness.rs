@@ -4,19 +4,18 @@
 //! modules, runs shell steps in the guest and hands their stdout, stderr and exit codes
 //! back to the test.
 //!
-//! Use from an integration test (`tests/vm_*.rs`):
+//! Use from a module of the real-kernel test crate (`tests/real_kernel/<topic>.rs`; its
+//! `main.rs` declares this file as `harness`):
 //!
 //! ```ignore
-//! #[path = "vm/harness.rs"]
-//! mod harness;
-//! use harness::Vm;
+//! use crate::harness::Vm;
 //!
 //! let run = Vm::new().kernel_args("intel_iommu=on").cmd("cchost --version").run();
 //! run.step(0).assert_success();
 //! ```
 //!
 //! See tests/vm/README.md for what the guest contains and how results travel back.
-#![allow(dead_code)] // each test binary uses a different part of the API
+#![allow(dead_code)] // the test crate and benches/vfio_bind.rs each use a part of the API
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;

@@ -44,11 +44,27 @@ impl ConfigSpace for SysfsConfig {
 pub enum OpenError {
     #[error(transparent)]
     Host(#[from] HostError),
-    #[error(
-        "{0}: PCI memory decode is disabled (COMMAND bit 1 clear); cchost does not write \
-         config space — enable it by binding vfio-pci or check the device"
-    )]
-    MemoryDecodeOff(PciAddress),
+    #[error("{addr}: PCI memory decode is disabled (COMMAND bit 1 clear); cchost does not write config space — {}", decode_remedy(addr, driver.as_deref()))]
+    MemoryDecodeOff {
+        addr: PciAddress,
+        driver: Option<String>,
+    },
+}
+
+/// What to do about memory decode being off. Binding vfio-pci turns it on, but a device
+/// already on a vfio driver is not helped by that advice: vfio-pci leaves decode off
+/// while no user has the device open (drivers/vfio/pci/vfio_pci_core.c disables the
+/// device on the last close).
+fn decode_remedy(addr: &PciAddress, driver: Option<&str>) -> String {
+    match driver {
+        Some(d) if d.contains("vfio") => format!(
+            "the device is on {d}, which leaves decode off while no VM uses it; turn it on with `setpci -s {addr} COMMAND=0x02:0x02` and try again"
+        ),
+        Some(d) => {
+            format!("the device is on {d}; bind vfio-pci (which enables it) or check the device")
+        }
+        None => "bind vfio-pci (which enables it) or check the device".to_string(),
+    }
 }
 
 /// The CC family of a matched GPU or NVSwitch; `None` for anything else.
@@ -142,7 +158,10 @@ pub fn open(
     let addr = pci.address;
     let power = host.wake_pci_device(&addr)?;
     if host.pci_memory_decode(&addr)? == Some(false) {
-        return Err(OpenError::MemoryDecodeOff(addr));
+        return Err(OpenError::MemoryDecodeOff {
+            addr,
+            driver: pci.driver.clone(),
+        });
     }
     let map = host.map_resource0(&addr, access)?;
     let device = CcDevice::new(

@@ -10,8 +10,10 @@
 //! - [`switch`]: mode changes for many devices at once, each reported on its own.
 //! - [`journaled`]: the same switches written to the journal first; undo and recovery.
 //! - [`live`]: opening real devices through `HostRoot` (mapping, wake-up, sysfs reset).
+//! - [`node_mode`]: one mode for the whole node (the `nvidia.com/cc.mode` label).
 //! - [`precheck`]: may this device be switched (driverless or vfio-pci, and unused)?
-//! - [`sim`]: a register-level simulator of the FSP that the same client code drives.
+//! - `sim` (cargo feature `test-support`): a register-level simulator of the FSP that
+//!   the same client code drives.
 
 pub mod bar0;
 pub mod device;
@@ -21,8 +23,10 @@ pub mod fsp;
 pub mod journaled;
 pub mod live;
 pub mod mode;
+pub mod node_mode;
 pub mod precheck;
 pub mod regs;
+#[cfg(any(test, feature = "test-support"))]
 pub mod sim;
 pub mod switch;
 pub mod transport;

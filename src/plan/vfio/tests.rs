@@ -278,3 +278,32 @@ fn restore_binding_refuses_a_held_device_before_writing() {
         .unwrap();
     assert_eq!(o, "(null)\n");
 }
+
+#[test]
+fn a_gpu_held_by_nvidia_persistenced_names_the_service_to_stop() {
+    let t = host();
+    t.file(
+        "/proc/driver/nvidia/gpus/0000:3b:00.0/information",
+        "Device Minor: \t 0\n",
+    )
+    // /proc/<pid>/comm is cut to 15 characters.
+    .file("/proc/1111/comm", "nvidia-persiste\n")
+    .link("/proc/1111/fd/3", "/dev/nvidia0");
+    let r = refusals(plan(&t, &Config::default(), Selection::All));
+    let msg = r[0].to_string();
+    assert!(
+        msg.contains("pid 1111 (nvidia-persiste)")
+            && msg.contains("systemctl stop nvidia-persistenced.service"),
+        "{msg}"
+    );
+    // Any other holder: no such advice.
+    let t = host();
+    t.file(
+        "/proc/driver/nvidia/gpus/0000:3b:00.0/information",
+        "Device Minor: \t 0\n",
+    )
+    .file("/proc/4242/comm", "python3\n")
+    .link("/proc/4242/fd/7", "/dev/nvidia0");
+    let msg = refusals(plan(&t, &Config::default(), Selection::All))[0].to_string();
+    assert!(!msg.contains("systemctl"), "{msg}");
+}

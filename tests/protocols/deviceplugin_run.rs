@@ -1,0 +1,110 @@
+//! `cchost run` as a process: it writes the CDI spec, serves and registers both
+//! resources, follows a device change, and on SIGTERM removes its sockets and leaves
+//! a consistent CDI spec behind.
+// Tests may unwrap, expect and panic: a failure is the test's message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::support::device_plugin::{DP_DIR, FakeKubelet, connect_plugin, hgx_like};
+use cchost::deviceplugin::api;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn run_serves_follows_changes_and_stops_cleanly_on_sigterm() {
+    let (h, _funcs) = hgx_like();
+    let dir = h.local(DP_DIR);
+    let mut kubelet = FakeKubelet::start(&dir).await;
+    // No rescan timer: the vfio node's removal is seen through the /dev/vfio watch
+    // (a fixture tree sends no uevents).
+    let cfg = h.dir.path().join("config.toml");
+    std::fs::write(&cfg, "[device_plugin]\nrescan_interval_s = 0\n").unwrap();
+    let t = Instant::now();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
+        .arg("--host-root")
+        .arg(h.dir.path())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .env("CCHOST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let first = kubelet.next(WAIT).await.expect("cchost run registers");
+    eprintln!("process start -> Register: {:?}", t.elapsed());
+    let second = kubelet.next(WAIT).await.expect("both resources register");
+    let mut names = vec![first.req.resource_name, second.req.resource_name];
+    names.sort();
+    assert_eq!(names, ["nvidia.com/nvswitch", "nvidia.com/pgpu"]);
+    // The spec was written before the plugin advertised anything.
+    let spec = h
+        .host
+        .read_string("/var/run/cdi/cchost-nvidia.com-pgpu.json")
+        .unwrap();
+    assert!(spec.contains("\"/dev/vfio/12\""), "{spec}");
+
+    let mut c = connect_plugin(&dir.join("cchost-nvidia.com-pgpu.sock"))
+        .await
+        .unwrap();
+    let mut s = c.list_and_watch(api::Empty {}).await.unwrap().into_inner();
+    let first_list = tokio::time::timeout(WAIT, s.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first_list.devices.len(), 4);
+    h.remove("/dev/vfio/13");
+    let update = tokio::time::timeout(WAIT, s.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let d13 = update.devices.iter().find(|d| d.id == "13").unwrap();
+    assert_eq!(d13.health, "Unhealthy");
+
+    // The labels service runs beside the plugin: without a cluster it publishes the
+    // node's labels in the NFD local feature file under the host root.
+    let feature_file = h
+        .dir
+        .path()
+        .join("etc/kubernetes/node-feature-discovery/features.d/cchost");
+    let deadline = Instant::now() + WAIT;
+    while !feature_file.exists() && Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let features =
+        std::fs::read_to_string(&feature_file).expect("cchost run writes the NFD feature file");
+    assert!(features.contains("cchost.io/tee="), "{features}");
+
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use tokio::io::AsyncReadExt;
+        let _ = e.read_to_string(&mut err).await;
+    }
+    assert!(status.success(), "{status:?}\n{err}");
+    assert!(!dir.join("cchost-nvidia.com-pgpu.sock").exists(), "{err}");
+    assert!(
+        !dir.join("cchost-nvidia.com-nvswitch.sock").exists(),
+        "{err}"
+    );
+    // The CDI spec is still there, whole, and still names the devices.
+    let spec: serde_json::Value = serde_json::from_str(
+        &h.host
+            .read_string("/var/run/cdi/cchost-nvidia.com-pgpu.json")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(spec["kind"], "nvidia.com/pgpu");
+    assert!(err.contains("SIGTERM"), "{err}");
+    kubelet.stop().await;
+}

@@ -1,0 +1,15 @@
+//! Support shared by the test crates (included with `#[path = "../support/mod.rs"]`):
+//!
+//! - [`device_plugin`]: fixture hosts laid out the way the kernel shows PCI devices, and a
+//!   kubelet-side harness speaking v1beta1 over unix sockets (also used by
+//!   benches/deviceplugin.rs);
+//! - [`dcap`]: the stand-in QGS program and polling without asserting on time;
+//! - [`sim_opener`]: an `Opener` handing out the FSP simulator by PCI address.
+//!
+//! The real-kernel tier has its own harness, tests/vm/harness.rs.
+// Each crate uses a different part of it.
+#![allow(dead_code)]
+
+pub mod dcap;
+pub mod device_plugin;
+pub mod sim_opener;
