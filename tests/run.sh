@@ -51,5 +51,8 @@ step cargo clippy --lib --bins -- -D warnings
 step cargo clippy --all-targets --features udev -- -D warnings
 step cargo test --lib --features udev -- host::udev host::device_events config::
 step cargo test
+# Fuzz targets (fuzz/, docs/testing.md "Fuzzing"): libFuzzer on the stable toolchain,
+# each target 20 s on its seed corpus; a crash, failed assertion or hang fails the run.
+step bash fuzz/run.sh smoke 20
 # Last: it rebuilds target/debug/cchost without the test hooks.
 step bash tests/no-test-hooks.sh
