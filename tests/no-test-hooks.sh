@@ -10,7 +10,7 @@ hook=CCHOST_TEST_KILL_AFTER_STEP
 bin=target/debug/cchost
 
 # One small test target is enough: cargo builds the binary the tests run with it.
-cargo test --no-run --quiet --test deploy_manifests
+cargo test --no-run --quiet --test discipline
 if ! grep -qa "$hook" "$bin"; then
   echo "FAIL: the tests' build of $bin lacks $hook: the crash tests cannot kill it" >&2
   exit 1
