@@ -1,6 +1,6 @@
 //! machineconfigs/ holds the rendered MachineConfigs; this fails when a file drifts from
 //! what `cchost render machineconfig` produces with the default config. Regenerate with
-//! `CCHOST_REGENERATE=1 cargo test --test machineconfigs`.
+//! `CCHOST_REGENERATE=1 cargo test --test fixture_hosts machineconfigs`.
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
