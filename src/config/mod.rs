@@ -115,29 +115,8 @@ impl Config {
 /// hang) and at most 1 MiB of it.
 fn read_config_text(path: &Path) -> std::io::Result<String> {
     use std::io::Read as _;
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     const LIMIT: u64 = 1024 * 1024;
-    // O_NONBLOCK: opening a FIFO for reading otherwise waits for a writer (fifo(7)).
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
-        .open(path)?;
-    let ft = file.metadata()?.file_type();
-    if !ft.is_file() {
-        let what = if ft.is_fifo() {
-            "a FIFO"
-        } else if ft.is_dir() {
-            "a directory"
-        } else if ft.is_socket() {
-            "a socket"
-        } else {
-            "a device"
-        };
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("is {what}, not a regular file; refusing to read it"),
-        ));
-    }
+    let file = crate::host::open_local_regular(path)?;
     let mut text = String::new();
     file.take(LIMIT + 1).read_to_string(&mut text)?;
     if text.len() as u64 > LIMIT {

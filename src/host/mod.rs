@@ -399,6 +399,28 @@ impl NodeKind {
     }
 }
 
+/// Opens a file that lies outside any host root (the operator's config file) for
+/// reading, never blocking: `O_NONBLOCK`, because opening a FIFO for reading otherwise
+/// waits for a writer (fifo(7)), then only a regular file is accepted.
+pub fn open_local_regular(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)?;
+    let kind = kind_of(&file.metadata()?.file_type());
+    if kind != NodeKind::File {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "is {}, not a regular file; refusing to read it",
+                kind.describe()
+            ),
+        ));
+    }
+    Ok(file)
+}
+
 fn kind_of(ft: &fs::FileType) -> NodeKind {
     if ft.is_symlink() {
         NodeKind::Symlink
