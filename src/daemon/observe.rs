@@ -42,14 +42,12 @@ fn events_wanted(mode: KubeEvents, labels: &LabelsConfig) -> bool {
         && (labels.kubeconfig.is_some() || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some())
 }
 
-/// The namespace the Events go to: `POD_NAMESPACE` (cchost's own, where its Role
-/// grants `create`), else `default` (where kubelet puts its Node events).
-fn events_namespace() -> String {
-    std::env::var("POD_NAMESPACE")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| "default".to_string())
-}
+/// The namespace the Events go to. An Event about a Node (cluster-scoped) is valid only
+/// in `default` (or no namespace): the API server refuses any other with
+/// `involvedObject.namespace: Invalid` (kubernetes pkg/apis/core/validation/events.go),
+/// which the real cluster of tests/k8s showed when cchost posted into its own namespace.
+/// kubelet's Node events live there too.
+const EVENTS_NAMESPACE: &str = "default";
 
 async fn post_events(ctx: Context) -> Result<(), DaemonError> {
     let fail = |message: String| DaemonError::Service {
@@ -64,7 +62,7 @@ async fn post_events(ctx: Context) -> Result<(), DaemonError> {
         .await
         .map_err(|e| fail(e.to_string()))?;
     ctx.serving();
-    let ns = events_namespace();
+    let ns = EVENTS_NAMESPACE.to_string();
     tracing::info!(node, namespace = %ns, "raising Kubernetes Events on the Node");
     crate::observe::events::post_until_shutdown(client, &ns, &node, ctx.shutdown.clone()).await;
     Ok(())

@@ -11,8 +11,8 @@
 //!
 //! Shape: `regarding` is the Node with `uid` = the node name, as kubelet's own Node
 //! events have it, which is what `kubectl describe node` searches for; the Event lives in
-//! cchost's namespace (`POD_NAMESPACE`, else `default`) so that the grant is one
-//! namespaced `create`.
+//! `default`, the only namespace the API server accepts for an Event about a Node, so
+//! the grant is one `create` in `default`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
