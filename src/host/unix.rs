@@ -131,7 +131,7 @@ impl HostRoot {
     pub fn socket_id(&self, host_path: impl AsRef<Path>) -> Option<(u64, u64)> {
         let st = self.stat_node(host_path.as_ref(), false).ok()?;
         (super::kind_of_mode(st.st_mode) == NodeKind::Socket)
-            .then_some((st.st_dev as u64, st.st_ino as u64))
+            .then_some((st.st_dev, st.st_ino))
     }
 
     /// Watches a directory for names appearing and going away.
