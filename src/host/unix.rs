@@ -130,8 +130,7 @@ impl HostRoot {
     /// something else is there. A re-created socket has a new identity.
     pub fn socket_id(&self, host_path: impl AsRef<Path>) -> Option<(u64, u64)> {
         let st = self.stat_node(host_path.as_ref(), false).ok()?;
-        (super::kind_of_mode(st.st_mode) == NodeKind::Socket)
-            .then_some((st.st_dev, st.st_ino))
+        (super::kind_of_mode(st.st_mode) == NodeKind::Socket).then_some((st.st_dev, st.st_ino))
     }
 
     /// Watches a directory for names appearing and going away.
