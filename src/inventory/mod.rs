@@ -169,7 +169,4 @@ impl From<HostError> for Problem {
 }
 
 #[cfg(test)]
-pub(crate) mod testutil;
-
-#[cfg(test)]
 mod tests;

@@ -5,9 +5,10 @@
 
 use std::path::PathBuf;
 
-use crate::support::device_plugin::{FakeHost, Func, hgx_like};
+use crate::support::device_plugin::{add_behind, gpu, hgx_like, whole_host};
 use cchost::cdi;
 use cchost::config::{Config, DevicePluginConfig};
+use cchost::fixture::{PciSpec, Tree};
 use cchost::inventory::passthrough::{self, Health, VfioMode};
 use serde_json::Value;
 
@@ -68,7 +69,7 @@ fn upstream_good_and_bad_examples() {
     assert!(!v.is_valid(&bad));
 }
 
-fn read_spec(h: &FakeHost, name: &str) -> Value {
+fn read_spec(h: &Tree, name: &str) -> Value {
     serde_json::from_str(&h.host.read_string(format!("/var/run/cdi/{name}")).unwrap()).unwrap()
 }
 
@@ -114,11 +115,9 @@ fn legacy_host_gets_group_nodes_named_by_group_number() {
 
 #[test]
 fn iommufd_host_gets_cdev_nodes_named_by_vfio_number() {
-    let h = FakeHost::new();
+    let h = whole_host();
     h.enable_iommufd();
-    let mut f = Func::gpu("0000:3b:00.0", vec!["0000:3a:00.0"], 7, 0);
-    f.vfio_dev = Some(2);
-    h.add(&f);
+    add_behind(&h, &["0000:3a:00.0"], gpu("0000:3b:00.0", 7, 0).vfio_dev(2));
     let cfg = DevicePluginConfig::default();
     let scan = passthrough::discover(&h.host, &Config::default().matching, &cfg).unwrap();
     assert_eq!(scan.mode, VfioMode::Iommufd);
@@ -145,9 +144,9 @@ fn devices_that_leave_are_removed_and_empty_kinds_lose_their_file() {
     )
     .unwrap();
     // A stranger's spec in the same directory is never touched.
-    h.write("/var/run/cdi/nvidia.yaml", "cdiVersion: 0.5.0\n");
-    h.set_driver(&funcs[1], Some("nvidia"));
-    h.set_driver(&funcs[4], None);
+    h.file("/var/run/cdi/nvidia.yaml", "cdiVersion: 0.5.0\n");
+    h.set_driver(&funcs[1].address, Some("nvidia"));
+    h.set_driver(&funcs[4].address, None);
     let scan = passthrough::discover(&h.host, &m, &cfg).unwrap();
     let report = cdi::sync(&h.host, &cfg.cdi_dir, &scan).unwrap();
     assert_eq!(report.removed.len(), 1, "{report:?}");
@@ -213,7 +212,7 @@ fn per_model_resource_names() {
 fn a_malformed_device_is_skipped_and_reported_without_blocking_the_others() {
     let (h, _) = hgx_like();
     // Garbage in one GPU's class attribute.
-    h.write(
+    h.file(
         "/sys/devices/pci0000:00/0000:00:02.0/0000:05:00.0/0000:06:00.0/0000:07:00.0/class",
         "banana\n",
     );
@@ -237,15 +236,14 @@ fn health_reflects_the_vfio_node_and_group_viability() {
     let m = Config::default().matching;
     h.remove("/dev/vfio/13");
     // A foreign endpoint in group 14, bound to a host driver: the group is not viable.
-    let mut audio = Func::gpu(
-        "0000:07:00.1",
-        vec!["0000:00:02.0", "0000:05:00.0", "0000:06:00.0"],
-        14,
-        0,
+    add_behind(
+        &h,
+        &["0000:00:02.0", "0000:05:00.0", "0000:06:00.0"],
+        PciSpec::ad102_hda("0000:07:00.1")
+            .group(14)
+            .numa(0)
+            .driver("snd_hda_intel"),
     );
-    audio.class = 0x040300;
-    audio.driver = Some("snd_hda_intel");
-    h.add(&audio);
     let scan = passthrough::discover(&h.host, &m, &cfg).unwrap();
     let health = |id: &str| {
         scan.devices
@@ -266,7 +264,7 @@ fn cli_generate_writes_and_prints() {
     let (h, _) = hgx_like();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
         .args(["--host-root"])
-        .arg(h.dir.path())
+        .arg(h.root())
         .args(["cdi", "generate", "--stdout"])
         .output()
         .unwrap();
@@ -280,7 +278,7 @@ fn cli_generate_writes_and_prints() {
     assert!(!h.host.exists("/var/run/cdi"));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
         .args(["--host-root"])
-        .arg(h.dir.path())
+        .arg(h.root())
         .args(["cdi", "generate"])
         .output()
         .unwrap();
@@ -300,16 +298,16 @@ fn cli_generate_fails_and_keeps_the_specs_when_the_bus_cannot_be_read() {
     let run = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
             .args(["--host-root"])
-            .arg(h.dir.path())
+            .arg(h.root())
             .args(args)
             .output()
             .unwrap()
     };
     assert!(run(&["cdi", "generate"]).status.success());
     let spec = "/var/run/cdi/cchost-nvidia.com-pgpu.json";
-    let before = std::fs::read(h.local(spec)).unwrap();
+    let before = std::fs::read(h.path(spec)).unwrap();
     // The bus directory turns unreadable (a symlink loop stands in for an I/O error).
-    let bus = h.local("/sys/bus/pci/devices");
+    let bus = h.path("/sys/bus/pci/devices");
     std::fs::rename(&bus, bus.with_file_name("devices.away")).unwrap();
     std::os::unix::fs::symlink("devices", &bus).unwrap();
     for args in [&["cdi", "generate"][..], &["cdi", "generate", "--stdout"]] {
@@ -318,7 +316,7 @@ fn cli_generate_fails_and_keeps_the_specs_when_the_bus_cannot_be_read() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains("cannot list the PCI bus"), "{err}");
     }
-    assert_eq!(std::fs::read(h.local(spec)).unwrap(), before);
+    assert_eq!(std::fs::read(h.path(spec)).unwrap(), before);
 }
 
 /// `cdi generate --stdout` prints one JSON document (an array of specs) even when
@@ -328,7 +326,7 @@ fn cli_generate_stdout_is_one_json_document() {
     let (h, _) = hgx_like();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
         .args(["--host-root"])
-        .arg(h.dir.path())
+        .arg(h.root())
         .args(["cdi", "generate", "--stdout"])
         .output()
         .unwrap();
@@ -395,7 +393,7 @@ fn a_foreign_spec_with_cchost_s_kind_fails_check_and_names_the_file() {
     use cchost::inventory::Inventory;
     let (h, _) = hgx_like();
     let cfg = Config::default();
-    let report = |h: &FakeHost| {
+    let report = |h: &Tree| {
         let inv = Inventory::collect(&h.host, &cfg);
         Report::new_on(&inv, &cfg, Profile::Auto, Some(&h.host))
     };
@@ -403,7 +401,7 @@ fn a_foreign_spec_with_cchost_s_kind_fails_check_and_names_the_file() {
     let c = r.find("cdi.conflicts").expect("the check");
     assert_eq!(c.outcome.status, Status::Pass, "{:?}", c.outcome);
 
-    h.write(
+    h.file(
         "/etc/cdi/nvidia.com-pgpu.yaml",
         "cdiVersion: 0.5.0\nkind: nvidia.com/pgpu\ndevices:\n- name: \"12\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/12\n",
     );

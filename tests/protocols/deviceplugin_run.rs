@@ -15,16 +15,16 @@ const WAIT: Duration = Duration::from_secs(20);
 #[tokio::test]
 async fn run_serves_follows_changes_and_stops_cleanly_on_sigterm() {
     let (h, _funcs) = hgx_like();
-    let dir = h.local(DP_DIR);
+    let dir = h.path(DP_DIR);
     let mut kubelet = FakeKubelet::start(&dir).await;
     // No rescan timer: the vfio node's removal is seen through the /dev/vfio watch
     // (a fixture tree sends no uevents).
-    let cfg = h.dir.path().join("config.toml");
+    let cfg = h.root().join("config.toml");
     std::fs::write(&cfg, "[device_plugin]\nrescan_interval_s = 0\n").unwrap();
     let t = Instant::now();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
         .arg("--host-root")
-        .arg(h.dir.path())
+        .arg(h.root())
         .arg("--config")
         .arg(&cfg)
         .arg("run")
@@ -69,8 +69,7 @@ async fn run_serves_follows_changes_and_stops_cleanly_on_sigterm() {
     // The labels service runs beside the plugin: without a cluster it publishes the
     // node's labels in the NFD local feature file under the host root.
     let feature_file = h
-        .dir
-        .path()
+        .root()
         .join("etc/kubernetes/node-feature-discovery/features.d/cchost");
     let deadline = Instant::now() + WAIT;
     while !feature_file.exists() && Instant::now() < deadline {
