@@ -287,3 +287,49 @@ fn plan_shows_the_mixed_labels() {
         "true"
     );
 }
+
+/// `cchost check` on the eight-H100 host judges `[[cc.modes]]` against its GPUs: a
+/// fitting split passes and says it; a count too large fails with the entry named.
+#[test]
+fn check_judges_the_per_gpu_modes_against_the_host() {
+    fn gpu_cc(config: &str) -> Value {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("cchost.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_cchost"))
+            .arg("--host-root")
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/host/tdx-8xh100-4nvswitch"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(["check", "--json"])
+            .env_remove("CCHOST_CONFIG")
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        fn find(nodes: &Value, id: &str) -> Option<Value> {
+            for n in nodes.as_array()? {
+                if n["id"] == id {
+                    return Some(n.clone());
+                }
+                if let Some(c) = n.get("children").and_then(|c| find(c, id)) {
+                    return Some(c);
+                }
+            }
+            None
+        }
+        find(&v["checks"], "gpu.cc").expect("gpu.cc in the report")
+    }
+    let ok =
+        gpu_cc("[[cc.modes]]\nmode = \"on\"\ncount = 4\n[[cc.modes]]\nmode = \"off\"\ncount = 4\n");
+    assert_eq!(ok["status"], "pass", "{ok:#}");
+    let msg = ok["message"].as_str().unwrap();
+    assert!(msg.contains("cc.modes: 4 CC (on), 4 non-CC (off)"), "{msg}");
+    let bad =
+        gpu_cc("[[cc.modes]]\nmode = \"on\"\ncount = 4\n[[cc.modes]]\nmode = \"off\"\ncount = 5\n");
+    assert_eq!(bad["status"], "fail", "{bad:#}");
+    let msg = bad["message"].as_str().unwrap();
+    assert!(
+        msg.contains("cc.modes[1] (mode = \"off\", count = 5) asks for 5 GPUs, but only 4"),
+        "{msg}"
+    );
+}
