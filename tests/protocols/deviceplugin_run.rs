@@ -108,3 +108,86 @@ async fn run_serves_follows_changes_and_stops_cleanly_on_sigterm() {
     assert!(err.contains("SIGTERM"), "{err}");
     kubelet.stop().await;
 }
+
+/// `cchost run` with `[[cc.modes]]` registers the CC and the non-CC GPU resource, and
+/// holds back every GPU whose CC mode it could not read (this fixture has no BAR0 to
+/// read): advertised, unhealthy, with the reason, never under the other name.
+#[tokio::test]
+async fn run_with_per_gpu_modes_serves_two_gpu_resources_gated_on_the_firmware() {
+    let (h, _funcs) = hgx_like();
+    let dir = h.local(DP_DIR);
+    let mut kubelet = FakeKubelet::start(&dir).await;
+    let cfg = h.dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        "[device_plugin]\nrescan_interval_s = 0\n\
+         [[cc.modes]]\nmode = \"on\"\ncount = 2\n[[cc.modes]]\nmode = \"off\"\ncount = 2\n",
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
+        .arg("--host-root")
+        .arg(h.dir.path())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .env("CCHOST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        names.push(
+            kubelet
+                .next(WAIT)
+                .await
+                .expect("Register")
+                .req
+                .resource_name,
+        );
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "nvidia.com/nvswitch",
+            "nvidia.com/pgpu",
+            "nvidia.com/pgpu-nocc"
+        ]
+    );
+    for (sock, ids) in [
+        ("cchost-nvidia.com-pgpu.sock", ["12", "13"]),
+        ("cchost-nvidia.com-pgpu-nocc.sock", ["14", "40"]),
+    ] {
+        let mut c = connect_plugin(&dir.join(sock)).await.unwrap();
+        let mut s = c.list_and_watch(api::Empty {}).await.unwrap().into_inner();
+        let list = tokio::time::timeout(WAIT, s.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let got: Vec<(&str, &str)> = list
+            .devices
+            .iter()
+            .map(|d| (d.id.as_str(), d.health.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            ids.iter().map(|i| (*i, "Unhealthy")).collect::<Vec<_>>(),
+            "{sock}"
+        );
+    }
+    let nocc = h
+        .host
+        .read_string("/var/run/cdi/cchost-nvidia.com-pgpu-nocc.json")
+        .unwrap();
+    assert!(
+        nocc.contains("\"kind\":\"nvidia.com/pgpu-nocc\"")
+            || nocc.contains("\"kind\": \"nvidia.com/pgpu-nocc\""),
+        "{nocc}"
+    );
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    kubelet.stop().await;
+}
