@@ -39,13 +39,22 @@ struct Node {
 
 /// Eight idle H100s on vfio-pci, NUMA node 0 and 1; the two given start in CC on.
 fn node(start_on: &[&str]) -> Node {
+    node_with(start_on, None)
+}
+
+/// As [`node`], with the GPU `nvidia` (if any) bound to the nvidia driver.
+fn node_with(start_on: &[&str], nvidia: Option<&str>) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let mut fx = FixtureHost::new(dir.path());
     let mut sims = HashMap::new();
     for (i, a) in GPUS.iter().enumerate() {
         fx = fx.pci(
             PciSpec::h100_sxm5(a)
-                .driver("vfio-pci")
+                .driver(if nvidia == Some(*a) {
+                    "nvidia"
+                } else {
+                    "vfio-pci"
+                })
                 .group(20 + i as u32)
                 .numa((i / 4) as u32),
         );
@@ -107,6 +116,12 @@ fn four_of_eight_switch_to_cc_and_the_rest_to_off() {
     }
     for a in &GPUS[6..] {
         assert_eq!(status[a], Status::Unchanged, "{a} was already off");
+        assert_eq!(
+            n.sims[*a].resets(),
+            0,
+            "{a} already in its mode is not reset"
+        );
+        assert_eq!(n.sims[*a].knob_writes(), 0, "{a}: no knob written");
     }
     assert_eq!(cc_entries(&journal), 6, "one entry per switched GPU");
 
@@ -118,6 +133,26 @@ fn four_of_eight_switch_to_cc_and_the_rest_to_off() {
         again.outcomes
     );
     assert_eq!(cc_entries(&journal), 6);
+}
+
+/// A GPU another driver holds is refused and left as it is; the others still switch.
+#[test]
+fn a_gpu_on_another_driver_is_left_and_the_rest_switch() {
+    let held = GPUS[1];
+    let n = node_with(&[], Some(held));
+    let opener = SimOpener(n.sims.clone());
+    let mut journal = Journal::open(&n.host).unwrap();
+    let done = set_modes(&n.host, &mut journal, &config(FOUR_AND_FOUR), true, &opener);
+    assert_eq!(done.refused.len(), 1, "{:?}", done.refused);
+    assert!(
+        done.refused[0].starts_with(held) && done.refused[0].contains("nvidia"),
+        "{:?}",
+        done.refused
+    );
+    use CcMode::{Off, On};
+    assert_eq!(modes(&n), [On, Off, On, On, Off, Off, Off, Off]);
+    assert_eq!(n.sims[held].resets(), 0);
+    assert_eq!(cc_entries(&journal), 3);
 }
 
 #[test]
