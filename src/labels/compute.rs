@@ -6,7 +6,8 @@
 //!   NFD accepts them too. Only written when true (absence means false, as in NFD).
 //! - `nvidia.com/cc.capable`, `nvidia.com/cc.mode.state`, `nvidia.com/cc.ready.state`
 //!   with the values NVIDIA's cc-manager writes.
-//! - `<prefix>/...` for cchost's details.
+//! - `<prefix>/...` for cchost's details; `<prefix>/cc.mode.state` says `mixed` where
+//!   NVIDIA's one-mode-per-node labels cannot (docs/facts/mixed-node.md).
 //! - `feature.node.kubernetes.io/cpu-security.*` only when configured (NFD may own them).
 
 use std::collections::BTreeMap;
