@@ -1,6 +1,7 @@
 //! What the host is: a pure model built from what [`HostRoot`](crate::host::HostRoot)
 //! reads, serializable, with the evidence behind every verdict.
 
+pub mod cc_split;
 pub mod cca;
 pub mod cmdline;
 pub mod cpuinfo;

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::support::device_plugin::{add_behind, gpu, hgx_like, whole_host};
+use crate::support::device_plugin::{add_behind, gpu, hgx_like, hgx_like_mixed_split, whole_host};
 use cchost::cdi;
 use cchost::config::{Config, DevicePluginConfig};
 use cchost::fixture::{PciSpec, Tree};
@@ -432,4 +432,91 @@ fn a_foreign_spec_with_cchost_s_kind_fails_check_and_names_the_file() {
     let found = cdi::foreign::conflicts(&h.host, "/var/run/cdi", &kinds, &ids);
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].devices, ["12"]);
+}
+
+/// A mixed node (`cc.modes`): CC GPUs under `nvidia.com/pgpu`, the others under
+/// `nvidia.com/pgpu-nocc`, each kind in its own spec whose device names are exactly the
+/// IDs advertised under that resource; a GPU whose firmware disagrees (or is unread) is
+/// advertised unhealthy, never under the other name.
+#[test]
+fn mixed_node_has_two_gpu_kinds_named_like_the_two_resources() {
+    use cchost::inventory::cc_split;
+    let (h, _) = hgx_like();
+    let cfg = DevicePluginConfig::default();
+    let mut scan = passthrough::discover(&h.host, &Config::default().matching, &cfg).unwrap();
+    cc_split::apply(&mut scan, &hgx_like_mixed_split(&h));
+    let by: Vec<(&str, &str, bool)> = scan
+        .devices
+        .iter()
+        .map(|d| (d.resource.as_str(), d.id.as_str(), d.health.is_healthy()))
+        .collect();
+    assert_eq!(
+        by,
+        [
+            ("nvidia.com/nvswitch", "60", true),
+            ("nvidia.com/pgpu", "12", true),
+            ("nvidia.com/pgpu", "13", false),
+            ("nvidia.com/pgpu-nocc", "14", true),
+            ("nvidia.com/pgpu-nocc", "40", false),
+        ]
+    );
+    let why = |id: &str| match &scan.devices.iter().find(|d| d.id == id).unwrap().health {
+        Health::Unhealthy(r) => r.clone(),
+        Health::Healthy => String::new(),
+    };
+    assert!(
+        why("13").contains("firmware CC mode is off"),
+        "{}",
+        why("13")
+    );
+    assert!(why("40").contains("not read yet"), "{}", why("40"));
+
+    let report = cdi::sync(&h.host, &cfg.cdi_dir, &scan).unwrap();
+    assert_eq!(report.written.len(), 3, "{report:?}");
+    let v = validator();
+    for (file, kind, names) in [
+        (
+            "cchost-nvidia.com-pgpu.json",
+            "nvidia.com/pgpu",
+            vec!["12", "13"],
+        ),
+        (
+            "cchost-nvidia.com-pgpu-nocc.json",
+            "nvidia.com/pgpu-nocc",
+            vec!["14", "40"],
+        ),
+    ] {
+        let spec = read_spec(&h, file);
+        assert_valid(&v, &spec);
+        assert_eq!(spec["kind"], kind, "{file}");
+        let got: Vec<&str> = spec["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, names, "{file}");
+    }
+}
+
+/// `cc.modes` that does not fit the host: no GPU is advertised (which one is
+/// confidential would be a guess); NVSwitches still are.
+#[test]
+fn mixed_modes_that_do_not_fit_serve_no_gpu() {
+    use cchost::inventory::cc_split;
+    let (h, _) = hgx_like();
+    let cfg = DevicePluginConfig::default();
+    let mut scan = passthrough::discover(&h.host, &Config::default().matching, &cfg).unwrap();
+    let mut split = hgx_like_mixed_split(&h);
+    split.wanted = Err("cc.modes: cc.modes[1] asks for 5 GPUs".to_string());
+    cc_split::apply(&mut scan, &split);
+    let left: Vec<&str> = scan.devices.iter().map(|d| d.resource.as_str()).collect();
+    assert_eq!(left, ["nvidia.com/nvswitch"]);
+    assert_eq!(
+        scan.skipped
+            .iter()
+            .filter(|s| s.reason.contains("asks for 5 GPUs"))
+            .count(),
+        4
+    );
 }

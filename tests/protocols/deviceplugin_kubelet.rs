@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::support::device_plugin::{
-    DP_DIR, FakeKubelet, add_behind, connect_plugin, gpu, hgx_like, whole_host,
+    DP_DIR, FakeKubelet, add_behind, connect_plugin, gpu, hgx_like, hgx_like_mixed_split,
+    whole_host,
 };
 use cchost::config::{Config, DevicePluginConfig};
 use cchost::deviceplugin::PluginManager;
@@ -466,5 +467,86 @@ async fn a_kubelet_that_never_calls_back_is_reported() {
     );
     let _ = stop.send(true);
     task.await.unwrap().unwrap();
+    kubelet.stop().await;
+}
+
+/// A mixed node registers the two GPU resources; each lists only its own GPUs, with
+/// health from the firmware, and allocates under its own CDI kind. Asking the CC
+/// resource for a non-CC GPU's ID is refused.
+#[tokio::test]
+async fn mixed_node_registers_two_gpu_resources() {
+    let (h, _) = hgx_like();
+    let cfg = DevicePluginConfig::default();
+    let (shutdown, rx) = watch::channel(false);
+    let mut mgr = PluginManager::start(&h.host, &cfg, rx).unwrap();
+    let mut scan = passthrough::discover(&h.host, &Config::default().matching, &cfg).unwrap();
+    cchost::inventory::cc_split::apply(&mut scan, &hgx_like_mixed_split(&h));
+    mgr.update(&scan);
+    let dir = h.path(DP_DIR);
+    let mut kubelet = FakeKubelet::start(&dir).await;
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        names.push(kubelet.next(WAIT).await.unwrap().req.resource_name);
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "nvidia.com/nvswitch",
+            "nvidia.com/pgpu",
+            "nvidia.com/pgpu-nocc"
+        ]
+    );
+    let h_ = |s: &str| s.to_string();
+    for (sock, want) in [
+        (
+            "cchost-nvidia.com-pgpu.sock",
+            vec![
+                (h_("12"), h_("Healthy"), Some(0)),
+                (h_("13"), h_("Unhealthy"), Some(0)),
+            ],
+        ),
+        (
+            "cchost-nvidia.com-pgpu-nocc.sock",
+            vec![
+                (h_("14"), h_("Healthy"), Some(0)),
+                (h_("40"), h_("Unhealthy"), Some(1)),
+            ],
+        ),
+    ] {
+        let mut c = connect_plugin(&dir.join(sock)).await.unwrap();
+        let mut stream = c.list_and_watch(api::Empty {}).await.unwrap().into_inner();
+        assert_eq!(next_list(&mut stream).await, want, "{sock}");
+    }
+    let mut nocc = connect_plugin(&dir.join("cchost-nvidia.com-pgpu-nocc.sock"))
+        .await
+        .unwrap();
+    let resp = nocc
+        .allocate(api::AllocateRequest {
+            container_requests: vec![api::ContainerAllocateRequest {
+                devices_ids: vec!["14".into()],
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resp.container_responses[0].cdi_devices[0].name,
+        "nvidia.com/pgpu-nocc=14"
+    );
+    let mut cc = connect_plugin(&dir.join("cchost-nvidia.com-pgpu.sock"))
+        .await
+        .unwrap();
+    let err = cc
+        .allocate(api::AllocateRequest {
+            container_requests: vec![api::ContainerAllocateRequest {
+                devices_ids: vec!["14".into()],
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let _ = shutdown.send(true);
+    mgr.join().await;
     kubelet.stop().await;
 }

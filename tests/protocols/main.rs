@@ -27,5 +27,6 @@ mod gpu_cc_sim;
 mod labels_kube;
 mod node_events;
 mod node_watch;
+mod run_cc_modes;
 mod run_cc_on_start;
 mod run_recovery;

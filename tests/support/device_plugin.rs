@@ -246,3 +246,34 @@ pub async fn connect_plugin(
         .await?;
     Ok(DevicePluginClient::new(ch))
 }
+
+/// The mixed-node split of [`hgx_like`] under `cc.modes = 2 on, 2 off` (by count,
+/// lowest addresses first: 03 and 04 on, IDs 12 and 13; 07 and 83 off, IDs 14 and 40),
+/// with the firmware read as: 03 on (agrees), 04 off (disagrees), 07 off (agrees), 83
+/// never read.
+pub fn hgx_like_mixed_split(h: &Tree) -> cchost::inventory::cc_split::CcSplit {
+    use cchost::config::Config;
+    use cchost::inventory::cc_split::{CcSplit, gpu_slots};
+    use cchost::inventory::facts::CcMode;
+    let cfg = Config::from_toml(
+        "[[cc.modes]]\nmode = \"on\"\ncount = 2\n[[cc.modes]]\nmode = \"off\"\ncount = 2\n",
+        Path::new("c.toml"),
+    )
+    .unwrap();
+    let inv = cchost::inventory::gpu::discover_gpus(&h.host, &cfg.matching);
+    let wanted = cchost::config::cc_modes::resolve(&cfg.cc.modes, &gpu_slots(&inv))
+        .map_err(|e| e.to_string());
+    let read = [
+        ("0000:03:00.0", CcMode::On),
+        ("0000:04:00.0", CcMode::Off),
+        ("0000:07:00.0", CcMode::Off),
+    ]
+    .into_iter()
+    .map(|(a, m)| (a.parse().unwrap(), m))
+    .collect();
+    CcSplit {
+        wanted,
+        non_cc_resource: cfg.device_plugin.non_cc_gpu_resource,
+        read,
+    }
+}
