@@ -105,6 +105,7 @@ impl Config {
         self.device_plugin.validate()?;
         self.labels.validate()?;
         self.kernel.validate()?;
+        self.vfio.validate()?;
         self.dcap.validate()?;
         self.observe.validate()?;
         Ok(())

@@ -5,13 +5,17 @@
 //! from being served, so a refused plan for all is retried device by device; what is
 //! still refused or fails is reported and left as it is.
 
+use std::time::Duration;
+
 use crate::apply;
 use crate::config::Config;
+use crate::gpu::services::SystemBus;
 use crate::gpu::vfio::{BindOutcome, Step};
 use crate::host::HostRoot;
 use crate::host::pci::PciAddress;
 use crate::inventory::gpu::discover_gpus;
 use crate::journal::Journal;
+use crate::plan::vfio::PlanError;
 
 /// What binding at start did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -26,7 +30,7 @@ pub struct StartBind {
 pub fn bind_matched(host: &HostRoot, journal: &mut Journal, config: &Config) -> StartBind {
     let inv = discover_gpus(host, &config.matching);
     let mut out = StartBind::default();
-    let plans = match crate::plan::vfio::plan_all_or_each(host, config, &inv) {
+    let mut plans = match crate::plan::vfio::plan_all_or_each(host, config, &inv) {
         Ok((plans, refused, failed)) => {
             out.refused = refused;
             out.failed = failed;
@@ -37,6 +41,36 @@ pub fn bind_matched(host: &HostRoot, journal: &mut Journal, config: &Config) -> 
             return out;
         }
     };
+    // `[vfio] stop_nvidia_services`: the daemons holding the GPUs are stopped first and
+    // the plans made again without them.
+    let mut stop: Vec<String> = Vec::new();
+    for u in plans.iter().flat_map(|p| &p.stop_units) {
+        if !stop.contains(u) {
+            stop.push(u.clone());
+        }
+    }
+    if !stop.is_empty() {
+        let mut off = config.clone();
+        off.vfio.stop_nvidia_services = false;
+        let bus = SystemBus::for_host(
+            host,
+            Duration::from_millis(config.vfio.stop_services_timeout_ms),
+        );
+        let again =
+            || crate::plan::vfio::plan_all_or_each(host, &off, &inv).map_err(PlanError::Host);
+        match apply::services::free_then_replan(journal, &bus, &stop, again) {
+            Ok(((p, refused, failed), stopped)) => {
+                for u in &stopped {
+                    tracing::info!(unit = %u, "stopped: it held GPUs to bind");
+                }
+                (plans, out.refused, out.failed) = (p, refused, failed);
+            }
+            Err(e) => {
+                out.refused.push(e.to_string());
+                return out;
+            }
+        }
+    }
     let mut quiet = |_: &PciAddress, _: Step| {};
     for plan in plans {
         match apply::vfio::apply_bind(host, journal, config, &plan, &mut quiet) {
