@@ -19,7 +19,7 @@ pub enum FreeError {
     )]
     Stop {
         units: Vec<String>,
-        source: ServiceError,
+        source: Box<ServiceError>,
         restarted: String,
     },
     #[error(
@@ -57,7 +57,7 @@ pub fn free_then_replan<T>(
                 let restarted = start_again(journal, bus, &stopped);
                 return Err(FreeError::Stop {
                     units: units.to_vec(),
-                    source,
+                    source: Box::new(source),
                     restarted,
                 });
             }
