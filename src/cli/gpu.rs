@@ -228,6 +228,12 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
                 say_stopped(&stopped);
                 plan = p;
             }
+            // `--all` still binds the devices the units do not hold.
+            Err(e) if matches!(a.selection(), Selection::All) => {
+                eprintln!("{e}");
+                let off = without_stopping(&config);
+                return bind_each(g, &off, a, journal.as_mut(), &inv);
+            }
             Err(e) => return refused_stop(e, a.json),
         }
     }
@@ -316,7 +322,12 @@ fn bind_each(
                 say_stopped(&stopped);
                 (plans, refusals, failures) = (p, r, f);
             }
-            Err(e) => return refused_stop(e, a.json),
+            // The devices the units hold stay refused; the others are still bound.
+            Err(e) => {
+                (plans, refusals, failures) =
+                    cchost::plan::vfio::plan_all_or_each(&g.host, &off, inv)?;
+                refusals.insert(0, e.to_string());
+            }
         }
     } else {
         for u in &stop {

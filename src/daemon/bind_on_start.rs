@@ -65,9 +65,20 @@ pub fn bind_matched(host: &HostRoot, journal: &mut Journal, config: &Config) -> 
                 }
                 (plans, out.refused, out.failed) = (p, refused, failed);
             }
+            // The devices the units hold stay refused; the others are still bound.
             Err(e) => {
-                out.refused.push(e.to_string());
-                return out;
+                out.refused = vec![e.to_string()];
+                match crate::plan::vfio::plan_all_or_each(host, &off, &inv) {
+                    Ok((p, refused, failed)) => {
+                        plans = p;
+                        out.refused.extend(refused);
+                        out.failed = failed;
+                    }
+                    Err(e) => {
+                        out.failed.push(format!("GPU inventory: {e}"));
+                        return out;
+                    }
+                }
             }
         }
     }
@@ -93,4 +104,59 @@ pub fn bind_matched(host: &HostRoot, journal: &mut Journal, config: &Config) -> 
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::testutil::{Func, Tree};
+
+    /// Two GPUs: one held by nvidia-persistenced, one free.
+    fn host() -> Tree {
+        let t = Tree::new();
+        t.file("/proc/sys/kernel/osrelease", "6.8.0-test\n").file(
+            "/lib/modules/6.8.0-test/modules.alias",
+            "alias vfio_pci:v*d*sv*sd*bc*sc*i* vfio_pci\n",
+        );
+        t.pci(
+            &Func::new("0000:3b:00.0", 0x10de, 0x2330, 0x030200)
+                .driver("nvidia")
+                .group(1),
+        )
+        .pci(&Func::new("0000:5e:00.0", 0x10de, 0x2330, 0x030200).group(2))
+        .file(
+            "/proc/driver/nvidia/gpus/0000:3b:00.0/information",
+            "Device Minor: \t 0\n",
+        )
+        .file("/proc/1111/comm", "nvidia-persiste\n")
+        .link("/proc/1111/fd/3", "/dev/nvidia0");
+        t
+    }
+
+    /// With `stop_nvidia_services` and no system bus: the held GPU is refused with the
+    /// unit and the reason, nothing is journaled for it, and the free GPU is still tried
+    /// (it fails here only because a fixture's sysfs cannot bind).
+    #[test]
+    fn a_stop_that_cannot_happen_refuses_the_held_gpu_and_tries_the_others() {
+        let t = host();
+        let mut cfg = Config::default();
+        cfg.vfio.stop_nvidia_services = true;
+        cfg.vfio.load_modules = false;
+        let mut j = Journal::open(&t.host).unwrap();
+        let out = bind_matched(&t.host, &mut j, &cfg);
+        let refused = out.refused.join("\n");
+        assert!(
+            refused.contains("nvidia-persistenced.service") && refused.contains("no system bus"),
+            "{out:?}"
+        );
+        assert!(
+            out.failed.iter().any(|f| f.contains("vfio-pci")),
+            "the free GPU was attempted: {out:?}"
+        );
+        assert!(
+            !j.entries().iter().any(|e| e.kind == "systemd.stop"),
+            "{:?}",
+            j.entries()
+        );
+    }
 }
