@@ -107,6 +107,7 @@ impl Config {
         self.device_plugin.validate()?;
         self.labels.validate()?;
         self.kernel.validate()?;
+        self.vfio.validate()?;
         self.dcap.validate()?;
         self.observe.validate()?;
         self.cc.validate()?;

@@ -307,3 +307,49 @@ fn a_gpu_held_by_nvidia_persistenced_names_the_service_to_stop() {
     let msg = refusals(plan(&t, &Config::default(), Selection::All))[0].to_string();
     assert!(!msg.contains("systemctl"), "{msg}");
 }
+
+#[test]
+fn with_stop_services_only_daemon_holders_become_units_to_stop() {
+    let mut cfg = Config::default();
+    cfg.vfio.stop_nvidia_services = true;
+    let held = |extra: Option<(&str, &str)>| {
+        let t = host();
+        t.file(
+            "/proc/driver/nvidia/gpus/0000:3b:00.0/information",
+            "Device Minor: \t 0\n",
+        )
+        .file("/proc/1111/comm", "nvidia-persiste\n")
+        .link("/proc/1111/fd/3", "/dev/nvidia0")
+        .file("/proc/2222/comm", "nv-fabricmanage\n")
+        .link("/proc/2222/fd/4", "/dev/nvidia0");
+        if let Some((pid, comm)) = extra {
+            t.file(&format!("/proc/{pid}/comm"), format!("{comm}\n"))
+                .link(&format!("/proc/{pid}/fd/9"), "/dev/nvidia0");
+        }
+        t
+    };
+    let t = held(None);
+    let p = plan(&t, &cfg, Selection::All).unwrap();
+    assert_eq!(
+        p.stop_units,
+        [
+            "nvidia-persistenced.service",
+            "nvidia-fabricmanager.service"
+        ]
+    );
+    // The plan shows them (`gpu bind --dry-run --json`).
+    let json = serde_json::to_value(&p).unwrap();
+    assert_eq!(json["stop_units"][0], "nvidia-persistenced.service");
+    // Another holder besides them: refused as before, the daemons named.
+    let t = held(Some(("4242", "python3")));
+    let r = refusals(plan(&t, &cfg, Selection::All));
+    let msg = r[0].to_string();
+    assert!(
+        msg.contains("python3") && msg.contains("nvidia-persistenced.service"),
+        "{msg}"
+    );
+    // Off (the default): refused, and the message says how to let cchost stop them.
+    let t = held(None);
+    let msg = refusals(plan(&t, &Config::default(), Selection::All))[0].to_string();
+    assert!(msg.contains("--stop-services"), "{msg}");
+}
