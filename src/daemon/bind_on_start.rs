@@ -109,7 +109,7 @@ pub fn bind_matched(host: &HostRoot, journal: &mut Journal, config: &Config) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::testutil::{Func, Tree};
+    use crate::fixture::{PciSpec, Tree};
 
     /// Two GPUs: one held by nvidia-persistenced, one free.
     fn host() -> Tree {
@@ -119,11 +119,11 @@ mod tests {
             "alias vfio_pci:v*d*sv*sd*bc*sc*i* vfio_pci\n",
         );
         t.pci(
-            &Func::new("0000:3b:00.0", 0x10de, 0x2330, 0x030200)
+            &PciSpec::new("0000:3b:00.0", 0x10de, 0x2330, 0x030200)
                 .driver("nvidia")
                 .group(1),
         )
-        .pci(&Func::new("0000:5e:00.0", 0x10de, 0x2330, 0x030200).group(2))
+        .pci(&PciSpec::new("0000:5e:00.0", 0x10de, 0x2330, 0x030200).group(2))
         .file(
             "/proc/driver/nvidia/gpus/0000:3b:00.0/information",
             "Device Minor: \t 0\n",

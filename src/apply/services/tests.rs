@@ -3,8 +3,8 @@ use std::path::PathBuf;
 
 use super::*;
 use crate::config::Config;
+use crate::fixture::{PciSpec, Tree};
 use crate::gpu::services::{STOP_KIND, UnitError};
-use crate::inventory::testutil::{Func, Tree};
 use crate::plan::vfio::{Selection, plan_bind};
 
 const P: &str = "nvidia-persistenced.service";
@@ -17,7 +17,7 @@ fn host() -> Tree {
         "alias vfio_pci:v*d*sv*sd*bc*sc*i* vfio_pci\n",
     );
     t.pci(
-        &Func::new("0000:3b:00.0", 0x10de, 0x2330, 0x030200)
+        &PciSpec::new("0000:3b:00.0", 0x10de, 0x2330, 0x030200)
             .driver("nvidia")
             .group(1),
     )
