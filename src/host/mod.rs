@@ -17,6 +17,7 @@ pub mod mmio;
 mod open;
 pub mod owner;
 pub mod socket;
+pub mod systemd;
 
 pub mod batch;
 pub mod device_events;

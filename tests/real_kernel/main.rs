@@ -12,3 +12,4 @@ mod harness_self_test;
 mod hostcfg;
 mod inventory;
 mod vfio;
+mod vfio_boot;
