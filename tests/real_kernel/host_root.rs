@@ -20,12 +20,18 @@ fn a_sys_link_out_of_the_host_root_is_not_followed_on_the_real_kernel() {
         .cmd("cchost --host-root / inventory --json >/dev/null")
         .run();
     let first = run.step(0).assert_success().stdout();
-    assert!(!first.trim().is_empty(), "the guest has PCI devices: {first}");
+    assert!(
+        !first.trim().is_empty(),
+        "the guest has PCI devices: {first}"
+    );
     for i in [1, 2] {
         let s = run.step(i);
         s.assert_code(2);
         let err = s.stderr();
-        assert!(err.contains("not a whole host") && err.contains("sys"), "{err}");
+        assert!(
+            err.contains("not a whole host") && err.contains("sys"),
+            "{err}"
+        );
     }
     // The same command on the real root reads the real /sys.
     run.step(3).assert_success();
