@@ -8,7 +8,7 @@
 //! line (`6,123,456,-;message`), and it is read as text.
 
 use std::io::Read;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use nix::fcntl::OFlag;
@@ -112,6 +112,15 @@ pub fn parse_record(line: &str) -> Option<KmsgRecord> {
     })
 }
 
+/// Major and minor number of `/dev/kmsg` (the `mem` driver's minor 11,
+/// Documentation/admin-guide/devices.txt).
+const KMSG_DEVICE: (u32, u32) = (1, 11);
+
+/// At most this much is read from the kmsg device in one call: four times the largest
+/// ring buffer the kernel allows (CONFIG_LOG_BUF_SHIFT <= 25, init/Kconfig), so a log
+/// being written faster than it is read cannot keep the reader going forever.
+const MAX_DEVICE_READ_BYTES: u64 = 4 << 25;
+
 impl HostRoot {
     /// Reads the whole kernel log (bounded by [`MAX_READ_BYTES`] in total).
     pub fn kernel_log(&self) -> Result<KernelLog, HostError> {
@@ -126,6 +135,21 @@ impl HostRoot {
         )?);
         let meta = file.metadata().map_err(|e| HostError::io(path, e))?;
         if meta.file_type().is_char_device() {
+            // Only the kernel log itself, character device 1:11
+            // (Documentation/admin-guide/devices.txt): any other device planted here
+            // (/dev/zero, a tty) would be read forever or block.
+            let rdev = meta.rdev();
+            let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+            if (major, minor) != KMSG_DEVICE {
+                return Err(HostError::malformed(
+                    path,
+                    format!(
+                        "character device {major}:{minor} is not the kernel log \
+                         (/dev/kmsg is {}:{}); refusing to read it",
+                        KMSG_DEVICE.0, KMSG_DEVICE.1
+                    ),
+                ));
+            }
             return read_kmsg_device(file, path);
         }
         if !meta.is_file() {
@@ -163,10 +187,15 @@ fn read_kmsg_device(mut f: std::fs::File, path: &Path) -> Result<KernelLog, Host
     let mut buf = vec![0u8; 16 * 1024];
     let mut newest = NewestRecords::new(MAX_READ_BYTES);
     let mut skipped = 0;
+    let mut total: u64 = 0;
     loop {
+        if total >= MAX_DEVICE_READ_BYTES {
+            break;
+        }
         match f.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
+                total += n as u64;
                 let text = String::from_utf8_lossy(&buf[..n]);
                 match text.lines().next().and_then(parse_record) {
                     Some(r) => newest.push(r, n as u64),

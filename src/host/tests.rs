@@ -514,3 +514,26 @@ fn a_link_swapped_in_during_a_call_cannot_lead_outside() {
         "no race happened: {flips} flips"
     );
 }
+
+/// Issue 13 item 4: a character device planted at /dev/kmsg that is not the kernel log
+/// (here /dev/zero's 1:5, which never ends) is refused, naming both numbers, instead of
+/// being read forever. Needs root for mknod(2), as the crate's CI runs.
+#[test]
+fn a_char_device_at_dev_kmsg_that_is_not_the_kernel_log_is_refused() {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    let d = tempfile::tempdir().unwrap();
+    fs::create_dir_all(d.path().join("dev")).unwrap();
+    mknod(
+        &d.path().join("dev/kmsg"),
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o600),
+        makedev(1, 5),
+    )
+    .expect("mknod needs root (the test suite runs as root)");
+    let host = HostRoot::new(d.path()).unwrap();
+    let err = host.kernel_log().unwrap_err().to_string();
+    assert!(
+        err.contains("1:5") && err.contains("1:11") && err.contains("not the kernel log"),
+        "{err}"
+    );
+}
