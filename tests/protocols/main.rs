@@ -26,6 +26,6 @@ mod gpu_cc_mmap;
 mod gpu_cc_sim;
 mod labels_kube;
 mod node_events;
-mod node_watch;
+mod own_node;
 mod run_cc_on_start;
 mod run_recovery;
