@@ -267,6 +267,15 @@ func fleet() error {
 	}
 	// Labels only: these Nodes have no kubelet.
 	cfg := strings.Replace(d.Config, `mode = "on"`, `mode = "off"`, 1)
+	// One machine each would have its own ports 9560/9561; here they share one network
+	// namespace, so each gets its own pair (below the kernel's ephemeral range).
+	if !strings.Contains(cfg, `"0.0.0.0:9560"`) || !strings.Contains(cfg, `"0.0.0.0:9561"`) {
+		return fmt.Errorf("the deployed config does not listen on 0.0.0.0:9560 and 9561")
+	}
+	cfgOf := func(i int) string {
+		c := strings.Replace(cfg, `"0.0.0.0:9560"`, fmt.Sprintf(`"127.0.0.1:%d"`, 30000+2*i), 1)
+		return strings.Replace(c, `"0.0.0.0:9561"`, fmt.Sprintf(`"127.0.0.1:%d"`, 30001+2*i), 1)
+	}
 	names := make([]string, *n)
 	tokens := make([]string, *n)
 	for i := range names {
@@ -285,7 +294,7 @@ func fleet() error {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			h, err := c.StartCchostAsDaemonSet(d, *cchost, hosts[i], cfg, names[i], names[i], tokens[i])
+			h, err := c.StartCchostAsDaemonSet(d, *cchost, hosts[i], cfgOf(i), names[i], names[i], tokens[i])
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil && startErr == nil {
