@@ -48,6 +48,8 @@ func cchostRequest(ev harness.AuditEvent) bool {
 func testSteadyState(t *testing.T) {
 	window := steadyWindow(t)
 	cfg := withConfig(t, "# [cc]\n", "[cc]\nfollow_label = true\n")
+	// The running cchost's plugin registered (also when this test runs alone, -run).
+	waitAllocatable(t, "4", 30*time.Second)
 	if err := e.cchost.Stop(); err != nil {
 		t.Fatal(err)
 	}
