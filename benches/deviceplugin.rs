@@ -23,12 +23,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cchost::deviceplugin::api;
-use dp_support::{DP_DIR, FakeHost, FakeKubelet, Func, connect_plugin};
+use cchost::fixture::{PciSpec, Tree};
+use dp_support::{DP_DIR, FakeKubelet, add_behind, connect_plugin, gpu, whole_host};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn eight_gpus() -> (FakeHost, Vec<Func>) {
-    let h = FakeHost::new();
+fn eight_gpus() -> (Tree, Vec<PciSpec>) {
+    let h = whole_host();
     let roots = [
         "0000:00:01.0",
         "0000:00:02.0",
@@ -67,13 +68,11 @@ fn eight_gpus() -> (FakeHost, Vec<Func>) {
         "0000:92:01.0",
     ];
     for i in 0..8 {
-        let f = Func::gpu(
-            bdfs[i],
-            vec![roots[i / 2], ups[i], downs[i]],
-            20 + i as u32,
-            (i / 4) as i32,
+        let f = add_behind(
+            &h,
+            &[roots[i / 2], ups[i], downs[i]],
+            gpu(bdfs[i], 20 + i as u32, (i / 4) as u32),
         );
-        h.add(&f);
         funcs.push(f);
     }
     (h, funcs)
@@ -91,15 +90,15 @@ fn bin() -> String {
     std::env::var("CCHOST_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cchost").to_string())
 }
 
-fn spawn_run(h: &FakeHost, extra_config: &str) -> std::process::Child {
+fn spawn_run(h: &Tree, extra_config: &str) -> std::process::Child {
     spawn_bin(&bin(), h, extra_config)
 }
 
 /// `cchost run` of `bin`; under `taskset -c $CCHOST_BENCH_SERVER_CPUS` when that is set
 /// (the daemon on its own core, the client on another: run the bench itself under
 /// `taskset -c <other>`).
-fn spawn_bin(bin: &str, h: &FakeHost, extra_config: &str) -> std::process::Child {
-    let cfg = h.dir.path().join("config.toml");
+fn spawn_bin(bin: &str, h: &Tree, extra_config: &str) -> std::process::Child {
+    let cfg = h.root().join("config.toml");
     std::fs::write(&cfg, format!("[device_plugin]\n{extra_config}")).unwrap();
     let mut cmd = match std::env::var("CCHOST_BENCH_SERVER_CPUS") {
         Ok(cpus) => {
@@ -110,7 +109,7 @@ fn spawn_bin(bin: &str, h: &FakeHost, extra_config: &str) -> std::process::Child
         Err(_) => std::process::Command::new(bin),
     };
     cmd.arg("--host-root")
-        .arg(h.dir.path())
+        .arg(h.root())
         .arg("--config")
         .arg(&cfg)
         .arg("run")
@@ -130,7 +129,7 @@ async fn start_to_register() {
     let mut samples = Vec::new();
     for _ in 0..20 {
         let (h, _) = eight_gpus();
-        let mut kubelet = FakeKubelet::start(&h.local(DP_DIR)).await;
+        let mut kubelet = FakeKubelet::start(&h.path(DP_DIR)).await;
         let t = Instant::now();
         let child = spawn_run(&h, "");
         kubelet.next(WAIT).await.expect("Register");
@@ -148,16 +147,16 @@ async fn start_to_register() {
 /// the rescans (issue 13 item 11: they must not run on the thread that answers it).
 async fn allocate_run(bin: &str, churn: bool) -> Vec<(String, Duration, Duration, Duration)> {
     let (h, _) = eight_gpus();
-    let mut kubelet = FakeKubelet::start(&h.local(DP_DIR)).await;
+    let mut kubelet = FakeKubelet::start(&h.path(DP_DIR)).await;
     let child = spawn_bin(bin, &h, "");
     kubelet.next(WAIT).await.expect("Register");
-    let mut c = connect_plugin(&h.local(DP_DIR).join("cchost-nvidia.com-pgpu.sock"))
+    let mut c = connect_plugin(&h.path(DP_DIR).join("cchost-nvidia.com-pgpu.sock"))
         .await
         .unwrap();
     let stop_churn = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let churner = churn.then(|| {
         let stop = stop_churn.clone();
-        let file = h.local("/dev/vfio/bench-churn");
+        let file = h.path("/dev/vfio/bench-churn");
         std::thread::spawn(move || {
             let mut rescans = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -263,23 +262,23 @@ async fn allocate_compare() {
 /// The vfio node of a GPU goes away / comes back (the /dev/vfio watch of `cchost run`).
 async fn health_to_update() {
     let (h, funcs) = eight_gpus();
-    let mut kubelet = FakeKubelet::start(&h.local(DP_DIR)).await;
+    let mut kubelet = FakeKubelet::start(&h.path(DP_DIR)).await;
     let child = spawn_run(&h, "rescan_interval_s = 0\n");
     kubelet.next(WAIT).await.expect("Register");
-    let mut c = connect_plugin(&h.local(DP_DIR).join("cchost-nvidia.com-pgpu.sock"))
+    let mut c = connect_plugin(&h.path(DP_DIR).join("cchost-nvidia.com-pgpu.sock"))
         .await
         .unwrap();
     let mut s = c.list_and_watch(api::Empty {}).await.unwrap().into_inner();
     s.message().await.unwrap();
     let mut samples = Vec::new();
     for i in 0..100 {
-        let g = funcs[i % 8].group.unwrap();
+        let g = funcs[i % 8].iommu_group.unwrap();
         let node = format!("/dev/vfio/{g}");
         let t = Instant::now();
         if i % 16 < 8 {
             h.remove(&node);
         } else {
-            h.write(&node, "");
+            h.file(&node, "");
         }
         tokio::time::timeout(WAIT, s.message())
             .await
@@ -310,10 +309,10 @@ async fn uevent_to_update() {
         return;
     }
     let (h, funcs) = eight_gpus();
-    let mut kubelet = FakeKubelet::start(&h.local(DP_DIR)).await;
+    let mut kubelet = FakeKubelet::start(&h.path(DP_DIR)).await;
     let child = spawn_run(&h, "rescan_interval_s = 0\n");
     kubelet.next(WAIT).await.expect("Register");
-    let mut c = connect_plugin(&h.local(DP_DIR).join("cchost-nvidia.com-pgpu.sock"))
+    let mut c = connect_plugin(&h.path(DP_DIR).join("cchost-nvidia.com-pgpu.sock"))
         .await
         .unwrap();
     let mut s = c.list_and_watch(api::Empty {}).await.unwrap().into_inner();
@@ -321,7 +320,7 @@ async fn uevent_to_update() {
     let mut samples = Vec::new();
     for i in 0..40 {
         h.set_driver(
-            &funcs[i % 8],
+            &funcs[i % 8].address,
             Some(if i % 16 < 8 { "nvidia" } else { "vfio-pci" }),
         );
         let t = Instant::now();
@@ -345,12 +344,12 @@ async fn uevent_to_update() {
 /// `/proc/<pid>/status` fields of one idle `cchost run`, in KiB.
 async fn idle_rss_once() -> Vec<(&'static str, u64)> {
     let (h, _) = eight_gpus();
-    let mut kubelet = FakeKubelet::start(&h.local(DP_DIR)).await;
+    let mut kubelet = FakeKubelet::start(&h.path(DP_DIR)).await;
     let child = spawn_run(&h, "");
     kubelet.next(WAIT).await.expect("Register");
     let _ = kubelet.next(WAIT).await;
     // Kubelet holds a ListAndWatch stream open, as on a real node.
-    let mut c = connect_plugin(&h.local(DP_DIR).join("cchost-nvidia.com-pgpu.sock"))
+    let mut c = connect_plugin(&h.path(DP_DIR).join("cchost-nvidia.com-pgpu.sock"))
         .await
         .unwrap();
     let mut s = c.list_and_watch(api::Empty {}).await.unwrap().into_inner();

@@ -4,6 +4,8 @@
 //!
 //! - [`node`]: the node plan (kernel arguments, modules).
 //! - [`vfio`]: a `gpu bind` / `gpu unbind` plan.
+//! - [`services`]: stopping NVIDIA's host daemons that hold the GPUs before a bind.
 
 pub mod node;
+pub mod services;
 pub mod vfio;

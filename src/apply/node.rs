@@ -86,7 +86,9 @@ pub fn apply(
                 journal.applied(seq)?;
                 true
             }
-            Action::PersistModules { path, content, .. } | Action::KataDropin { path, content } => {
+            Action::PersistModules { path, content, .. }
+            | Action::KataDropin { path, content }
+            | Action::ModprobeFile { path, content, .. } => {
                 let p = path.display().to_string();
                 journal::write_file(host, journal, &p, content, 0o644)?
             }

@@ -69,11 +69,34 @@ fn cc(ctx: &Ctx) -> CheckOutcome {
     }
     let chips: std::collections::BTreeSet<&str> =
         gpus.iter().filter_map(|d| d.chip.as_deref()).collect();
-    CheckOutcome::pass(format!(
+    let mut message = format!(
         "{} GPU(s), chip(s) {}",
         gpus.len(),
         chips.into_iter().collect::<Vec<_>>().join(", ")
-    ))
+    );
+    // A mixed node: the per-GPU modes must fit this host's GPUs, or `cchost run`
+    // switches and serves none of them (docs/config.md, `[[cc.modes]]`).
+    if !ctx.config.cc.modes.is_empty() {
+        use crate::config::cc_modes::{GpuMode, resolve};
+        let slots = crate::inventory::cc_split::gpu_slots(&ctx.inv.gpus);
+        match resolve(&ctx.config.cc.modes, &slots) {
+            Err(e) => {
+                return CheckOutcome::fail(
+                    e.to_string(),
+                    "make [[cc.modes]] name every GPU of this host exactly once \
+                     (docs/config.md); until then `cchost run` switches and serves no GPU",
+                );
+            }
+            Ok(m) => {
+                let on = m.values().filter(|v| **v == GpuMode::On).count();
+                message.push_str(&format!(
+                    "; cc.modes: {on} CC (on), {} non-CC (off)",
+                    m.len() - on
+                ));
+            }
+        }
+    }
+    CheckOutcome::pass(message)
 }
 
 /// Native CC mode needs user-space BAR0 mappings (sysfs `resource0`), which kernel

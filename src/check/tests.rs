@@ -1,5 +1,5 @@
 use super::*;
-use crate::inventory::testutil::{Func, Tree};
+use crate::fixture::{PciSpec, Tree};
 
 /// An AMD host with SNP fully up, 2 H100s on vfio, vhost-vsock, IOMMU translated.
 fn snp_host(t: &Tree, cmdline: &str, snp_param: &str) {
@@ -27,10 +27,10 @@ fn snp_host(t: &Tree, cmdline: &str, snp_param: &str) {
     for (i, a) in ["0000:3b:00.0", "0000:5d:00.0"].into_iter().enumerate() {
         let g = i as u32 + 10;
         t.pci(
-            &Func::new(a, 0x10de, 0x2330, 0x030200)
+            &PciSpec::new(a, 0x10de, 0x2330, 0x030200)
                 .driver("vfio-pci")
                 .group(g)
-                .numa(i as i32),
+                .numa(i as u32),
         );
         t.file(
             &format!("/sys/kernel/iommu_groups/{g}/type"),

@@ -1,13 +1,17 @@
 //! `cchost gpu list | bind | unbind | cc`.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use serde::Serialize;
 
 use cchost::apply;
+use cchost::apply::services::FreeError;
+use cchost::config::Config;
 use cchost::gpu::cc::device::Timing;
 use cchost::gpu::cc::journaled::CcRestorer;
 use cchost::gpu::cc::live::MmioOpener;
+use cchost::gpu::services::{ServiceRestorer, SystemBus};
 use cchost::gpu::vfio::{self, Step, VfioRestorer};
 use cchost::host::pci::PciAddress;
 use cchost::inventory::discover_gpus;
@@ -55,6 +59,11 @@ pub struct BindArgs {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
+    /// bind: when NVIDIA's host daemons (nvidia-persistenced, nvidia-fabricmanager)
+    /// are the only holders, stop their systemd units first (`cchost undo` starts
+    /// them again); as `[vfio] stop_nvidia_services = true` for this command.
+    #[arg(long)]
+    stop_services: bool,
 }
 
 impl BindArgs {
@@ -84,8 +93,49 @@ static CC_RESTORER: CcRestorer<'static> = CcRestorer {
 };
 
 /// The journal restorers of the GPU steps (also used by `undo`).
-pub fn restorers() -> [&'static dyn Restorer; 3] {
-    [&VfioRestorer::BIND, &VfioRestorer::UNBIND, &CC_RESTORER]
+pub fn restorers() -> [&'static dyn Restorer; 4] {
+    [
+        &VfioRestorer::BIND,
+        &VfioRestorer::UNBIND,
+        &CC_RESTORER,
+        &ServiceRestorer::SYSTEM,
+    ]
+}
+
+/// The config of a bind: `--stop-services` turns `[vfio] stop_nvidia_services` on.
+fn bind_config(g: &Global, a: &BindArgs) -> Config {
+    let mut c = g.config.clone();
+    c.vfio.stop_nvidia_services |= a.stop_services;
+    c
+}
+
+/// The same config with stopping off: once the units are down, anything still holding
+/// a device refuses it.
+fn without_stopping(c: &Config) -> Config {
+    let mut c = c.clone();
+    c.vfio.stop_nvidia_services = false;
+    c
+}
+
+fn system_bus(g: &Global, c: &Config) -> SystemBus {
+    SystemBus::for_host(
+        &g.host,
+        Duration::from_millis(c.vfio.stop_services_timeout_ms),
+    )
+}
+
+fn say_stopped(stopped: &[String]) {
+    for u in stopped {
+        eprintln!("stopped {u} (it held the devices); `cchost undo` starts it again");
+    }
+}
+
+fn refused_stop(e: FreeError, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        print_json(&serde_json::json!({ "refused": [e.to_string()] }))?;
+    }
+    eprintln!("{e}");
+    Ok(ExitCode::from(1))
 }
 
 /// Opens the journal and finishes or rolls back GPU steps an earlier run left half done.
@@ -154,15 +204,39 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(open_journal(g)?)
     };
-    let inv = discover_gpus(&g.host, &g.config.matching);
-    let plan = match plan_bind(&g.host, &g.config, &inv, &a.selection()) {
+    let config = bind_config(g, &a);
+    let inv = discover_gpus(&g.host, &config.matching);
+    let mut plan = match plan_bind(&g.host, &config, &inv, &a.selection()) {
         Ok(p) => p,
         // `--all` binds what it can: each refused device is named, the others bound.
         Err(PlanError::Refused(_)) if matches!(a.selection(), Selection::All) => {
-            return bind_each(g, a, journal.as_mut(), &inv);
+            return bind_each(g, &config, a, journal.as_mut(), &inv);
         }
         Err(e) => return refused(e, a.json),
     };
+    if let Some(j) = journal.as_mut()
+        && !plan.stop_units.is_empty()
+    {
+        let off = without_stopping(&config);
+        let again = || {
+            let inv = discover_gpus(&g.host, &off.matching);
+            plan_bind(&g.host, &off, &inv, &a.selection())
+        };
+        match apply::services::free_then_replan(j, &system_bus(g, &config), &plan.stop_units, again)
+        {
+            Ok((p, stopped)) => {
+                say_stopped(&stopped);
+                plan = p;
+            }
+            // `--all` still binds the devices the units do not hold.
+            Err(e) if matches!(a.selection(), Selection::All) => {
+                eprintln!("{e}");
+                let off = without_stopping(&config);
+                return bind_each(g, &off, a, journal.as_mut(), &inv);
+            }
+            Err(e) => return refused_stop(e, a.json),
+        }
+    }
     for w in &plan.warnings {
         eprintln!("warning: {w}");
     }
@@ -172,6 +246,9 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
     let Some(journal) = journal.as_mut() else {
         if a.json {
             return print_json(&plan).map(|_| ExitCode::SUCCESS);
+        }
+        for u in &plan.stop_units {
+            outln!("would stop {u} first (it holds the devices; `cchost undo` starts it again)");
         }
         for it in &plan.items {
             let what = if it.changes {
@@ -188,7 +265,7 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let mut observe = step_observer()?;
-    let results = apply::vfio::apply_bind(&g.host, journal, &g.config, &plan, &mut observe)?;
+    let results = apply::vfio::apply_bind(&g.host, journal, &config, &plan, &mut observe)?;
     let failed = results.iter().any(|r| r.outcome.is_err()) || results.len() < plan.items.len();
     if a.json {
         print_json(&results)?;
@@ -219,12 +296,44 @@ fn bind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
 /// printed, the rest bound. Exit 1 (not everything is bound).
 fn bind_each(
     g: &Global,
+    config: &Config,
     a: BindArgs,
-    journal: Option<&mut Journal>,
+    mut journal: Option<&mut Journal>,
     inv: &cchost::inventory::gpu::GpuInventory,
 ) -> anyhow::Result<ExitCode> {
-    let (plans, refusals, failures) =
-        cchost::plan::vfio::plan_all_or_each(&g.host, &g.config, inv)?;
+    let (mut plans, mut refusals, mut failures) =
+        cchost::plan::vfio::plan_all_or_each(&g.host, config, inv)?;
+    let mut stop: Vec<String> = Vec::new();
+    for u in plans.iter().flat_map(|p| &p.stop_units) {
+        if !stop.contains(u) {
+            stop.push(u.clone());
+        }
+    }
+    if let Some(j) = journal.as_deref_mut()
+        && !stop.is_empty()
+    {
+        let off = without_stopping(config);
+        let again = || {
+            let inv = discover_gpus(&g.host, &off.matching);
+            cchost::plan::vfio::plan_all_or_each(&g.host, &off, &inv).map_err(PlanError::Host)
+        };
+        match apply::services::free_then_replan(j, &system_bus(g, config), &stop, again) {
+            Ok(((p, r, f), stopped)) => {
+                say_stopped(&stopped);
+                (plans, refusals, failures) = (p, r, f);
+            }
+            // The devices the units hold stay refused; the others are still bound.
+            Err(e) => {
+                (plans, refusals, failures) =
+                    cchost::plan::vfio::plan_all_or_each(&g.host, &off, inv)?;
+                refusals.insert(0, e.to_string());
+            }
+        }
+    } else {
+        for u in &stop {
+            println!("would stop {u} first (it holds the devices; `cchost undo` starts it again)");
+        }
+    }
     for r in &refusals {
         eprintln!("{r} (refused; the other devices are bound)");
     }
@@ -246,7 +355,7 @@ fn bind_each(
         for w in &plan.warnings {
             eprintln!("warning: {w}");
         }
-        let results = apply::vfio::apply_bind(&g.host, journal, &g.config, plan, &mut observe)?;
+        let results = apply::vfio::apply_bind(&g.host, journal, config, plan, &mut observe)?;
         for r in &results {
             if a.json {
                 continue;
@@ -287,6 +396,9 @@ fn unbind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
     let Some(journal) = journal.as_mut() else {
         if a.json {
             return print_json(&plan).map(|_| ExitCode::SUCCESS);
+        }
+        for u in &plan.stop_units {
+            outln!("would stop {u} first (it holds the devices; `cchost undo` starts it again)");
         }
         for it in &plan.items {
             outln!("{} would be released (now {})", it.address, it.current);

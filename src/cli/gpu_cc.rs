@@ -1,6 +1,8 @@
 //! `cchost gpu cc query | set | ppcie`: Confidential Computing mode by hand.
 //!
-//! Queries map `resource0` read-only and only read registers. `set` requires each GPU to
+//! Queries map `resource0` read-only and only read registers; a runtime-suspended GPU
+//! is reported as not read unless `--wake` allows waking it (a write of
+//! `power/control`, put back byte for byte afterwards). `set` requires each GPU to
 //! be driverless or on vfio-pci and unused, journals the state before (a `gpu.cc` entry
 //! that `cchost undo` restores), stages the knobs, resets all GPUs together through
 //! sysfs and verifies each one.
@@ -42,6 +44,11 @@ pub struct QueryArgs {
     /// Every CC-capable GPU (the default for a query).
     #[arg(long, conflicts_with = "devices")]
     pub all: bool,
+    /// Wake a runtime-suspended GPU to read it: writes `on` to its `power/control` and
+    /// puts the old content back afterwards. Without it a suspended GPU is reported as
+    /// not read, and the query writes nothing.
+    #[arg(long)]
+    pub wake: bool,
     /// JSON output.
     #[arg(long)]
     pub json: bool,
@@ -76,6 +83,9 @@ pub enum OnOff {
 pub enum PpcieCommand {
     /// PPCIe state of every HGX Hopper GPU and NVSwitch.
     Query {
+        /// Wake runtime-suspended devices to read them (see `gpu cc query --wake`).
+        #[arg(long)]
+        wake: bool,
         #[arg(long)]
         json: bool,
     },
@@ -105,7 +115,7 @@ pub fn run(g: &Global, c: Command) -> anyhow::Result<ExitCode> {
     match c {
         Command::Query(a) => {
             let targets = select(g, &a.devices, |f| f.is_gpu())?;
-            query(g, targets, a.json)
+            query(g, targets, a.json, a.wake)
         }
         Command::Set(a) => {
             if a.devices.is_empty() && !a.all {
@@ -119,9 +129,9 @@ pub fn run(g: &Global, c: Command) -> anyhow::Result<ExitCode> {
             };
             set(g, targets, mode, a.json)
         }
-        Command::Ppcie(PpcieCommand::Query { json }) => {
+        Command::Ppcie(PpcieCommand::Query { json, wake }) => {
             let targets = select(g, &[], Family::supports_ppcie)?;
-            query(g, targets, json)
+            query(g, targets, json, wake)
         }
         Command::Ppcie(PpcieCommand::Set { state, json }) => {
             let targets = select(g, &[], Family::supports_ppcie)?;
@@ -169,16 +179,26 @@ fn select(
     Ok(out)
 }
 
+/// Opens each target; `wake` = false (a query without `--wake`): a runtime-suspended
+/// device is not opened (waking it is a write) but reported as not read.
 fn open_all(
     g: &Global,
     targets: &[(PciDevice, Family)],
     access: MapAccess,
+    wake: bool,
 ) -> Vec<Result<LiveDevice, String>> {
     let opener = MmioOpener::default();
     targets
         .iter()
         .map(|(p, f)| match access {
             MapAccess::ReadOnly => {
+                if !wake
+                    && live::runtime_suspended(&g.host, &p.address).map_err(|e| e.to_string())?
+                {
+                    return Err(
+                        "not read: GPU is runtime-suspended (pass --wake to wake it)".to_string(),
+                    );
+                }
                 precheck::check_unused(&g.host, p).map_err(|e| e.to_string())?;
                 live::open(&g.host, p, *f, access, Timing::default()).map_err(|e| e.to_string())
             }
@@ -202,8 +222,13 @@ fn kill_observer() -> anyhow::Result<impl Fn(&str, SwitchStep) + Sync> {
     })
 }
 
-fn query(g: &Global, targets: Vec<(PciDevice, Family)>, json: bool) -> anyhow::Result<ExitCode> {
-    let opened = open_all(g, &targets, MapAccess::ReadOnly);
+fn query(
+    g: &Global,
+    targets: Vec<(PciDevice, Family)>,
+    json: bool,
+    wake: bool,
+) -> anyhow::Result<ExitCode> {
+    let opened = open_all(g, &targets, MapAccess::ReadOnly, wake);
     let devs: Vec<&CcDevice> = opened
         .iter()
         .filter_map(|r| r.as_ref().ok().map(|l| &l.device))
@@ -284,7 +309,7 @@ fn set(
 ) -> anyhow::Result<ExitCode> {
     let mut journal = super::gpu::open_journal(g)?;
     let observe = kill_observer()?;
-    let opened = open_all(g, &targets, MapAccess::ReadWrite);
+    let opened = open_all(g, &targets, MapAccess::ReadWrite, true);
     let devs: Vec<(&PciDevice, &CcDevice)> = opened
         .iter()
         .filter_map(|r| r.as_ref().ok().map(|l| (&l.pci, &l.device)))
@@ -319,7 +344,7 @@ fn ppcie_set(
 ) -> anyhow::Result<ExitCode> {
     let mut journal = super::gpu::open_journal(g)?;
     let observe = kill_observer()?;
-    let opened = open_all(g, &targets, MapAccess::ReadWrite);
+    let opened = open_all(g, &targets, MapAccess::ReadWrite, true);
     // All or nothing: one refused device stops the whole board before any change.
     let refused: Vec<String> = opened
         .iter()

@@ -61,15 +61,36 @@ pub fn run(g: &Global, _a: Args) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        if let Some(mode) = cchost::gpu::cc::TargetMode::on_start(g.config.cc.mode_on_start) {
-            let opener = cchost::gpu::cc::live::MmioOpener::default();
-            let done = cchost::daemon::cc_on_start::set_mode(
-                &g.host,
-                &mut journal,
-                &g.config,
-                mode,
-                &opener,
-            );
+        let opener = cchost::gpu::cc::live::MmioOpener::default();
+        let start =
+            if let Some(mode) = cchost::gpu::cc::TargetMode::on_start(g.config.cc.mode_on_start) {
+                Some((
+                    format!("cc.mode_on_start = {mode}"),
+                    cchost::daemon::cc_on_start::set_mode(
+                        &g.host,
+                        &mut journal,
+                        &g.config,
+                        mode,
+                        &opener,
+                    ),
+                ))
+            } else if !g.config.cc.modes.is_empty() {
+                let inv = cchost::inventory::Inventory::collect(&g.host, &g.config);
+                let facts = cchost::inventory::facts::NodeFacts::from_inventory(&inv);
+                Some((
+                    "cc.modes".to_string(),
+                    cchost::daemon::cc_on_start::set_modes(
+                        &g.host,
+                        &mut journal,
+                        &g.config,
+                        facts.tdx.enabled != facts.snp.enabled,
+                        &opener,
+                    ),
+                ))
+            } else {
+                None
+            };
+        if let Some((what, done)) = start {
             for o in &done.outcomes {
                 METRICS.cc_switches_total.inc(&[match o.status {
                     Status::Switched => "switched",
@@ -78,28 +99,25 @@ pub fn run(g: &Global, _a: Args) -> anyhow::Result<ExitCode> {
                 }]);
                 match &o.error {
                     None => {
-                        tracing::info!(device = %o.device, status = ?o.status, "cc.mode_on_start = {mode}")
+                        tracing::info!(device = %o.device, status = ?o.status, "{what}")
                     }
                     Some(e) => {
-                        tracing::error!(device = %o.device, error = %e, "cc.mode_on_start = {mode} failed");
+                        tracing::error!(device = %o.device, error = %e, "{what} failed");
                         events::raise(
                             "CCModeSwitchFailed",
                             "SetCCMode",
-                            format!(
-                                "cchost cc.mode_on_start = {mode} failed on {}: {e}",
-                                o.device
-                            ),
+                            format!("cchost {what} failed on {}: {e}", o.device),
                         );
                     }
                 }
             }
             for r in &done.refused {
                 METRICS.cc_switches_total.inc(&["refused"]);
-                tracing::warn!("cc.mode_on_start: {r}");
+                tracing::warn!("{what}: {r}");
                 events::raise(
                     "CCModeSwitchRefused",
                     "SetCCMode",
-                    format!("cchost cc.mode_on_start = {mode} refused: {r}"),
+                    format!("cchost {what} refused: {r}"),
                 );
             }
         }

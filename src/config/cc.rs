@@ -26,6 +26,35 @@ pub struct CcConfig {
     pub follow_label: bool,
     /// The mode `follow_label` applies while the Node has no `nvidia.com/cc.mode` label.
     pub default_mode: DefaultMode,
+    /// Per-GPU modes of a mixed node (`[[cc.modes]]`); empty: one mode for the node.
+    pub modes: super::cc_modes::CcModes,
+}
+
+impl CcConfig {
+    /// Per-GPU modes exclude the two whole-node ways of setting the mode: they would
+    /// switch the same GPUs against each other.
+    pub fn validate(&self) -> Result<(), String> {
+        self.modes.validate()?;
+        if self.modes.is_empty() {
+            return Ok(());
+        }
+        if self.follow_label {
+            return Err(
+                "cc.modes sets each GPU's mode, and cc.follow_label = true sets one \
+                        mode for the whole node from the nvidia.com/cc.mode label: use one \
+                        of the two"
+                    .to_string(),
+            );
+        }
+        if self.mode_on_start != ModeOnStart::Keep {
+            return Err(
+                "cc.modes sets each GPU's mode at start, and cc.mode_on_start sets one \
+                        mode for every GPU: leave cc.mode_on_start at \"keep\""
+                    .to_string(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The mode applied without a `nvidia.com/cc.mode` label (cc-manager's

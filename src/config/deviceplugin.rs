@@ -37,6 +37,9 @@ pub enum EventSource {
     Udev,
 }
 
+/// The default resource name of non-CC GPUs on a mixed node (docs/config.md).
+pub const NON_CC_GPU_RESOURCE: &str = "nvidia.com/pgpu-nocc";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DevicePluginConfig {
@@ -45,6 +48,10 @@ pub struct DevicePluginConfig {
     /// Resource name (and CDI kind) of passthrough GPUs. Empty: one resource per GPU
     /// model, `<model_prefix>/<MODEL>` (like NVIDIA's `P_GPU_ALIAS=""`).
     pub gpu_resource: String,
+    /// Resource name (and CDI kind) of the GPUs `[[cc.modes]]` puts in mode `off` on a
+    /// mixed node (the GPUs in mode `on` keep `gpu_resource`). Unused without
+    /// `cc.modes`.
+    pub non_cc_gpu_resource: String,
     /// Vendor prefix of per-model resource names.
     pub model_prefix: String,
     /// Resource name (and CDI kind) of NVSwitches. Empty: one resource per model.
@@ -71,6 +78,7 @@ impl Default for DevicePluginConfig {
         DevicePluginConfig {
             mode: PluginMode::Auto,
             gpu_resource: "nvidia.com/pgpu".to_string(),
+            non_cc_gpu_resource: NON_CC_GPU_RESOURCE.to_string(),
             model_prefix: "nvidia.com".to_string(),
             nvswitch_resource: "nvidia.com/nvswitch".to_string(),
             pci_resource_env: false,
@@ -94,6 +102,21 @@ impl DevicePluginConfig {
                 super::cdi_names::validate_kind(value)
                     .map_err(|e| format!("device_plugin.{key} {value:?}: {e}"))?;
             }
+        }
+        super::cdi_names::validate_kind(&self.non_cc_gpu_resource).map_err(|e| {
+            format!(
+                "device_plugin.non_cc_gpu_resource {:?}: {e}",
+                self.non_cc_gpu_resource
+            )
+        })?;
+        if self.non_cc_gpu_resource == self.gpu_resource
+            || self.non_cc_gpu_resource == self.nvswitch_resource
+        {
+            return Err(
+                "device_plugin.non_cc_gpu_resource must differ from gpu_resource and \
+                 nvswitch_resource (a confidential pod must never be handed a non-CC GPU)"
+                    .into(),
+            );
         }
         if self.gpu_resource.is_empty() {
             super::cdi_names::validate_vendor(&self.model_prefix)

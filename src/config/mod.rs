@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod cc;
+pub mod cc_modes;
 pub mod cdi_names;
 mod dcap;
 mod deviceplugin;
@@ -18,6 +19,7 @@ pub mod paths;
 mod vfio;
 
 pub use cc::{CcConfig, DefaultMode, ModeOnStart};
+pub use cc_modes::{CcModes, GpuMode, GpuModeEntry, GpuSlot, ModesError};
 pub use dcap::{
     DcapConfig, DcapEnable, PccsConfig, QgsTransport, Secret, SuperviseConfig, SuperviseMode,
 };
@@ -105,8 +107,16 @@ impl Config {
         self.device_plugin.validate()?;
         self.labels.validate()?;
         self.kernel.validate()?;
+        self.vfio.validate()?;
         self.dcap.validate()?;
         self.observe.validate()?;
+        self.cc.validate()?;
+        if !self.cc.modes.is_empty() && self.device_plugin.gpu_resource.is_empty() {
+            return Err("cc.modes serves CC and non-CC GPUs as two resources \
+                        (device_plugin.gpu_resource and non_cc_gpu_resource); per-model \
+                        names (gpu_resource = \"\") cannot tell them apart"
+                .to_string());
+        }
         Ok(())
     }
 }

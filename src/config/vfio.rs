@@ -1,5 +1,7 @@
 //! `[vfio]`: how cchost binds GPUs to vfio (documented in docs/config.md).
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +25,21 @@ pub struct VfioConfig {
     /// `cchost run` binds every matched GPU (and NVSwitch, per `bind_nvswitches`) at
     /// start, as `cchost gpu bind --all` would; refused devices are logged and left.
     pub bind_on_start: bool,
+    /// When the only processes holding a GPU (or NVSwitch) are NVIDIA's host daemons
+    /// (`nvidia-persistenced`, `nvidia-fabricmanager`), stop their systemd units over
+    /// D-Bus before the bind (journaled: `cchost undo` starts them again). Off: such a
+    /// bind is refused, naming the units. `cchost gpu bind --stop-services` turns it on
+    /// for one command.
+    pub stop_nvidia_services: bool,
+    /// How long a unit may take to stop (or start again), in milliseconds.
+    pub stop_services_timeout_ms: u64,
+    /// Make the next boot give the matched GPUs (and NVSwitches, per `bind_nvswitches`)
+    /// to vfio-pci before nvidia can claim them: `vfio-pci.ids=` on the kernel command
+    /// line (through the kernel-arguments plan) and a modprobe.d file with the same ids
+    /// and a `softdep` that loads vfio-pci before nvidia and nouveau.
+    pub boot_bind: bool,
+    /// The modprobe.d file cchost owns for `boot_bind`.
+    pub modprobe_file: PathBuf,
 }
 
 impl Default for VfioConfig {
@@ -34,7 +51,28 @@ impl Default for VfioConfig {
             load_modules: true,
             device_node_timeout_ms: 2000,
             bind_on_start: false,
+            stop_nvidia_services: false,
+            stop_services_timeout_ms: 30_000,
+            boot_bind: false,
+            modprobe_file: PathBuf::from("/etc/modprobe.d/cchost-vfio.conf"),
         }
+    }
+}
+
+impl VfioConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        // modprobe reads *.conf directly in /etc/modprobe.d (modprobe.d(5)); checked in
+        // normal form, so `..` cannot leave it.
+        super::paths::file_in(
+            "vfio.modprobe_file",
+            &self.modprobe_file,
+            "/etc/modprobe.d",
+            Some(".conf"),
+        )?;
+        if self.stop_services_timeout_ms == 0 {
+            return Err("vfio.stop_services_timeout_ms must be more than 0".into());
+        }
+        Ok(())
     }
 }
 
@@ -52,14 +90,37 @@ mod tests {
         assert!(c.load_modules);
         assert_eq!(c.device_node_timeout_ms, 2000);
         assert!(!c.bind_on_start);
+        assert!(!c.stop_nvidia_services);
+        assert_eq!(c.stop_services_timeout_ms, 30_000);
+        assert!(!c.boot_bind);
+        assert_eq!(
+            c.modprobe_file,
+            std::path::PathBuf::from("/etc/modprobe.d/cchost-vfio.conf")
+        );
     }
 
     #[test]
     fn keys_parse() {
-        let text = "[vfio]\nbind_nvswitches = false\nallow_foreign_group_members = true\ndevice_node_timeout_ms = 50\n";
+        let text = "[vfio]\nbind_nvswitches = false\nallow_foreign_group_members = true\ndevice_node_timeout_ms = 50\nstop_nvidia_services = true\nboot_bind = true\n";
         let c = Config::from_toml(text, Path::new("c.toml")).unwrap().vfio;
         assert!(!c.bind_nvswitches);
         assert!(c.allow_foreign_group_members);
         assert_eq!(c.device_node_timeout_ms, 50);
+        assert!(c.stop_nvidia_services && c.boot_bind);
+    }
+
+    #[test]
+    fn the_modprobe_file_stays_in_modprobe_d() {
+        for bad in [
+            "/etc/modprobe.d/../shadow.conf",
+            "/etc/cchost.conf",
+            "/etc/modprobe.d/x.txt",
+        ] {
+            let text = format!("[vfio]\nmodprobe_file = \"{bad}\"\n");
+            let e = Config::from_toml(&text, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("vfio.modprobe_file"), "{bad}: {e}");
+        }
     }
 }

@@ -44,6 +44,9 @@ pub fn scan_and_write(ctx: &Context, previous: Option<&Discovery>) -> Option<Dis
             tracing::warn!(id = %id, "device unreadable in this scan; keeping its last state");
         }
     }
+    if !ctx.config.cc.modes.is_empty() {
+        crate::inventory::cc_split::apply(&mut scan, &cc_split(ctx));
+    }
     for s in &scan.skipped {
         match s.address {
             Some(a) => tracing::info!(address = %a, reason = %s.reason, "not advertised"),
@@ -73,6 +76,48 @@ pub fn scan_and_write(ctx: &Context, previous: Option<&Discovery>) -> Option<Dis
         Err(e) => tracing::error!(error = %e, "cannot write the CDI spec"),
     }
     Some(scan)
+}
+
+/// The CC split of a mixed node (`[[cc.modes]]`): the configured modes resolved on this
+/// host, and each GPU's firmware mode read through the cache the labeler shares (read
+/// now where that is safe, else the last value read: src/labels/cc_mode.rs).
+fn cc_split(ctx: &Context) -> crate::inventory::cc_split::CcSplit {
+    use crate::inventory::facts::{GpuFacts, NodeFacts};
+    let inv = crate::inventory::gpu::discover_gpus(&ctx.host, &ctx.config.matching);
+    let slots = crate::inventory::cc_split::gpu_slots(&inv);
+    let wanted =
+        crate::config::cc_modes::resolve(&ctx.config.cc.modes, &slots).map_err(|e| e.to_string());
+    if let Err(e) = &wanted {
+        tracing::error!(error = %e, "cc.modes does not fit this host's GPUs; no GPU is served");
+    }
+    let mut facts = NodeFacts {
+        gpus: inv
+            .gpus()
+            .map(|d| GpuFacts {
+                address: d.address.to_string(),
+                cc_capable: d.cc_capable,
+                ..GpuFacts::default()
+            })
+            .collect(),
+        ..NodeFacts::default()
+    };
+    let query = crate::labels::cc_mode::live_query(&ctx.host);
+    match ctx.cc_modes.lock() {
+        Ok(mut cache) => {
+            cache.fill(&ctx.host, &ctx.config.matching, &mut facts, &query);
+        }
+        Err(_) => tracing::error!("CC mode cache poisoned; GPU modes count as unread"),
+    }
+    let read = facts
+        .gpus
+        .iter()
+        .filter_map(|g| Some((g.address.parse().ok()?, g.cc_mode?)))
+        .collect();
+    crate::inventory::cc_split::CcSplit {
+        wanted,
+        non_cc_resource: ctx.config.device_plugin.non_cc_gpu_resource.clone(),
+        read,
+    }
 }
 
 /// One pass off the runtime thread: scan, write the CDI spec, and the status file when

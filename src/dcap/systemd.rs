@@ -2,45 +2,16 @@
 //! instead of spawning QGS. The same liveness probe and schedule as child mode; the
 //! actions are `RestartUnit(name, "replace")`.
 
-use std::path::Path;
-
 use tokio::sync::watch;
 use tokio::time::Instant;
-use zbus::zvariant::OwnedObjectPath;
 
 use super::DcapError;
 use super::qgs;
 use super::supervisor::{Reason, Settings, State, wait_or_shutdown};
 use crate::host::HostRoot;
+use crate::host::systemd::{ManagerProxy, UnitProxy};
 
-/// The host's system bus socket (resolved inside the host root, so a DaemonSet with the
-/// host at /host reaches the host's systemd).
-pub const SYSTEM_BUS_SOCKET: &str = "/run/dbus/system_bus_socket";
-
-#[zbus::proxy(
-    interface = "org.freedesktop.systemd1.Manager",
-    default_service = "org.freedesktop.systemd1",
-    default_path = "/org/freedesktop/systemd1",
-    gen_blocking = false
-)]
-pub trait Manager {
-    fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
-    fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
-}
-
-#[zbus::proxy(
-    interface = "org.freedesktop.systemd1.Unit",
-    default_service = "org.freedesktop.systemd1",
-    gen_blocking = false
-)]
-pub trait Unit {
-    #[zbus(property)]
-    fn active_state(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn sub_state(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn load_state(&self) -> zbus::Result<String>;
-}
+pub use crate::host::systemd::SYSTEM_BUS_SOCKET;
 
 /// A unit's state as systemd reports it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -64,8 +35,7 @@ impl Driver {
 
     /// Connects to the host's system bus through the host root.
     pub async fn connect_host(host: &HostRoot) -> Result<Self, DcapError> {
-        let local = host.resolve(Path::new(SYSTEM_BUS_SOCKET))?;
-        Self::connect(&format!("unix:path={}", local.display())).await
+        Self::connect(&crate::host::systemd::bus_address(host)?).await
     }
 
     async fn unit(&self, name: &str) -> Result<UnitProxy<'_>, DcapError> {

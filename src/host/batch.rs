@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use nix::fcntl::OFlag;
+
 use super::{HostError, HostRoot};
 
 /// One subdirectory's name and its attribute (`Ok(None)` when the file is missing).
@@ -18,16 +20,25 @@ impl HostRoot {
     ) -> Result<Vec<SubdirAttr>, HostError> {
         let dir = dir.as_ref();
         let names = self.list_dir_opt(dir)?;
-        let local = self.resolve(dir)?;
+        let fd = match self.dir_fd(dir) {
+            Ok(fd) => fd,
+            Err(e) if e.is_not_found() => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
         let mut out = Vec::with_capacity(names.len());
         for name in names {
             let host_path = dir.join(&name).join(attr);
-            let sub = local.join(&name);
-            // A real subdirectory (sysfs never has links here) is read directly; anything
-            // else goes through full in-root resolution.
-            let is_dir = std::fs::symlink_metadata(&sub).is_ok_and(|m| m.file_type().is_dir());
-            let value = if is_dir {
-                match self.read_small_nofollow(&sub.join(attr), &host_path) {
+            // A real subdirectory (sysfs never has links here) is opened relative to the
+            // directory's handle and read from there; anything else goes through full
+            // in-root resolution.
+            let sub = nix::fcntl::openat(
+                &fd,
+                name.as_str(),
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            );
+            let value = if let Ok(sub) = sub {
+                match self.read_small_at(&sub, attr, &host_path) {
                     Ok(s) => Ok(Some(s.trim().to_string())),
                     Err(e) if e.is_not_found() => Ok(None),
                     Err(e) => Err(e),

@@ -8,8 +8,11 @@
 //! line (`6,123,456,-;message`), and it is read as text.
 
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
 use serde::{Deserialize, Serialize};
 
@@ -109,22 +112,53 @@ pub fn parse_record(line: &str) -> Option<KmsgRecord> {
     })
 }
 
+/// Major and minor number of `/dev/kmsg` (the `mem` driver's minor 11,
+/// Documentation/admin-guide/devices.txt).
+const KMSG_DEVICE: (u32, u32) = (1, 11);
+
+/// At most this much is read from the kmsg device in one call: four times the largest
+/// ring buffer the kernel allows (CONFIG_LOG_BUF_SHIFT <= 25, init/Kconfig), so a log
+/// being written faster than it is read cannot keep the reader going forever.
+const MAX_DEVICE_READ_BYTES: u64 = 4 << 25;
+
 impl HostRoot {
     /// Reads the whole kernel log (bounded by [`MAX_READ_BYTES`] in total).
     pub fn kernel_log(&self) -> Result<KernelLog, HostError> {
         let path = Path::new(KMSG);
         self.record(path, super::Access::Read);
-        // Resolve first so that a symlink loop is reported as one, not as "missing".
-        let local = self.resolve(path)?;
-        let meta = std::fs::metadata(&local).map_err(|e| HostError::io(path, e))?;
+        // One open, inside the root (open.rs), non-blocking (a FIFO planted there must
+        // not wait for a writer); what it is decides how it is read.
+        let file = std::fs::File::from(self.open_in_root(
+            path,
+            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
+            Mode::empty(),
+        )?);
+        let meta = file.metadata().map_err(|e| HostError::io(path, e))?;
         if meta.file_type().is_char_device() {
-            return self.read_kmsg_device(path);
+            // Only the kernel log itself, character device 1:11
+            // (Documentation/admin-guide/devices.txt): any other device planted here
+            // (/dev/zero, a tty) would be read forever or block.
+            let rdev = meta.rdev();
+            let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+            if (major, minor) != KMSG_DEVICE {
+                return Err(HostError::malformed(
+                    path,
+                    format!(
+                        "character device {major}:{minor} is not the kernel log \
+                         (/dev/kmsg is {}:{}); refusing to read it",
+                        KMSG_DEVICE.0, KMSG_DEVICE.1
+                    ),
+                ));
+            }
+            return read_kmsg_device(file, path);
         }
-        let (text, mut dropped) = if meta.is_file() && meta.len() > MAX_READ_BYTES {
-            read_newest_text(&local, path, MAX_READ_BYTES)?
-        } else {
-            (self.read_string(path)?, 0)
-        };
+        if !meta.is_file() {
+            return Err(HostError::UnexpectedKind {
+                path: path.to_path_buf(),
+                found: super::kind_of(&meta.file_type()),
+            });
+        }
+        let (text, mut dropped) = read_newest_text(file, path, MAX_READ_BYTES)?;
         let mut newest = NewestRecords::new(MAX_READ_BYTES);
         let mut skipped = 0;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -143,59 +177,57 @@ impl HostRoot {
             dropped,
         })
     }
+}
 
-    fn read_kmsg_device(&self, path: &Path) -> Result<KernelLog, HostError> {
-        let local = self.resolve(path)?;
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&local)
-            .map_err(|e| HostError::io(path, e))?;
-        // One record per read; a buffer smaller than the record gives EINVAL. The
-        // kernel's upper bound for a formatted record is 8 KiB (CONSOLE_EXT_LOG_MAX).
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut newest = NewestRecords::new(MAX_READ_BYTES);
-        let mut skipped = 0;
-        loop {
-            match f.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    let text = String::from_utf8_lossy(&buf[..n]);
-                    match text.lines().next().and_then(parse_record) {
-                        Some(r) => newest.push(r, n as u64),
-                        None => skipped += 1,
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                // EPIPE: records were overwritten while we read; the next read goes on
-                // from the oldest one still there.
-                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(HostError::io(path, e)),
-            }
+/// The records of the kmsg device, opened non-blocking: one record per `read(2)`, and
+/// `EAGAIN` once the reader has caught up (Documentation/ABI/testing/dev-kmsg).
+fn read_kmsg_device(mut f: std::fs::File, path: &Path) -> Result<KernelLog, HostError> {
+    // One record per read; a buffer smaller than the record gives EINVAL. The
+    // kernel's upper bound for a formatted record is 8 KiB (CONSOLE_EXT_LOG_MAX).
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut newest = NewestRecords::new(MAX_READ_BYTES);
+    let mut skipped = 0;
+    let mut total: u64 = 0;
+    loop {
+        if total >= MAX_DEVICE_READ_BYTES {
+            break;
         }
-        let (records, dropped) = newest.into_parts();
-        Ok(KernelLog {
-            source: KmsgSource::Device,
-            records,
-            skipped,
-            dropped,
-        })
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                total += n as u64;
+                let text = String::from_utf8_lossy(&buf[..n]);
+                match text.lines().next().and_then(parse_record) {
+                    Some(r) => newest.push(r, n as u64),
+                    None => skipped += 1,
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            // EPIPE: records were overwritten while we read; the next read goes on
+            // from the oldest one still there.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(HostError::io(path, e)),
+        }
     }
+    let (records, dropped) = newest.into_parts();
+    Ok(KernelLog {
+        source: KmsgSource::Device,
+        records,
+        skipped,
+        dropped,
+    })
 }
 
 /// A kmsg file as UTF-8 text, at most its last `limit` bytes (from the first whole
 /// line in them), and whether anything before was left out (1 if so: the number of
 /// records in the part not read is not known).
-fn read_newest_text(local: &Path, path: &Path, limit: u64) -> Result<(String, usize), HostError> {
+fn read_newest_text(
+    mut f: std::fs::File,
+    path: &Path,
+    limit: u64,
+) -> Result<(String, usize), HostError> {
     use std::io::{Seek, SeekFrom};
-    // Non-blocking open: the file was a regular file a moment ago; if it was swapped
-    // for a FIFO since, the open must not wait for a writer.
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(local)
-        .map_err(|e| HostError::io(path, e))?;
     let len = f.metadata().map_err(|e| HostError::io(path, e))?.len();
     let start = len.saturating_sub(limit);
     f.seek(SeekFrom::Start(start))

@@ -3,9 +3,11 @@
 
 use std::fs;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
 use super::{HostError, HostRoot};
 
@@ -40,16 +42,13 @@ impl HostRoot {
         if let Some(parent) = host_path.parent() {
             self.create_dir_all(parent)?;
         }
-        let local = self.resolve(host_path)?;
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open(&local)
-            .map_err(|e| HostError::io(host_path, e))?;
+        // Created inside the root (open.rs); O_NOFOLLOW: a link planted at the lock's
+        // name is refused, not followed.
+        let file = fs::File::from(self.open_in_root(
+            host_path,
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK,
+            Mode::from_bits_truncate(0o600),
+        )?);
         let meta = file.metadata().map_err(|e| HostError::io(host_path, e))?;
         if !meta.file_type().is_file() {
             return Err(HostError::UnexpectedKind {

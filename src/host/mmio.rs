@@ -4,8 +4,6 @@
 //! Queries map read-only (`O_RDONLY` + `PROT_READ`): a read-only mapping cannot change the
 //! device even by mistake (docs/facts/gpu.md#cc-read-only-query). Only a mode *set* maps read-write.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -166,13 +164,13 @@ impl HostRoot {
         access: MapAccess,
     ) -> Result<MmioMap, HostError> {
         let host_path = host_path.as_ref();
-        let local = self.resolve(host_path)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(access == MapAccess::ReadWrite)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&local)
-            .map_err(|e| HostError::io(host_path, e))?;
+        // Opened inside the root like every host file (open.rs); sysfs `resourceN` is a
+        // regular file (a binary attribute), so anything else is refused.
+        let flags = match access {
+            MapAccess::ReadOnly => nix::fcntl::OFlag::O_RDONLY,
+            MapAccess::ReadWrite => nix::fcntl::OFlag::O_RDWR,
+        };
+        let file = self.open_expect(host_path, flags, super::open::Expect::File)?;
         // sysfs gives resourceN the BAR's length as its size.
         let len = file
             .metadata()

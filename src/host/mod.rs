@@ -17,6 +17,7 @@ pub mod mmio;
 mod open;
 pub mod owner;
 pub mod socket;
+pub mod systemd;
 
 pub mod batch;
 pub mod device_events;
@@ -39,6 +40,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
+use nix::sys::stat::{Mode, fstat};
 use nix::unistd::UnlinkatFlags;
 
 /// Largest file cchost reads in one go. Real inputs are far smaller (cpuinfo of a
@@ -146,17 +148,15 @@ impl HostRoot {
     /// The kind of node at this path, following symlinks except the last one.
     pub fn kind(&self, host_path: impl AsRef<Path>) -> Option<NodeKind> {
         self.record(host_path.as_ref(), Access::Node);
-        let local = self.resolve_parent(host_path).ok()?;
-        let meta = fs::symlink_metadata(local).ok()?;
-        Some(kind_of(&meta.file_type()))
+        let st = self.stat_node(host_path.as_ref(), false).ok()?;
+        Some(kind_of_mode(st.st_mode))
     }
 
     /// The kind of node at this path after following every symlink.
     pub fn kind_followed(&self, host_path: impl AsRef<Path>) -> Option<NodeKind> {
         self.record(host_path.as_ref(), Access::Node);
-        let local = self.resolve(host_path).ok()?;
-        let meta = fs::symlink_metadata(local).ok()?;
-        Some(kind_of(&meta.file_type()))
+        let st = self.stat_node(host_path.as_ref(), true).ok()?;
+        Some(kind_of_mode(st.st_mode))
     }
 
     /// Reads a whole file as bytes, at most `limit` bytes; a larger file is an error.
@@ -222,8 +222,20 @@ impl HostRoot {
     pub fn read_link(&self, host_path: impl AsRef<Path>) -> Result<PathBuf, HostError> {
         let host_path = host_path.as_ref();
         self.record(host_path, Access::Link);
-        let local = self.resolve_parent(host_path)?;
-        fs::read_link(&local).map_err(|e| HostError::io(host_path, e))
+        // A handle on the link itself (O_PATH | O_NOFOLLOW), then readlinkat(fd, ""):
+        // the link read is the one resolved inside the root (readlinkat(2), "Since
+        // Linux 2.6.39, pathname can be an empty string").
+        let fd = self.node_fd(host_path, false)?;
+        let st = fstat(&fd).map_err(|e| HostError::io(host_path, e.into()))?;
+        if kind_of_mode(st.st_mode) != NodeKind::Symlink {
+            return Err(HostError::io(
+                host_path,
+                std::io::Error::from_raw_os_error(libc::EINVAL),
+            ));
+        }
+        nix::fcntl::readlinkat(&fd, "")
+            .map(PathBuf::from)
+            .map_err(|e| HostError::io(host_path, e.into()))
     }
 
     /// The last component of a symlink's target: `driver -> ../../bus/pci/drivers/vfio-pci`
@@ -244,14 +256,24 @@ impl HostRoot {
     pub fn list_dir(&self, host_path: impl AsRef<Path>) -> Result<Vec<String>, HostError> {
         let host_path = host_path.as_ref();
         self.record(host_path, Access::List);
-        let local = self.resolve(host_path)?;
+        let dir = self.open_expect(
+            host_path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            open::Expect::Dir,
+        )?;
+        let mut dir =
+            nix::dir::Dir::from_fd(dir.into()).map_err(|e| HostError::io(host_path, e.into()))?;
         let mut names = Vec::new();
-        for entry in fs::read_dir(&local).map_err(|e| HostError::io(host_path, e))? {
-            let entry = entry.map_err(|e| HostError::io(host_path, e))?;
-            match entry.file_name().into_string() {
-                Ok(name) => names.push(name),
-                Err(raw) => {
-                    tracing::warn!(dir = %host_path.display(), name = ?raw, "skipping non-UTF-8 name")
+        for entry in dir.iter() {
+            let entry = entry.map_err(|e| HostError::io(host_path, e.into()))?;
+            let raw = entry.file_name().to_bytes();
+            if raw == b"." || raw == b".." {
+                continue;
+            }
+            match std::str::from_utf8(raw) {
+                Ok(name) => names.push(name.to_string()),
+                Err(_) => {
+                    tracing::warn!(dir = %host_path.display(), name = ?String::from_utf8_lossy(raw), "skipping non-UTF-8 name")
                 }
             }
         }
@@ -342,11 +364,8 @@ impl HostRoot {
     /// The permission bits of an existing file (not following a final symlink); `None`
     /// when there is none.
     pub fn mode_of(&self, host_path: impl AsRef<Path>) -> Option<u32> {
-        let local = self.resolve_parent(host_path).ok()?;
-        let meta = fs::symlink_metadata(local).ok()?;
-        meta.file_type()
-            .is_file()
-            .then_some(meta.permissions().mode() & 0o7777)
+        let st = self.stat_node(host_path.as_ref(), false).ok()?;
+        (kind_of_mode(st.st_mode) == NodeKind::File).then_some(st.st_mode & 0o7777)
     }
 
     /// Writes a kernel attribute (sysfs/procfs) in place: one `write(2)` of the whole
@@ -366,20 +385,68 @@ impl HostRoot {
     }
 
     /// Creates a directory and its parents inside the root.
+    /// Each missing directory is made with `mkdirat` in its parent, whose descriptor was
+    /// itself resolved inside the root. A link on the way that leads nowhere yet has its
+    /// target made (inside the root, as the link would be followed there); a name that
+    /// exists but is no directory is an error.
     pub fn create_dir_all(&self, host_path: impl AsRef<Path>) -> Result<(), HostError> {
-        let host_path = host_path.as_ref();
-        let local = self.resolve(host_path)?;
-        fs::create_dir_all(&local).map_err(|e| HostError::io(host_path, e))
+        self.create_dir_all_links(host_path.as_ref(), 0)
     }
 
-    /// Removes a file (or socket, or symlink); a missing file is fine.
+    fn create_dir_all_links(&self, host_path: &Path, links: usize) -> Result<(), HostError> {
+        let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
+        let mut prefix = PathBuf::from("/");
+        let mut parent = self.open_in_root(&prefix, dir_flags, Mode::empty())?;
+        for c in host_path.components() {
+            let name = match c {
+                std::path::Component::Normal(n) => n,
+                std::path::Component::ParentDir => OsStr::new(".."),
+                _ => continue,
+            };
+            let at = prefix.clone();
+            prefix.push(name);
+            let fd = match self.open_in_root(&prefix, dir_flags, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(e) if e.is_not_found() => {
+                    match nix::sys::stat::mkdirat(&parent, name, Mode::from_bits_truncate(0o777)) {
+                        Ok(()) => {}
+                        Err(nix::errno::Errno::EEXIST) => {
+                            // A dangling link: make its target (as a host path), at most
+                            // as many links deep as the kernel follows (MAXSYMLINKS).
+                            let target = nix::fcntl::readlinkat(&parent, name).map_err(|_| {
+                                HostError::io(
+                                    &prefix,
+                                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                                )
+                            })?;
+                            if links >= 40 {
+                                return Err(HostError::SymlinkLoop(host_path.to_path_buf()));
+                            }
+                            self.create_dir_all_links(&at.join(target), links + 1)?;
+                        }
+                        Err(e) => return Err(HostError::io(&prefix, e.into())),
+                    }
+                    self.open_in_root(&prefix, dir_flags, Mode::empty())?
+                }
+                Err(e) => return Err(e),
+            };
+            parent = fd;
+        }
+        Ok(())
+    }
+
+    /// Removes a file (or socket, or symlink: the link itself, with `unlinkat` in the
+    /// directory resolved inside the root); a missing file is fine.
     pub fn remove_file(&self, host_path: impl AsRef<Path>) -> Result<(), HostError> {
         let host_path = host_path.as_ref();
-        let local = self.resolve_parent(host_path)?;
-        match fs::remove_file(&local) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(HostError::io(host_path, e)),
+        let (dir, name) = match self.parent_fd(host_path) {
+            Ok(p) => p,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match nix::unistd::unlinkat(&dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(e) => Err(HostError::io(host_path, e.into())),
         }
     }
 }
@@ -419,6 +486,19 @@ pub fn open_local_regular(path: &Path) -> std::io::Result<fs::File> {
         ));
     }
     Ok(file)
+}
+
+/// The kind of node from `st_mode` (inode(7), "The file type and mode").
+fn kind_of_mode(mode: libc::mode_t) -> NodeKind {
+    match mode & libc::S_IFMT {
+        libc::S_IFLNK => NodeKind::Symlink,
+        libc::S_IFDIR => NodeKind::Dir,
+        libc::S_IFCHR => NodeKind::CharDevice,
+        libc::S_IFBLK => NodeKind::BlockDevice,
+        libc::S_IFSOCK => NodeKind::Socket,
+        libc::S_IFIFO => NodeKind::Fifo,
+        _ => NodeKind::File,
+    }
 }
 
 fn kind_of(ft: &fs::FileType) -> NodeKind {

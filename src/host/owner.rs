@@ -1,5 +1,6 @@
 //! File ownership and modes on host paths (sockets and directories other services use).
 
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -25,16 +26,28 @@ impl HostRoot {
     /// Sets the group of a host path (owner unchanged), following a final symlink.
     pub fn chown_group(&self, host_path: impl AsRef<Path>, gid: u32) -> Result<(), HostError> {
         let host_path = host_path.as_ref();
-        let local = self.resolve(host_path)?;
-        nix::unistd::chown(&local, None, Some(nix::unistd::Gid::from_raw(gid)))
-            .map_err(|e| HostError::io(host_path, std::io::Error::from(e)))
+        // fchownat(fd, "", AT_EMPTY_PATH) on a handle resolved inside the root
+        // (fchownat(2): an O_PATH descriptor is accepted with AT_EMPTY_PATH).
+        let fd = self.node_fd(host_path, true)?;
+        nix::unistd::fchownat(
+            &fd,
+            "",
+            None,
+            Some(nix::unistd::Gid::from_raw(gid)),
+            nix::fcntl::AtFlags::AT_EMPTY_PATH,
+        )
+        .map_err(|e| HostError::io(host_path, std::io::Error::from(e)))
     }
 
     /// Sets the permission bits of a host path.
     pub fn set_mode(&self, host_path: impl AsRef<Path>, mode: u32) -> Result<(), HostError> {
         let host_path = host_path.as_ref();
-        let local = self.resolve(host_path)?;
-        std::fs::set_permissions(&local, std::fs::Permissions::from_mode(mode))
+        // fchmod cannot take an O_PATH handle and fchmodat has no AT_EMPTY_PATH before
+        // Linux 6.6 (fchmodat2), so the handle resolved inside the root is reached
+        // through its /proc/self/fd entry, the documented way (open(2), O_PATH).
+        let fd = self.node_fd(host_path, true)?;
+        let via = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        std::fs::set_permissions(&via, std::fs::Permissions::from_mode(mode))
             .map_err(|e| HostError::io(host_path, e))
     }
 }

@@ -4,7 +4,7 @@
 //! judged. The inventory decides what a device is (GPU, NVSwitch, boot VGA).
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -189,9 +189,9 @@ impl HostRoot {
         let dir = device_dir(addr);
         // The directory is resolved inside the root once; its attributes are read
         // relative to it without following links (see host/pci_scan.rs).
-        let local = self.resolve(&dir)?;
+        let fd = self.dir_fd(&dir)?;
         let attr_opt = |name: &str| -> Result<Option<String>, HostError> {
-            match self.read_small_nofollow(&local.join(name), &dir.join(name)) {
+            match self.read_small_at(&fd, name, &dir.join(name)) {
                 Ok(s) => Ok(Some(s.trim().to_string())),
                 Err(e) if e.is_not_found() => Ok(None),
                 Err(e) => Err(e),
@@ -200,13 +200,13 @@ impl HostRoot {
         let link_opt = |name: &str| -> Result<Option<String>, HostError> {
             // Recorded like `read_link`, or `cchost capture` leaves the link out.
             self.record(&dir.join(name), super::Access::Link);
-            match std::fs::read_link(local.join(name)) {
-                Ok(t) => Ok(t
+            match nix::fcntl::readlinkat(&fd, name) {
+                Ok(t) => Ok(Path::new(&t)
                     .file_name()
                     .and_then(std::ffi::OsStr::to_str)
                     .map(str::to_string)),
                 Err(e) => {
-                    let e = HostError::io(dir.join(name), e);
+                    let e = HostError::io(dir.join(name), e.into());
                     if e.is_not_found() { Ok(None) } else { Err(e) }
                 }
             }
@@ -284,7 +284,7 @@ impl HostRoot {
                 }
             }),
         };
-        let sysfs_path = self.to_host_path(&local).unwrap_or_else(|| dir.clone());
+        let sysfs_path = self.host_path_of(&fd).unwrap_or_else(|| dir.clone());
         let vfio_dev = self
             .list_dir_opt(dir.join("vfio-dev"))?
             .into_iter()

@@ -4,8 +4,12 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
 use super::pci::{PCI_DEVICES, PciAddress, device_dir};
 use super::{HostError, HostRoot};
@@ -33,20 +37,28 @@ impl HostRoot {
     pub fn pci_scan(&self) -> Result<Vec<ScannedFunction>, HostError> {
         let addrs = self.pci_addresses()?;
         let bus_host = Path::new(PCI_DEVICES);
-        let bus_local = self.resolve(bus_host)?;
+        if addrs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bus = self.dir_fd(bus_host)?;
         // `..` in the links may be applied lexically only when the bus directory's own
         // path holds no symlinks (always so in real sysfs).
-        let lexical_ok = bus_local == self.lexical(bus_host);
-        let mut parents: HashMap<PathBuf, PathBuf> = HashMap::new();
+        let lexical_ok = bus_host.ancestors().all(|p| {
+            p == Path::new("/")
+                || self
+                    .stat_node(p, false)
+                    .is_ok_and(|st| super::kind_of_mode(st.st_mode) == super::NodeKind::Dir)
+        });
+        let mut parents: HashMap<PathBuf, OwnedFd> = HashMap::new();
         let mut out = Vec::with_capacity(addrs.len());
         for addr in addrs {
             let fast = if lexical_ok {
-                self.fast_device_dir(&bus_local, bus_host, &addr, &mut parents)
+                self.fast_device_dir(&bus, bus_host, &addr, &mut parents)
             } else {
                 None
             };
             let ident = match fast {
-                Some(local) => self.ident_at(&device_dir(&addr), &local),
+                Some(fd) => self.ident_at(&device_dir(&addr), &fd),
                 None => self.pci_ident(&addr),
             };
             out.push((addr, ident));
@@ -54,16 +66,18 @@ impl HostRoot {
         Ok(out)
     }
 
-    /// The local device directory via the bus link, or `None` to take the slow path.
+    /// A handle on the device directory via the bus link (every directory resolved
+    /// inside the root, the device's `openat` relative to its parent's handle), or
+    /// `None` to take the slow path.
     fn fast_device_dir(
         &self,
-        bus_local: &Path,
+        bus: &OwnedFd,
         bus_host: &Path,
         addr: &PciAddress,
-        parents: &mut HashMap<PathBuf, PathBuf>,
-    ) -> Option<PathBuf> {
+        parents: &mut HashMap<PathBuf, OwnedFd>,
+    ) -> Option<OwnedFd> {
         let name = addr.to_string();
-        let target = std::fs::read_link(bus_local.join(&name)).ok()?;
+        let target = PathBuf::from(nix::fcntl::readlinkat(bus, name.as_str()).ok()?);
         // Host path of the target, `..` clamped at the root like the resolver does.
         let mut host = if target.is_absolute() {
             PathBuf::from("/")
@@ -81,31 +95,41 @@ impl HostRoot {
         }
         let parent_host = host.parent()?.to_path_buf();
         let leaf = host.file_name()?.to_owned();
-        let parent_local = match parents.get(&parent_host) {
-            Some(p) => p.clone(),
-            None => {
-                let p = self.resolve(&parent_host).ok()?;
-                parents.insert(parent_host, p.clone());
-                p
+        let parent = match parents.entry(parent_host) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let fd = self.dir_fd(e.key()).ok()?;
+                e.insert(fd)
             }
         };
-        let local = parent_local.join(leaf);
-        // The device directory itself must be a real directory, not another link.
-        let meta = std::fs::symlink_metadata(&local).ok()?;
-        meta.file_type().is_dir().then_some(local)
+        // The device directory itself must be a real directory, not another link
+        // (O_NOFOLLOW on a link with O_DIRECTORY fails).
+        nix::fcntl::openat(
+            &*parent,
+            leaf.as_os_str(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()
     }
 
     /// Reads vendor, device and class of one function.
     pub fn pci_ident(&self, addr: &PciAddress) -> Result<PciIdent, HostError> {
         let dir = device_dir(addr);
-        let local = self.resolve(&dir)?;
-        self.ident_at(&dir, &local)
+        let fd = self.dir_fd(&dir)?;
+        self.ident_at(&dir, &fd)
     }
 
-    fn ident_at(&self, dir: &Path, local: &Path) -> Result<PciIdent, HostError> {
+    /// An `O_PATH` handle on a directory resolved inside the root (open.rs), for reading
+    /// its attributes with `*at` calls.
+    pub(super) fn dir_fd(&self, host_path: &Path) -> Result<OwnedFd, HostError> {
+        self.open_in_root(host_path, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())
+    }
+
+    fn ident_at(&self, dir: &Path, fd: &OwnedFd) -> Result<PciIdent, HostError> {
         let read = |name: &str, max: u64| -> Result<u64, HostError> {
             let host_path = dir.join(name);
-            let raw = self.read_small_nofollow(&local.join(name), &host_path)?;
+            let raw = self.read_small_at(fd, name, &host_path)?;
             let s = raw.trim();
             let digits = s
                 .strip_prefix("0x")
@@ -126,27 +150,32 @@ impl HostRoot {
         })
     }
 
-    /// Reads a small file at an already-resolved local path without following a final
-    /// symlink (the directory was resolved inside the root; a symlinked attribute,
-    /// which real sysfs never has, goes through the full in-root resolution instead).
-    pub(super) fn read_small_nofollow(
+    /// Reads a small file `name` in a directory already resolved inside the root
+    /// (`openat` relative to its handle), without following a final symlink: a
+    /// symlinked attribute, which real sysfs never has, goes through the full in-root
+    /// resolution of `host_path` instead.
+    pub(super) fn read_small_at(
         &self,
-        local: &Path,
+        dir: &OwnedFd,
+        name: &str,
         host_path: &Path,
     ) -> Result<String, HostError> {
         self.record(host_path, super::Access::Read);
         // O_NONBLOCK and the type check: a FIFO planted as an attribute must not block
         // the scan (open.rs).
-        let file = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(local)
-        {
-            Ok(f) => f,
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                return self.read_attr(host_path);
-            }
-            Err(e) => return Err(HostError::io(host_path, e)),
+        let file = match nix::fcntl::openat(
+            dir,
+            name,
+            OFlag::O_RDONLY
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_NONBLOCK
+                | OFlag::O_NOCTTY
+                | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => std::fs::File::from(fd),
+            Err(Errno::ELOOP) => return self.read_attr(host_path),
+            Err(e) => return Err(HostError::io(host_path, e.into())),
         };
         let meta = file.metadata().map_err(|e| HostError::io(host_path, e))?;
         if !meta.file_type().is_file() {

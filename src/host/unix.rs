@@ -129,12 +129,8 @@ impl HostRoot {
     /// Identity (device, inode) of the socket at a path; `None` when nothing or
     /// something else is there. A re-created socket has a new identity.
     pub fn socket_id(&self, host_path: impl AsRef<Path>) -> Option<(u64, u64)> {
-        use std::os::unix::fs::{FileTypeExt, MetadataExt};
-        let local = self.resolve_parent(host_path).ok()?;
-        let meta = std::fs::symlink_metadata(local).ok()?;
-        meta.file_type()
-            .is_socket()
-            .then(|| (meta.dev(), meta.ino()))
+        let st = self.stat_node(host_path.as_ref(), false).ok()?;
+        (super::kind_of_mode(st.st_mode) == NodeKind::Socket).then_some((st.st_dev, st.st_ino))
     }
 
     /// Watches a directory for names appearing and going away.

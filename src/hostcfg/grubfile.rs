@@ -407,6 +407,23 @@ pub fn edit_files(files: &[(String, String)], edit: &ArgEdit) -> Result<Vec<Stri
                     a.var
                 ));
             }
+            // The same for the value the assignment expands to: a reference
+            // (`$GRUB_CMDLINE_LINUX`) brings in the earlier value with its quotes, and
+            // arguments appended after an unclosed one are swallowed (found by fuzz/grub).
+            let named: Vec<(String, String)> = files
+                .iter()
+                .zip(&out)
+                .map(|((n, _), t)| (n.clone(), t.clone()))
+                .collect();
+            let (linux_now, _) = effective_values(&named)?;
+            if linux_now.matches('"').count() % 2 == 1 {
+                return Err(format!(
+                    "{}: line {}: {} expands to a value with an unclosed \" (from an earlier assignment it refers to); the kernel would read the arguments added after it as part of that value",
+                    files[fi].0,
+                    a.line + 1,
+                    a.var
+                ));
+            }
             let toks = split(&a.value);
             let add_only = ArgEdit {
                 add: edit.add.clone(),
@@ -461,6 +478,26 @@ GRUB_CMDLINE_LINUX=""
             ],
             remove: vec![ArgMatch::Value("iommu".into(), "pt".into())],
         }
+    }
+
+    /// Found by fuzz/grub (input in fuzz/seeds/grub/unclosed-quote-through-reference):
+    /// an unclosed `"` brought in by a reference to the earlier value would swallow the
+    /// arguments appended after it; such a file is refused, naming the line.
+    #[test]
+    fn unclosed_quote_brought_in_by_a_reference_is_refused() {
+        let text = "GRUB_CMDLINE_LINUX='a\"b'\nGRUB_CMDLINE_LINUX=$GRUB_CMDLINE_LINUX\n";
+        let files = vec![("/etc/default/grub".to_string(), text.to_string())];
+        let err = edit_files(&files, &tdx_edit()).unwrap_err();
+        assert!(err.contains("line 2") && err.contains("unclosed"), "{err}");
+        // Closed quotes through the reference are fine.
+        let text = "GRUB_CMDLINE_LINUX='a=\"b c\"'\nGRUB_CMDLINE_LINUX=$GRUB_CMDLINE_LINUX\n";
+        let files = vec![("/etc/default/grub".to_string(), text.to_string())];
+        let out = edit_files(&files, &tdx_edit()).unwrap();
+        let again = vec![("/etc/default/grub".to_string(), out[0].clone())];
+        assert!(
+            tdx_edit().satisfied_by(&effective_args(&again).unwrap()),
+            "{out:?}"
+        );
     }
 
     #[test]

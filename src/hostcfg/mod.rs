@@ -10,3 +10,4 @@ pub mod kata;
 pub mod machineconfig;
 pub mod modules;
 pub mod profile;
+pub mod vfio_boot;

@@ -128,6 +128,10 @@ pub struct Duties {
     /// `cchost run` sets the GPUs' CC mode from the Node's `nvidia.com/cc.mode` label
     /// (`cc.manage = "label"`): the job of NVIDIA's cc-manager.
     pub manages_cc_mode: bool,
+    /// The operator gave each GPU its own CC mode (`[[cc.modes]]`): GPUs in `on` and
+    /// `off` side by side are the plan (a mixed node), not a failure.
+    #[serde(default)]
+    pub per_gpu_cc_modes: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -384,8 +384,8 @@ fn build_device(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixture::{PciSpec, Tree};
     use crate::inventory::modalias::VfioChoiceSource;
-    use crate::inventory::testutil::{Func, Tree};
 
     const NV: u16 = 0x10de;
 
@@ -408,31 +408,32 @@ mod tests {
     fn finds_gpus_switches_and_their_surroundings() {
         let t = Tree::new();
         aliases(&t);
-        t.pci(&Func::new("0000:00:01.0", 0x8086, 0x1234, 0x060400).group(1))
+        t.pci(&PciSpec::new("0000:00:01.0", 0x8086, 0x1234, 0x060400).group(1))
             .pci(
-                &Func::new("0000:3b:00.0", NV, 0x2330, 0x030200)
+                &PciSpec::new("0000:3b:00.0", NV, 0x2330, 0x030200)
+                    .subsystem(NV, 0x1234)
                     .driver("nvidia")
                     .group(1)
                     .numa(0),
             )
             .pci(
-                &Func::new("0000:3c:00.0", 0x15b3, 0x101e, 0x020000)
+                &PciSpec::new("0000:3c:00.0", 0x15b3, 0x101e, 0x020000)
                     .driver("mlx5_core")
                     .group(1),
             )
             .pci(
-                &Func::new("0000:5d:00.0", NV, 0x2330, 0x030200)
+                &PciSpec::new("0000:5d:00.0", NV, 0x2330, 0x030200)
                     .driver("vfio-pci")
                     .group(2)
                     .numa(1),
             )
             .pci(
-                &Func::new("0000:7a:00.0", NV, 0x22a3, 0x068000)
+                &PciSpec::new("0000:7a:00.0", NV, 0x22a3, 0x068000)
                     .driver("nvidia-nvswitch")
                     .group(3),
             )
-            .pci(&Func::new("0000:9a:00.0", NV, 0x2342, 0x030200).group(4))
-            .pci(&Func::new("0000:00:1f.0", 0x8086, 0xa1c8, 0x060100));
+            .pci(&PciSpec::new("0000:9a:00.0", NV, 0x2342, 0x030200).group(4))
+            .pci(&PciSpec::new("0000:00:1f.0", 0x8086, 0xa1c8, 0x060100));
         std::fs::create_dir_all(t.dev_dir("0000:5d:00.0").join("vfio-dev/vfio0")).unwrap();
         let inv = discover_gpus(&t.host, &MatchConfig::default());
         assert!(inv.problems.is_empty(), "{:?}", inv.problems);
@@ -483,21 +484,17 @@ mod tests {
         let t = Tree::new();
         aliases(&t);
         t.pci(
-            &Func::new("0000:01:00.0", NV, 0x2bb1, 0x030000)
+            &PciSpec::new("0000:01:00.0", NV, 0x2bb1, 0x030000)
                 .driver("nvidia")
                 .group(7)
-                .boot_vga(true),
+                .boot_vga(),
         )
         .pci(
-            &Func::new("0000:01:00.1", NV, 0x22e8, 0x040300)
+            &PciSpec::new("0000:01:00.1", NV, 0x22e8, 0x040300)
                 .driver("snd_hda_intel")
                 .group(7),
         )
-        .pci(
-            &Func::new("0000:02:00.0", NV, 0x2331, 0x030200)
-                .group(8)
-                .boot_vga(false),
-        );
+        .pci(&PciSpec::new("0000:02:00.0", NV, 0x2331, 0x030200).group(8));
         let inv = discover_gpus(&t.host, &MatchConfig::default());
         assert!(inv.problems.is_empty(), "{:?}", inv.problems);
         let vga = find(&inv, "0000:01:00.0");
@@ -523,14 +520,14 @@ mod tests {
     fn malformed_device_is_a_problem_not_a_blackout() {
         let t = Tree::new();
         aliases(&t);
-        t.pci(&Func::new("0000:3b:00.0", NV, 0x2330, 0x030200))
-            .pci(&Func::new("0000:3c:00.0", NV, 0x2330, 0x030200))
-            .pci(&Func::new("0000:3d:00.0", NV, 0x2330, 0x030200))
-            .pci(&Func::new("0000:3e:00.0", NV, 0x2330, 0x030200));
+        t.pci(&PciSpec::new("0000:3b:00.0", NV, 0x2330, 0x030200))
+            .pci(&PciSpec::new("0000:3c:00.0", NV, 0x2330, 0x030200))
+            .pci(&PciSpec::new("0000:3d:00.0", NV, 0x2330, 0x030200))
+            .pci(&PciSpec::new("0000:3e:00.0", NV, 0x2330, 0x030200));
         // Garbage vendor, non-UTF-8 class, a numa_node that is not a number.
-        t.file("/sys/devices/pci0000:00/0000:3b:00.0/vendor", "nvidia\n");
-        t.file("/sys/devices/pci0000:00/0000:3c:00.0/class", [0xff, 0xfe]);
-        t.file("/sys/devices/pci0000:00/0000:3d:00.0/numa_node", "zero\n");
+        t.file("/sys/bus/pci/devices/0000:3b:00.0/vendor", "nvidia\n");
+        t.file("/sys/bus/pci/devices/0000:3c:00.0/class", [0xff, 0xfe]);
+        t.file("/sys/bus/pci/devices/0000:3d:00.0/numa_node", "zero\n");
         let inv = discover_gpus(&t.host, &MatchConfig::default());
         assert_eq!(inv.devices.len(), 1);
         assert_eq!(inv.devices[0].address.to_string(), "0000:3e:00.0");
@@ -550,7 +547,7 @@ mod tests {
     fn missing_modules_alias_falls_back_and_says_so() {
         let t = Tree::new();
         t.file("/proc/sys/kernel/osrelease", "6.1.0\n");
-        t.pci(&Func::new("0000:9a:00.0", NV, 0x2342, 0x030200));
+        t.pci(&PciSpec::new("0000:9a:00.0", NV, 0x2342, 0x030200));
         let inv = discover_gpus(&t.host, &MatchConfig::default());
         assert_eq!(inv.devices.len(), 1);
         assert_eq!(inv.devices[0].vfio.driver, "vfio-pci");
@@ -574,7 +571,7 @@ mod tests {
     #[test]
     fn no_gpus_no_alias_read_no_problems() {
         let t = Tree::new();
-        t.pci(&Func::new("0000:00:02.0", 0x8086, 0x3e92, 0x030000).boot_vga(true));
+        t.pci(&PciSpec::new("0000:00:02.0", 0x8086, 0x3e92, 0x030000).boot_vga());
         let inv = discover_gpus(&t.host, &MatchConfig::default());
         assert!(inv.devices.is_empty());
         assert!(inv.problems.is_empty(), "{:?}", inv.problems);
@@ -590,7 +587,7 @@ mod tests {
     fn symlink_loop_in_a_device_is_contained() {
         let t = Tree::new();
         aliases(&t);
-        t.pci(&Func::new("0000:3e:00.0", NV, 0x2330, 0x030200));
+        t.pci(&PciSpec::new("0000:3e:00.0", NV, 0x2330, 0x030200));
         t.link("/sys/bus/pci/devices/0000:3f:00.0", "0000:3f:00.0");
         let inv = discover_gpus(&t.host, &MatchConfig::default());
         assert_eq!(inv.devices.len(), 1);
@@ -607,7 +604,7 @@ mod tests {
         let t = Tree::new();
         aliases(&t);
         t.pci(
-            &Func::new("0000:3b:00.0", NV, 0x2330, 0x030200)
+            &PciSpec::new("0000:3b:00.0", NV, 0x2330, 0x030200)
                 .driver("nvidia")
                 .group(1),
         );

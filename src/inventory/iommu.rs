@@ -312,7 +312,7 @@ fn cmdline_facts(c: &Cmdline) -> (Vec<String>, bool, Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::testutil::Tree;
+    use crate::fixture::Tree;
     use std::path::Path;
 
     fn cmd(s: &str) -> Cmdline {

@@ -1,6 +1,7 @@
 //! What the host is: a pure model built from what [`HostRoot`](crate::host::HostRoot)
 //! reads, serializable, with the evidence behind every verdict.
 
+pub mod cc_split;
 pub mod cca;
 pub mod cmdline;
 pub mod cpuinfo;
@@ -167,9 +168,6 @@ impl From<HostError> for Problem {
         Problem::from_host(&e)
     }
 }
-
-#[cfg(test)]
-pub(crate) mod testutil;
 
 #[cfg(test)]
 mod tests;

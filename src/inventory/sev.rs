@@ -237,7 +237,7 @@ mod tests {
     use std::path::Path;
 
     fn iommu(cmdline: &str, groups: usize) -> IommuInfo {
-        let t = crate::inventory::testutil::Tree::new();
+        let t = crate::fixture::Tree::new();
         t.file("/sys/firmware/acpi/tables/IVRS", "");
         for g in 0..groups {
             t.file(

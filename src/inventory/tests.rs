@@ -1,7 +1,7 @@
 //! Whole-inventory tests on host trees, including bad input (issue item 8).
 
 use super::*;
-use crate::inventory::testutil::{Func, Tree};
+use crate::fixture::{PciSpec, Tree};
 
 /// A TDX host: kvm_intel tdx=Y, module initialised, one H100 on vfio-pci.
 fn tdx_host() -> Tree {
@@ -28,7 +28,7 @@ fn tdx_host() -> Tree {
         "6,1,100,-;virt/tdx: BIOS enabled: private KeyID range [64, 128)\n6,2,200,-;virt/tdx: module initialized\n6,3,300,-;pci 0000:3b:00.0: Adding to iommu group 12\n",
     );
     t.pci(
-        &Func::new("0000:3b:00.0", 0x10de, 0x2335, 0x030200)
+        &PciSpec::new("0000:3b:00.0", 0x10de, 0x2335, 0x030200)
             .driver("vfio-pci")
             .group(12)
             .numa(0),
@@ -135,7 +135,7 @@ fn truncated_files() {
     });
     assert_eq!(inv.tdx.verdict.state, State::No);
     let inv = damaged("0000:3b:00.0/class", |t| {
-        replace(t, "/sys/devices/pci0000:00/0000:3b:00.0/class", b"0x")
+        replace(t, "/sys/bus/pci/devices/0000:3b:00.0/class", b"0x")
     });
     assert!(inv.gpus.devices.is_empty());
 }
@@ -156,7 +156,7 @@ fn non_utf8_files() {
         );
     }
     damaged("0000:3b:00.0/vendor", |t| {
-        replace(t, "/sys/devices/pci0000:00/0000:3b:00.0/vendor", &[0xff])
+        replace(t, "/sys/bus/pci/devices/0000:3b:00.0/vendor", &[0xff])
     });
     damaged("iommu_groups/12/type", |t| {
         replace(t, "/sys/kernel/iommu_groups/12/type", &[0xff])
@@ -172,7 +172,7 @@ fn oversized_files() {
     damaged("0000:3b:00.0/device", |t| {
         replace(
             t,
-            "/sys/devices/pci0000:00/0000:3b:00.0/device",
+            "/sys/bus/pci/devices/0000:3b:00.0/device",
             &vec![b'0'; 5000],
         )
     });

@@ -55,13 +55,12 @@ pub fn live_query_no_wake(
     host: &HostRoot,
 ) -> impl Fn(&PciDevice, Family) -> Result<Result<CcState, CcError>, NotAsked> + '_ {
     move |pci, family| {
-        let status = host
-            .read_attr_opt(device_dir(&pci.address).join("power/runtime_status"))
-            .map_err(|e| NotAsked::Unreadable(e.to_string()))?;
-        if status.as_deref().is_some_and(|s| s != "active") {
+        if live::runtime_suspended(host, &pci.address)
+            .map_err(|e| NotAsked::Unreadable(e.to_string()))?
+        {
             return Err(NotAsked::Busy(
                 "runtime-suspended, and reading it would mean waking it (a write); \
-                 `cchost gpu cc query` wakes it and puts the power setting back"
+                 `cchost gpu cc query --wake` wakes it and puts the power setting back"
                     .to_string(),
             ));
         }

@@ -6,7 +6,8 @@
 //!   NFD accepts them too. Only written when true (absence means false, as in NFD).
 //! - `nvidia.com/cc.capable`, `nvidia.com/cc.mode.state`, `nvidia.com/cc.ready.state`
 //!   with the values NVIDIA's cc-manager writes.
-//! - `<prefix>/...` for cchost's details.
+//! - `<prefix>/...` for cchost's details; `<prefix>/cc.mode.state` says `mixed` where
+//!   NVIDIA's one-mode-per-node labels cannot (docs/facts/mixed-node.md).
 //! - `feature.node.kubernetes.io/cpu-security.*` only when configured (NFD may own them).
 
 use std::collections::BTreeMap;
@@ -143,8 +144,12 @@ pub fn compute(facts: &NodeFacts, cfg: &LabelsConfig) -> NodeLabels {
         if let Some(chip) = common(facts.gpus.iter().map(|g| g.chip.as_deref())) {
             put(&mut out, p("gpu.chip"), chip);
         }
+        let state = cc_state(facts);
+        if let Some(state) = state {
+            put(&mut out, p("cc.mode.state"), state);
+        }
         if cfg.nvidia {
-            nvidia_labels(facts, &mut out);
+            nvidia_labels(facts, state, &mut out);
             sandbox_labels(facts, &mut out);
         }
         if let Some(m) = &facts.cc_pending {
@@ -154,20 +159,43 @@ pub fn compute(facts: &NodeFacts, cfg: &LabelsConfig) -> NodeLabels {
     out
 }
 
+/// The node's CC state from every GPU's firmware: the one mode they share (NVIDIA's
+/// cc-manager values on|off|devtools|ppcie), `failed` when they disagree where one
+/// mode was meant (or a GPU reads failed), and [`MIXED`] on a node with per-GPU modes
+/// (`[[cc.modes]]`) whose GPUs read exactly `on` and `off`. `None` while a GPU's mode
+/// is unread: an unqueried GPU says nothing.
+pub fn cc_state(facts: &NodeFacts) -> Option<&'static str> {
+    let modes: Vec<CcMode> = facts
+        .gpus
+        .iter()
+        .map(|g| g.cc_mode)
+        .collect::<Option<_>>()?;
+    let (first, rest) = modes.split_first()?;
+    if rest.iter().all(|m| m == first) {
+        return Some(first.as_str());
+    }
+    let only_on_off = modes.iter().all(|m| matches!(m, CcMode::On | CcMode::Off));
+    if facts.duties.per_gpu_cc_modes && only_on_off {
+        return Some(MIXED);
+    }
+    // GPUs disagree: the node cannot honour one mode, which NVIDIA calls failed.
+    Some("failed")
+}
+
+/// `<prefix>/cc.mode.state` of a node whose GPUs hold `on` and `off` as configured.
+pub const MIXED: &str = "mixed";
+
 /// NVIDIA's cc-manager values: mode.state is on|off|devtools|ppcie|failed; ready.state is
 /// "true" for on/ppcie, "false" for off, "" otherwise (docs/facts/gpu.md#cc-labels).
-fn nvidia_labels(facts: &NodeFacts, out: &mut NodeLabels) {
+/// A mixed node gets neither: NVIDIA's vocabulary has one mode per node, and any one
+/// value would be false for some of its GPUs (docs/labels.md, "Mixed nodes").
+fn nvidia_labels(facts: &NodeFacts, state: Option<&str>, out: &mut NodeLabels) {
     if facts.gpus.iter().all(|g| g.cc_capable) {
         out.labels
             .insert(NV_CC_CAPABLE.to_string(), "true".to_string());
     }
-    // Only when every GPU's mode was read: an unqueried GPU says nothing.
-    let modes: Option<Vec<CcMode>> = facts.gpus.iter().map(|g| g.cc_mode).collect();
-    let Some(modes) = modes else { return };
-    let state = match modes.split_first() {
-        Some((first, rest)) if rest.iter().all(|m| m == first) => first.as_str(),
-        // GPUs disagree: the node cannot honour one mode, which NVIDIA calls failed.
-        _ => "failed",
+    let Some(state) = state.filter(|s| *s != MIXED) else {
+        return;
     };
     let ready = match state {
         "on" | "ppcie" => "true",

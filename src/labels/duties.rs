@@ -19,6 +19,7 @@ pub fn duties(cfg: &Config, host: &HostRoot) -> Duties {
         binds_gpus: cfg.vfio.bind_on_start,
         serves_gpus,
         manages_cc_mode: cfg.cc.follow_label,
+        per_gpu_cc_modes: !cfg.cc.modes.is_empty(),
     }
 }
 

@@ -11,6 +11,7 @@ use crate::hostcfg::args::ArgEdit;
 use crate::hostcfg::boot::{BootConfig, BootStep, Mechanism};
 use crate::hostcfg::modules;
 use crate::hostcfg::profile::{ArgFinding, ArgProfile, Platform};
+use crate::hostcfg::vfio_boot;
 use crate::inventory::facts::{CpuVendor, NodeFacts};
 use crate::labels::{self, NodeLabels};
 
@@ -25,6 +26,18 @@ pub struct PlanInputs {
     /// Each Kata `config.d` drop-in path ([`crate::hostcfg::kata`]): its current
     /// content, and whether the runtime's directory (the parent of `config.d`) exists.
     pub kata_dropins: Vec<KataDropinState>,
+    /// `[vfio] boot_bind`: the ids (`vendor:device`) of the devices vfio-pci is to take
+    /// at boot, and the devices left out (`address: why`).
+    pub boot_bind: BootBindState,
+}
+
+/// What `[vfio] boot_bind` reads from the host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BootBindState {
+    pub ids: Vec<String>,
+    pub skipped: Vec<String>,
+    /// The current content of cchost's modprobe.d file (None: absent).
+    pub modprobe_file: Option<String>,
 }
 
 /// A Kata drop-in as the host has it now.
@@ -57,6 +70,13 @@ pub enum Action {
     },
     /// Write a Kata `config.d` drop-in (the QGS port of TDX guests).
     KataDropin { path: PathBuf, content: String },
+    /// Write the modprobe.d file of `[vfio] boot_bind` (vfio-pci's ids, loaded before
+    /// nvidia).
+    ModprobeFile {
+        path: PathBuf,
+        ids: Vec<String>,
+        content: String,
+    },
 }
 
 impl Action {
@@ -92,6 +112,11 @@ impl Action {
                     path.display()
                 )
             }
+            Action::ModprobeFile { path, ids, .. } => format!(
+                "write {} (vfio-pci takes {} at boot, before nvidia)",
+                path.display(),
+                ids.join(",")
+            ),
         }
     }
 }
@@ -167,9 +192,20 @@ pub fn build(cfg: &Config, inputs: &PlanInputs) -> Plan {
     let f = &inputs.facts;
     let choice = choose(cfg, f);
     let profile = ArgProfile::new(choice.platform, choice.gpu, f.cpu_vendor, &cfg.kernel);
-    let edit: ArgEdit = profile.edit(Some(f));
+    let mut edit: ArgEdit = profile.edit(Some(f));
     let mut actions = Vec::new();
     let mut notes = Vec::new();
+    let boot_bind = cfg.vfio.boot_bind && !inputs.boot_bind.ids.is_empty();
+    if cfg.vfio.boot_bind {
+        for s in &inputs.boot_bind.skipped {
+            notes.push(format!("[vfio] boot_bind leaves {s}"));
+        }
+        if boot_bind {
+            edit.add.push(vfio_boot::ids_arg(&inputs.boot_bind.ids));
+        } else {
+            notes.push("[vfio] boot_bind: no matched device for vfio-pci to take at boot".into());
+        }
+    }
 
     let running_ok = edit.satisfied_by(&f.cmdline);
     let running_findings = profile.findings(&f.cmdline, Some(f));
@@ -265,6 +301,22 @@ pub fn build(cfg: &Config, inputs: &PlanInputs) -> Plan {
                 modules: persist,
                 content,
             });
+        }
+    }
+
+    if boot_bind {
+        let ids = &inputs.boot_bind.ids;
+        let content = vfio_boot::modprobe_content(ids, &vfio_boot::CLAIMED_FIRST_BY);
+        if inputs.boot_bind.modprobe_file.as_deref() != Some(content.as_str()) {
+            actions.push(Action::ModprobeFile {
+                path: cfg.vfio.modprobe_file.clone(),
+                ids: ids.clone(),
+                content,
+            });
+            notes.push(format!(
+                "[vfio] boot_bind: if nvidia is loaded from the initramfs, rebuild it (update-initramfs -u / dracut -f) so that {} is in it too; cchost does not rebuild initramfs images",
+                cfg.vfio.modprobe_file.display()
+            ));
         }
     }
 
@@ -366,5 +418,43 @@ pub fn gather(
         boot,
         modules_file,
         kata_dropins,
+        boot_bind: gather_boot_bind(host, cfg),
+    }
+}
+
+/// `[vfio] boot_bind`: the devices `gpu bind --all` would move whose vfio driver is
+/// plain vfio-pci (a variant driver such as nvgrace-gpu-vfio-pci is not what
+/// `vfio-pci.ids` loads), and cchost's modprobe.d file.
+fn gather_boot_bind(host: &crate::host::HostRoot, cfg: &Config) -> BootBindState {
+    if !cfg.vfio.boot_bind {
+        return BootBindState::default();
+    }
+    let inv = crate::inventory::gpu::discover_gpus(host, &cfg.matching);
+    let mut ids = Vec::new();
+    let mut skipped = Vec::new();
+    for d in &inv.devices {
+        if d.kind != crate::inventory::GpuKind::Gpu && !cfg.vfio.bind_nvswitches {
+            continue;
+        }
+        if d.vfio.module.replace('-', "_") == "vfio_pci" {
+            ids.push((d.vendor, d.device));
+        } else {
+            skipped.push(format!(
+                "{} out: its vfio driver is {}, not vfio-pci (bind it after boot with `cchost gpu bind`)",
+                d.address, d.vfio.module
+            ));
+        }
+    }
+    let modprobe_file = match host.read_string_opt(&cfg.vfio.modprobe_file) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the modprobe.d file");
+            None
+        }
+    };
+    BootBindState {
+        ids: vfio_boot::id_list(&ids),
+        skipped,
+        modprobe_file,
     }
 }

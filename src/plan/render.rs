@@ -59,7 +59,9 @@ pub fn to_text(plan: &Plan) -> String {
                 Action::LoadModule { why, .. } => {
                     let _ = writeln!(s, "     why: {why}");
                 }
-                Action::PersistModules { .. } | Action::KataDropin { .. } => {}
+                Action::PersistModules { .. }
+                | Action::KataDropin { .. }
+                | Action::ModprobeFile { .. } => {}
             }
         }
     }

@@ -5,13 +5,16 @@
 //! and nothing is touched (design rule 5). Refusals: the address does not exist or is
 //! not a matched GPU/NVSwitch, the IOMMU is off (no group), the device drives the boot
 //! console, its IOMMU group holds devices not being moved (unless
-//! `[vfio] allow_foreign_group_members`), or a process holds it.
+//! `[vfio] allow_foreign_group_members`), or a process holds it (unless the only
+//! holders are NVIDIA's host daemons and `[vfio] stop_nvidia_services` lets cchost
+//! stop their units first: the plan then names them in `stop_units`).
 
 use std::collections::BTreeSet;
 
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::gpu::services;
 use crate::gpu::usage::{self, Holder};
 use crate::gpu::vfio::{BIND_KIND, Binding};
 use crate::host::pci::{PciAddress, PciDevice, device_dir};
@@ -140,7 +143,7 @@ impl std::fmt::Display for Refusal {
                 if !units.is_empty() {
                     write!(
                         f,
-                        "; these are NVIDIA's host daemons of a pre-installed driver: stop them first (systemctl stop {}) and disable them if the GPUs stay on vfio; cchost does not stop services itself",
+                        "; these are NVIDIA's host daemons of a pre-installed driver: stop them first (systemctl stop {}) and disable them if the GPUs stay on vfio, or let cchost stop them and start them again on undo (`cchost gpu bind --stop-services`, or [vfio] stop_nvidia_services = true; only when they are the only holders)",
                         units.join(" ")
                     )?;
                 }
@@ -154,18 +157,39 @@ impl std::fmt::Display for Refusal {
 /// keeps every GPU's /dev/nvidiaN open; `nv-fabricmanager` the NVSwitches' nodes).
 fn nvidia_daemons(holders: &[Holder]) -> Vec<&'static str> {
     let mut units = Vec::new();
-    for h in holders {
-        // /proc/<pid>/comm is cut to 15 characters.
-        let unit = match h.comm.as_str() {
-            "nvidia-persiste" | "nvidia-persistenced" => "nvidia-persistenced.service",
-            "nv-fabricmanage" | "nv-fabricmanager" => "nvidia-fabricmanager.service",
-            _ => continue,
-        };
+    for unit in holders
+        .iter()
+        .filter_map(|h| services::unit_of_comm(&h.comm))
+    {
         if !units.contains(&unit) {
             units.push(unit);
         }
     }
     units
+}
+
+/// With `[vfio] stop_nvidia_services`: the in-use refusals whose holders are all NVIDIA
+/// host daemons become units to stop; the others stay refusals.
+fn daemons_to_stop(refusals: Vec<Refusal>, stop: &mut Vec<String>) -> Vec<Refusal> {
+    let mut left = Vec::new();
+    for r in refusals {
+        match &r {
+            Refusal::InUse { holders, .. }
+                if !holders.is_empty()
+                    && holders
+                        .iter()
+                        .all(|h| services::unit_of_comm(&h.comm).is_some()) =>
+            {
+                for u in nvidia_daemons(holders) {
+                    if !stop.iter().any(|s| s == u) {
+                        stop.push(u.to_string());
+                    }
+                }
+            }
+            _ => left.push(r),
+        }
+    }
+    left
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +206,11 @@ pub struct Plan {
     pub items: Vec<Item>,
     /// Things allowed by config that the user should know about.
     pub warnings: Vec<String>,
+    /// systemd units of NVIDIA's host daemons that hold the devices and are to be
+    /// stopped before the bind (`[vfio] stop_nvidia_services`); the holders are
+    /// scanned again after they stop.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stop_units: Vec<String>,
 }
 
 /// A driver name that is a vfio driver (`vfio-pci`, `nvgrace_gpu_vfio_pci`, ...).
@@ -342,11 +371,21 @@ pub fn plan_bind(
         .filter(|(i, _)| i.changes)
         .map(|(_, d)| d.clone())
         .collect();
-    refusals.extend(in_use(host, &changing)?);
+    let mut stop_units = Vec::new();
+    let held = in_use(host, &changing)?;
+    if config.vfio.stop_nvidia_services {
+        refusals.extend(daemons_to_stop(held, &mut stop_units));
+    } else {
+        refusals.extend(held);
+    }
     if !refusals.is_empty() {
         return Err(PlanError::Refused(refusals));
     }
-    Ok(Plan { items, warnings })
+    Ok(Plan {
+        items,
+        warnings,
+        stop_units,
+    })
 }
 
 fn item(dev: &PciDevice, role: Role, choice: &VfioChoice) -> Item {
@@ -523,6 +562,7 @@ pub fn plan_unbind(
     Ok(Plan {
         items,
         warnings: Vec::new(),
+        stop_units: Vec::new(),
     })
 }
 

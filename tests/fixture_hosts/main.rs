@@ -19,6 +19,7 @@ mod hostcfg_boot;
 mod hostcfg_fixtures;
 mod inventory_scenarios;
 mod labels_cc_mode;
+mod labels_mixed;
 mod machineconfigs;
 mod plan;
 mod scenarios;

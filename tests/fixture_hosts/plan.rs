@@ -280,3 +280,85 @@ fn kata_qgs_dropin_is_planned_applied_and_undone() {
     cfg.dcap.enable = cchost::config::DcapEnable::Off;
     assert!(build(&cfg, &gather(&host, &tools, &cfg, f)).is_empty());
 }
+
+/// `[vfio] boot_bind`: `vfio-pci.ids=` for the matched GPU and NVSwitch through the
+/// kernel-arguments plan, and the modprobe.d file (ids + softdeps), both journaled by
+/// `apply`; planned again, nothing is left to do; undo removes the file.
+#[test]
+fn boot_bind_adds_vfio_pci_ids_and_the_modprobe_file() {
+    use cchost::fixture::{FixtureHost, PciSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let host = FixtureHost::new(dir.path())
+        .pci(PciSpec::h100_sxm5("0000:3b:00.0").driver("nvidia").group(1))
+        .pci(PciSpec::nvswitch_ls10("0000:7a:00.0").group(2))
+        .file(
+            "/etc/default/grub",
+            "GRUB_CMDLINE_LINUX=\"nohibernate kvm_intel.tdx=1 intel_iommu=on\"\n",
+        )
+        .file("/etc/modules-load.d/cchost.conf", "vhost_vsock\n")
+        .build()
+        .unwrap();
+    let tools = Tools {
+        present: vec!["update-grub"],
+        ..Default::default()
+    };
+    let mut f = tdx_facts();
+    f.tdx.enabled = true;
+    f.iommu.enabled = true;
+    f.cmdline = toks("ro nohibernate kvm_intel.tdx=1 intel_iommu=on");
+    f.modules_loaded.insert("vhost_vsock".into());
+    f.vhost_vsock_device = true;
+    let mut cfg = Config::default();
+    // Off (the default): nothing of it.
+    assert!(build(&cfg, &gather(&host, &tools, &cfg, f.clone())).is_empty());
+    cfg.vfio.boot_bind = true;
+    let plan = build(&cfg, &gather(&host, &tools, &cfg, f.clone()));
+    let summaries: Vec<String> = plan.actions.iter().map(|a| a.summary()).collect();
+    assert_eq!(
+        summaries,
+        [
+            "kernel arguments (grub): add vfio-pci.ids=10de:22a3,10de:2330",
+            "write /etc/modprobe.d/cchost-vfio.conf (vfio-pci takes 10de:22a3,10de:2330 at boot, before nvidia)"
+        ]
+    );
+    assert!(plan.reboot_required);
+    let mut journal = cchost::journal::Journal::open(&host).unwrap();
+    cchost::apply::node::apply(&host, &tools, &mut journal, &plan).unwrap();
+    let grub = std::fs::read_to_string(dir.path().join("etc/default/grub")).unwrap();
+    assert!(
+        grub.contains("intel_iommu=on vfio-pci.ids=10de:22a3,10de:2330\""),
+        "{grub}"
+    );
+    let file = dir.path().join("etc/modprobe.d/cchost-vfio.conf");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>(),
+        [
+            "options vfio-pci ids=10de:22a3,10de:2330",
+            "softdep nvidia pre: vfio-pci",
+            "softdep nouveau pre: vfio-pci"
+        ]
+    );
+    let kinds: Vec<&str> = journal.entries().iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["kernel.args", "file"]);
+    // Planned again: nothing to do (the running kernel gets the ids at the next boot).
+    assert!(build(&cfg, &gather(&host, &tools, &cfg, f.clone())).is_empty());
+    // The file's undo removes it (the kernel-argument step's undo is tested with grub).
+    let entry = journal
+        .find("file", "/etc/modprobe.d/cchost-vfio.conf")
+        .unwrap();
+    cchost::journal::Restorer::restore(&cchost::journal::FileRestorer, &host, entry).unwrap();
+    assert!(!file.exists());
+    // NVSwitches stay with the host when they are not bound: only the GPU's id.
+    cfg.vfio.bind_nvswitches = false;
+    let plan = build(&cfg, &gather(&host, &tools, &cfg, f));
+    assert!(
+        plan.actions[0]
+            .summary()
+            .contains("add vfio-pci.ids=10de:2330"),
+        "{:?}",
+        plan.actions
+    );
+}

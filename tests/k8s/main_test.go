@@ -96,7 +96,7 @@ func setUp() error {
 		NodeName:        nodeA,
 		HostRoot:        e.hostRoot,
 		VfioGroups:      fixtureGroups,
-		RuntimeHandlers: []string{kataCCHandler},
+		RuntimeHandlers: []string{kataCCHandler, kataGPUHandler, kataTDXGPUHandler},
 		// Faster than the kubelet's 10 s: the tests wait for allocatable changes.
 		NodeStatusUpdateFrequency: 2 * time.Second,
 	})
@@ -201,6 +201,7 @@ func TestCluster(t *testing.T) {
 		{"VfioNodeRemovedMakesTheDeviceUnhealthy", testVfioNodeRemovedMakesTheDeviceUnhealthy},
 		{"HandRemovedLabelComesBack", testHandRemovedLabelComesBack},
 		{"RuntimeClassPodLands", testRuntimeClassPodLands},
+		{"MixedNodeRunsBothRuntimeClasses", testMixedNodeRunsBothRuntimeClasses},
 		{"ChangedFactsRemoveOnlyCchostsLabels", testChangedFactsRemoveOnlyCchostsLabels},
 		{"NodeFeatureBackend", testNodeFeatureBackend},
 		{"TokenCarriesTheNodeClaim", testTokenCarriesTheNodeClaim},

@@ -138,11 +138,11 @@ print(json.dumps(out))
 async fn a_failed_service_is_restarted_and_readiness_and_metrics_follow() {
     let (h, _funcs) = hgx_like();
     // The device-plugin directory cannot be created: a file is in the way.
-    std::fs::remove_dir_all(h.local(DP_DIR)).unwrap();
-    h.write(DP_DIR, "not a directory\n");
+    std::fs::remove_dir_all(h.path(DP_DIR)).unwrap();
+    h.file(DP_DIR, "not a directory\n");
     let port = free_port();
     let child = spawn_run(
-        h.dir.path(),
+        h.root(),
         &format!(
             "[device_plugin]\nmode = \"on\"\nrescan_interval_s = 0\n\
              [labels]\nbackend = \"off\"\n\
@@ -176,7 +176,7 @@ async fn a_failed_service_is_restarted_and_readiness_and_metrics_follow() {
         body.contains("deviceplugin nvidia.com/pgpu: serving"),
         "{body}"
     );
-    assert!(h.local(DP_DIR).join("cchost-nvidia.com-pgpu.sock").exists());
+    assert!(h.path(DP_DIR).join("cchost-nvidia.com-pgpu.sock").exists());
     let _ = status;
     let m = scrape(port).await;
     assert_eq!(m.get("cchost_ready{}"), Some(&1.0), "{m:?}");
@@ -203,7 +203,7 @@ async fn a_failed_service_is_restarted_and_readiness_and_metrics_follow() {
 
     // Allocate is counted and timed.
     let mut c = crate::support::device_plugin::connect_plugin(
-        &h.local(DP_DIR).join("cchost-nvidia.com-pgpu.sock"),
+        &h.path(DP_DIR).join("cchost-nvidia.com-pgpu.sock"),
     )
     .await
     .unwrap();
@@ -238,14 +238,14 @@ async fn a_failed_service_is_restarted_and_readiness_and_metrics_follow() {
 #[tokio::test]
 async fn an_endpoint_whose_serve_failed_is_started_again_and_registers() {
     let (h, _funcs) = hgx_like();
-    let dir = h.local(DP_DIR);
+    let dir = h.path(DP_DIR);
     let mut kubelet = FakeKubelet::start(&dir).await;
     // Something that is not a socket holds the GPU resource's socket path.
     let blocked = dir.join("cchost-nvidia.com-pgpu.sock");
     std::fs::write(&blocked, "in the way\n").unwrap();
     let (health, metrics) = (free_port(), free_port());
     let child = spawn_run(
-        h.dir.path(),
+        h.root(),
         &format!(
             "[device_plugin]\nrescan_interval_s = 0\n[labels]\nbackend = \"off\"\n\
              [observe]\nhealth_listen = \"127.0.0.1:{health}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\n"
@@ -287,13 +287,13 @@ async fn an_endpoint_whose_serve_failed_is_started_again_and_registers() {
 #[tokio::test]
 async fn systemd_gets_ready_watchdog_and_stopping_on_its_notify_socket() {
     let (h, _funcs) = hgx_like();
-    let dir = h.local(DP_DIR);
+    let dir = h.path(DP_DIR);
     let mut kubelet = FakeKubelet::start(&dir).await;
     let sock_dir = tempfile::tempdir().unwrap();
     let path = sock_dir.path().join("notify");
     let server = tokio::net::UnixDatagram::bind(&path).unwrap();
     let child = spawn_run(
-        h.dir.path(),
+        h.root(),
         "[device_plugin]\nrescan_interval_s = 0\n[labels]\nbackend = \"off\"\n",
         &[
             ("NOTIFY_SOCKET", path.to_str().unwrap()),

@@ -5,9 +5,10 @@
 
 use std::path::PathBuf;
 
-use crate::support::device_plugin::{FakeHost, Func, hgx_like};
+use crate::support::device_plugin::{add_behind, gpu, hgx_like, hgx_like_mixed_split, whole_host};
 use cchost::cdi;
 use cchost::config::{Config, DevicePluginConfig};
+use cchost::fixture::{PciSpec, Tree};
 use cchost::inventory::passthrough::{self, Health, VfioMode};
 use serde_json::Value;
 
@@ -68,7 +69,7 @@ fn upstream_good_and_bad_examples() {
     assert!(!v.is_valid(&bad));
 }
 
-fn read_spec(h: &FakeHost, name: &str) -> Value {
+fn read_spec(h: &Tree, name: &str) -> Value {
     serde_json::from_str(&h.host.read_string(format!("/var/run/cdi/{name}")).unwrap()).unwrap()
 }
 
@@ -114,11 +115,9 @@ fn legacy_host_gets_group_nodes_named_by_group_number() {
 
 #[test]
 fn iommufd_host_gets_cdev_nodes_named_by_vfio_number() {
-    let h = FakeHost::new();
+    let h = whole_host();
     h.enable_iommufd();
-    let mut f = Func::gpu("0000:3b:00.0", vec!["0000:3a:00.0"], 7, 0);
-    f.vfio_dev = Some(2);
-    h.add(&f);
+    add_behind(&h, &["0000:3a:00.0"], gpu("0000:3b:00.0", 7, 0).vfio_dev(2));
     let cfg = DevicePluginConfig::default();
     let scan = passthrough::discover(&h.host, &Config::default().matching, &cfg).unwrap();
     assert_eq!(scan.mode, VfioMode::Iommufd);
@@ -145,9 +144,9 @@ fn devices_that_leave_are_removed_and_empty_kinds_lose_their_file() {
     )
     .unwrap();
     // A stranger's spec in the same directory is never touched.
-    h.write("/var/run/cdi/nvidia.yaml", "cdiVersion: 0.5.0\n");
-    h.set_driver(&funcs[1], Some("nvidia"));
-    h.set_driver(&funcs[4], None);
+    h.file("/var/run/cdi/nvidia.yaml", "cdiVersion: 0.5.0\n");
+    h.set_driver(&funcs[1].address, Some("nvidia"));
+    h.set_driver(&funcs[4].address, None);
     let scan = passthrough::discover(&h.host, &m, &cfg).unwrap();
     let report = cdi::sync(&h.host, &cfg.cdi_dir, &scan).unwrap();
     assert_eq!(report.removed.len(), 1, "{report:?}");
@@ -213,7 +212,7 @@ fn per_model_resource_names() {
 fn a_malformed_device_is_skipped_and_reported_without_blocking_the_others() {
     let (h, _) = hgx_like();
     // Garbage in one GPU's class attribute.
-    h.write(
+    h.file(
         "/sys/devices/pci0000:00/0000:00:02.0/0000:05:00.0/0000:06:00.0/0000:07:00.0/class",
         "banana\n",
     );
@@ -237,15 +236,14 @@ fn health_reflects_the_vfio_node_and_group_viability() {
     let m = Config::default().matching;
     h.remove("/dev/vfio/13");
     // A foreign endpoint in group 14, bound to a host driver: the group is not viable.
-    let mut audio = Func::gpu(
-        "0000:07:00.1",
-        vec!["0000:00:02.0", "0000:05:00.0", "0000:06:00.0"],
-        14,
-        0,
+    add_behind(
+        &h,
+        &["0000:00:02.0", "0000:05:00.0", "0000:06:00.0"],
+        PciSpec::ad102_hda("0000:07:00.1")
+            .group(14)
+            .numa(0)
+            .driver("snd_hda_intel"),
     );
-    audio.class = 0x040300;
-    audio.driver = Some("snd_hda_intel");
-    h.add(&audio);
     let scan = passthrough::discover(&h.host, &m, &cfg).unwrap();
     let health = |id: &str| {
         scan.devices
@@ -266,7 +264,7 @@ fn cli_generate_writes_and_prints() {
     let (h, _) = hgx_like();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
         .args(["--host-root"])
-        .arg(h.dir.path())
+        .arg(h.root())
         .args(["cdi", "generate", "--stdout"])
         .output()
         .unwrap();
@@ -280,7 +278,7 @@ fn cli_generate_writes_and_prints() {
     assert!(!h.host.exists("/var/run/cdi"));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
         .args(["--host-root"])
-        .arg(h.dir.path())
+        .arg(h.root())
         .args(["cdi", "generate"])
         .output()
         .unwrap();
@@ -300,16 +298,16 @@ fn cli_generate_fails_and_keeps_the_specs_when_the_bus_cannot_be_read() {
     let run = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
             .args(["--host-root"])
-            .arg(h.dir.path())
+            .arg(h.root())
             .args(args)
             .output()
             .unwrap()
     };
     assert!(run(&["cdi", "generate"]).status.success());
     let spec = "/var/run/cdi/cchost-nvidia.com-pgpu.json";
-    let before = std::fs::read(h.local(spec)).unwrap();
+    let before = std::fs::read(h.path(spec)).unwrap();
     // The bus directory turns unreadable (a symlink loop stands in for an I/O error).
-    let bus = h.local("/sys/bus/pci/devices");
+    let bus = h.path("/sys/bus/pci/devices");
     std::fs::rename(&bus, bus.with_file_name("devices.away")).unwrap();
     std::os::unix::fs::symlink("devices", &bus).unwrap();
     for args in [&["cdi", "generate"][..], &["cdi", "generate", "--stdout"]] {
@@ -318,7 +316,7 @@ fn cli_generate_fails_and_keeps_the_specs_when_the_bus_cannot_be_read() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains("cannot list the PCI bus"), "{err}");
     }
-    assert_eq!(std::fs::read(h.local(spec)).unwrap(), before);
+    assert_eq!(std::fs::read(h.path(spec)).unwrap(), before);
 }
 
 /// `cdi generate --stdout` prints one JSON document (an array of specs) even when
@@ -328,7 +326,7 @@ fn cli_generate_stdout_is_one_json_document() {
     let (h, _) = hgx_like();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
         .args(["--host-root"])
-        .arg(h.dir.path())
+        .arg(h.root())
         .args(["cdi", "generate", "--stdout"])
         .output()
         .unwrap();
@@ -395,7 +393,7 @@ fn a_foreign_spec_with_cchost_s_kind_fails_check_and_names_the_file() {
     use cchost::inventory::Inventory;
     let (h, _) = hgx_like();
     let cfg = Config::default();
-    let report = |h: &FakeHost| {
+    let report = |h: &Tree| {
         let inv = Inventory::collect(&h.host, &cfg);
         Report::new_on(&inv, &cfg, Profile::Auto, Some(&h.host))
     };
@@ -403,7 +401,7 @@ fn a_foreign_spec_with_cchost_s_kind_fails_check_and_names_the_file() {
     let c = r.find("cdi.conflicts").expect("the check");
     assert_eq!(c.outcome.status, Status::Pass, "{:?}", c.outcome);
 
-    h.write(
+    h.file(
         "/etc/cdi/nvidia.com-pgpu.yaml",
         "cdiVersion: 0.5.0\nkind: nvidia.com/pgpu\ndevices:\n- name: \"12\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/12\n",
     );
@@ -434,4 +432,91 @@ fn a_foreign_spec_with_cchost_s_kind_fails_check_and_names_the_file() {
     let found = cdi::foreign::conflicts(&h.host, "/var/run/cdi", &kinds, &ids);
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].devices, ["12"]);
+}
+
+/// A mixed node (`cc.modes`): CC GPUs under `nvidia.com/pgpu`, the others under
+/// `nvidia.com/pgpu-nocc`, each kind in its own spec whose device names are exactly the
+/// IDs advertised under that resource; a GPU whose firmware disagrees (or is unread) is
+/// advertised unhealthy, never under the other name.
+#[test]
+fn mixed_node_has_two_gpu_kinds_named_like_the_two_resources() {
+    use cchost::inventory::cc_split;
+    let (h, _) = hgx_like();
+    let cfg = DevicePluginConfig::default();
+    let mut scan = passthrough::discover(&h.host, &Config::default().matching, &cfg).unwrap();
+    cc_split::apply(&mut scan, &hgx_like_mixed_split(&h));
+    let by: Vec<(&str, &str, bool)> = scan
+        .devices
+        .iter()
+        .map(|d| (d.resource.as_str(), d.id.as_str(), d.health.is_healthy()))
+        .collect();
+    assert_eq!(
+        by,
+        [
+            ("nvidia.com/nvswitch", "60", true),
+            ("nvidia.com/pgpu", "12", true),
+            ("nvidia.com/pgpu", "13", false),
+            ("nvidia.com/pgpu-nocc", "14", true),
+            ("nvidia.com/pgpu-nocc", "40", false),
+        ]
+    );
+    let why = |id: &str| match &scan.devices.iter().find(|d| d.id == id).unwrap().health {
+        Health::Unhealthy(r) => r.clone(),
+        Health::Healthy => String::new(),
+    };
+    assert!(
+        why("13").contains("firmware CC mode is off"),
+        "{}",
+        why("13")
+    );
+    assert!(why("40").contains("not read yet"), "{}", why("40"));
+
+    let report = cdi::sync(&h.host, &cfg.cdi_dir, &scan).unwrap();
+    assert_eq!(report.written.len(), 3, "{report:?}");
+    let v = validator();
+    for (file, kind, names) in [
+        (
+            "cchost-nvidia.com-pgpu.json",
+            "nvidia.com/pgpu",
+            vec!["12", "13"],
+        ),
+        (
+            "cchost-nvidia.com-pgpu-nocc.json",
+            "nvidia.com/pgpu-nocc",
+            vec!["14", "40"],
+        ),
+    ] {
+        let spec = read_spec(&h, file);
+        assert_valid(&v, &spec);
+        assert_eq!(spec["kind"], kind, "{file}");
+        let got: Vec<&str> = spec["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, names, "{file}");
+    }
+}
+
+/// `cc.modes` that does not fit the host: no GPU is advertised (which one is
+/// confidential would be a guess); NVSwitches still are.
+#[test]
+fn mixed_modes_that_do_not_fit_serve_no_gpu() {
+    use cchost::inventory::cc_split;
+    let (h, _) = hgx_like();
+    let cfg = DevicePluginConfig::default();
+    let mut scan = passthrough::discover(&h.host, &Config::default().matching, &cfg).unwrap();
+    let mut split = hgx_like_mixed_split(&h);
+    split.wanted = Err("cc.modes: cc.modes[1] asks for 5 GPUs".to_string());
+    cc_split::apply(&mut scan, &split);
+    let left: Vec<&str> = scan.devices.iter().map(|d| d.resource.as_str()).collect();
+    assert_eq!(left, ["nvidia.com/nvswitch"]);
+    assert_eq!(
+        scan.skipped
+            .iter()
+            .filter(|s| s.reason.contains("asks for 5 GPUs"))
+            .count(),
+        4
+    );
 }

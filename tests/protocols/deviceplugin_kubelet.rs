@@ -8,11 +8,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::support::device_plugin::{
-    DP_DIR, FakeHost, FakeKubelet, Func, connect_plugin, hgx_like,
+    DP_DIR, FakeKubelet, add_behind, connect_plugin, gpu, hgx_like, hgx_like_mixed_split,
+    whole_host,
 };
 use cchost::config::{Config, DevicePluginConfig};
 use cchost::deviceplugin::PluginManager;
 use cchost::deviceplugin::api;
+use cchost::fixture::{PciSpec, Tree};
 use cchost::inventory::passthrough;
 use tokio::sync::watch;
 use tonic::Code;
@@ -20,8 +22,8 @@ use tonic::Code;
 const WAIT: Duration = Duration::from_secs(10);
 
 struct Rig {
-    h: FakeHost,
-    funcs: Vec<Func>,
+    h: Tree,
+    funcs: Vec<PciSpec>,
     cfg: DevicePluginConfig,
     mgr: PluginManager,
     shutdown: watch::Sender<bool>,
@@ -29,7 +31,7 @@ struct Rig {
 
 impl Rig {
     fn dir(&self) -> PathBuf {
-        self.h.local(DP_DIR)
+        self.h.path(DP_DIR)
     }
 
     fn sock(&self, name: &str) -> PathBuf {
@@ -44,7 +46,7 @@ impl Rig {
     }
 }
 
-fn rig_with(h: FakeHost, funcs: Vec<Func>, cfg: DevicePluginConfig) -> Rig {
+fn rig_with(h: Tree, funcs: Vec<PciSpec>, cfg: DevicePluginConfig) -> Rig {
     let (shutdown, rx) = watch::channel(false);
     let mgr = PluginManager::start(&h.host, &cfg, rx).unwrap();
     let mut r = Rig {
@@ -272,20 +274,20 @@ async fn health_follows_the_vfio_node_and_the_driver() {
         err.message()
     );
     // It comes back.
-    r.h.write("/dev/vfio/13", "");
+    r.h.file("/dev/vfio/13", "");
     r.rescan();
     assert_eq!(health(&next_list(&mut stream).await, "13"), "Healthy");
 
     // The device leaves vfio-pci (bound to the host driver): still listed, Unhealthy.
     let f = r.funcs[2].clone();
-    r.h.set_driver(&f, Some("nvidia"));
+    r.h.set_driver(&f.address, Some("nvidia"));
     r.rescan();
     let l = next_list(&mut stream).await;
     assert_eq!(health(&l, "14"), "Unhealthy");
     assert_eq!(l.len(), 4);
     // A rescan with no change sends nothing new; rebinding to vfio-pci heals it.
     r.rescan();
-    r.h.set_driver(&f, Some("vfio-pci"));
+    r.h.set_driver(&f.address, Some("vfio-pci"));
     r.rescan();
     assert_eq!(health(&next_list(&mut stream).await, "14"), "Healthy");
 
@@ -364,11 +366,13 @@ async fn kubelet_restart_and_long_outage_reregister_without_restarting() {
 
 #[tokio::test]
 async fn zero_devices_still_registers() {
-    let h = FakeHost::new();
+    let h = whole_host();
     // A GPU on the host driver: nothing to advertise.
-    let mut f = Func::gpu("0000:3b:00.0", vec!["0000:3a:00.0"], 5, 0);
-    f.driver = Some("nvidia");
-    h.add(&f);
+    let f = add_behind(
+        &h,
+        &["0000:3a:00.0"],
+        gpu("0000:3b:00.0", 5, 0).driver("nvidia"),
+    );
     let r = rig_with(h, vec![f], DevicePluginConfig::default());
     let mut kubelet = FakeKubelet::start(&r.dir()).await;
     let reg = kubelet.next(WAIT).await.expect("Register with 0 devices");
@@ -427,7 +431,7 @@ async fn env_option_and_per_model_resources() {
 async fn a_kubelet_that_never_calls_back_is_reported() {
     use cchost::deviceplugin::endpoint::{EndpointEvent, PluginEndpoint};
     let (h, _) = hgx_like();
-    let dir = h.local(DP_DIR);
+    let dir = h.path(DP_DIR);
     let (_tx, devices) = watch::channel(Default::default());
     let (stop, shutdown) = watch::channel(false);
     let (events, _watch) =
@@ -463,5 +467,86 @@ async fn a_kubelet_that_never_calls_back_is_reported() {
     );
     let _ = stop.send(true);
     task.await.unwrap().unwrap();
+    kubelet.stop().await;
+}
+
+/// A mixed node registers the two GPU resources; each lists only its own GPUs, with
+/// health from the firmware, and allocates under its own CDI kind. Asking the CC
+/// resource for a non-CC GPU's ID is refused.
+#[tokio::test]
+async fn mixed_node_registers_two_gpu_resources() {
+    let (h, _) = hgx_like();
+    let cfg = DevicePluginConfig::default();
+    let (shutdown, rx) = watch::channel(false);
+    let mut mgr = PluginManager::start(&h.host, &cfg, rx).unwrap();
+    let mut scan = passthrough::discover(&h.host, &Config::default().matching, &cfg).unwrap();
+    cchost::inventory::cc_split::apply(&mut scan, &hgx_like_mixed_split(&h));
+    mgr.update(&scan);
+    let dir = h.path(DP_DIR);
+    let mut kubelet = FakeKubelet::start(&dir).await;
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        names.push(kubelet.next(WAIT).await.unwrap().req.resource_name);
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "nvidia.com/nvswitch",
+            "nvidia.com/pgpu",
+            "nvidia.com/pgpu-nocc"
+        ]
+    );
+    let h_ = |s: &str| s.to_string();
+    for (sock, want) in [
+        (
+            "cchost-nvidia.com-pgpu.sock",
+            vec![
+                (h_("12"), h_("Healthy"), Some(0)),
+                (h_("13"), h_("Unhealthy"), Some(0)),
+            ],
+        ),
+        (
+            "cchost-nvidia.com-pgpu-nocc.sock",
+            vec![
+                (h_("14"), h_("Healthy"), Some(0)),
+                (h_("40"), h_("Unhealthy"), Some(1)),
+            ],
+        ),
+    ] {
+        let mut c = connect_plugin(&dir.join(sock)).await.unwrap();
+        let mut stream = c.list_and_watch(api::Empty {}).await.unwrap().into_inner();
+        assert_eq!(next_list(&mut stream).await, want, "{sock}");
+    }
+    let mut nocc = connect_plugin(&dir.join("cchost-nvidia.com-pgpu-nocc.sock"))
+        .await
+        .unwrap();
+    let resp = nocc
+        .allocate(api::AllocateRequest {
+            container_requests: vec![api::ContainerAllocateRequest {
+                devices_ids: vec!["14".into()],
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resp.container_responses[0].cdi_devices[0].name,
+        "nvidia.com/pgpu-nocc=14"
+    );
+    let mut cc = connect_plugin(&dir.join("cchost-nvidia.com-pgpu.sock"))
+        .await
+        .unwrap();
+    let err = cc
+        .allocate(api::AllocateRequest {
+            container_requests: vec![api::ContainerAllocateRequest {
+                devices_ids: vec!["14".into()],
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let _ = shutdown.send(true);
+    mgr.join().await;
     kubelet.stop().await;
 }

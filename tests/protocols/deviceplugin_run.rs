@@ -15,16 +15,16 @@ const WAIT: Duration = Duration::from_secs(20);
 #[tokio::test]
 async fn run_serves_follows_changes_and_stops_cleanly_on_sigterm() {
     let (h, _funcs) = hgx_like();
-    let dir = h.local(DP_DIR);
+    let dir = h.path(DP_DIR);
     let mut kubelet = FakeKubelet::start(&dir).await;
     // No rescan timer: the vfio node's removal is seen through the /dev/vfio watch
     // (a fixture tree sends no uevents).
-    let cfg = h.dir.path().join("config.toml");
+    let cfg = h.root().join("config.toml");
     std::fs::write(&cfg, "[device_plugin]\nrescan_interval_s = 0\n").unwrap();
     let t = Instant::now();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
         .arg("--host-root")
-        .arg(h.dir.path())
+        .arg(h.root())
         .arg("--config")
         .arg(&cfg)
         .arg("run")
@@ -69,8 +69,7 @@ async fn run_serves_follows_changes_and_stops_cleanly_on_sigterm() {
     // The labels service runs beside the plugin: without a cluster it publishes the
     // node's labels in the NFD local feature file under the host root.
     let feature_file = h
-        .dir
-        .path()
+        .root()
         .join("etc/kubernetes/node-feature-discovery/features.d/cchost");
     let deadline = Instant::now() + WAIT;
     while !feature_file.exists() && Instant::now() < deadline {
@@ -106,5 +105,185 @@ async fn run_serves_follows_changes_and_stops_cleanly_on_sigterm() {
     .unwrap();
     assert_eq!(spec["kind"], "nvidia.com/pgpu");
     assert!(err.contains("SIGTERM"), "{err}");
+    kubelet.stop().await;
+}
+
+/// `cchost run` with `[[cc.modes]]` registers the CC and the non-CC GPU resource, and
+/// holds back every GPU whose CC mode it could not read (this fixture has no BAR0 to
+/// read): advertised, unhealthy, with the reason, never under the other name.
+#[tokio::test]
+async fn run_with_per_gpu_modes_serves_two_gpu_resources_gated_on_the_firmware() {
+    let (h, _funcs) = hgx_like();
+    let dir = h.path(DP_DIR);
+    let mut kubelet = FakeKubelet::start(&dir).await;
+    let cfg = h.root().join("config.toml");
+    std::fs::write(
+        &cfg,
+        "[device_plugin]\nrescan_interval_s = 0\n\
+         [[cc.modes]]\nmode = \"on\"\ncount = 2\n[[cc.modes]]\nmode = \"off\"\ncount = 2\n",
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
+        .arg("--host-root")
+        .arg(h.root())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .env("CCHOST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        names.push(
+            kubelet
+                .next(WAIT)
+                .await
+                .expect("Register")
+                .req
+                .resource_name,
+        );
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "nvidia.com/nvswitch",
+            "nvidia.com/pgpu",
+            "nvidia.com/pgpu-nocc"
+        ]
+    );
+    for (sock, ids) in [
+        ("cchost-nvidia.com-pgpu.sock", ["12", "13"]),
+        ("cchost-nvidia.com-pgpu-nocc.sock", ["14", "40"]),
+    ] {
+        let mut c = connect_plugin(&dir.join(sock)).await.unwrap();
+        let mut s = c.list_and_watch(api::Empty {}).await.unwrap().into_inner();
+        let list = tokio::time::timeout(WAIT, s.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let got: Vec<(&str, &str)> = list
+            .devices
+            .iter()
+            .map(|d| (d.id.as_str(), d.health.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            ids.iter().map(|i| (*i, "Unhealthy")).collect::<Vec<_>>(),
+            "{sock}"
+        );
+    }
+    let nocc = h
+        .host
+        .read_string("/var/run/cdi/cchost-nvidia.com-pgpu-nocc.json")
+        .unwrap();
+    assert!(
+        nocc.contains("\"kind\":\"nvidia.com/pgpu-nocc\"")
+            || nocc.contains("\"kind\": \"nvidia.com/pgpu-nocc\""),
+        "{nocc}"
+    );
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    kubelet.stop().await;
+}
+
+/// End to end on the four-H100 vfio fixture, whose `resource0` files hold the CC
+/// register: two GPUs read CC on and two off, as `[[cc.modes]]` wants, so `cchost run`
+/// serves the first two as `nvidia.com/pgpu` and the others as `nvidia.com/pgpu-nocc`,
+/// all healthy; the firmware mode is read through the same live path as the labels.
+#[tokio::test]
+async fn run_serves_a_mixed_node_whose_firmware_agrees() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let host = cchost::fixture::scenarios::gpus_on_vfio(dir.path())
+        .build()
+        .unwrap();
+    let cfg = cchost::config::Config::default();
+    let inv = cchost::inventory::gpu::discover_gpus(&host, &cfg.matching);
+    let mut gpus: Vec<String> = inv.gpus().map(|d| d.address.to_string()).collect();
+    gpus.sort();
+    assert_eq!(gpus.len(), 4);
+    use cchost::gpu::cc::regs;
+    for (g, reg) in gpus.iter().zip([1u32, 1, 0, 0]) {
+        let path = host
+            .resolve(
+                std::path::Path::new("/sys/bus/pci/devices")
+                    .join(g)
+                    .join("resource0"),
+            )
+            .unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.set_len(u64::from(regs::CC_HOPPER) + 4096).unwrap();
+        for (off, v) in [
+            (regs::BOOT_0, 0x1800_00a1u32),
+            (regs::BOOT_COMPLETE_GH100, regs::BOOT_COMPLETE_DONE),
+            (regs::CC_HOPPER, reg),
+        ] {
+            f.write_all_at(&v.to_le_bytes(), u64::from(off)).unwrap();
+        }
+    }
+    let dp_dir = dir.path().join("var/lib/kubelet/device-plugins");
+    std::fs::create_dir_all(&dp_dir).unwrap();
+    let mut kubelet = FakeKubelet::start(&dp_dir).await;
+    let cfg_path = dir.path().join("cchost.toml");
+    std::fs::write(
+        &cfg_path,
+        "[device_plugin]\nrescan_interval_s = 0\n\
+         [[cc.modes]]\nmode = \"on\"\ncount = 2\n[[cc.modes]]\nmode = \"off\"\ncount = 2\n",
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
+        .arg("--host-root")
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&cfg_path)
+        .arg("run")
+        .env("CCHOST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        names.push(
+            kubelet
+                .next(WAIT)
+                .await
+                .expect("Register")
+                .req
+                .resource_name,
+        );
+    }
+    names.sort();
+    assert_eq!(names, ["nvidia.com/pgpu", "nvidia.com/pgpu-nocc"]);
+    for (sock, ids) in [
+        ("cchost-nvidia.com-pgpu.sock", ["0", "1"]),
+        ("cchost-nvidia.com-pgpu-nocc.sock", ["2", "3"]),
+    ] {
+        let mut c = connect_plugin(&dp_dir.join(sock)).await.unwrap();
+        let mut s = c.list_and_watch(api::Empty {}).await.unwrap().into_inner();
+        let list = tokio::time::timeout(WAIT, s.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let got: Vec<(&str, &str)> = list
+            .devices
+            .iter()
+            .map(|d| (d.id.as_str(), d.health.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            ids.iter().map(|i| (*i, "Healthy")).collect::<Vec<_>>(),
+            "{sock}"
+        );
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
     kubelet.stop().await;
 }

@@ -2,7 +2,8 @@
 //! sockets, CDI against the upstream schema, DCAP (QGS, PCCS, systemd, the supervisor),
 //! the GPU firmware mailbox against the register-level FSP simulator, the kube label,
 //! event and watch clients against kube's tower-test mock, and the `cchost run` daemon
-//! (health, recovery, CC mode on start). One test binary, one module per subject, one
+//! (health, recovery, CC mode on start), stopping NVIDIA's host daemons over a private
+//! bus. One test binary, one module per subject, one
 //! support tree (tests/support/) (docs/testing.md).
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -24,8 +25,10 @@ mod deviceplugin_unreadable;
 mod gpu_cc_journal;
 mod gpu_cc_mmap;
 mod gpu_cc_sim;
+mod gpu_services;
 mod labels_kube;
 mod node_events;
 mod own_node;
+mod run_cc_modes;
 mod run_cc_on_start;
 mod run_recovery;

@@ -9,6 +9,8 @@ mod harness;
 
 mod deviceplugin;
 mod harness_self_test;
+mod host_root;
 mod hostcfg;
 mod inventory;
 mod vfio;
+mod vfio_boot;

@@ -13,10 +13,12 @@ const LAYERS: &[&[&str]] = &[
     // registry (neither imports anything of the crate).
     &["host", "observe"],
     // The configuration: reads its file through the host door's non-blocking open.
-    &["config"],
-    // What the host is (inventory, node facts, the passthrough-device model), the
-    // journal of changes, and the fixture hosts the tests build.
-    &["inventory", "journal", "fixture"],
+    // The fixture hosts the tests build (test support; they write trees and open them
+    // through the host door, and every layer's unit tests may build one).
+    &["config", "fixture"],
+    // What the host is (inventory, node facts, the passthrough-device model), and the
+    // journal of changes.
+    &["inventory", "journal"],
     // Actuators: each knows one subsystem (how to read it, edit it, change it).
     &["gpu", "hostcfg", "cdi"],
     // Services `cchost run` keeps running.

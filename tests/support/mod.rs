@@ -4,7 +4,8 @@
 //!   kubelet-side harness speaking v1beta1 over unix sockets (also used by
 //!   benches/deviceplugin.rs);
 //! - [`dcap`]: the stand-in QGS program and polling without asserting on time;
-//! - [`sim_opener`]: an `Opener` handing out the FSP simulator by PCI address.
+//! - [`sim_opener`]: an `Opener` handing out the FSP simulator by PCI address;
+//! - [`systemd`]: a private dbus-daemon and a stand-in for systemd's manager on it.
 //!
 //! The real-kernel tier has its own harness, tests/vm/harness.rs.
 // Each crate uses a different part of it.
@@ -13,3 +14,4 @@
 pub mod dcap;
 pub mod device_plugin;
 pub mod sim_opener;
+pub mod systemd;

@@ -147,6 +147,15 @@ pub fn open_for_switch(
         .map_err(|e| e.to_string())
 }
 
+/// True when the device is runtime-suspended (`power/runtime_status` says anything but
+/// `active`): reading its BARs then needs a wake-up, which is a write of
+/// `power/control` (Documentation/ABI/testing/sysfs-devices-power). A device without
+/// runtime PM files is not suspended.
+pub fn runtime_suspended(host: &HostRoot, addr: &PciAddress) -> Result<bool, HostError> {
+    let status = host.read_attr_opt(device_dir(addr).join("power/runtime_status"))?;
+    Ok(status.as_deref().is_some_and(|s| s != "active"))
+}
+
 /// Wakes the device, checks memory decode, maps `resource0` (read-only for queries).
 pub fn open(
     host: &HostRoot,

@@ -1,6 +1,6 @@
 use super::*;
+use crate::fixture::{PciSpec, Tree};
 use crate::gpu::vfio::{self, VfioError};
-use crate::inventory::testutil::{Func, Tree};
 use crate::journal::Journal;
 
 const NV: u16 = 0x10de;
@@ -15,21 +15,21 @@ fn host() -> Tree {
     );
     t.file("/proc/1/comm", "init\n");
     std::fs::create_dir_all(t.path("/proc/1/fd")).unwrap();
-    t.pci(&Func::new("0000:00:01.0", 0x8086, 0x1234, 0x060400).group(1))
+    t.pci(&PciSpec::new("0000:00:01.0", 0x8086, 0x1234, 0x060400).group(1))
         .pci(
-            &Func::new("0000:3b:00.0", NV, 0x2330, 0x030200)
+            &PciSpec::new("0000:3b:00.0", NV, 0x2330, 0x030200)
                 .driver("nvidia")
                 .group(1),
         )
-        .pci(&Func::new("0000:5e:00.0", NV, 0x2204, 0x030000).group(2))
+        .pci(&PciSpec::new("0000:5e:00.0", NV, 0x2204, 0x030000).group(2))
         .pci(
-            &Func::new("0000:5e:00.1", NV, 0x1aef, 0x040300)
+            &PciSpec::new("0000:5e:00.1", NV, 0x1aef, 0x040300)
                 .driver("snd_hda_intel")
                 .group(2),
         )
-        .pci(&Func::new("0000:7a:00.0", NV, 0x22a3, 0x068000).group(3))
+        .pci(&PciSpec::new("0000:7a:00.0", NV, 0x22a3, 0x068000).group(3))
         .pci(
-            &Func::new("0000:99:00.0", 0x15b3, 0x1021, 0x020000)
+            &PciSpec::new("0000:99:00.0", 0x15b3, 0x1021, 0x020000)
                 .driver("mlx5_core")
                 .group(4),
         );
@@ -113,12 +113,12 @@ fn every_refusal_is_reported_at_once() {
     // A boot-console GPU, a GPU without an IOMMU group, a GPU sharing its group with
     // the NIC.
     t.pci(
-        &Func::new("0000:01:00.0", NV, 0x2330, 0x030000)
+        &PciSpec::new("0000:01:00.0", NV, 0x2330, 0x030000)
             .group(5)
-            .boot_vga(true),
+            .boot_vga(),
     )
-    .pci(&Func::new("0000:02:00.0", NV, 0x2330, 0x030200))
-    .pci(&Func::new("0000:03:00.0", NV, 0x2330, 0x030200).group(4));
+    .pci(&PciSpec::new("0000:02:00.0", NV, 0x2330, 0x030200))
+    .pci(&PciSpec::new("0000:03:00.0", NV, 0x2330, 0x030200).group(4));
     let sel = Selection::Addresses(vec![
         addr("0000:01:00.0"),
         addr("0000:02:00.0"),
@@ -154,7 +154,7 @@ fn every_refusal_is_reported_at_once() {
 #[test]
 fn foreign_members_can_be_allowed_by_config() {
     let t = host();
-    t.pci(&Func::new("0000:03:00.0", NV, 0x2330, 0x030200).group(4));
+    t.pci(&PciSpec::new("0000:03:00.0", NV, 0x2330, 0x030200).group(4));
     let mut c = Config::default();
     c.vfio.allow_foreign_group_members = true;
     let p = plan(&t, &c, Selection::Addresses(vec![addr("0000:03:00.0")])).unwrap();
@@ -182,7 +182,7 @@ fn a_gpu_in_use_is_refused_unless_it_is_already_bound() {
     // A GPU already on vfio-pci and held by a VM is simply left alone.
     let t = host();
     t.pci(
-        &Func::new("0000:04:00.0", NV, 0x2330, 0x030200)
+        &PciSpec::new("0000:04:00.0", NV, 0x2330, 0x030200)
             .driver("vfio-pci")
             .group(6),
     )
@@ -201,7 +201,7 @@ fn a_gpu_in_use_is_refused_unless_it_is_already_bound() {
 fn unbind_plans_journaled_and_vfio_bound_devices() {
     let t = host();
     t.pci(
-        &Func::new("0000:04:00.0", NV, 0x2330, 0x030200)
+        &PciSpec::new("0000:04:00.0", NV, 0x2330, 0x030200)
             .driver("vfio-pci")
             .group(6),
     );
@@ -258,7 +258,7 @@ fn unbind_plans_journaled_and_vfio_bound_devices() {
 fn restore_binding_refuses_a_held_device_before_writing() {
     let t = host();
     t.pci(
-        &Func::new("0000:04:00.0", NV, 0x2330, 0x030200)
+        &PciSpec::new("0000:04:00.0", NV, 0x2330, 0x030200)
             .driver("vfio-pci")
             .group(6),
     )
@@ -274,7 +274,7 @@ fn restore_binding_refuses_a_held_device_before_writing() {
         "{err}"
     );
     // driver_override untouched.
-    let o = std::fs::read_to_string(t.path("/sys/devices/pci0000:00/0000:04:00.0/driver_override"))
+    let o = std::fs::read_to_string(t.path("/sys/bus/pci/devices/0000:04:00.0/driver_override"))
         .unwrap();
     assert_eq!(o, "(null)\n");
 }
@@ -306,4 +306,50 @@ fn a_gpu_held_by_nvidia_persistenced_names_the_service_to_stop() {
     .link("/proc/4242/fd/7", "/dev/nvidia0");
     let msg = refusals(plan(&t, &Config::default(), Selection::All))[0].to_string();
     assert!(!msg.contains("systemctl"), "{msg}");
+}
+
+#[test]
+fn with_stop_services_only_daemon_holders_become_units_to_stop() {
+    let mut cfg = Config::default();
+    cfg.vfio.stop_nvidia_services = true;
+    let held = |extra: Option<(&str, &str)>| {
+        let t = host();
+        t.file(
+            "/proc/driver/nvidia/gpus/0000:3b:00.0/information",
+            "Device Minor: \t 0\n",
+        )
+        .file("/proc/1111/comm", "nvidia-persiste\n")
+        .link("/proc/1111/fd/3", "/dev/nvidia0")
+        .file("/proc/2222/comm", "nv-fabricmanage\n")
+        .link("/proc/2222/fd/4", "/dev/nvidia0");
+        if let Some((pid, comm)) = extra {
+            t.file(&format!("/proc/{pid}/comm"), format!("{comm}\n"))
+                .link(&format!("/proc/{pid}/fd/9"), "/dev/nvidia0");
+        }
+        t
+    };
+    let t = held(None);
+    let p = plan(&t, &cfg, Selection::All).unwrap();
+    assert_eq!(
+        p.stop_units,
+        [
+            "nvidia-persistenced.service",
+            "nvidia-fabricmanager.service"
+        ]
+    );
+    // The plan shows them (`gpu bind --dry-run --json`).
+    let json = serde_json::to_value(&p).unwrap();
+    assert_eq!(json["stop_units"][0], "nvidia-persistenced.service");
+    // Another holder besides them: refused as before, the daemons named.
+    let t = held(Some(("4242", "python3")));
+    let r = refusals(plan(&t, &cfg, Selection::All));
+    let msg = r[0].to_string();
+    assert!(
+        msg.contains("python3") && msg.contains("nvidia-persistenced.service"),
+        "{msg}"
+    );
+    // Off (the default): refused, and the message says how to let cchost stop them.
+    let t = held(None);
+    let msg = refusals(plan(&t, &Config::default(), Selection::All))[0].to_string();
+    assert!(msg.contains("--stop-services"), "{msg}");
 }

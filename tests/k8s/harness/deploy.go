@@ -122,21 +122,27 @@ func MakeHost(repo, dir, fixture string) error {
 	}
 	gpus, _ := filepath.Glob(filepath.Join(dir, "sys/bus/pci/devices/*"))
 	for _, g := range gpus {
-		vendor, _ := os.ReadFile(filepath.Join(g, "vendor"))
-		class, _ := os.ReadFile(filepath.Join(g, "class"))
-		if strings.TrimSpace(string(vendor)) != "0x10de" || !strings.HasPrefix(strings.TrimSpace(string(class)), "0x0302") {
+		if !IsNvidiaGPU(g) {
 			continue
 		}
-		if err := setCCOn(filepath.Join(g, "resource0")); err != nil {
+		if err := SetCCRegister(filepath.Join(g, "resource0"), 1); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// setCCOn writes the BAR0 registers of a Hopper GPU in CC mode on (src/gpu/cc/regs.rs):
-// BOOT_0 (chip ID GH100), the FSP boot-complete scratch register, the CC register.
-func setCCOn(resource0 string) error {
+// IsNvidiaGPU says whether the PCI device directory dev is an NVIDIA 3D controller.
+func IsNvidiaGPU(dev string) bool {
+	vendor, _ := os.ReadFile(filepath.Join(dev, "vendor"))
+	class, _ := os.ReadFile(filepath.Join(dev, "class"))
+	return strings.TrimSpace(string(vendor)) == "0x10de" && strings.HasPrefix(strings.TrimSpace(string(class)), "0x0302")
+}
+
+// SetCCRegister writes the BAR0 registers of a Hopper GPU (src/gpu/cc/regs.rs): BOOT_0
+// (chip ID GH100), the FSP boot-complete scratch register, and the CC register with
+// mode (bits 1:0: 0 off, 1 on, 3 devtools).
+func SetCCRegister(resource0 string, mode uint32) error {
 	f, err := os.OpenFile(resource0, os.O_RDWR, 0)
 	if err != nil {
 		return err
@@ -146,7 +152,7 @@ func setCCOn(resource0 string) error {
 	if err := f.Truncate(ccHopper + 4096); err != nil {
 		return err
 	}
-	for off, v := range map[int64]uint32{boot0: 0x180000a1, bootComplete: 0xff, ccHopper: 1} {
+	for off, v := range map[int64]uint32{boot0: 0x180000a1, bootComplete: 0xff, ccHopper: mode} {
 		b := make([]byte, 4)
 		binary.LittleEndian.PutUint32(b, v)
 		if _, err := f.WriteAt(b, off); err != nil {
