@@ -1,7 +1,7 @@
 //! `cc.follow_label`: the GPUs' CC mode driven by the Node's `nvidia.com/cc.mode` label
-//! at run time, as NVIDIA's cc-manager does (one watch on the own Node,
-//! [`crate::labels::node_watch`]). Each new value, and the configured default while
-//! there is none, goes through [`node_mode::wanted`] (the CPU-TEE guard) and
+//! at run time, as NVIDIA's cc-manager does (the label from the own-Node watch the
+//! labeler shares, [`crate::labels::node_watch`]). Each new value, and the configured
+//! default while there is none, goes through [`node_mode::wanted`] (the CPU-TEE guard) and
 //! [`node_mode::apply`] (PPCIe cleared on the whole board before a CC mode, PPCIe for
 //! the whole board, journaled). Devices in use are not switched: they are logged,
 //! shown as `<prefix>/cc.mode.pending`, and retried every [`RETRY`] until done. The

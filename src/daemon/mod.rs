@@ -59,6 +59,9 @@ pub struct Context {
     pub name: String,
     /// The GPUs' CC modes as last read or switched (the labeler and the CC manager).
     pub cc_modes: crate::labels::cc_mode::SharedCcModes,
+    /// The one watch on the own Node, shared by the labeler (its drift check) and
+    /// `cc-label`: cchost holds one watch on nodes, whoever follows the Node.
+    pub own_node: crate::labels::own_node::OwnNode,
 }
 
 impl Context {
@@ -178,6 +181,7 @@ impl Daemon {
             health: self.health.clone(),
             name: String::new(),
             cc_modes: Default::default(),
+            own_node: Default::default(),
         };
         // Every service is a part of readiness from the start.
         for (name, _) in &self.services {
@@ -248,6 +252,7 @@ async fn run_labels(ctx: Context) -> Result<(), DaemonError> {
         host: ctx.host.clone(),
         config: ctx.config.labels.clone(),
         facts: inventory_facts((*ctx.config).clone(), ctx.cc_modes.clone()),
+        own_node: ctx.own_node.clone(),
     };
     let mut shutdown = ctx.shutdown.clone();
     let report_ctx = ctx.clone();
@@ -279,7 +284,8 @@ async fn run_labels(ctx: Context) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// `cc.follow_label`: one watch on the own Node's `nvidia.com/cc.mode`, and the applier.
+/// `cc.follow_label`: the own Node's `nvidia.com/cc.mode` (from the own-Node watch the
+/// labeler shares, [`crate::labels::own_node`]), and the applier.
 async fn run_cc_label(ctx: Context) -> Result<(), DaemonError> {
     use crate::gpu::cc::live::MmioOpener;
     use crate::gpu::cc::node_mode::CC_MODE_LABEL;
@@ -305,9 +311,8 @@ async fn run_cc_label(ctx: Context) -> Result<(), DaemonError> {
         retry: cc_label::RETRY,
     });
     let (tx, rx) = watch::channel(None);
-    let watcher = tokio::spawn(crate::labels::node_watch::watch_node_label(
-        client,
-        node,
+    let watcher = tokio::spawn(crate::labels::node_watch::follow_label(
+        ctx.own_node.subscribe(&client, &node),
         CC_MODE_LABEL.to_string(),
         tx,
         ctx.shutdown.clone(),

@@ -317,6 +317,7 @@ mod tests {
             health: health.clone(),
             name: "passthrough".into(),
             cc_modes: Default::default(),
+            own_node: Default::default(),
         };
         let runtime_thread = std::thread::current().id();
         let mut seen = health.subscribe();

@@ -54,15 +54,15 @@ impl SinkError {
 }
 
 /// Every (API group, resource, verb) this module asks the API server for (`watch`: the
-/// own-Node watch of [`super::drift`], field selector `metadata.name`); the shipped
+/// own-Node watch of [`super::own_node`], field selector `metadata.name`); the shipped
 /// RBAC (deploy/kubernetes/cchost.yaml) is tested against it. `nodefeatures` only with
 /// `labels.backend = "node-feature"`, in cchost's namespace.
 pub const RBAC_NEEDED: &[(&str, &str, &str)] = &[
     ("", "nodes", "get"),
     ("", "nodes", "patch"),
-    // The watches on the own Node (labels::node_watch, `cc.follow_label`; labels::drift):
-    // a watch with a field selector is verb `watch` alone; `list` is never asked for
-    // (tests/k8s RBACFromEvidence, from the API server's audit log).
+    // The one watch on the own Node (labels::own_node: the labeler's drift check and
+    // `cc.follow_label` share it): a watch with a field selector is verb `watch` alone;
+    // `list` is never asked for (tests/k8s RBACFromEvidence, from the audit log).
     ("", "nodes", "watch"),
     ("", "nodes/status", "patch"),
     ("nfd.k8s-sigs.io", "nodefeatures", "get"),

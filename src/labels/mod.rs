@@ -8,9 +8,9 @@ pub mod duties;
 
 pub use compute::{NodeLabels, compute};
 pub mod cluster;
-pub mod drift;
 pub mod nfdfile;
 pub mod node_watch;
+pub mod own_node;
 pub mod service;
 
 pub use service::{FactSource, LabelerContext, inventory_facts, run_labeler};

@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::Node;
 use tokio::sync::watch;
 
 use super::cluster::{self, KubeLabeler, KubeMode};
-use super::drift;
 use super::nfdfile::FileLabeler;
+use super::own_node::OwnNode;
 use super::{NodeLabels, compute};
 use crate::config::{LabelBackend, LabelsConfig};
 use crate::host::HostRoot;
@@ -48,6 +48,9 @@ pub struct LabelerContext {
     pub host: HostRoot,
     pub config: LabelsConfig,
     pub facts: FactSource,
+    /// The own-Node watch, shared with the other services of `cchost run` that follow
+    /// the Node (`cc.follow_label`); a labeler alone gets its own (`Default`).
+    pub own_node: OwnNode,
 }
 
 /// The backend actually used (`auto` resolved).
@@ -186,7 +189,7 @@ async fn round(ctx: &LabelerContext, sink: &mut Sink) -> Result<bool, String> {
     }
 }
 
-/// The next version of the Node from the drift watch; pending forever without one.
+/// The next version of the Node from the own-Node watch; pending forever without one.
 async fn next_node(rx: &mut Option<watch::Receiver<Option<Node>>>) -> Option<Node> {
     match rx {
         Some(r) => match r.changed().await {
@@ -198,8 +201,10 @@ async fn next_node(rx: &mut Option<watch::Receiver<Option<Node>>>) -> Option<Nod
 }
 
 /// Runs until `shutdown` completes. Errors are logged and retried with backoff. With a
-/// cluster backend it also watches its own Node ([`super::drift`]) and writes again at
-/// once when someone else removed or changed what it applied.
+/// cluster backend it also follows its own Node (the shared watch of [`super::own_node`])
+/// and writes again at once when someone else removed or changed what it applied: the
+/// labeler writes only when the wanted set changes, and without the watch it would not
+/// see the server move away from it.
 pub async fn run_labeler(ctx: LabelerContext, shutdown: impl Future<Output = ()>) {
     run_labeler_reporting(ctx, shutdown, |_| {}).await;
 }
@@ -222,7 +227,7 @@ pub async fn run_labeler_reporting(
                 match make_sink(&ctx).await {
                     Ok(s) => {
                         if let Sink::Kube(k) = &s {
-                            node_rx = Some(drift::watch_own_node(k.client(), k.node().to_string()));
+                            node_rx = Some(ctx.own_node.subscribe(&k.client(), k.node()));
                         }
                         sink = Some(s)
                     }
@@ -305,6 +310,7 @@ mod tests {
             host,
             config,
             facts,
+            own_node: OwnNode::default(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(run_labeler(ctx, async {
@@ -339,6 +345,7 @@ mod tests {
                 ..Default::default()
             },
             facts: Arc::new(|_h: &HostRoot| Err("inventory failed".to_string())),
+            own_node: OwnNode::default(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(run_labeler(ctx, async {

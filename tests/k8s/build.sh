@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the test cluster's programs from their Go modules at pinned versions and puts
 # them in tests/k8s/.cache/bin (gitignored). A second run reuses what is built: it does
-# nothing when the stamp (the hash of this script, go.mod, go.sum and cmd/) matches.
+# nothing when the stamp (the hash of this script, go.mod, go.sum and the programs it
+# builds from cmd/: pause, nodeinit) matches.
 #
 #   kube-apiserver, kube-scheduler, kubelet   k8s.io/kubernetes (go.mod)
 #   etcd                                      go.etcd.io/etcd/server/v3 (go.mod)
@@ -19,7 +20,7 @@ BIN="$PWD/.cache/bin"
 mkdir -p "$BIN"
 
 stamp() {
-  cat build.sh go.mod go.sum $(find cmd -type f -name '*.go' | sort) | sha256sum | cut -d' ' -f1
+  cat build.sh go.mod go.sum $(find cmd/pause cmd/nodeinit -type f -name '*.go' | sort) | sha256sum | cut -d' ' -f1
 }
 want=$(stamp)
 progs=(kube-apiserver kube-scheduler kubelet etcd pause nodeinit containerd containerd-shim-runc-v2 ctr)

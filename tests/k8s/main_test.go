@@ -185,7 +185,8 @@ func tail(s string, n int) string {
 }
 
 // TestCluster runs the tier's tests in order: each leaves the node as the next expects
-// (the RBAC test comes last, so the audit log covers the whole run).
+// (the steady-state test runs late, on a settled node; the RBAC test comes last, so the
+// audit log covers the whole run).
 func TestCluster(t *testing.T) {
 	for _, s := range []struct {
 		name string
@@ -205,6 +206,7 @@ func TestCluster(t *testing.T) {
 		{"NodeFeatureBackend", testNodeFeatureBackend},
 		{"TokenCarriesTheNodeClaim", testTokenCarriesTheNodeClaim},
 		{"OwnNodePolicy", testOwnNodePolicy},
+		{"SteadyState", testSteadyState},
 		{"RBACFromEvidence", testRBACFromEvidence},
 	} {
 		if !t.Run(s.name, s.f) && os.Getenv("CCHOST_K8S_FAILFAST") != "" {

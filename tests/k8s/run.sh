@@ -47,8 +47,13 @@ if [ -n "$gofmt_out" ]; then
   exit 1
 fi
 go vet ./...
+# The audit-log accounting the steady-state test relies on, on synthetic events.
+go test -count=1 -run '^TestAudit' ./harness
+# The binary `cargo build` just made, wherever CARGO_TARGET_DIR puts it.
+target=${CARGO_TARGET_DIR:-$repo/target}
+case $target in /*) ;; *) target=$repo/$target ;; esac
 set +e
-CCHOST_BIN="$repo/target/debug/cchost" go test -count=1 -timeout 20m -v "$@" . 2>&1 | tee /tmp/cchost-k8s-test.log
+CCHOST_BIN="$target/debug/cchost" go test -count=1 -timeout 20m -v "$@" . 2>&1 | tee /tmp/cchost-k8s-test.log
 status=${PIPESTATUS[0]}
 set -e
 echo "==> tests/k8s: $((SECONDS - start)) s (exit $status); full log /tmp/cchost-k8s-test.log"

@@ -28,7 +28,7 @@ mod gpu_cc_sim;
 mod gpu_services;
 mod labels_kube;
 mod node_events;
-mod node_watch;
+mod own_node;
 mod run_cc_modes;
 mod run_cc_on_start;
 mod run_recovery;

@@ -234,10 +234,12 @@ func (c *Cluster) startEtcd() error {
 }
 
 // auditPolicy records every request at Metadata level (user, verb, resource, response
-// code and the stage timestamps), once, when the response is complete.
+// code and the stage timestamps) when the response is complete, and a watch also when it
+// opens (ResponseStarted, generated only for long-running requests), so that the watches
+// open at any moment can be counted (harness.Watches).
 const auditPolicy = `apiVersion: audit.k8s.io/v1
 kind: Policy
-omitStages: ["RequestReceived", "ResponseStarted"]
+omitStages: ["RequestReceived"]
 rules:
   - level: Metadata
 `

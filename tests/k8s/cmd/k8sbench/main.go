@@ -1,16 +1,19 @@
 // Command k8sbench measures cchost against the real test cluster (tests/k8s/harness):
 //
-//	k8sbench ready  -runs 5            cchost start -> Node shows the TEE labels and nvidia.com/pgpu allocatable
-//	k8sbench steady -minutes 5         API requests of one cchost after start, from the audit log
-//	k8sbench fleet  -n 200 -after 3m   N labelers started together against one API server
+//	k8sbench ready  -runs 5             cchost start -> Node shows the TEE labels and nvidia.com/pgpu allocatable
+//	k8sbench steady -window 10m         API requests of one cchost after start, from the audit log
+//	k8sbench fleet  -n 200 -after 10m   N labelers started together against one API server
 //
-// It prints one line per run and a summary (medians). tests/k8s/bench.sh runs it.
+// The windows default to CCHOST_K8S_STEADY and CCHOST_K8S_FOLLOW (Go durations), 1 min
+// without them. It prints one line per run and a summary (medians). tests/k8s/bench.sh
+// runs it.
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -31,11 +34,31 @@ var (
 	bin    = flag.String("bin", "", "tests/k8s/.cache/bin")
 	cchost = flag.String("cchost", "", "the cchost binary")
 	runs   = flag.Int("runs", 5, "ready: runs")
-	mins   = flag.Float64("minutes", 5, "steady: minutes to watch")
+	window = flag.Duration("window", envDuration("CCHOST_K8S_STEADY", time.Minute), "steady: how long to watch cchost after it is ready (default $CCHOST_K8S_STEADY or 1m)")
+	follow = flag.Bool("follow-label", true, "steady: run with cc.follow_label on (both consumers of the own-Node watch)")
 	n      = flag.Int("n", 200, "fleet: labelers")
-	after  = flag.Duration("after", 3*time.Minute, "fleet: how long to count writes after the start")
+	after  = flag.Duration("after", envDuration("CCHOST_K8S_FOLLOW", time.Minute), "fleet: how long to count requests after every Node is labelled (default $CCHOST_K8S_FOLLOW or 1m)")
 	status = flag.Duration("node-status", 0, "the kubelet's nodeStatusUpdateFrequency (0: the kubelet's default)")
 )
+
+// envDuration reads a Go duration from the environment variable name, def without it.
+func envDuration(name string, def time.Duration) time.Duration {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		fmt.Fprintf(os.Stderr, "k8sbench: %s=%q: want a Go duration such as 10m\n", name, v)
+		os.Exit(2)
+	}
+	return d
+}
+
+// cchostRequest: a request of cchost's ServiceAccount that is not the harness's own.
+func cchostRequest(ev harness.AuditEvent) bool {
+	return ev.User.Username == "system:serviceaccount:cchost:cchost" && !strings.HasPrefix(ev.UserAgent, harness.TestUserAgent)
+}
 
 func main() {
 	flag.Parse()
@@ -139,8 +162,15 @@ func single(what string) error {
 	if err != nil {
 		return err
 	}
+	cfg := d.Config
 	if what == "steady" {
 		*runs = 1
+		if *follow {
+			if !strings.Contains(cfg, "# [cc]\n") {
+				return fmt.Errorf("the deployed config has no \"# [cc]\" line to turn cc.follow_label on")
+			}
+			cfg = strings.Replace(cfg, "# [cc]\n", "[cc]\nfollow_label = true\n", 1)
+		}
 	}
 	var total, toLabels, toAlloc []time.Duration
 	var h *harness.Cchost
@@ -160,7 +190,7 @@ func single(what string) error {
 			time.Sleep(50 * time.Millisecond)
 		}
 		t0 := time.Now()
-		h, err = c.StartCchostAsDaemonSet(d, *cchost, c.Opts.HostRoot, d.Config, fmt.Sprintf("cchost-%d", i), "node-a", token)
+		h, err = c.StartCchostAsDaemonSet(d, *cchost, c.Opts.HostRoot, cfg, fmt.Sprintf("cchost-%d", i), "node-a", token)
 		if err != nil {
 			return err
 		}
@@ -197,35 +227,20 @@ func single(what string) error {
 			median(total).Round(time.Millisecond), median(toLabels).Round(time.Millisecond), median(toAlloc).Round(time.Millisecond))
 		return nil
 	}
-	// steady: count cchost's requests after it is ready.
+	// steady: count cchost's requests after it is ready (and start-up is over).
+	time.Sleep(3 * time.Second)
 	from := time.Now()
-	time.Sleep(time.Duration(*mins * float64(time.Minute)))
+	time.Sleep(*window)
 	to := time.Now()
-	if err := h.Stop(); err != nil {
-		return err
-	}
-	evs, err := harness.ReadAudit(c.AuditLog)
+	// Read before stopping cchost: its watch is still open at the end of the window.
+	evs, err := harness.ReadAuditStages(c.AuditLog)
 	if err != nil {
 		return err
 	}
-	counts := map[string]int{}
-	var reqs, writes, watches int
-	for _, ev := range evs {
-		if ev.User.Username != "system:serviceaccount:cchost:cchost" || ev.RequestReceivedTimestamp.Before(from) || ev.RequestReceivedTimestamp.After(to) || ev.ObjectRef == nil {
-			continue
-		}
-		reqs++
-		if ev.IsWrite() {
-			writes++
-		}
-		if ev.Verb == "watch" {
-			watches++
-		}
-		counts[ev.Verb+" "+ev.ObjectRef.Resource+"/"+ev.ObjectRef.Subresource]++
+	if err := h.Stop(); err != nil {
+		return err
 	}
-	hours := to.Sub(from).Hours()
-	fmt.Printf("steady state over %.1f min: %d requests (%.0f/h), %d writes, %d watch requests (%.0f/h); by verb: %v\n",
-		to.Sub(from).Minutes(), reqs, float64(reqs)/hours, writes, watches, float64(watches)/hours, counts)
+	fmt.Printf("steady state (cc.follow_label %v): %s\n", *follow, harness.SteadyState(evs, cchostRequest, from, to))
 	return nil
 }
 
@@ -252,6 +267,15 @@ func fleet() error {
 	}
 	// Labels only: these Nodes have no kubelet.
 	cfg := strings.Replace(d.Config, `mode = "on"`, `mode = "off"`, 1)
+	// One machine each would have its own ports 9560/9561; here they share one network
+	// namespace, so each gets its own pair (below the kernel's ephemeral range).
+	if !strings.Contains(cfg, `"0.0.0.0:9560"`) || !strings.Contains(cfg, `"0.0.0.0:9561"`) {
+		return fmt.Errorf("the deployed config does not listen on 0.0.0.0:9560 and 9561")
+	}
+	cfgOf := func(i int) string {
+		c := strings.Replace(cfg, `"0.0.0.0:9560"`, fmt.Sprintf(`"127.0.0.1:%d"`, 30000+2*i), 1)
+		return strings.Replace(c, `"0.0.0.0:9561"`, fmt.Sprintf(`"127.0.0.1:%d"`, 30001+2*i), 1)
+	}
 	names := make([]string, *n)
 	tokens := make([]string, *n)
 	for i := range names {
@@ -270,7 +294,7 @@ func fleet() error {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			h, err := c.StartCchostAsDaemonSet(d, *cchost, hosts[i], cfg, names[i], names[i], tokens[i])
+			h, err := c.StartCchostAsDaemonSet(d, *cchost, hosts[i], cfgOf(i), names[i], names[i], tokens[i])
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil && startErr == nil {
@@ -360,5 +384,29 @@ func fleet() error {
 		*n, allAt.Sub(t0).Round(time.Millisecond), burstReqs, burstWrites, maxPer,
 		percentile(lat, 0.5).Round(time.Microsecond), percentile(lat, 0.99).Round(time.Microsecond),
 		percentile(allLat, 0.99).Round(time.Microsecond), end.Sub(allAt).Round(time.Second), laterReqs, laterWrites)
+	// The following window per node: by verb and resource, and the watches each node's
+	// cchost held open at once.
+	stages, err := harness.ReadAuditStages(c.AuditLog)
+	if err != nil {
+		return err
+	}
+	all := harness.SteadyState(stages, cchostRequest, allAt, end)
+	hours := end.Sub(allAt).Hours()
+	var per []string
+	for _, k := range slices.Sorted(maps.Keys(all.Requests)) {
+		per = append(per, fmt.Sprintf("%s %.1f", k, float64(all.Requests[k])/float64(*n)/hours))
+	}
+	maxOpen := map[string]int{}
+	for _, name := range names {
+		s := harness.SteadyState(stages, func(ev harness.AuditEvent) bool {
+			nodes := ev.User.Extra["authentication.kubernetes.io/node-name"]
+			return cchostRequest(ev) && len(nodes) == 1 && nodes[0] == name
+		}, allAt, end)
+		for r, k := range s.MaxOpenWatches {
+			maxOpen[r] = max(maxOpen[r], k)
+		}
+	}
+	fmt.Printf("fleet, the following %v per node per hour: %s; writes %d; most watches one node held open at once: %v\n",
+		end.Sub(allAt).Round(time.Second), strings.Join(per, ", "), len(all.Writes), maxOpen)
 	return nil
 }
