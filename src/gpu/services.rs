@@ -241,30 +241,40 @@ impl Units for SystemBus {
     }
 
     fn stop(&self, unit: &str) -> Result<(), UnitError> {
-        let timeout = self.timeout;
-        self.exchange(unit, async |conn| {
-            let c = |e| classify(unit, e);
-            ManagerProxy::new(conn)
-                .await
-                .map_err(c)?
-                .stop_unit(unit, "replace")
-                .await
-                .map_err(c)?;
-            wait_for(conn, unit, timeout, is_stopped, |_| false).await
-        })
+        self.job(unit, Job::Stop)
     }
 
     fn start(&self, unit: &str) -> Result<(), UnitError> {
+        self.job(unit, Job::Start)
+    }
+}
+
+/// The two jobs cchost asks systemd for, each queued with mode "replace"
+/// (docs/facts/systemd-dbus.md).
+#[derive(Clone, Copy)]
+enum Job {
+    Stop,
+    Start,
+}
+
+impl SystemBus {
+    /// Queues the job, then waits until `ActiveState` shows it done (`inactive` or
+    /// `failed` after a stop, `active` after a start; `failed` after a start is an error).
+    fn job(&self, unit: &str, job: Job) -> Result<(), UnitError> {
         let timeout = self.timeout;
         self.exchange(unit, async |conn| {
             let c = |e| classify(unit, e);
-            ManagerProxy::new(conn)
-                .await
-                .map_err(c)?
-                .start_unit(unit, "replace")
-                .await
-                .map_err(c)?;
-            wait_for(conn, unit, timeout, |s| s == "active", |s| s == "failed").await
+            let manager = ManagerProxy::new(conn).await.map_err(c)?;
+            match job {
+                Job::Stop => manager.stop_unit(unit, "replace").await.map_err(c)?,
+                Job::Start => manager.start_unit(unit, "replace").await.map_err(c)?,
+            };
+            match job {
+                Job::Stop => wait_for(conn, unit, timeout, is_stopped, |_| false).await,
+                Job::Start => {
+                    wait_for(conn, unit, timeout, |s| s == "active", |s| s == "failed").await
+                }
+            }
         })
     }
 }
