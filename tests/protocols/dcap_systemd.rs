@@ -4,12 +4,11 @@
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::dcap::{StandIn, tdx_root};
+use crate::support::systemd::PrivateBus;
 use cchost::config::DcapConfig;
 use cchost::dcap::supervisor::{Reason, Settings, State};
 use cchost::dcap::systemd::{self, Driver};
@@ -70,60 +69,6 @@ impl Unit {
     }
 }
 
-/// A private bus: dbus-daemon with a minimal config (no system files needed).
-struct Bus {
-    child: std::process::Child,
-    address: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Bus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn private_bus() -> Bus {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("bus.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"#,
-            dir.path().join("bus").display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new("dbus-daemon")
-        .arg(format!("--config-file={}", conf.display()))
-        .args(["--nofork", "--print-address"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("dbus-daemon (Debian package dbus) must be installed");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    Bus {
-        child,
-        address: line.trim().to_string(),
-        _dir: dir,
-    }
-}
-
 async fn until(rx: &mut watch::Receiver<State>, what: &str, pred: impl Fn(&State) -> bool) {
     loop {
         if pred(&rx.borrow_and_update()) {
@@ -140,7 +85,8 @@ async fn until(rx: &mut watch::Receiver<State>, what: &str, pred: impl Fn(&State
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drives_qgsd_service_over_dbus() {
-    let bus = private_bus();
+    let sockets = tempfile::tempdir().unwrap();
+    let bus = PrivateBus::listen(&sockets.path().join("bus"));
     let fake = Arc::new(Mutex::new(Fake {
         active: "active".into(),
         calls: Vec::new(),
