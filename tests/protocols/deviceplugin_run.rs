@@ -116,37 +116,7 @@ async fn run_with_per_gpu_modes_serves_two_gpu_resources_gated_on_the_firmware()
     let (h, _funcs) = hgx_like();
     let dir = h.path(DP_DIR);
     let mut kubelet = FakeKubelet::start(&dir).await;
-    let cfg = h.root().join("config.toml");
-    std::fs::write(
-        &cfg,
-        "[device_plugin]\nrescan_interval_s = 0\n\
-         [[cc.modes]]\nmode = \"on\"\ncount = 2\n[[cc.modes]]\nmode = \"off\"\ncount = 2\n",
-    )
-    .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
-        .arg("--host-root")
-        .arg(h.root())
-        .arg("--config")
-        .arg(&cfg)
-        .arg("run")
-        .env("CCHOST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut names = Vec::new();
-    for _ in 0..3 {
-        names.push(
-            kubelet
-                .next(WAIT)
-                .await
-                .expect("Register")
-                .req
-                .resource_name,
-        );
-    }
-    names.sort();
+    let (mut child, names) = run_two_on_two_off(h.root(), &mut kubelet, 3).await;
     assert_eq!(
         names,
         [
@@ -229,37 +199,7 @@ async fn run_serves_a_mixed_node_whose_firmware_agrees() {
     let dp_dir = dir.path().join("var/lib/kubelet/device-plugins");
     std::fs::create_dir_all(&dp_dir).unwrap();
     let mut kubelet = FakeKubelet::start(&dp_dir).await;
-    let cfg_path = dir.path().join("cchost.toml");
-    std::fs::write(
-        &cfg_path,
-        "[device_plugin]\nrescan_interval_s = 0\n\
-         [[cc.modes]]\nmode = \"on\"\ncount = 2\n[[cc.modes]]\nmode = \"off\"\ncount = 2\n",
-    )
-    .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
-        .arg("--host-root")
-        .arg(dir.path())
-        .arg("--config")
-        .arg(&cfg_path)
-        .arg("run")
-        .env("CCHOST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut names = Vec::new();
-    for _ in 0..2 {
-        names.push(
-            kubelet
-                .next(WAIT)
-                .await
-                .expect("Register")
-                .req
-                .resource_name,
-        );
-    }
-    names.sort();
+    let (mut child, names) = run_two_on_two_off(dir.path(), &mut kubelet, 2).await;
     assert_eq!(names, ["nvidia.com/pgpu", "nvidia.com/pgpu-nocc"]);
     for (sock, ids) in [
         ("cchost-nvidia.com-pgpu.sock", ["0", "1"]),
@@ -286,4 +226,46 @@ async fn run_serves_a_mixed_node_whose_firmware_agrees() {
     let _ = child.start_kill();
     let _ = child.wait().await;
     kubelet.stop().await;
+}
+
+/// Starts `cchost run` on `root` with `[[cc.modes]]` "2 on, 2 off" (no periodic rescan)
+/// and returns it with the resource names of its first `registrations` registrations,
+/// sorted.
+async fn run_two_on_two_off(
+    root: &std::path::Path,
+    kubelet: &mut FakeKubelet,
+    registrations: usize,
+) -> (tokio::process::Child, Vec<String>) {
+    let cfg = root.join("cchost-modes.toml");
+    std::fs::write(
+        &cfg,
+        "[device_plugin]\nrescan_interval_s = 0\n\
+         [[cc.modes]]\nmode = \"on\"\ncount = 2\n[[cc.modes]]\nmode = \"off\"\ncount = 2\n",
+    )
+    .unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cchost"))
+        .arg("--host-root")
+        .arg(root)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .env("CCHOST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut names = Vec::new();
+    for _ in 0..registrations {
+        names.push(
+            kubelet
+                .next(WAIT)
+                .await
+                .expect("Register")
+                .req
+                .resource_name,
+        );
+    }
+    names.sort();
+    (child, names)
 }
