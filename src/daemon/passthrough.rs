@@ -32,7 +32,8 @@ fn fail(message: impl std::fmt::Display) -> DaemonError {
 /// (a device this scan could not read is carried over from `previous`: issue 13 item 5).
 pub fn scan_and_write(ctx: &Context, previous: Option<&Discovery>) -> Option<Discovery> {
     let cfg = &ctx.config.device_plugin;
-    let mut scan = match passthrough::discover(&ctx.host, &ctx.config.matching, cfg) {
+    let inv = crate::inventory::gpu::discover_gpus(&ctx.host, &ctx.config.matching);
+    let mut scan = match passthrough::discover_in(&ctx.host, &inv, cfg) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "device scan failed; keeping the last state, retrying");
@@ -45,7 +46,7 @@ pub fn scan_and_write(ctx: &Context, previous: Option<&Discovery>) -> Option<Dis
         }
     }
     if !ctx.config.cc.modes.is_empty() {
-        crate::inventory::cc_split::apply(&mut scan, &cc_split(ctx));
+        crate::inventory::cc_split::apply(&mut scan, &cc_split(ctx, &inv));
     }
     for s in &scan.skipped {
         match s.address {
@@ -81,10 +82,12 @@ pub fn scan_and_write(ctx: &Context, previous: Option<&Discovery>) -> Option<Dis
 /// The CC split of a mixed node (`[[cc.modes]]`): the configured modes resolved on this
 /// host, and each GPU's firmware mode read through the cache the labeler shares (read
 /// now where that is safe, else the last value read: src/labels/cc_mode.rs).
-fn cc_split(ctx: &Context) -> crate::inventory::cc_split::CcSplit {
+fn cc_split(
+    ctx: &Context,
+    inv: &crate::inventory::GpuInventory,
+) -> crate::inventory::cc_split::CcSplit {
     use crate::inventory::facts::{GpuFacts, NodeFacts};
-    let inv = crate::inventory::gpu::discover_gpus(&ctx.host, &ctx.config.matching);
-    let slots = crate::inventory::cc_split::gpu_slots(&inv);
+    let slots = crate::inventory::cc_split::gpu_slots(inv);
     let wanted =
         crate::config::cc_modes::resolve(&ctx.config.cc.modes, &slots).map_err(|e| e.to_string());
     if let Err(e) = &wanted {

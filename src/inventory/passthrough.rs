@@ -495,8 +495,21 @@ pub fn discover(
     matching: &MatchConfig,
     cfg: &DevicePluginConfig,
 ) -> Result<Discovery, HostError> {
-    let inv = crate::inventory::gpu::discover_gpus(host, matching);
-    let (candidates, skipped) = candidates_from_inventory(&inv);
+    discover_in(
+        host,
+        &crate::inventory::gpu::discover_gpus(host, matching),
+        cfg,
+    )
+}
+
+/// [`discover`] from a GPU inventory the caller already holds (the daemon's pass reads
+/// it once and also derives the CC split of a mixed node from it).
+pub fn discover_in(
+    host: &HostRoot,
+    inv: &crate::inventory::GpuInventory,
+    cfg: &DevicePluginConfig,
+) -> Result<Discovery, HostError> {
+    let (candidates, skipped) = candidates_from_inventory(inv);
     // A bus that cannot be listed says nothing about the devices on it: an error, so
     // that no caller takes "nothing found" for "every device gone".
     if let Some(bus) = skipped
