@@ -1,6 +1,8 @@
 //! Rules about the source tree itself, checked on every test run:
 //!
 //! - [`layers`]: no module imports a module of a higher layer (docs/architecture.md).
+//! - [`public_surface`]: an item is `pub` only when something outside the library
+//!   names it, or a public signature shows it (issue 12 item 5).
 //! - [`doc_refs`]: every `docs/….md` a source comment cites exists, with its section,
 //!   and nothing cites files outside the repository.
 //!
@@ -12,3 +14,5 @@
 mod doc_refs;
 #[path = "source_tree/layers.rs"]
 mod layers;
+#[path = "source_tree/public_surface.rs"]
+mod public_surface;

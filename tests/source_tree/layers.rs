@@ -56,7 +56,7 @@ impl std::fmt::Display for Violation {
 }
 
 /// Blanks comments, string and char literals (keeping newlines, so line numbers hold).
-fn code_only(src: &str) -> String {
+pub fn code_only(src: &str) -> String {
     let b = src.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
