@@ -77,7 +77,7 @@ fn cc(ctx: &Ctx) -> CheckOutcome {
     // A mixed node: the per-GPU modes must fit this host's GPUs, or `cchost run`
     // switches and serves none of them (docs/config.md, `[[cc.modes]]`).
     if !ctx.config.cc.modes.is_empty() {
-        use crate::config::cc_modes::{GpuMode, resolve};
+        use crate::config::{RequestedMode, cc_modes::resolve};
         let slots = crate::inventory::cc_split::gpu_slots(&ctx.inv.gpus);
         match resolve(&ctx.config.cc.modes, &slots) {
             Err(e) => {
@@ -88,7 +88,7 @@ fn cc(ctx: &Ctx) -> CheckOutcome {
                 );
             }
             Ok(m) => {
-                let on = m.values().filter(|v| **v == GpuMode::On).count();
+                let on = m.values().filter(|v| **v == RequestedMode::On).count();
                 message.push_str(&format!(
                     "; cc.modes: {on} CC (on), {} non-CC (off)",
                     m.len() - on

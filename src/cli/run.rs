@@ -63,7 +63,7 @@ pub fn run(g: &Global, _a: Args) -> anyhow::Result<ExitCode> {
         }
         let opener = cchost::gpu::cc::live::MmioOpener::default();
         let start =
-            if let Some(mode) = cchost::gpu::cc::TargetMode::on_start(g.config.cc.mode_on_start) {
+            if let Some(mode) = cchost::gpu::cc::TargetMode::requested(g.config.cc.mode_on_start) {
                 Some((
                     format!("cc.mode_on_start = {mode}"),
                     cchost::daemon::cc_on_start::set_mode(

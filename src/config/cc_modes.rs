@@ -12,37 +12,16 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::cc::RequestedMode;
 use crate::host::pci::PciAddress;
 
-/// A mode a GPU may hold on a mixed node. Only `on` and `off` are accepted per GPU;
-/// the other two parse so that the refusal can say why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GpuMode {
-    On,
-    Off,
-    /// Refused per GPU: a whole-node debugging mode.
-    Devtools,
-    /// Refused per GPU: Protected PCIe covers a whole board.
-    Ppcie,
-}
-
-impl GpuMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GpuMode::On => "on",
-            GpuMode::Off => "off",
-            GpuMode::Devtools => "devtools",
-            GpuMode::Ppcie => "ppcie",
-        }
-    }
-}
-
-/// One `[[cc.modes]]` entry: a mode and exactly one selector.
+/// One `[[cc.modes]]` entry: a mode and exactly one selector. The mode is of the one
+/// vocabulary ([`RequestedMode`]); only `on` and `off` are accepted per GPU, the others
+/// parse so that the refusal can say why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GpuModeEntry {
-    pub mode: GpuMode,
+    pub mode: RequestedMode,
     /// One GPU by PCI address (`0000:41:00.0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
@@ -149,15 +128,23 @@ impl CcModes {
     pub fn validate(&self) -> Result<(), String> {
         for (i, e) in self.0.iter().enumerate() {
             match e.mode {
-                GpuMode::On | GpuMode::Off => {}
-                GpuMode::Devtools => {
+                RequestedMode::On | RequestedMode::Off => {}
+                RequestedMode::Keep => {
+                    return Err(format!(
+                        "{}: per GPU only \"on\" and \"off\" are accepted; an entry must \
+                         name a mode, and keep names none (with cc.modes every GPU gets a \
+                         mode, which decides the resource it is served as)",
+                        e.describe(i)
+                    ));
+                }
+                RequestedMode::Devtools => {
                     return Err(format!(
                         "{}: per GPU only \"on\" and \"off\" are accepted; devtools is a \
                          whole-node mode (cc.mode_on_start, or the nvidia.com/cc.mode label)",
                         e.describe(i)
                     ));
                 }
-                GpuMode::Ppcie => {
+                RequestedMode::Ppcie => {
                     return Err(format!(
                         "{}: Protected PCIe covers a whole board (every GPU and NVSwitch, all \
                          or nothing), so it cannot be set per GPU; use `cchost gpu cc ppcie \
@@ -196,8 +183,8 @@ impl CcModes {
 pub fn resolve(
     modes: &CcModes,
     gpus: &[GpuSlot],
-) -> Result<BTreeMap<PciAddress, GpuMode>, ModesError> {
-    let mut out: BTreeMap<PciAddress, (GpuMode, usize)> = BTreeMap::new();
+) -> Result<BTreeMap<PciAddress, RequestedMode>, ModesError> {
+    let mut out: BTreeMap<PciAddress, (RequestedMode, usize)> = BTreeMap::new();
     if modes.is_empty() {
         return Ok(BTreeMap::new());
     }
@@ -321,7 +308,7 @@ mod tests {
             .collect()
     }
 
-    fn by_mode(m: &BTreeMap<PciAddress, GpuMode>, mode: GpuMode) -> Vec<String> {
+    fn by_mode(m: &BTreeMap<PciAddress, RequestedMode>, mode: RequestedMode) -> Vec<String> {
         m.iter()
             .filter(|(_, v)| **v == mode)
             .map(|(a, _)| a.to_string())
@@ -342,7 +329,7 @@ mod tests {
         );
         let r = resolve(&m, &eight()).unwrap();
         assert_eq!(
-            by_mode(&r, GpuMode::On),
+            by_mode(&r, RequestedMode::On),
             [
                 "0000:18:00.0",
                 "0000:2a:00.0",
@@ -350,7 +337,7 @@ mod tests {
                 "0000:5d:00.0"
             ]
         );
-        assert_eq!(by_mode(&r, GpuMode::Off).len(), 4);
+        assert_eq!(by_mode(&r, RequestedMode::Off).len(), 4);
     }
 
     #[test]
@@ -361,7 +348,7 @@ mod tests {
         );
         let r = resolve(&m, &eight()).unwrap();
         assert_eq!(
-            by_mode(&r, GpuMode::On),
+            by_mode(&r, RequestedMode::On),
             [
                 "0000:9a:00.0",
                 "0000:ab:00.0",
@@ -369,12 +356,12 @@ mod tests {
                 "0000:db:00.0"
             ]
         );
-        assert_eq!(by_mode(&r, GpuMode::Off).len(), 4);
+        assert_eq!(by_mode(&r, RequestedMode::Off).len(), 4);
         let m = modes(
             "[cc]\nmodes = [{ mode = \"on\", model = \"h200\" }, { mode = \"off\", count = 7 }]\n",
         );
         let r = resolve(&m, &eight()).unwrap();
-        assert_eq!(by_mode(&r, GpuMode::On), ["0000:db:00.0"]);
+        assert_eq!(by_mode(&r, RequestedMode::On), ["0000:db:00.0"]);
     }
 
     #[test]
@@ -440,6 +427,32 @@ mod tests {
             let e = load(text).unwrap_err();
             assert!(e.contains(want), "{text}\n-> {e}");
             assert!(e.contains("c.toml"), "{e}");
+        }
+    }
+
+    /// `mode` takes the one vocabulary of `[cc]`; per GPU only `on` and `off`. Each
+    /// refusal names the entry and its field (`cc.modes[i] (mode = ...)`) and says why.
+    #[test]
+    fn per_gpu_modes_other_than_on_and_off_are_refused_naming_the_entry() {
+        for (mode, why) in [
+            ("keep", "an entry must name a mode, and keep names none"),
+            ("devtools", "devtools is a whole-node mode"),
+            ("ppcie", "Protected PCIe covers a whole board"),
+        ] {
+            let text = format!(
+                "[[cc.modes]]\nmode = \"on\"\ncount = 1\n[[cc.modes]]\nmode = \"{mode}\"\ncount = 1\n"
+            );
+            let e = load(&text).unwrap_err();
+            assert!(
+                e.contains(&format!("cc.modes[1] (mode = \"{mode}\", count = 1)")),
+                "{e}"
+            );
+            assert!(e.contains(why), "{e}");
+            assert!(e.contains("c.toml"), "{e}");
+        }
+        for mode in ["on", "off"] {
+            let m = modes(&format!("[[cc.modes]]\nmode = \"{mode}\"\ncount = 1\n"));
+            assert_eq!(m.0[0].mode.as_str(), mode);
         }
     }
 

@@ -18,8 +18,8 @@ mod observe;
 pub mod paths;
 mod vfio;
 
-pub use cc::{CcConfig, DefaultMode, ModeOnStart};
-pub use cc_modes::{CcModes, GpuMode, GpuModeEntry, GpuSlot, ModesError};
+pub use cc::{CcConfig, RequestedMode};
+pub use cc_modes::{CcModes, GpuModeEntry, GpuSlot, ModesError};
 pub use dcap::{
     DcapConfig, DcapEnable, PccsConfig, QgsTransport, Secret, SuperviseConfig, SuperviseMode,
 };

@@ -66,7 +66,7 @@ pub fn set_modes(
     tee_on: bool,
     opener: &dyn Opener,
 ) -> StartSwitch {
-    use crate::config::cc_modes::{GpuMode, resolve};
+    use crate::config::{RequestedMode, cc_modes::resolve};
     let mut out = StartSwitch::default();
     let inv = crate::inventory::gpu::discover_gpus(host, &config.matching);
     let wanted = match resolve(
@@ -79,7 +79,7 @@ pub fn set_modes(
             return out;
         }
     };
-    if !tee_on && wanted.values().any(|m| *m == GpuMode::On) {
+    if !tee_on && wanted.values().any(|m| *m == RequestedMode::On) {
         out.refused.push(
             "cc.modes puts GPUs in mode on, but no CPU TEE (TDX or SEV-SNP) is on, and a GPU \
              in CC mode is only usable by a confidential VM; no GPU is switched"
@@ -94,7 +94,7 @@ pub fn set_modes(
             return out;
         }
     };
-    let opened: Vec<(LiveDevice, GpuMode)> = candidates
+    let opened: Vec<(LiveDevice, RequestedMode)> = candidates
         .into_iter()
         .filter(|(_, f)| f.cc_reg().is_some())
         .filter_map(|(pci, f)| {
@@ -127,13 +127,12 @@ pub fn set_modes(
             return out;
         }
     }
-    for (mode, target) in [
-        (GpuMode::On, TargetMode::On),
-        (GpuMode::Off, TargetMode::Off),
-    ] {
+    // `resolve` accepted only `on` and `off` (CcModes::validate); the GPUs going on are
+    // switched first, as before.
+    for target in [TargetMode::On, TargetMode::Off, TargetMode::Devtools] {
         let devs: Vec<(&PciDevice, &CcDevice)> = opened
             .iter()
-            .filter(|(_, m)| *m == mode)
+            .filter(|(_, m)| TargetMode::requested(*m) == Some(target))
             .map(|(l, _)| (&l.pci, &l.device))
             .collect();
         if !devs.is_empty() {

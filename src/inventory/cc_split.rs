@@ -15,14 +15,15 @@ use std::collections::BTreeMap;
 
 use super::facts::CcMode;
 use super::passthrough::{DeviceClass, Discovery, Health, Skipped, numeric_key};
-use crate::config::cc_modes::{GpuMode, GpuSlot};
+use crate::config::RequestedMode;
+use crate::config::cc_modes::GpuSlot;
 use crate::host::pci::PciAddress;
 
 /// What the split needs: the configured modes, resolved on this host (or why they
 /// could not be), the non-CC resource name, and the firmware's modes as last read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CcSplit {
-    pub wanted: Result<BTreeMap<PciAddress, GpuMode>, String>,
+    pub wanted: Result<BTreeMap<PciAddress, RequestedMode>, String>,
     pub non_cc_resource: String,
     pub read: BTreeMap<PciAddress, CcMode>,
 }
@@ -58,7 +59,7 @@ pub fn apply(scan: &mut Discovery, split: &CcSplit) {
                 return false;
             }
         };
-        let modes: Vec<Option<GpuMode>> =
+        let modes: Vec<Option<RequestedMode>> =
             d.functions.iter().map(|f| wanted.get(f).copied()).collect();
         let mode = match modes.split_first() {
             Some((Some(m), rest)) if rest.iter().all(|r| *r == Some(*m)) => *m,
@@ -72,7 +73,7 @@ pub fn apply(scan: &mut Discovery, split: &CcSplit) {
                 return false;
             }
         };
-        if mode == GpuMode::Off {
+        if mode == RequestedMode::Off {
             d.resource = split.non_cc_resource.clone();
         }
         if d.health.is_healthy() {
@@ -88,7 +89,7 @@ pub fn apply(scan: &mut Discovery, split: &CcSplit) {
 
 fn firmware_agrees(
     functions: &[PciAddress],
-    mode: GpuMode,
+    mode: RequestedMode,
     read: &BTreeMap<PciAddress, CcMode>,
     resource: &str,
 ) -> Health {
@@ -101,9 +102,12 @@ fn firmware_agrees(
                     mode.as_str()
                 ));
             }
-            (GpuMode::On, Some(m)) => *m == CcMode::On,
-            (GpuMode::Off, Some(m)) => *m == CcMode::Off,
-            (GpuMode::Devtools | GpuMode::Ppcie, Some(_)) => false,
+            (RequestedMode::On, Some(m)) => *m == CcMode::On,
+            (RequestedMode::Off, Some(m)) => *m == CcMode::Off,
+            // Refused per GPU at load (CcModes::validate); never a resource's mode.
+            (RequestedMode::Keep | RequestedMode::Devtools | RequestedMode::Ppcie, Some(_)) => {
+                false
+            }
         };
         if !agrees {
             let now = read.get(f).map(|m| m.as_str()).unwrap_or("unread");

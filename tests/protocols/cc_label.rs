@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::sim_opener::{SimOpener, fast};
-use cchost::config::{Config, DefaultMode};
+use cchost::config::{Config, RequestedMode};
 use cchost::daemon::cc_label::Applier;
 use cchost::fixture::{FixtureHost, PciSpec};
 use cchost::gpu::cc::node_mode::NodeMode;
@@ -81,7 +81,7 @@ impl Board {
         self.sims[a].device(a, fast()).query().unwrap()
     }
 
-    fn applier(&self, tee_on: bool, default: DefaultMode) -> (Arc<Applier>, SharedCcModes) {
+    fn applier(&self, tee_on: bool, default: RequestedMode) -> (Arc<Applier>, SharedCcModes) {
         let mut config = Config::default();
         config.cc.follow_label = true;
         config.cc.default_mode = default;
@@ -134,7 +134,7 @@ fn label<'a>(l: &'a compute::NodeLabels, k: &str) -> Option<&'a str> {
 #[test]
 fn ppcie_then_cc_on_leaves_no_nvswitch_in_ppcie() {
     let b = board(&[]);
-    let (app, modes) = b.applier(true, DefaultMode::Keep);
+    let (app, modes) = b.applier(true, RequestedMode::Keep);
 
     let r = app.apply_once(Some("ppcie")).expect("applied");
     assert!(r.done(), "{r:?}");
@@ -168,7 +168,7 @@ fn ppcie_then_cc_on_leaves_no_nvswitch_in_ppcie() {
 #[test]
 fn no_cpu_tee_refuses_on_and_ppcie_and_a_default_on_becomes_off() {
     let b = board(&[]);
-    let (app, _) = b.applier(false, DefaultMode::On);
+    let (app, _) = b.applier(false, RequestedMode::On);
     assert!(app.apply_once(Some("on")).is_none());
     assert!(app.apply_once(Some("ppcie")).is_none());
     assert_eq!(b.resets(), 0, "nothing switched");
@@ -184,7 +184,7 @@ fn no_cpu_tee_refuses_on_and_ppcie_and_a_default_on_becomes_off() {
 fn a_busy_gpu_is_reported_labelled_and_switched_once_free() {
     let busy = GPUS[3];
     let b = board(&[busy]);
-    let (app, modes) = b.applier(true, DefaultMode::Keep);
+    let (app, modes) = b.applier(true, RequestedMode::Keep);
     let r = app.apply_once(Some("on")).expect("applied");
     assert!(!r.done());
     assert_eq!(r.busy.len(), 1, "{:?}", r.busy);
@@ -218,7 +218,7 @@ fn a_busy_gpu_is_reported_labelled_and_switched_once_free() {
 #[test]
 fn ppcie_is_all_or_nothing_with_a_busy_device() {
     let b = board(&[GPUS[0]]);
-    let (app, _) = b.applier(true, DefaultMode::Keep);
+    let (app, _) = b.applier(true, RequestedMode::Keep);
     let r = app.apply_once(Some("ppcie")).expect("applied");
     assert!(!r.done());
     assert!(r.ppcie.is_none(), "nothing staged: {r:?}");
@@ -232,7 +232,7 @@ fn ppcie_is_all_or_nothing_with_a_busy_device() {
 async fn label_changes_drive_the_switches_and_busy_devices_are_retried() {
     let busy = GPUS[5];
     let b = board(&[busy]);
-    let (app, _) = b.applier(true, DefaultMode::Off);
+    let (app, _) = b.applier(true, RequestedMode::Off);
     let (tx, rx) = tokio::sync::watch::channel::<Option<String>>(None);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(app.clone().run(rx, stop));

@@ -11,6 +11,7 @@
 //! - [`journaled`]: the same switches written to the journal first; undo and recovery.
 //! - [`live`]: opening real devices through `HostRoot` (mapping, wake-up, sysfs reset).
 //! - [`node_mode`]: one mode for the whole node (the `nvidia.com/cc.mode` label).
+//! - [`requested`]: the configuration's requested mode as a node or GPU mode.
 //! - [`precheck`]: may this device be switched (driverless or vfio-pci, and unused)?
 //! - `sim` (cargo feature `test-support`): a register-level simulator of the FSP that
 //!   the same client code drives.
@@ -26,6 +27,7 @@ pub mod mode;
 pub mod node_mode;
 pub mod precheck;
 pub mod regs;
+pub mod requested;
 #[cfg(any(test, feature = "test-support"))]
 pub mod sim;
 pub mod switch;

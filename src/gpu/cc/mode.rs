@@ -3,7 +3,6 @@
 use serde::{Deserialize, Serialize};
 
 use super::regs::{self, Family};
-use crate::config::ModeOnStart;
 
 /// Active CC mode, decoded from bits[1:0] of the mode register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -58,18 +57,6 @@ impl TargetMode {
             TargetMode::Off => CcMode::Off,
             TargetMode::On => CcMode::On,
             TargetMode::Devtools => CcMode::Devtools,
-        }
-    }
-}
-
-impl TargetMode {
-    /// The mode `[cc] mode_on_start` asks `cchost run` to keep (`None`: leave it).
-    pub fn on_start(m: ModeOnStart) -> Option<TargetMode> {
-        match m {
-            ModeOnStart::Keep => None,
-            ModeOnStart::On => Some(TargetMode::On),
-            ModeOnStart::Off => Some(TargetMode::Off),
-            ModeOnStart::Devtools => Some(TargetMode::Devtools),
         }
     }
 }
@@ -220,20 +207,6 @@ impl std::fmt::Display for CcState {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mode_on_start_maps_to_a_target_or_to_nothing() {
-        assert_eq!(TargetMode::on_start(ModeOnStart::Keep), None);
-        assert_eq!(TargetMode::on_start(ModeOnStart::On), Some(TargetMode::On));
-        assert_eq!(
-            TargetMode::on_start(ModeOnStart::Off),
-            Some(TargetMode::Off)
-        );
-        assert_eq!(
-            TargetMode::on_start(ModeOnStart::Devtools),
-            Some(TargetMode::Devtools)
-        );
-    }
 
     #[test]
     fn decodes_each_family() {

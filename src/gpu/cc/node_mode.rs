@@ -23,7 +23,7 @@ use super::journaled;
 use super::live::{self, LiveDevice, Opener};
 use super::switch::{Outcome, PpcieReport, Status};
 use super::{CcDevice, TargetMode};
-use crate::config::{DefaultMode, MatchConfig};
+use crate::config::{MatchConfig, RequestedMode};
 use crate::host::pci::PciDevice;
 use crate::journal::Journal;
 
@@ -94,7 +94,7 @@ pub enum Refusal {
 /// (cc-manager's override); a label asking for them is refused.
 pub fn wanted(
     label: Option<&str>,
-    default: DefaultMode,
+    default: RequestedMode,
     tee_on: bool,
 ) -> Result<Option<NodeMode>, Refusal> {
     match label.map(str::trim).filter(|s| !s.is_empty()) {
@@ -106,12 +106,8 @@ pub fn wanted(
             Ok(Some(m))
         }
         None => {
-            let m = match default {
-                DefaultMode::Keep => return Ok(None),
-                DefaultMode::On => NodeMode::Cc(TargetMode::On),
-                DefaultMode::Off => NodeMode::Cc(TargetMode::Off),
-                DefaultMode::Devtools => NodeMode::Cc(TargetMode::Devtools),
-                DefaultMode::Ppcie => NodeMode::Ppcie,
+            let Some(m) = NodeMode::requested(default) else {
+                return Ok(None);
             };
             if m.needs_tee() && !tee_on {
                 tracing::warn!(default = %m, "no CPU TEE is on: the default CC mode becomes off");
@@ -280,29 +276,29 @@ mod tests {
     fn label_then_default_and_the_tee_guard() {
         let on = NodeMode::Cc(TargetMode::On);
         let off = NodeMode::Cc(TargetMode::Off);
-        assert_eq!(wanted(Some("on"), DefaultMode::Keep, true), Ok(Some(on)));
+        assert_eq!(wanted(Some("on"), RequestedMode::Keep, true), Ok(Some(on)));
         assert_eq!(
-            wanted(Some("ppcie"), DefaultMode::Keep, true),
+            wanted(Some("ppcie"), RequestedMode::Keep, true),
             Ok(Some(NodeMode::Ppcie))
         );
-        assert_eq!(wanted(None, DefaultMode::Keep, true), Ok(None));
-        assert_eq!(wanted(Some(""), DefaultMode::Off, true), Ok(Some(off)));
-        assert_eq!(wanted(None, DefaultMode::On, true), Ok(Some(on)));
+        assert_eq!(wanted(None, RequestedMode::Keep, true), Ok(None));
+        assert_eq!(wanted(Some(""), RequestedMode::Off, true), Ok(Some(off)));
+        assert_eq!(wanted(None, RequestedMode::On, true), Ok(Some(on)));
         // No TEE: the label's on/ppcie are refused, a default on becomes off.
         assert_eq!(
-            wanted(Some("on"), DefaultMode::Keep, false),
+            wanted(Some("on"), RequestedMode::Keep, false),
             Err(Refusal::NoTee(on))
         );
         assert_eq!(
-            wanted(Some("ppcie"), DefaultMode::Keep, false),
+            wanted(Some("ppcie"), RequestedMode::Keep, false),
             Err(Refusal::NoTee(NodeMode::Ppcie))
         );
-        assert_eq!(wanted(None, DefaultMode::On, false), Ok(Some(off)));
+        assert_eq!(wanted(None, RequestedMode::On, false), Ok(Some(off)));
         assert_eq!(
-            wanted(Some("devtools"), DefaultMode::Keep, false),
+            wanted(Some("devtools"), RequestedMode::Keep, false),
             Ok(Some(NodeMode::Cc(TargetMode::Devtools)))
         );
-        let e = wanted(Some("yes"), DefaultMode::Keep, true).unwrap_err();
+        let e = wanted(Some("yes"), RequestedMode::Keep, true).unwrap_err();
         assert!(e.to_string().contains("\"yes\""), "{e}");
     }
 }
