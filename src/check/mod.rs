@@ -217,13 +217,8 @@ fn skipped(c: &Check, parent: &str) -> Node {
     }
 }
 
-/// Evaluates the whole tree for an inventory (`build_checks` + `evaluate`).
-pub fn build_tree(inv: &Inventory, config: &Config, profile: Profile) -> Vec<Node> {
-    build_tree_on(inv, config, profile, None)
-}
-
-/// Like [`build_tree`], with the host for the subtrees that need live probes (DCAP):
-/// they are gathered first ([`dcap::probe`]), then the tree is evaluated from them.
+/// Evaluates the whole tree for an inventory (`build_checks` + `evaluate`), with the
+/// host for the subtrees that need live probes (DCAP): they are gathered first ([`dcap::probe`]), then the tree is evaluated from them.
 pub fn build_tree_on(
     inv: &Inventory,
     config: &Config,

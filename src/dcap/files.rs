@@ -36,17 +36,6 @@ impl fmt::Debug for DesiredFile {
     }
 }
 
-impl DesiredFile {
-    /// The contents for display (a secret-bearing file shows only its size).
-    pub fn display_contents(&self) -> String {
-        if self.secret {
-            format!("<{} bytes, holds a secret: not shown>", self.contents.len())
-        } else {
-            String::from_utf8_lossy(&self.contents).into_owned()
-        }
-    }
-}
-
 /// `/etc/qgs.conf`. QGS reads only `port` and `number_threads`. For the unix socket the
 /// `port` line is left out: DCAP ≤1.23 reads a missing port (or 0) as unix socket, newer
 /// QGS reads *any* explicit port, even 0, as vsock — leaving it out is the only setting
@@ -351,7 +340,6 @@ mod tests {
         assert!(String::from_utf8_lossy(&qcnl.contents).contains("SUPERSECRET"));
         assert_eq!(qcnl.mode, 0o600);
         assert!(!format!("{files:?}").contains("SUPERSECRET"));
-        assert!(!qcnl.display_contents().contains("SUPERSECRET"));
     }
 
     #[test]

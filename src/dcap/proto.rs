@@ -19,8 +19,6 @@ pub const HEADER_LEN: usize = 16;
 /// The largest response cchost accepts. A collateral response (CRLs, chains, TCB info,
 /// QE identity) is tens of KiB; 4 MiB leaves room and still bounds a hostile prefix.
 pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;
-/// A raw-mode request is exactly one bare TDREPORT (DCAP >= 1.21).
-pub const TDREPORT_LEN: usize = 1024;
 
 pub const MAJOR_VERSION: u16 = 1;
 pub const MINOR_VERSION: u16 = 1;
@@ -35,20 +33,6 @@ pub enum MsgType {
     GetCollateralResp = 3,
     GetPlatformInfoReq = 4,
     GetPlatformInfoResp = 5,
-}
-
-impl MsgType {
-    pub fn from_u32(v: u32) -> Option<Self> {
-        Some(match v {
-            0 => MsgType::GetQuoteReq,
-            1 => MsgType::GetQuoteResp,
-            2 => MsgType::GetCollateralReq,
-            3 => MsgType::GetCollateralResp,
-            4 => MsgType::GetPlatformInfoReq,
-            5 => MsgType::GetPlatformInfoResp,
-            _ => return None,
-        })
-    }
 }
 
 /// QGS error codes: `0x00012000 | n`.

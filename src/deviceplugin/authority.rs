@@ -311,10 +311,6 @@ impl<T> AuthorityShim<T> {
             rw: Rewriter::default(),
         }
     }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for AuthorityShim<T> {

@@ -45,7 +45,6 @@ pub struct PluginManager {
     watch_task: JoinHandle<()>,
     shutdown: watch::Receiver<bool>,
     plugins: BTreeMap<String, Running>,
-    progress: Option<mpsc::UnboundedSender<(String, EndpointEvent)>>,
     health: Option<Arc<Health>>,
     /// First respawn delay of a failed endpoint (doubles up to [`RESPAWN_MAX`]).
     respawn: Duration,
@@ -78,7 +77,6 @@ impl PluginManager {
             watch_task,
             shutdown,
             plugins: BTreeMap::new(),
-            progress: None,
             health: None,
             respawn: RESPAWN_INITIAL,
         })
@@ -87,12 +85,6 @@ impl PluginManager {
     /// Reports each endpoint's state (serving or not, and why) as a health part.
     pub fn with_health(mut self, health: Arc<Health>) -> Self {
         self.health = Some(health);
-        self
-    }
-
-    /// Reports endpoint progress (serving, registered, stopped) on a channel.
-    pub fn with_progress(mut self, tx: mpsc::UnboundedSender<(String, EndpointEvent)>) -> Self {
-        self.progress = Some(tx);
         self
     }
 
@@ -133,12 +125,9 @@ impl PluginManager {
         if let Some(h) = &self.health {
             h.set(&part, State::Starting);
         }
-        // Every endpoint reports its progress here: health follows it, and it is
-        // passed on to whoever asked (tests, benchmarks).
+        // Every endpoint reports its progress here: health follows it.
         let (etx, mut erx) = mpsc::unbounded_channel();
-        let outer = self.progress.clone();
         let health = self.health.clone();
-        let r = resource.to_string();
         let p = part.clone();
         tokio::spawn(async move {
             while let Some(e) = erx.recv().await {
@@ -148,9 +137,6 @@ impl PluginManager {
                         EndpointEvent::Stopped => h.remove(&p),
                         _ => {}
                     }
-                }
-                if let Some(o) = &outer {
-                    let _ = o.send((r.clone(), e));
                 }
             }
         });

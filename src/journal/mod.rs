@@ -28,15 +28,13 @@ pub use merge::take_back;
 pub use file::{FILE_KIND, FileChange, FileRestore, FileRestorer, write_file};
 pub use restore::{Recovery, RestoreError, Restored, Restorer, recover, undo_all};
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::host::{HostError, HostLock, HostRoot};
 
-/// Where cchost keeps its state on the host.
-pub const STATE_DIR: &str = "/var/lib/cchost";
 /// The journal file.
 pub const JOURNAL_PATH: &str = "/var/lib/cchost/journal.json";
 /// The lock that serialises cchost processes touching the journal.
@@ -404,11 +402,6 @@ mod erased {
             serde_json::to_value(self)
         }
     }
-}
-
-/// The journal path under a root, for messages from callers that do not hold it open.
-pub fn journal_path(host: &HostRoot) -> PathBuf {
-    host.lexical(Path::new(JOURNAL_PATH))
 }
 
 #[cfg(test)]

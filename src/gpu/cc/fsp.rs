@@ -42,17 +42,17 @@ impl Knob {
     pub const PPCIE: Knob = Knob(45);
 
     pub fn name(self) -> String {
-        match self.0 {
-            5 => "CCD_ALLOW_INB".into(),
-            6 => "CCD".into(),
-            7 => "CCM_ALLOW_INB".into(),
-            8 => "CCM".into(),
-            9 => "BAR0_DECOUPLER_ALLOW_INB".into(),
-            10 => "BAR0_DECOUPLER".into(),
-            36 => "FORCE_RESET_COUPLING".into(),
-            44 => "PPCIE_ALLOW_INB".into(),
-            45 => "PPCIE".into(),
-            n => format!("knob {n}"),
+        match self {
+            Knob::CCD_ALLOW_INB => "CCD_ALLOW_INB".into(),
+            Knob::CCD => "CCD".into(),
+            Knob::CCM_ALLOW_INB => "CCM_ALLOW_INB".into(),
+            Knob::CCM => "CCM".into(),
+            Knob::BAR0_DECOUPLER_ALLOW_INB => "BAR0_DECOUPLER_ALLOW_INB".into(),
+            Knob::BAR0_DECOUPLER => "BAR0_DECOUPLER".into(),
+            Knob::FORCE_RESET_COUPLING => "FORCE_RESET_COUPLING".into(),
+            Knob::PPCIE_ALLOW_INB => "PPCIE_ALLOW_INB".into(),
+            Knob::PPCIE => "PPCIE".into(),
+            Knob(n) => format!("knob {n}"),
         }
     }
 }

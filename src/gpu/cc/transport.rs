@@ -10,7 +10,6 @@ use super::regs::{self, TransportKind};
 
 /// One packet out, one packet back.
 pub trait FspTransport {
-    fn name(&self) -> &'static str;
     fn send(&self, packet: &[u32]) -> Result<(), CcError>;
     fn receive(&self) -> Result<Vec<u32>, CcError>;
 }
@@ -81,10 +80,6 @@ impl Emem<'_> {
 }
 
 impl FspTransport for Emem<'_> {
-    fn name(&self) -> &'static str {
-        "EMEM"
-    }
-
     fn send(&self, packet: &[u32]) -> Result<(), CcError> {
         let bytes = packet.len() * 4;
         if packet.is_empty() || bytes > regs::EMEM_CHANNEL_BYTES as usize {
@@ -205,10 +200,6 @@ impl Mnoc<'_> {
 }
 
 impl FspTransport for Mnoc<'_> {
-    fn name(&self) -> &'static str {
-        "MNOC"
-    }
-
     fn send(&self, packet: &[u32]) -> Result<(), CcError> {
         let bytes = packet.len() * 4;
         if packet.is_empty() || bytes > regs::MNOC_MAX_PACKET {
