@@ -132,11 +132,7 @@ fn groups(ctx: &Ctx) -> CheckOutcome {
         .collect();
     if !no_group.is_empty() {
         let remedy = if ctx.inv.iommu.mode == IommuMode::Off {
-            ctx.inv
-                .iommu
-                .enabled
-                .remedy
-                .clone()
+            super::remedy::of_verdict(&ctx.inv.iommu.enabled, ctx.inv)
                 .unwrap_or_else(|| "enable the IOMMU".into())
         } else {
             "enable the IOMMU for these devices (check the BIOS and the kernel log)".into()

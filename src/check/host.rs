@@ -1,8 +1,9 @@
 //! Host checks every confidential-container host needs: CPU and KVM, the IOMMU, vsock,
 //! and whether the inventory itself could read everything.
 
-use crate::inventory::{CpuVendor, IommuMode};
+use crate::inventory::{Blocker, CpuVendor, IommuMode};
 
+use super::remedy::{of_verdict, remedy};
 use super::{Check, CheckId, CheckOutcome, Ctx};
 
 pub fn cpu_and_kvm() -> Check {
@@ -68,7 +69,10 @@ fn kvm(ctx: &Ctx) -> CheckOutcome {
         Some(CpuVendor::Amd) => "kvm_amd",
         _ => "kvm_intel",
     };
-    CheckOutcome::fail("/dev/kvm missing", ctx.inv.kernel.load_remedy(module, ""))
+    CheckOutcome::fail(
+        "/dev/kvm missing",
+        remedy(&Blocker::ModuleNotLoaded { module, args: "" }, ctx.inv),
+    )
 }
 
 pub(super) fn state_word(s: crate::inventory::ModuleState) -> &'static str {
@@ -101,7 +105,7 @@ fn iommu_firmware(ctx: &Ctx) -> CheckOutcome {
         what.extend(i.units.iter().cloned());
         CheckOutcome::pass(what.join(", "))
     } else {
-        verdict_fail(&i.present)
+        verdict_fail(ctx, &i.present)
     }
 }
 
@@ -114,7 +118,7 @@ fn iommu_enabled(ctx: &Ctx) -> CheckOutcome {
             if i.iommufd { "present" } else { "absent" }
         ))
     } else {
-        verdict_fail(&i.enabled)
+        verdict_fail(ctx, &i.enabled)
     }
 }
 
@@ -145,7 +149,7 @@ fn iommu_mode(ctx: &Ctx) -> CheckOutcome {
         IommuMode::Passthrough | IommuMode::Mixed => {
             let blocker = i.snp_blocker();
             let (remedy, what) = match blocker {
-                Some((_, remedy)) => (remedy, "passthrough"),
+                Some((_, b)) => (remedy(&b, ctx.inv), "passthrough"),
                 None => (
                     "remove iommu=pt / iommu.passthrough=1 from the kernel command line"
                         .to_string(),
@@ -166,10 +170,7 @@ fn iommu_mode(ctx: &Ctx) -> CheckOutcome {
         )),
         IommuMode::Off => CheckOutcome::fail(
             "no IOMMU groups",
-            i.enabled
-                .remedy
-                .clone()
-                .unwrap_or_else(|| "enable the IOMMU".into()),
+            of_verdict(&i.enabled, ctx.inv).unwrap_or_else(|| "enable the IOMMU".into()),
         ),
     }
 }
@@ -214,7 +215,13 @@ fn vsock_check(ctx: &Ctx) -> CheckOutcome {
     let remedy = if k.modules_supported {
         "modprobe vhost_vsock and persist it: echo vhost_vsock > /etc/modules-load.d/vhost-vsock.conf".to_string()
     } else {
-        k.load_remedy("vhost_vsock", "")
+        remedy(
+            &Blocker::ModuleNotLoaded {
+                module: "vhost_vsock",
+                args: "",
+            },
+            ctx.inv,
+        )
     };
     CheckOutcome::fail(
         format!("vhost_vsock {} and /dev/vhost-vsock missing", state_word(m)),
@@ -249,12 +256,10 @@ fn inventory_check(ctx: &Ctx) -> CheckOutcome {
     CheckOutcome::pass("every file read and understood")
 }
 
-/// A negative inventory verdict as a FAIL (its reason and remedy).
-pub(super) fn verdict_fail(v: &crate::inventory::Verdict) -> CheckOutcome {
+/// A negative inventory verdict as a FAIL (its reason, and the remedy for its blocker).
+pub(super) fn verdict_fail(ctx: &Ctx, v: &crate::inventory::Verdict) -> CheckOutcome {
     CheckOutcome::fail(
         v.reason.clone().unwrap_or_else(|| "not available".into()),
-        v.remedy
-            .clone()
-            .unwrap_or_else(|| "see `cchost inventory` for the evidence".into()),
+        of_verdict(v, ctx.inv).unwrap_or_else(|| "see `cchost inventory` for the evidence".into()),
     )
 }

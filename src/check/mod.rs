@@ -17,6 +17,7 @@ mod host;
 mod kernel_args;
 mod passthrough;
 pub mod registry;
+pub mod remedy;
 pub mod render;
 mod tee;
 

@@ -1,12 +1,11 @@
 //! The TEE subtree: Intel TDX or AMD SEV-SNP, chosen by the profile. Each level is a
 //! precondition of the next, so the first failure is the thing to fix.
 
-use crate::inventory::tdx::{
-    REMEDY_MODULE_FAILED, REMEDY_NO_MODULE, REMEDY_NOHIBERNATE, TdxModuleState,
-};
-use crate::inventory::{CpuVendor, State};
+use crate::inventory::tdx::TdxModuleState;
+use crate::inventory::{Blocker, CpuVendor, State, Tee};
 
 use super::host::{state_word, verdict_fail};
+use super::remedy::{of_verdict, remedy};
 use super::{Check, CheckId, CheckOutcome, Ctx, Profile};
 
 /// Oldest SEV firmware with a working SNP (snphost; AMDESE/AMDSEV#176).
@@ -32,7 +31,7 @@ fn no_tee(ctx: &Ctx) -> CheckOutcome {
                 v.reason
                     .clone()
                     .unwrap_or_else(|| "no CPU TEE on this platform".into()),
-                v.remedy.clone().unwrap_or_default(),
+                of_verdict(v, ctx.inv).unwrap_or_default(),
             )
         }
         Some(c) if c.vendor == CpuVendor::Arm => {
@@ -97,12 +96,12 @@ fn tdx_bios(ctx: &Ctx) -> CheckOutcome {
     } else if is_vm(ctx) {
         CheckOutcome::fail(
             "this is a virtual machine (cpuinfo flag hypervisor): TDX hosts are bare metal",
-            "run cchost on the bare-metal host",
+            remedy(&Blocker::VirtualMachine, ctx.inv),
         )
     } else {
         CheckOutcome::fail(
             "no tdx_host_platform CPU flag: the BIOS has not enabled TDX",
-            "enable TME, TME-MT, TDX, the SEAM loader and a TME-MT/TDX key split > 0 in the BIOS",
+            remedy(&Blocker::BiosOff { tee: Tee::Tdx }, ctx.inv),
         )
     }
 }
@@ -111,12 +110,19 @@ fn tdx_kernel(ctx: &Ctx) -> CheckOutcome {
     let t = &ctx.inv.tdx;
     match &t.kvm_param {
         Some(v) => CheckOutcome::pass(format!("kvm_intel has a tdx parameter (= {v})")),
-        None if !ctx.inv.kernel.module("kvm_intel").available() => {
-            CheckOutcome::fail("kvm_intel is not loaded", "modprobe kvm_intel tdx=1")
-        }
+        None if !ctx.inv.kernel.module("kvm_intel").available() => CheckOutcome::fail(
+            "kvm_intel is not loaded",
+            remedy(
+                &Blocker::ModuleNotLoaded {
+                    module: "kvm_intel",
+                    args: "tdx=1",
+                },
+                ctx.inv,
+            ),
+        ),
         None => CheckOutcome::fail(
             "kvm_intel has no tdx parameter: this kernel lacks TDX host support",
-            "boot a TDX host kernel (Linux 6.16+ with CONFIG_INTEL_TDX_HOST, or a distribution TDX kernel)",
+            remedy(&Blocker::KernelLacks { tee: Tee::Tdx }, ctx.inv),
         ),
     }
 }
@@ -132,7 +138,7 @@ fn tdx_nohibernate(ctx: &Ctx) -> CheckOutcome {
     } else {
         CheckOutcome::fail(
             "nohibernate missing: TDX initialisation is refused while hibernation is possible",
-            REMEDY_NOHIBERNATE,
+            remedy(&Blocker::HibernationOn, ctx.inv),
         )
     }
 }
@@ -143,11 +149,12 @@ fn tdx_module(ctx: &Ctx) -> CheckOutcome {
     if let Some(v) = &t.module_version {
         line = format!("version {v}; {line}");
     }
+    let fail = |b: Blocker| CheckOutcome::fail(line.clone(), remedy(&b, ctx.inv));
     match t.module {
         TdxModuleState::Initialized => CheckOutcome::pass(line),
-        TdxModuleState::Failed => CheckOutcome::fail(line, REMEDY_MODULE_FAILED),
-        TdxModuleState::HibernationBlocked => CheckOutcome::fail(line, REMEDY_NOHIBERNATE),
-        TdxModuleState::NotLoaded => CheckOutcome::fail(line, REMEDY_NO_MODULE),
+        TdxModuleState::Failed => fail(Blocker::InitFailed { tee: Tee::Tdx }),
+        TdxModuleState::HibernationBlocked => fail(Blocker::HibernationOn),
+        TdxModuleState::NotLoaded => fail(Blocker::TdxModuleAbsent),
         TdxModuleState::Unknown if t.verdict.is_yes() => {
             CheckOutcome::pass("kvm_intel tdx=Y (the kernel log says nothing more)")
         }
@@ -167,7 +174,7 @@ fn tdx_kvm(ctx: &Ctx) -> CheckOutcome {
     if v.is_yes() {
         CheckOutcome::pass("kvm_intel tdx = Y")
     } else {
-        verdict_fail(v)
+        verdict_fail(ctx, v)
     }
 }
 
@@ -215,7 +222,13 @@ fn snp_kvm_amd(ctx: &Ctx) -> CheckOutcome {
     } else {
         CheckOutcome::fail(
             format!("kvm_amd {}", state_word(s)),
-            ctx.inv.kernel.load_remedy("kvm_amd", ""),
+            remedy(
+                &Blocker::ModuleNotLoaded {
+                    module: "kvm_amd",
+                    args: "",
+                },
+                ctx.inv,
+            ),
         )
     }
 }
@@ -229,7 +242,7 @@ fn snp_bios(ctx: &Ctx) -> CheckOutcome {
     } else if is_vm(ctx) {
         CheckOutcome::fail(
             "this is a virtual machine (cpuinfo flag hypervisor): SEV-SNP hosts are bare metal",
-            "run cchost on the bare-metal host",
+            remedy(&Blocker::VirtualMachine, ctx.inv),
         )
     } else {
         CheckOutcome::fail(
@@ -238,7 +251,7 @@ fn snp_bios(ctx: &Ctx) -> CheckOutcome {
                 if has("sev") { "present" } else { "absent" },
                 if has("sev_es") { "present" } else { "absent" }
             ),
-            "enable SMEE, SEV-SNP, SNP memory coverage and the IOMMU in the BIOS (EPYC 7003 or newer)",
+            remedy(&Blocker::BiosOff { tee: Tee::SevSnp }, ctx.inv),
         )
     }
 }
@@ -246,7 +259,7 @@ fn snp_bios(ctx: &Ctx) -> CheckOutcome {
 fn snp_iommu(ctx: &Ctx) -> CheckOutcome {
     match ctx.inv.iommu.snp_blocker() {
         None => CheckOutcome::pass(format!("IOMMU mode {:?}", ctx.inv.iommu.mode).to_lowercase()),
-        Some((reason, remedy)) => CheckOutcome::fail(reason, remedy),
+        Some((reason, b)) => CheckOutcome::fail(reason, remedy(&b, ctx.inv)),
     }
 }
 
@@ -261,7 +274,7 @@ fn level(ctx: &Ctx, v: &crate::inventory::Verdict, param: &str) -> CheckOutcome 
                 .map(String::as_str)
                 .unwrap_or("on")
         )),
-        _ => verdict_fail(v),
+        _ => verdict_fail(ctx, v),
     }
 }
 

@@ -12,7 +12,9 @@ pub struct Args {
 }
 
 pub fn run(g: &Global, a: Args) -> anyhow::Result<ExitCode> {
-    let inv = Inventory::collect(&g.host, &g.config);
+    let mut inv = Inventory::collect(&g.host, &g.config);
+    // The inventory says what blocks each verdict; what to do about it is check's.
+    cchost::check::remedy::annotate(&mut inv);
     let text = if a.json {
         format!("{}\n", serde_json::to_string_pretty(&inv)?)
     } else {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cpuinfo::{CpuInfo, CpuVendor};
 use super::kernel_log::KernelLogInfo;
-use super::verdict::{Evidence, Verdict};
+use super::verdict::{Blocker, Evidence, Verdict};
 
 /// Arm cores known to lack the Realm Management Extension: FEAT_RME is an Armv9.2-A
 /// feature, and these implement Armv8.2-A to Armv9.0-A (part numbers as in the kernel's
@@ -57,7 +57,7 @@ impl CcaInfo {
                     format!(
                         "no CPU TEE on this platform: {name} has no Realm Management Extension (Arm CCA needs Armv9.2 RME)"
                     ),
-                    "confidential containers need an Intel TDX, AMD SEV-SNP or RME-capable Arm host; this one can run Kata without a TEE only",
+                    Blocker::NoRme,
                 )
             }
             Some(c) => {

@@ -10,9 +10,9 @@ use crate::host::HostRoot;
 
 use super::Problem;
 use super::cmdline::Cmdline;
-use super::cpuinfo::{CpuInfo, CpuVendor};
+use super::cpuinfo::CpuInfo;
 use super::kernel_log::KernelLogInfo;
-use super::verdict::{Evidence, Verdict};
+use super::verdict::{Blocker, Evidence, Verdict};
 
 pub const IOMMU_GROUPS: &str = "/sys/kernel/iommu_groups";
 pub const CLASS_IOMMU: &str = "/sys/class/iommu";
@@ -147,11 +147,7 @@ impl IommuInfo {
             Verdict::no(
                 ev,
                 "no IOMMU described by firmware (no ACPI DMAR/IVRS/IORT table): disabled in the BIOS or not supported",
-                match vendor {
-                    Some(CpuVendor::Amd) => "enable the IOMMU (AMD-Vi) in the BIOS",
-                    Some(CpuVendor::Intel) => "enable VT-d in the BIOS",
-                    _ => "enable the IOMMU (VT-d / AMD-Vi / SMMU) in the BIOS",
-                },
+                Blocker::NoIommuTables { vendor },
             )
         };
 
@@ -168,28 +164,24 @@ impl IommuInfo {
             let off_arg = cmdline_args
                 .iter()
                 .find(|a| a.ends_with("=off") || a.as_str() == "iommu=off");
-            let (reason, remedy) = match off_arg {
+            let (reason, blocker) = match off_arg {
                 Some(a) => (
                     format!("the IOMMU is switched off on the kernel command line ({a})"),
-                    format!("remove {a} from the kernel command line and reboot"),
-                ),
-                None if present.is_yes() && vendor == Some(CpuVendor::Intel) => (
-                    "the firmware has an IOMMU but the kernel did not enable it (no IOMMU groups)".to_string(),
-                    "add intel_iommu=on to the kernel command line and reboot".to_string(),
+                    Blocker::IommuOff {
+                        argument: a.clone(),
+                    },
                 ),
                 None if present.is_yes() => (
-                    "the firmware has an IOMMU but the kernel did not enable it (no IOMMU groups)".to_string(),
-                    "check the kernel log for AMD-Vi/DMAR errors; the kernel needs CONFIG_AMD_IOMMU / CONFIG_INTEL_IOMMU".to_string(),
+                    "the firmware has an IOMMU but the kernel did not enable it (no IOMMU groups)"
+                        .to_string(),
+                    Blocker::IommuNotEnabled { vendor },
                 ),
                 None => (
                     "no IOMMU groups: the IOMMU is off".to_string(),
-                    present
-                        .remedy
-                        .clone()
-                        .unwrap_or_else(|| "enable the IOMMU in the BIOS".to_string()),
+                    Blocker::NoIommuTables { vendor },
                 ),
             };
-            Verdict::no(ev, reason, remedy)
+            Verdict::no(ev, reason, blocker)
         };
         IommuInfo {
             acpi_tables,
@@ -207,9 +199,10 @@ impl IommuInfo {
         }
     }
 
-    /// Why SNP cannot work with this IOMMU state, if it cannot (drivers/iommu/amd/init.c
-    /// `iommu_snp_enable`: SNP needs the IOMMU on and not in passthrough).
-    pub fn snp_blocker(&self) -> Option<(String, String)> {
+    /// Why SNP cannot work with this IOMMU state, if it cannot, and what stands in the
+    /// way (drivers/iommu/amd/init.c `iommu_snp_enable`: SNP needs the IOMMU on and not
+    /// in passthrough).
+    pub fn snp_blocker(&self) -> Option<(String, Blocker)> {
         if self.cmdline_passthrough {
             let arg = self
                 .cmdline_args
@@ -222,22 +215,26 @@ impl IommuInfo {
                 format!(
                     "IOMMU in passthrough mode ({arg} on the kernel command line) disables SNP"
                 ),
-                format!("remove {arg} from the kernel command line and reboot"),
+                Blocker::IommuPassthrough {
+                    argument: Some(arg),
+                },
             ));
         }
         if self.mode == IommuMode::Passthrough {
             return Some((
                 "IOMMU default domain is passthrough (identity), which disables SNP".to_string(),
-                "boot with translated DMA: remove iommu=pt / iommu.passthrough=1 and rebuild the kernel without CONFIG_IOMMU_DEFAULT_PASSTHROUGH".to_string(),
+                Blocker::IommuPassthrough { argument: None },
             ));
         }
         if self.groups == 0 {
+            // `enabled` is `no` with its blocker whenever there are no groups; the
+            // fallback is for an inventory read back from JSON (no blockers there).
             return Some((
                 "the IOMMU is off, and SNP needs it".to_string(),
                 self.enabled
-                    .remedy
+                    .blocker
                     .clone()
-                    .unwrap_or_else(|| "enable the IOMMU".to_string()),
+                    .unwrap_or(Blocker::IommuNotEnabled { vendor: None }),
             ));
         }
         None
@@ -313,6 +310,7 @@ fn cmdline_facts(c: &Cmdline) -> (Vec<String>, bool, Vec<String>) {
 mod tests {
     use super::*;
     use crate::fixture::Tree;
+    use crate::inventory::CpuVendor;
     use std::path::Path;
 
     fn cmd(s: &str) -> Cmdline {
@@ -353,16 +351,21 @@ mod tests {
     }
 
     #[test]
-    fn passthrough_blocks_snp_with_reason_and_remedy() {
+    fn passthrough_blocks_snp_with_reason_and_blocker() {
         let t = Tree::new();
         t.file("/sys/firmware/acpi/tables/IVRS", "")
             .file("/sys/kernel/iommu_groups/0/type", "identity\n");
         let (i, _) = collect(&t, "iommu=pt amd_iommu=on");
         assert_eq!(i.mode, IommuMode::Passthrough);
         assert!(i.cmdline_passthrough);
-        let (reason, remedy) = i.snp_blocker().unwrap();
+        let (reason, blocker) = i.snp_blocker().unwrap();
         assert!(reason.contains("iommu=pt"), "{reason}");
-        assert!(remedy.contains("remove iommu=pt"), "{remedy}");
+        assert_eq!(
+            blocker,
+            Blocker::IommuPassthrough {
+                argument: Some("iommu=pt".into())
+            }
+        );
         assert_eq!(i.cmdline_warnings.len(), 1);
         assert!(i.cmdline_warnings[0].contains("amd_iommu=on"));
         // Later args override earlier ones.
@@ -378,8 +381,15 @@ mod tests {
         let (i, _) = collect(&t, "quiet");
         assert_eq!(i.mode, IommuMode::Off);
         assert_eq!(i.present.state, super::super::verdict::State::No);
-        assert!(i.present.remedy.as_deref().unwrap().contains("BIOS"));
-        assert!(i.enabled.reason.is_some() && i.enabled.remedy.is_some());
+        assert_eq!(
+            i.present.blocker,
+            Some(Blocker::NoIommuTables { vendor: None })
+        );
+        assert!(i.enabled.reason.is_some());
+        assert_eq!(
+            i.enabled.blocker,
+            Some(Blocker::NoIommuTables { vendor: None })
+        );
         let t = Tree::new();
         t.file("/sys/firmware/acpi/tables/DMAR", "");
         let mut problems = Vec::new();
@@ -396,12 +406,11 @@ mod tests {
             &mut problems,
         );
         assert!(i.present.is_yes());
-        assert!(
-            i.enabled
-                .remedy
-                .as_deref()
-                .unwrap()
-                .contains("intel_iommu=on")
+        assert_eq!(
+            i.enabled.blocker,
+            Some(Blocker::IommuNotEnabled {
+                vendor: Some(CpuVendor::Intel)
+            })
         );
         let i = IommuInfo::collect(
             &t.host,
@@ -410,12 +419,11 @@ mod tests {
             &KernelLogInfo::default(),
             &mut problems,
         );
-        assert!(
-            i.enabled
-                .remedy
-                .as_deref()
-                .unwrap()
-                .contains("remove intel_iommu=off")
+        assert_eq!(
+            i.enabled.blocker,
+            Some(Blocker::IommuOff {
+                argument: "intel_iommu=off".into()
+            })
         );
     }
 

@@ -94,21 +94,6 @@ impl KernelInfo {
             .unwrap_or(ModuleState::Unknown)
     }
 
-    /// How to get a module: `modprobe` when the kernel loads modules, a kernel with
-    /// it built in otherwise.
-    pub fn load_remedy(&self, module: &str, args: &str) -> String {
-        if self.modules_supported {
-            let args = if args.is_empty() {
-                String::new()
-            } else {
-                format!(" {args}")
-            };
-            format!("modprobe {module}{args}")
-        } else {
-            format!("this kernel cannot load modules: boot one with {module} built in or loadable")
-        }
-    }
-
     pub fn node(&self, path: &str) -> bool {
         self.device_nodes.get(path).copied().unwrap_or(false)
     }

@@ -39,7 +39,7 @@ pub use kernel::{KernelInfo, ModuleState};
 pub use kernel_log::KernelLogInfo;
 pub use sev::SevInfo;
 pub use tdx::TdxInfo;
-pub use verdict::{Evidence, State, Verdict};
+pub use verdict::{Blocker, Evidence, State, Tee, Verdict};
 
 pub const PROC_CPUINFO: &str = "/proc/cpuinfo";
 
@@ -134,6 +134,33 @@ impl Inventory {
             gpus,
             problems,
         }
+    }
+
+    /// Every verdict of the inventory, named by its place in the JSON.
+    pub fn verdicts(&self) -> [(&'static str, &Verdict); 7] {
+        [
+            ("tdx.verdict", &self.tdx.verdict),
+            ("sev.sev", &self.sev.sev),
+            ("sev.sev_es", &self.sev.sev_es),
+            ("sev.snp", &self.sev.snp),
+            ("cca.verdict", &self.cca.verdict),
+            ("iommu.present", &self.iommu.present),
+            ("iommu.enabled", &self.iommu.enabled),
+        ]
+    }
+
+    /// Every verdict, to fill in what the inventory leaves to others (the remedy text,
+    /// `check::remedy::annotate`); in the order of [`Inventory::verdicts`].
+    pub fn verdicts_mut(&mut self) -> [&mut Verdict; 7] {
+        [
+            &mut self.tdx.verdict,
+            &mut self.sev.sev,
+            &mut self.sev.sev_es,
+            &mut self.sev.snp,
+            &mut self.cca.verdict,
+            &mut self.iommu.present,
+            &mut self.iommu.enabled,
+        ]
     }
 }
 

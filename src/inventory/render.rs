@@ -1,5 +1,6 @@
 //! `cchost inventory` as text: every fact, and for every verdict its evidence and,
-//! when negative, the reason and the remedy.
+//! when negative, the reason and the remedy (which `check::remedy::annotate` fills in
+//! from the blocker before `cchost inventory` renders).
 
 use std::fmt::Write as _;
 

@@ -13,7 +13,7 @@ use super::kernel::KernelInfo;
 use super::kernel_log::KernelLogInfo;
 use super::misc::MiscCapacity;
 use super::modules::ModuleParam;
-use super::verdict::{Evidence, Verdict};
+use super::verdict::{Blocker, Evidence, Tee, Verdict};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SevInfo {
@@ -82,16 +82,16 @@ impl SevInfo {
 
 fn level_verdict(
     i: &SevInputs,
-    param: &str,
+    param: &'static str,
     flag: &str,
     misc_key: &str,
     dev_sev: bool,
     firmware: &[String],
 ) -> Verdict {
-    let name = match param {
-        "sev" => "SEV",
-        "sev_es" => "SEV-ES",
-        _ => "SEV-SNP",
+    let (name, tee) = match param {
+        "sev" => ("SEV", Tee::Sev),
+        "sev_es" => ("SEV-ES", Tee::SevEs),
+        _ => ("SEV-SNP", Tee::SevSnp),
     };
     let snp = param == "sev_snp";
     let p = i.params.get(param);
@@ -168,51 +168,42 @@ fn level_verdict(
             format!(
                 "this is a virtual machine (cpuinfo flag hypervisor): a {name} host must be bare metal"
             ),
-            "run cchost on the bare-metal host",
+            Blocker::VirtualMachine,
         );
     }
     // iommu=pt may also clear the CPU flag, so it is named before the BIOS.
-    if snp && let Some((reason, remedy)) = i.iommu.snp_blocker() {
-        return Verdict::no(ev, format!("SNP off: {reason}"), remedy);
+    if snp && let Some((reason, blocker)) = i.iommu.snp_blocker() {
+        return Verdict::no(ev, format!("SNP off: {reason}"), blocker);
     }
     if i.cpu.is_some() && !has_flag {
         return Verdict::no(
             ev,
             format!("the CPU does not report {flag}: {name} is off in the BIOS or not supported"),
-            if snp {
-                "enable SMEE, SEV-SNP, SNP memory coverage and the IOMMU in the BIOS (EPYC 7003 or newer)"
-            } else {
-                "enable SMEE and SEV (with ASIDs for SEV-ES) in the BIOS"
-            },
+            Blocker::BiosOff { tee },
         );
     }
     if p.is_none() && !i.kernel.module("kvm_amd").available() {
         return Verdict::no(
             ev,
             "kvm_amd is not loaded",
-            i.kernel.load_remedy("kvm_amd", ""),
+            Blocker::ModuleNotLoaded {
+                module: "kvm_amd",
+                args: "",
+            },
         );
     }
     if p.is_none() {
         return Verdict::no(
             ev,
             format!("this kernel's kvm_amd has no {param} parameter"),
-            if snp {
-                "boot Linux 6.11 or newer (SEV-SNP host support) built with CONFIG_KVM_AMD_SEV"
-            } else {
-                "boot a kernel built with CONFIG_KVM_AMD_SEV"
-            },
+            Blocker::KernelLacks { tee },
         );
     }
     if let Some(f) = failure {
         return Verdict::no(
             ev,
             format!("{name} initialisation failed: {f}"),
-            if snp {
-                "update the SEV firmware (SNP needs 1.51 or newer; usually a BIOS update) and check the kernel log"
-            } else {
-                "update the SEV firmware (usually a BIOS update) and check the kernel log"
-            },
+            Blocker::InitFailed { tee },
         );
     }
     Verdict::no(
@@ -221,9 +212,10 @@ fn level_verdict(
             "kvm_amd was loaded with {param}={}",
             p.map(|p| p.raw.as_str()).unwrap_or("?")
         ),
-        format!(
-            "add kvm_amd.{param}=1 to the kernel command line (or `options kvm_amd {param}=1` in /etc/modprobe.d/) and reboot"
-        ),
+        Blocker::ParamOff {
+            module: "kvm_amd",
+            param,
+        },
     )
 }
 
@@ -330,7 +322,7 @@ mod tests {
     }
 
     #[test]
-    fn iommu_pt_turns_snp_off_with_reason_and_remedy() {
+    fn iommu_pt_turns_snp_off_with_reason_and_blocker() {
         let s = judge(
             "iommu=pt",
             4,
@@ -348,8 +340,10 @@ mod tests {
             )
         );
         assert_eq!(
-            s.snp.remedy.as_deref(),
-            Some("remove iommu=pt from the kernel command line and reboot")
+            s.snp.blocker,
+            Some(Blocker::IommuPassthrough {
+                argument: Some("iommu=pt".into())
+            })
         );
         assert!(iommu("iommu=pt", 1).mode == IommuMode::Passthrough);
     }
@@ -363,20 +357,29 @@ mod tests {
             &["SEV-SNP: failed to INIT error 0x3"],
         );
         assert!(s.snp.reason.as_deref().unwrap().contains("failed to INIT"));
-        assert!(s.snp.remedy.as_deref().unwrap().contains("1.51"));
+        assert_eq!(
+            s.snp.blocker,
+            Some(Blocker::InitFailed { tee: Tee::SevSnp })
+        );
         let s = judge(
             "",
             4,
             &[("sev", "0"), ("sev_es", "N"), ("sev_snp", "N")],
             &[],
         );
-        assert!(s.sev.remedy.as_deref().unwrap().contains("kvm_amd.sev=1"));
-        assert!(
-            s.snp
-                .remedy
-                .as_deref()
-                .unwrap()
-                .contains("kvm_amd.sev_snp=1")
+        assert_eq!(
+            s.sev.blocker,
+            Some(Blocker::ParamOff {
+                module: "kvm_amd",
+                param: "sev"
+            })
+        );
+        assert_eq!(
+            s.snp.blocker,
+            Some(Blocker::ParamOff {
+                module: "kvm_amd",
+                param: "sev_snp"
+            })
         );
         let s = judge("", 4, &[("sev", "Y")], &[]);
         assert!(
@@ -386,12 +389,17 @@ mod tests {
                 .unwrap()
                 .contains("no sev_snp parameter")
         );
+        assert_eq!(
+            s.snp.blocker,
+            Some(Blocker::KernelLacks { tee: Tee::SevSnp })
+        );
     }
 
     #[test]
     fn virtual_machine_and_bios_are_named() {
         let s = judge_flags("svm hypervisor", "", 4, &[], &[]);
         assert!(s.snp.reason.as_deref().unwrap().contains("virtual machine"));
+        assert_eq!(s.snp.blocker, Some(Blocker::VirtualMachine));
         let s = judge_flags(
             "svm sev",
             "",
@@ -400,13 +408,18 @@ mod tests {
             &[],
         );
         assert!(s.sev.is_yes());
-        assert!(
-            s.snp.remedy.as_deref().unwrap().contains("BIOS"),
+        assert_eq!(
+            s.snp.blocker,
+            Some(Blocker::BiosOff { tee: Tee::SevSnp }),
             "{:?}",
             s.snp
         );
         // iommu=pt is named even when the CPU flag is gone.
         let s = judge_flags("svm sev sev_es", "iommu=pt", 4, &[("sev_snp", "N")], &[]);
         assert!(s.snp.reason.as_deref().unwrap().contains("iommu=pt"));
+        assert!(matches!(
+            s.snp.blocker,
+            Some(Blocker::IommuPassthrough { argument: Some(ref a) }) if a == "iommu=pt"
+        ));
     }
 }

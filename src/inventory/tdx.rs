@@ -10,16 +10,9 @@ use super::kernel::KernelInfo;
 use super::kernel_log::KernelLogInfo;
 use super::misc::MiscCapacity;
 use super::modules::ModuleParam;
-use super::verdict::{Evidence, Verdict};
+use super::verdict::{Blocker, Evidence, Tee, Verdict};
 
 pub const TDX_PARAM: &str = "/sys/module/kvm_intel/parameters/tdx";
-
-/// Remedies shared with the check tree, so that one cause reads as one fix.
-pub const REMEDY_MODULE_FAILED: &str =
-    "update the TDX module (a BIOS/firmware update); error -5 usually means the module is too old";
-pub const REMEDY_NOHIBERNATE: &str = "add nohibernate to the kernel command line and reboot";
-pub const REMEDY_NO_MODULE: &str =
-    "enable the SEAM loader in the BIOS and install a TDX module (BIOS/firmware update)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -218,28 +211,31 @@ impl TdxInfo {
             return Verdict::no(
                 ev,
                 "this is a virtual machine (cpuinfo flag hypervisor): a TDX host must be bare metal",
-                "run cchost on the bare-metal host",
+                Blocker::VirtualMachine,
             );
         }
         if param.is_none() && !kernel.module("kvm_intel").available() {
             return Verdict::no(
                 ev,
                 "kvm_intel is not loaded",
-                kernel.load_remedy("kvm_intel", "tdx=1"),
+                Blocker::ModuleNotLoaded {
+                    module: "kvm_intel",
+                    args: "tdx=1",
+                },
             );
         }
         if param.is_none() {
             return Verdict::no(
                 ev,
                 "this kernel's kvm_intel has no tdx parameter: the kernel lacks TDX host support",
-                "boot a TDX host kernel (Linux 6.16+ with CONFIG_INTEL_TDX_HOST, or a distribution TDX kernel)",
+                Blocker::KernelLacks { tee: Tee::Tdx },
             );
         }
         if cpu.is_some() && !host_platform_flag {
             return Verdict::no(
                 ev,
                 "the BIOS has not enabled TDX (no tdx_host_platform CPU flag)",
-                "enable TME, TME-MT, TDX, the SEAM loader and a TME-MT/TDX key split > 0 in the BIOS",
+                Blocker::BiosOff { tee: Tee::Tdx },
             );
         }
         if module == TdxModuleState::HibernationBlocked
@@ -248,7 +244,7 @@ impl TdxInfo {
             return Verdict::no(
                 ev,
                 "TDX initialisation is refused while hibernation is enabled (nohibernate missing)",
-                REMEDY_NOHIBERNATE,
+                Blocker::HibernationOn,
             );
         }
         if module == TdxModuleState::Failed {
@@ -258,18 +254,18 @@ impl TdxInfo {
                     "the TDX module failed to initialise: {}",
                     module_log.as_deref().unwrap_or("see the kernel log")
                 ),
-                REMEDY_MODULE_FAILED,
+                Blocker::InitFailed { tee: Tee::Tdx },
             );
         }
         if module == TdxModuleState::NotLoaded {
             return Verdict::no(
                 ev,
                 "no TDX module is loaded (the SEAM loader found none)",
-                REMEDY_NO_MODULE,
+                Blocker::TdxModuleAbsent,
             );
         }
         // kvm_intel turns its tdx parameter back to N when TDX initialisation fails
-        // (arch/x86/kvm/vmx/tdx.c, tdx_bringup): asking for tdx=1 again is no remedy.
+        // (arch/x86/kvm/vmx/tdx.c, tdx_bringup): the parameter is asked for and still off.
         let asked = kernel
             .cmdline
             .value("kvm_intel.tdx")
@@ -282,13 +278,16 @@ impl TdxInfo {
                 } else {
                     "kvm_intel.tdx=1 is on the command line, yet kvm_intel has tdx=N: TDX initialisation failed; the kernel log, which says why, could not be read"
                 },
-                "read the kernel log as root (`dmesg | grep -i tdx`) for the reason TDX did not initialise, then fix that (BIOS TDX settings, TDX module)",
+                Blocker::TdxAskedButOff,
             );
         }
         Verdict::no(
             ev,
             "kvm_intel was loaded with tdx=N (off by default upstream)",
-            "add kvm_intel.tdx=1 to the kernel command line (or `options kvm_intel tdx=1` in /etc/modprobe.d/) and reboot",
+            Blocker::ParamOff {
+                module: "kvm_intel",
+                param: "tdx",
+            },
         )
     }
 }
@@ -379,8 +378,9 @@ mod tests {
         assert!(t.verdict.evidence.iter().any(|e| e.observed == "Y"));
     }
 
-    /// Issue 13 item 8: with kvm_intel.tdx=1 already on the command line, the remedy is
-    /// not "add kvm_intel.tdx=1".
+    /// Issue 13 item 8: with kvm_intel.tdx=1 already on the command line, the blocker is
+    /// not "parameter off" (whose remedy is "add kvm_intel.tdx=1"; check::remedy tests
+    /// the text).
     #[test]
     fn tdx_asked_for_but_off_does_not_say_add_it() {
         let unreadable = KernelLogInfo {
@@ -394,8 +394,7 @@ mod tests {
             Some(&param("N")),
             None,
         );
-        let remedy = t.verdict.remedy.clone().unwrap_or_default();
-        assert!(!remedy.contains("add kvm_intel.tdx=1"), "{t:?}");
+        assert_eq!(t.verdict.blocker, Some(Blocker::TdxAskedButOff), "{t:?}");
         assert!(
             t.verdict
                 .reason
@@ -419,8 +418,16 @@ mod tests {
             &[],
             None,
         );
+        assert_eq!(
+            v.blocker,
+            Some(Blocker::ModuleNotLoaded {
+                module: "kvm_intel",
+                args: "tdx=1"
+            })
+        );
         assert!(v.reason.unwrap().contains("not loaded"));
         let v = case(Some(&cpu("vmx")), &k, &[], None);
+        assert_eq!(v.blocker, Some(Blocker::KernelLacks { tee: Tee::Tdx }));
         assert!(v.reason.unwrap().contains("no tdx parameter"));
         let v = case(
             Some(&cpu("vmx")),
@@ -428,6 +435,7 @@ mod tests {
             &["TDX not supported by the host platform"],
             Some("N"),
         );
+        assert_eq!(v.blocker, Some(Blocker::BiosOff { tee: Tee::Tdx }));
         assert!(v.reason.unwrap().contains("BIOS"), "no platform flag");
         let v = case(
             Some(&cpu("vmx tdx_host_platform")),
@@ -435,7 +443,7 @@ mod tests {
             &["virt/tdx: initialization failed: Hibernation support is enabled"],
             Some("N"),
         );
-        assert!(v.remedy.unwrap().contains("nohibernate"));
+        assert_eq!(v.blocker, Some(Blocker::HibernationOn));
         let v = case(
             Some(&cpu("tdx_host_platform")),
             &k,
@@ -449,9 +457,15 @@ mod tests {
             &["virt/tdx: TDX-Module initialization failed (-22)"],
             Some("N"),
         );
-        assert!(v.remedy.unwrap().contains("update the TDX module"));
+        assert_eq!(v.blocker, Some(Blocker::InitFailed { tee: Tee::Tdx }));
         let v = case(Some(&cpu("tdx_host_platform")), &k, &[], Some("N"));
-        assert!(v.remedy.unwrap().contains("kvm_intel.tdx=1"));
+        assert_eq!(
+            v.blocker,
+            Some(Blocker::ParamOff {
+                module: "kvm_intel",
+                param: "tdx"
+            })
+        );
         let amd = CpuInfo::parse(
             Path::new("/proc/cpuinfo"),
             "vendor_id : AuthenticAMD\nflags : svm\n",

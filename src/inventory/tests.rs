@@ -87,7 +87,10 @@ fn tdx_module_failure_is_explained() {
             .unwrap()
             .contains("failed (-5)")
     );
-    assert!(inv.tdx.verdict.remedy.is_some());
+    assert_eq!(
+        inv.tdx.verdict.blocker,
+        Some(Blocker::InitFailed { tee: Tee::Tdx })
+    );
 }
 
 /// Applies `damage` to a good tree and checks that the inventory is still built, with

@@ -1,7 +1,10 @@
 //! A verdict: yes / no / unknown, the evidence it was made from, and for a negative
-//! one the reason and the remedy (design rule 3).
+//! one the reason and what stands in the way ([`Blocker`]). The inventory observes; what
+//! to do about a blocker is the checks' to say (`check::remedy`).
 
 use serde::{Deserialize, Serialize};
+
+use super::cpuinfo::CpuVendor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -12,6 +15,58 @@ pub enum State {
     Unknown,
     /// The question does not apply (SNP on an Intel CPU).
     NotApplicable,
+}
+
+/// A CPU TEE, or one level of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tee {
+    Tdx,
+    Sev,
+    SevEs,
+    SevSnp,
+}
+
+/// What stands in the way of a `yes`: a fact about the host, not advice. Every `no`
+/// verdict has one; `check::remedy` turns it into what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Blocker {
+    /// This is a virtual machine (cpuinfo flag `hypervisor`); a TEE host is bare metal.
+    VirtualMachine,
+    /// `module` is neither loaded nor built in; `args` are the parameters the verdict
+    /// needs it loaded with (empty: none).
+    ModuleNotLoaded {
+        module: &'static str,
+        args: &'static str,
+    },
+    /// The running kernel has no host support for `tee` (kvm's parameter is missing).
+    KernelLacks { tee: Tee },
+    /// The CPU does not report `tee`: off in the BIOS, or not supported.
+    BiosOff { tee: Tee },
+    /// Hibernation is enabled (`nohibernate` missing), so TDX refuses to initialise.
+    HibernationOn,
+    /// `tee` failed to initialise (the TDX module, or the SEV firmware), per the kernel log.
+    InitFailed { tee: Tee },
+    /// No TDX module is loaded (the SEAM loader found none).
+    TdxModuleAbsent,
+    /// `kvm_intel.tdx=1` is on the command line, yet TDX is off: initialisation failed
+    /// for a reason the kernel log does not give (or could not be read).
+    TdxAskedButOff,
+    /// The kvm module `module` has its parameter `param` off.
+    ParamOff {
+        module: &'static str,
+        param: &'static str,
+    },
+    /// The IOMMU is in passthrough: asked for by `argument` on the kernel command line,
+    /// or (`None`) the kernel's default domain is identity without one.
+    IommuPassthrough { argument: Option<String> },
+    /// The IOMMU is switched off by `argument` on the kernel command line.
+    IommuOff { argument: String },
+    /// Firmware describes an IOMMU, but the kernel did not enable it (no IOMMU groups).
+    IommuNotEnabled { vendor: Option<CpuVendor> },
+    /// Firmware describes no IOMMU (no ACPI DMAR/IVRS/IORT table).
+    NoIommuTables { vendor: Option<CpuVendor> },
+    /// The CPU has no Realm Management Extension (no CPU TEE at all on this Arm core).
+    NoRme,
 }
 
 /// One observation: where it was seen and what was seen.
@@ -38,7 +93,12 @@ pub struct Verdict {
     /// Why the answer is not `yes` (always set unless `state` is `yes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// What to do about it (always set when `state` is `no`).
+    /// What stands in the way (always set when `state` is `no`). Not serialized: the
+    /// JSON carries the remedy text instead, so an inventory read back from JSON has none.
+    #[serde(skip)]
+    pub blocker: Option<Blocker>,
+    /// What to do about it. The inventory never sets it: `check::remedy::annotate` fills
+    /// it from `blocker` for `cchost inventory` (text and JSON).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remedy: Option<String>,
 }
@@ -49,20 +109,18 @@ impl Verdict {
             state: State::Yes,
             evidence,
             reason: None,
+            blocker: None,
             remedy: None,
         }
     }
 
-    pub fn no(
-        evidence: Vec<Evidence>,
-        reason: impl Into<String>,
-        remedy: impl Into<String>,
-    ) -> Self {
+    pub fn no(evidence: Vec<Evidence>, reason: impl Into<String>, blocker: Blocker) -> Self {
         Verdict {
             state: State::No,
             evidence,
             reason: Some(reason.into()),
-            remedy: Some(remedy.into()),
+            blocker: Some(blocker),
+            remedy: None,
         }
     }
 
@@ -71,6 +129,7 @@ impl Verdict {
             state: State::Unknown,
             evidence,
             reason: Some(reason.into()),
+            blocker: None,
             remedy: None,
         }
     }
@@ -80,6 +139,7 @@ impl Verdict {
             state: State::NotApplicable,
             evidence,
             reason: Some(reason.into()),
+            blocker: None,
             remedy: None,
         }
     }

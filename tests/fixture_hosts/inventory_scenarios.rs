@@ -5,10 +5,10 @@
 
 use std::path::Path;
 
-use cchost::check::{Profile, Report, Status};
+use cchost::check::{Profile, Report, Status, remedy};
 use cchost::config::Config;
 use cchost::host::HostRoot;
-use cchost::inventory::{GpuKind, Inventory, IommuMode, State};
+use cchost::inventory::{Blocker, GpuKind, Inventory, IommuMode, State};
 
 fn inv(scenario: &str) -> Inventory {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -88,7 +88,13 @@ fn snp_iommu_pt() {
         )
     );
     assert_eq!(
-        i.sev.snp.remedy.as_deref(),
+        i.sev.snp.blocker,
+        Some(Blocker::IommuPassthrough {
+            argument: Some("iommu=pt".into())
+        })
+    );
+    assert_eq!(
+        remedy::of_verdict(&i.sev.snp, &i).as_deref(),
         Some("remove iommu=pt from the kernel command line and reboot")
     );
     assert_eq!(i.iommu.mode, IommuMode::Passthrough);
@@ -167,4 +173,72 @@ fn tdx_module_version_is_reported_when_the_kernel_shows_it() {
     assert!(m.message.contains("version 1.5 build 698"), "{}", m.message);
     // A log without the line: no version claimed.
     assert_eq!(inv("gpus-on-vfio").tdx.module_version, None);
+}
+
+/// Every committed host, built (tests/host/) and captured (tests/host-captured/).
+fn every_fixture_host() -> Vec<std::path::PathBuf> {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut hosts = Vec::new();
+    for dir in ["host", "host-captured"] {
+        for e in std::fs::read_dir(base.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                hosts.push(p);
+            }
+        }
+    }
+    hosts.sort();
+    assert!(hosts.len() >= 8, "{hosts:?}");
+    hosts
+}
+
+/// Counts the verdict-shaped objects (`state` and `evidence`) in the inventory's JSON.
+fn verdicts_in_json(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Object(m) => {
+            usize::from(m.contains_key("state") && m.contains_key("evidence"))
+                + m.values().map(verdicts_in_json).sum::<usize>()
+        }
+        serde_json::Value::Array(a) => a.iter().map(verdicts_in_json).sum(),
+        _ => 0,
+    }
+}
+
+/// The inventory says what blocks every `no` (and nothing blocks any other answer);
+/// check turns each blocker into a remedy, which `cchost inventory` shows.
+#[test]
+fn every_no_verdict_on_every_fixture_host_has_a_blocker() {
+    let mut nos = 0;
+    for root in every_fixture_host() {
+        let host = HostRoot::new(&root).unwrap();
+        let mut i = Inventory::collect(&host, &Config::default());
+        let json = serde_json::to_value(&i).unwrap();
+        assert_eq!(
+            verdicts_in_json(&json),
+            i.verdicts().len(),
+            "{}: Inventory::verdicts misses one",
+            root.display()
+        );
+        for (name, v) in i.verdicts() {
+            assert_eq!(
+                v.state == State::No,
+                v.blocker.is_some(),
+                "{} {name}: {v:?}",
+                root.display()
+            );
+            assert!(v.remedy.is_none(), "the inventory writes no remedy text");
+            nos += usize::from(v.state == State::No);
+        }
+        remedy::annotate(&mut i);
+        for (name, v) in i.verdicts() {
+            let r = v.remedy.as_deref().unwrap_or_default();
+            assert_eq!(
+                v.state == State::No,
+                !r.is_empty(),
+                "{} {name}",
+                root.display()
+            );
+        }
+    }
+    assert!(nos > 0, "no fixture host has a `no` verdict");
 }

@@ -80,7 +80,8 @@ fn snp_iommu_pt_says_why_snp_is_off() {
         reason.contains("iommu=pt") || reason.contains("passthrough"),
         "{reason}"
     );
-    assert!(inv.sev.snp.remedy.is_some());
+    assert!(inv.sev.snp.blocker.is_some());
+    assert!(cchost::check::remedy::of_verdict(&inv.sev.snp, &inv).is_some());
     assert_eq!(inv.sev.sev.state, State::Yes);
     assert_eq!(inv.iommu.mode, IommuMode::Passthrough);
     assert!(inv.iommu.cmdline_passthrough);
