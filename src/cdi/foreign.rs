@@ -18,7 +18,7 @@ use crate::inventory::passthrough::model_resource_class;
 
 /// The directories container runtimes load CDI specs from (the CDI default
 /// `/etc/cdi` and `/var/run/cdi`).
-pub const SPEC_DIRS: &[&str] = &["/etc/cdi", "/var/run/cdi"];
+pub(crate) const SPEC_DIRS: &[&str] = &["/etc/cdi", "/var/run/cdi"];
 
 /// A spec file that is not cchost's and defines one of cchost's kinds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -48,7 +48,7 @@ impl std::fmt::Display for Conflict {
 
 /// The kinds cchost's spec has or will have on this host with this configuration: the
 /// configured names, or the per-model names of the matched devices.
-pub fn planned_kinds(cfg: &DevicePluginConfig, gpus: &GpuInventory) -> BTreeSet<String> {
+pub(crate) fn planned_kinds(cfg: &DevicePluginConfig, gpus: &GpuInventory) -> BTreeSet<String> {
     let mut kinds = BTreeSet::new();
     for (configured, kind) in [
         (&cfg.gpu_resource, GpuKind::Gpu),

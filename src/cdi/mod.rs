@@ -22,7 +22,7 @@ use crate::host::{HostError, HostRoot};
 use crate::inventory::passthrough::Discovery;
 
 /// Prefix of every spec file cchost owns in the CDI directory.
-pub const FILE_PREFIX: &str = "cchost-";
+pub(crate) const FILE_PREFIX: &str = "cchost-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CdiError {

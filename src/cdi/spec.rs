@@ -59,7 +59,7 @@ impl Spec {
     /// The lowest cdiVersion that can express this spec. Runtimes reject a spec whose
     /// version is lower than its fields need, and old runtimes reject versions they do
     /// not know, so the lowest one is the most compatible (docs/facts/k8s.md#cdi-spec).
-    pub fn minimum_version(&self) -> String {
+    pub(crate) fn minimum_version(&self) -> String {
         let mut v: Version = (0, 3, 0);
         let mut need = |w: Version| v = v.max(w);
         if !self.annotations.is_empty() || self.devices.iter().any(|d| !d.annotations.is_empty()) {
@@ -89,7 +89,7 @@ impl Spec {
     }
 
     /// Checks every name in the spec.
-    pub fn validate(&self) -> Result<(), NameError> {
+    pub(crate) fn validate(&self) -> Result<(), NameError> {
         validate_kind(&self.kind)?;
         if self.devices.is_empty() {
             return Err(NameError(format!("spec for {} has no devices", self.kind)));
@@ -108,7 +108,7 @@ impl Spec {
     }
 
     /// Fully-qualified name of one device of this spec: `vendor/class=name`.
-    pub fn qualified(kind: &str, name: &str) -> String {
+    pub(crate) fn qualified(kind: &str, name: &str) -> String {
         format!("{kind}={name}")
     }
 }

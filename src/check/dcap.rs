@@ -28,7 +28,7 @@ const CHILDREN: &[(CheckId, &[&str])] = &[
 
 /// The `dcap` check with its children; SKIP unless the profile is TDX and the probes
 /// ran ([`probe`]).
-pub fn dcap_check() -> Check {
+pub(crate) fn dcap_check() -> Check {
     let root = Check::new(CheckId::Dcap, |ctx| {
         let Some(report) = ctx.dcap else {
             return skip_reason(ctx);

@@ -6,7 +6,7 @@ use crate::inventory::{Blocker, CpuVendor, IommuMode};
 use super::remedy::{of_verdict, remedy};
 use super::{Check, CheckId, CheckOutcome, Ctx};
 
-pub fn cpu_and_kvm() -> Check {
+pub(crate) fn cpu_and_kvm() -> Check {
     Check::new(CheckId::Cpu, cpu).with([Check::new(CheckId::Kvm, kvm)])
 }
 
@@ -94,7 +94,7 @@ pub fn iommu() -> Check {
     .with([Check::new(CheckId::IommuMode, iommu_mode)])])
 }
 
-pub fn iommu_cmdline() -> Check {
+pub(crate) fn iommu_cmdline() -> Check {
     Check::new(CheckId::IommuCmdline, iommu_cmdline_check)
 }
 
@@ -229,7 +229,7 @@ fn vsock_check(ctx: &Ctx) -> CheckOutcome {
     )
 }
 
-pub fn inventory_health() -> Check {
+pub(crate) fn inventory_health() -> Check {
     Check::new(CheckId::Inventory, inventory_check)
 }
 

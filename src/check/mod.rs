@@ -59,7 +59,7 @@ pub struct CheckOutcome {
 }
 
 impl CheckOutcome {
-    pub fn pass(message: impl Into<String>) -> Self {
+    pub(crate) fn pass(message: impl Into<String>) -> Self {
         CheckOutcome {
             status: Status::Pass,
             message: message.into(),
@@ -133,7 +133,7 @@ pub struct Ctx<'a> {
     pub cdi_conflicts: Option<&'a [crate::cdi::foreign::Conflict]>,
 }
 
-pub type CheckFn = Box<dyn Fn(&Ctx) -> CheckOutcome>;
+pub(crate) type CheckFn = Box<dyn Fn(&Ctx) -> CheckOutcome>;
 
 /// A registered check ([`registry::CHECK_LIST`]: its id, title and metadata) with its
 /// function, and the checks that only make sense when it holds.
@@ -170,7 +170,7 @@ pub struct Node {
 }
 
 /// The full tree of checks for a profile.
-pub fn build_checks(ctx: &Ctx) -> Vec<Check> {
+pub(crate) fn build_checks(ctx: &Ctx) -> Vec<Check> {
     let mut v = vec![host::cpu_and_kvm()];
     v.push(tee::tee(ctx.profile));
     v.push(host::iommu());
@@ -186,7 +186,7 @@ pub fn build_checks(ctx: &Ctx) -> Vec<Check> {
 }
 
 /// Runs checks; children of a FAIL or SKIP are SKIPped without running.
-pub fn evaluate(checks: &[Check], ctx: &Ctx) -> Vec<Node> {
+pub(crate) fn evaluate(checks: &[Check], ctx: &Ctx) -> Vec<Node> {
     checks.iter().map(|c| evaluate_one(c, ctx)).collect()
 }
 
@@ -219,7 +219,7 @@ fn skipped(c: &Check, parent: &str) -> Node {
 
 /// Evaluates the whole tree for an inventory (`build_checks` + `evaluate`), with the
 /// host for the subtrees that need live probes (DCAP): they are gathered first ([`dcap::probe`]), then the tree is evaluated from them.
-pub fn build_tree_on(
+pub(crate) fn build_tree_on(
     inv: &Inventory,
     config: &Config,
     profile: Profile,
@@ -281,7 +281,7 @@ pub struct Report {
     pub findings: Vec<Finding>,
 }
 
-pub const SCHEMA: &str = "cchost.check/v1";
+pub(crate) const SCHEMA: &str = "cchost.check/v1";
 
 impl Report {
     pub fn new(inv: &Inventory, config: &Config, profile: Profile) -> Self {
@@ -302,7 +302,11 @@ impl Report {
         )
     }
 
-    pub fn from_nodes(profile: Profile, resolved: Option<Profile>, checks: Vec<Node>) -> Self {
+    pub(crate) fn from_nodes(
+        profile: Profile,
+        resolved: Option<Profile>,
+        checks: Vec<Node>,
+    ) -> Self {
         let mut summary = Summary::default();
         let mut fails = Vec::new();
         let mut warns = Vec::new();

@@ -11,7 +11,7 @@ pub fn passthrough() -> Check {
 }
 
 /// No other CDI spec claims cchost's kinds (cdi::foreign).
-pub fn cdi_conflicts() -> Check {
+pub(crate) fn cdi_conflicts() -> Check {
     Check::new(CheckId::CdiConflicts, no_conflicts)
 }
 

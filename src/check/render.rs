@@ -2,7 +2,7 @@
 
 use super::{Node, Report, Status};
 
-pub const WIDTH: usize = 80;
+pub(crate) const WIDTH: usize = 80;
 
 /// Renders the report as text (no colour; a pager and a log file read it the same).
 pub fn text(report: &Report) -> String {
@@ -86,7 +86,7 @@ fn node(out: &mut String, n: &Node, depth: usize, under_failure: bool) {
 
 /// Word-wraps `text` to [`WIDTH`], the first line after `first`, the others after
 /// `rest`. A word longer than a line is kept whole.
-pub fn wrap_into(out: &mut String, first: &str, rest: &str, text: &str) {
+pub(crate) fn wrap_into(out: &mut String, first: &str, rest: &str, text: &str) {
     let mut line = first.to_string();
     let mut empty = true;
     for word in text.split_whitespace() {

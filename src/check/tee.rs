@@ -11,7 +11,7 @@ use super::{Check, CheckId, CheckOutcome, Ctx, Profile};
 /// Oldest SEV firmware with a working SNP (snphost; AMDESE/AMDSEV#176).
 const MIN_SNP_FIRMWARE: (u32, u32) = (1, 51);
 
-pub fn tee(profile: Option<Profile>) -> Check {
+pub(crate) fn tee(profile: Option<Profile>) -> Check {
     match profile {
         Some(Profile::Tdx) => tdx(),
         Some(Profile::Snp) => snp(),
@@ -304,7 +304,7 @@ fn snp_dev_sev(ctx: &Ctx) -> CheckOutcome {
 }
 
 /// `… SEV-SNP API:1.55 build:21` -> (1, 55).
-pub fn parse_api_version(line: &str) -> Option<(u32, u32)> {
+pub(crate) fn parse_api_version(line: &str) -> Option<(u32, u32)> {
     let rest = &line[line.find("API:")? + 4..];
     let ver = rest.split_whitespace().next()?;
     let (maj, min) = ver.split_once('.')?;

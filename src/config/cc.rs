@@ -58,7 +58,7 @@ pub struct CcConfig {
 impl CcConfig {
     /// Each field's part of [`RequestedMode`]; per-GPU modes exclude the two whole-node
     /// ways of setting the mode: they would switch the same GPUs against each other.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if self.mode_on_start == RequestedMode::Ppcie {
             // cc_on_start::set_mode switches the GPUs' CC mode one GPU at a time and
             // leaves NVSwitches alone; PPCIe is a board-wide all-or-nothing change of

@@ -125,7 +125,7 @@ impl CcModes {
     }
 
     /// What the file alone shows to be wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         for (i, e) in self.0.iter().enumerate() {
             match e.mode {
                 RequestedMode::On | RequestedMode::Off => {}

@@ -192,7 +192,7 @@ impl Default for SuperviseConfig {
 }
 
 impl DcapConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if self.threads == 0 || self.threads > 256 {
             return Err(format!("dcap.threads = {}: must be 1..=256", self.threads));
         }
@@ -273,7 +273,7 @@ impl Secret {
     pub fn new(value: String) -> Self {
         Secret(value)
     }
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }

@@ -38,7 +38,7 @@ pub enum EventSource {
 }
 
 /// The default resource name of non-CC GPUs on a mixed node (docs/config.md).
-pub const NON_CC_GPU_RESOURCE: &str = "nvidia.com/pgpu-nocc";
+pub(crate) const NON_CC_GPU_RESOURCE: &str = "nvidia.com/pgpu-nocc";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -93,7 +93,7 @@ impl Default for DevicePluginConfig {
 }
 
 impl DevicePluginConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         for (key, value) in [
             ("gpu_resource", &self.gpu_resource),
             ("nvswitch_resource", &self.nvswitch_resource),

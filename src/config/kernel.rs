@@ -61,7 +61,7 @@ pub struct KernelConfig {
     pub modules_load_file: PathBuf,
 }
 
-pub const DEFAULT_MODULES_LOAD_FILE: &str = "/etc/modules-load.d/cchost.conf";
+pub(crate) const DEFAULT_MODULES_LOAD_FILE: &str = "/etc/modules-load.d/cchost.conf";
 
 impl Default for KernelConfig {
     fn default() -> Self {
@@ -80,7 +80,7 @@ impl Default for KernelConfig {
 }
 
 impl KernelConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         for a in self.extra_args.iter().chain(&self.remove_args) {
             // Arguments are written into shell files (/etc/default/grub) and kernel
             // command lines: nothing the shell expands or that ends a quoted word

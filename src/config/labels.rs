@@ -45,10 +45,11 @@ pub struct LabelsConfig {
     pub interval_seconds: u64,
 }
 
-pub const DEFAULT_LABEL_PREFIX: &str = "cchost.io";
+pub(crate) const DEFAULT_LABEL_PREFIX: &str = "cchost.io";
 /// The directory nfd-worker's `local` source reads.
-pub const FEATURES_DIR: &str = "/etc/kubernetes/node-feature-discovery/features.d";
-pub const DEFAULT_FEATURE_FILE: &str = "/etc/kubernetes/node-feature-discovery/features.d/cchost";
+pub(crate) const FEATURES_DIR: &str = "/etc/kubernetes/node-feature-discovery/features.d";
+pub(crate) const DEFAULT_FEATURE_FILE: &str =
+    "/etc/kubernetes/node-feature-discovery/features.d/cchost";
 
 impl Default for LabelsConfig {
     fn default() -> Self {
@@ -68,7 +69,7 @@ impl Default for LabelsConfig {
 }
 
 impl LabelsConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if !is_dns_subdomain(&self.prefix) {
             return Err(format!(
                 "labels.prefix {:?} is not a DNS subdomain (lower-case letters, digits, '-', '.'; at most 253 characters)",

@@ -60,7 +60,7 @@ pub struct MatchConfig {
     pub chip: Vec<ChipRange>,
 }
 
-pub const NVIDIA_VENDOR: u16 = 0x10de;
+pub(crate) const NVIDIA_VENDOR: u16 = 0x10de;
 
 impl Default for MatchConfig {
     fn default() -> Self {
@@ -106,14 +106,14 @@ impl MatchConfig {
         self.gpu.iter().any(|m| m.matches(vendor, device, class24))
     }
 
-    pub fn is_nvswitch(&self, vendor: u16, device: u16, class24: u32) -> bool {
+    pub(crate) fn is_nvswitch(&self, vendor: u16, device: u16, class24: u32) -> bool {
         self.nvswitch
             .iter()
             .any(|m| m.matches(vendor, device, class24))
     }
 
     /// The chip range a device ID falls in. Only NVIDIA parts have chip ranges.
-    pub fn chip_for(&self, vendor: u16, device: u16) -> Option<&ChipRange> {
+    pub(crate) fn chip_for(&self, vendor: u16, device: u16) -> Option<&ChipRange> {
         if vendor != NVIDIA_VENDOR {
             return None;
         }
@@ -122,7 +122,7 @@ impl MatchConfig {
             .find(|c| (c.first..=c.last).contains(&device))
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         for c in &self.chip {
             if c.first > c.last {
                 return Err(format!(

@@ -102,7 +102,7 @@ impl Config {
     }
 
     /// Cross-field checks that serde cannot express.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         self.matching.validate()?;
         self.device_plugin.validate()?;
         self.labels.validate()?;

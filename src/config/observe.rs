@@ -26,7 +26,7 @@ pub struct ObserveConfig {
 }
 
 impl ObserveConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         for (key, v) in [
             ("health_listen", &self.health_listen),
             ("metrics_listen", &self.metrics_listen),

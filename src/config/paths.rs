@@ -6,7 +6,7 @@ use std::path::{Component, Path};
 
 /// The path is absolute and already in normal form: no `.` or `..` component, no
 /// doubled or trailing `/`, nothing but plain names after the root.
-pub fn normal_absolute(key: &str, path: &Path) -> Result<(), String> {
+pub(crate) fn normal_absolute(key: &str, path: &Path) -> Result<(), String> {
     let text = path.to_string_lossy();
     let plain = path
         .components()
@@ -29,7 +29,12 @@ pub fn normal_absolute(key: &str, path: &Path) -> Result<(), String> {
 
 /// The path is in normal form and its file sits directly in `dir`; with `suffix`, the
 /// file name ends in it (`.conf`).
-pub fn file_in(key: &str, path: &Path, dir: &str, suffix: Option<&str>) -> Result<(), String> {
+pub(crate) fn file_in(
+    key: &str,
+    path: &Path,
+    dir: &str,
+    suffix: Option<&str>,
+) -> Result<(), String> {
     normal_absolute(key, path)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     let ok_dir = path.parent() == Some(Path::new(dir));

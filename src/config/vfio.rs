@@ -60,7 +60,7 @@ impl Default for VfioConfig {
 }
 
 impl VfioConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         // modprobe reads *.conf directly in /etc/modprobe.d (modprobe.d(5)); checked in
         // normal form, so `..` cannot leave it.
         super::paths::file_in(

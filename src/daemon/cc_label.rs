@@ -20,7 +20,7 @@ use crate::journal::Journal;
 use crate::labels::cc_mode::SharedCcModes;
 
 /// How often a mode that found devices busy is tried again.
-pub const RETRY: Duration = Duration::from_secs(30);
+pub(crate) const RETRY: Duration = Duration::from_secs(30);
 
 /// What the applier needs besides the label values.
 pub struct Applier {

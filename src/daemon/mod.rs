@@ -66,12 +66,12 @@ pub struct Context {
 
 impl Context {
     /// This service is serving (readiness).
-    pub fn serving(&self) {
+    pub(crate) fn serving(&self) {
         self.health.set(&self.name, State::Serving);
     }
 
     /// This service runs but cannot do its work, and why.
-    pub fn not_serving(&self, why: impl Into<String>) {
+    pub(crate) fn not_serving(&self, why: impl Into<String>) {
         self.health.set(&self.name, State::NotServing(why.into()));
     }
 }
@@ -82,9 +82,9 @@ pub enum DaemonError {
     Service { service: String, message: String },
 }
 
-pub type ServiceFuture = Pin<Box<dyn Future<Output = Result<(), DaemonError>> + Send>>;
+pub(crate) type ServiceFuture = Pin<Box<dyn Future<Output = Result<(), DaemonError>> + Send>>;
 /// Makes one run of a service; called again for every restart.
-pub type ServiceFn = dyn Fn(Context) -> ServiceFuture + Send + Sync;
+pub(crate) type ServiceFn = dyn Fn(Context) -> ServiceFuture + Send + Sync;
 
 /// When `cchost run` drops the executable's start-up pages ([`trim`]), once: start-up
 /// (first scan, CDI write, serve, register) takes milliseconds, so 2 s is well after it.

@@ -69,7 +69,7 @@ async fn post_events(ctx: Context) -> Result<(), DaemonError> {
 }
 
 /// Adds the services `[observe]` asks for.
-pub fn add_services(d: &mut Daemon) {
+pub(crate) fn add_services(d: &mut Daemon) {
     let o = d.config().observe.clone();
     let health = (!o.health_listen.is_empty()).then_some(o.health_listen.clone());
     let metrics = (!o.metrics_listen.is_empty()).then_some(o.metrics_listen.clone());

@@ -30,7 +30,7 @@ fn fail(message: impl std::fmt::Display) -> DaemonError {
 
 /// One pass: scan and write the CDI spec. Errors are logged; the last good state stays
 /// (a device this scan could not read is carried over from `previous`: issue 13 item 5).
-pub fn scan_and_write(ctx: &Context, previous: Option<&Discovery>) -> Option<Discovery> {
+pub(crate) fn scan_and_write(ctx: &Context, previous: Option<&Discovery>) -> Option<Discovery> {
     let cfg = &ctx.config.device_plugin;
     let inv = crate::inventory::gpu::discover_gpus(&ctx.host, &ctx.config.matching);
     let mut scan = match passthrough::discover_in(&ctx.host, &inv, cfg) {

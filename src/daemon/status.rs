@@ -10,13 +10,13 @@ use crate::host::{HostError, HostRoot};
 use crate::inventory::passthrough::{Discovery, Skipped, VfioMode};
 
 /// Where `cchost run` keeps its status (under the host root).
-pub const STATUS_FILE: &str = "/run/cchost/passthrough.json";
+pub(crate) const STATUS_FILE: &str = "/run/cchost/passthrough.json";
 
 /// `schema` of the file; a breaking change gets a new value.
-pub const SCHEMA: &str = "cchost.passthrough/v1";
+pub(crate) const SCHEMA: &str = "cchost.passthrough/v1";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ResourceStatus {
+pub(crate) struct ResourceStatus {
     pub resource: String,
     pub devices: usize,
     pub healthy: usize,
@@ -26,7 +26,7 @@ pub struct ResourceStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PassthroughStatus {
+pub(crate) struct PassthroughStatus {
     pub schema: &'static str,
     pub mode: VfioMode,
     pub resources: Vec<ResourceStatus>,
@@ -38,7 +38,7 @@ pub struct PassthroughStatus {
 }
 
 impl PassthroughStatus {
-    pub fn from_scan(scan: &Discovery) -> Self {
+    pub(crate) fn from_scan(scan: &Discovery) -> Self {
         let resources = scan
             .resources()
             .into_iter()
@@ -77,7 +77,7 @@ impl PassthroughStatus {
 
 /// Writes the status file when it differs from `last` (what this process wrote
 /// before); returns what is now on disk.
-pub fn publish(
+pub(crate) fn publish(
     host: &HostRoot,
     status: PassthroughStatus,
     last: Option<&PassthroughStatus>,

@@ -13,13 +13,13 @@ use crate::observe::events;
 use crate::observe::health::State;
 use crate::observe::metrics::METRICS;
 
-pub const RESTART_INITIAL: Duration = Duration::from_secs(1);
-pub const RESTART_MAX: Duration = Duration::from_secs(60);
-pub const STABLE_AFTER: Duration = Duration::from_secs(60);
+pub(crate) const RESTART_INITIAL: Duration = Duration::from_secs(1);
+pub(crate) const RESTART_MAX: Duration = Duration::from_secs(60);
+pub(crate) const STABLE_AFTER: Duration = Duration::from_secs(60);
 
 /// Restart delays: `initial`, doubling up to `max`.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     initial: Duration,
     max: Duration,
     next: Duration,
@@ -34,7 +34,7 @@ impl Backoff {
         }
     }
 
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let d = self.next;
         self.next = (self.next * 2).min(self.max);
         d

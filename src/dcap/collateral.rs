@@ -20,7 +20,7 @@ pub struct Expiry {
 }
 
 impl Expiry {
-    pub fn days_left(&self) -> f64 {
+    pub(crate) fn days_left(&self) -> f64 {
         self.seconds_left as f64 / 86_400.0
     }
 }

@@ -135,7 +135,7 @@ fn qgs_fix(path: &Path, text: &str, cfg: &DcapConfig) -> (Option<String>, String
 }
 
 /// A minimal line diff (longest common subsequence; the files are a few dozen lines).
-pub fn line_diff(before: &str, after: &str) -> String {
+pub(crate) fn line_diff(before: &str, after: &str) -> String {
     let a: Vec<&str> = before.lines().collect();
     let b: Vec<&str> = after.lines().collect();
     let (n, m) = (a.len(), b.len());

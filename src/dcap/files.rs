@@ -14,7 +14,7 @@ use crate::host::HostRoot;
 
 /// A config file cchost wants on the host.
 #[derive(Clone, PartialEq, Eq)]
-pub struct DesiredFile {
+pub(crate) struct DesiredFile {
     pub path: PathBuf,
     pub contents: Vec<u8>,
     pub mode: u32,
@@ -134,7 +134,7 @@ fn checked_key(key: &str, source: &str) -> Result<Option<Secret>, DcapError> {
 }
 
 /// The files `cchost dcap configure` (and `apply`) want on the host.
-pub fn desired_files(cfg: &DcapConfig, api_key: Option<&Secret>) -> Vec<DesiredFile> {
+pub(crate) fn desired_files(cfg: &DcapConfig, api_key: Option<&Secret>) -> Vec<DesiredFile> {
     vec![
         DesiredFile {
             path: cfg.qgs_conf_path.clone(),
@@ -184,7 +184,7 @@ impl QgsConf {
     }
 
     /// Human summary of the transport this file selects.
-    pub fn transport_summary(&self) -> String {
+    pub(crate) fn transport_summary(&self) -> String {
         match self.port {
             None => "unix socket (no port line)".into(),
             Some(0) => {
@@ -282,14 +282,14 @@ fn strip_line_comments(text: &str) -> String {
 }
 
 /// Reads the host's qgs.conf (None when absent).
-pub fn read_qgs_conf(host: &HostRoot, path: &Path) -> Result<Option<QgsConf>, DcapError> {
+pub(crate) fn read_qgs_conf(host: &HostRoot, path: &Path) -> Result<Option<QgsConf>, DcapError> {
     Ok(host
         .read_string_opt(path)?
         .map(|t| QgsConf::parse(path, &t)))
 }
 
 /// Reads the host's QCNL config (None when absent).
-pub fn read_qcnl(host: &HostRoot, path: &Path) -> Result<Option<QcnlConf>, DcapError> {
+pub(crate) fn read_qcnl(host: &HostRoot, path: &Path) -> Result<Option<QcnlConf>, DcapError> {
     match host.read_string_opt(path)? {
         Some(t) => Ok(Some(QcnlConf::parse(path, &t)?)),
         None => Ok(None),

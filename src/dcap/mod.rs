@@ -49,10 +49,10 @@ pub enum DcapError {
 
 /// Host path of the kvm_intel TDX switch; on as `inventory::modules::param_on` says
 /// (docs/facts/cpu-tee.md#kvm-params).
-pub const KVM_INTEL_TDX: &str = "/sys/module/kvm_intel/parameters/tdx";
+pub(crate) const KVM_INTEL_TDX: &str = "/sys/module/kvm_intel/parameters/tdx";
 
 /// Is TDX enabled on this host? Returns the verdict and the evidence line.
-pub fn tdx_enabled(host: &crate::host::HostRoot) -> (bool, String) {
+pub(crate) fn tdx_enabled(host: &crate::host::HostRoot) -> (bool, String) {
     match host.read_string_opt(KVM_INTEL_TDX) {
         Ok(Some(v)) if crate::inventory::modules::param_on(&v) => {
             (true, format!("{KVM_INTEL_TDX} = {}", v.trim()))

@@ -28,11 +28,11 @@ use crate::config::Secret;
 use crate::host::HostRoot;
 
 /// Largest HTTP answer read (headers + body). TCB info JSON is tens of KiB.
-pub const MAX_ANSWER: usize = 1024 * 1024;
+pub(crate) const MAX_ANSWER: usize = 1024 * 1024;
 
 /// Trust bundles looked for on the host when no CA bundle is configured (Debian/Ubuntu,
 /// then RHEL/Fedora): QCNL's libcurl uses the same system store.
-pub const SYSTEM_CA_BUNDLES: [&str; 2] = [
+pub(crate) const SYSTEM_CA_BUNDLES: [&str; 2] = [
     "/etc/ssl/certs/ca-certificates.crt",
     "/etc/pki/tls/certs/ca-bundle.crt",
 ];
@@ -179,7 +179,7 @@ pub struct ProbeSettings {
 impl ProbeSettings {
     /// Builds the trust anchor the way QCNL would: the configured CA bundle, else the
     /// host's system bundle, else (use_secure_cert = false) none.
-    pub fn trust_for(
+    pub(crate) fn trust_for(
         host: &HostRoot,
         ca_bundle: Option<&std::path::Path>,
         use_secure_cert: bool,
@@ -210,7 +210,7 @@ impl ProbeSettings {
 
 /// Are all certificates of `ca_pem` in `bundle_pem`? (QCNL's libcurl trusts only the
 /// host's system store, so a CA given to cchost alone does not help QGS.)
-pub fn bundle_contains(bundle_pem: &[u8], ca_pem: &[u8]) -> Result<bool, String> {
+pub(crate) fn bundle_contains(bundle_pem: &[u8], ca_pem: &[u8]) -> Result<bool, String> {
     let certs = |pem: &[u8]| -> Result<Vec<Vec<u8>>, String> {
         CertificateDer::pem_slice_iter(pem)
             .map(|c| c.map(|c| c.as_ref().to_vec()).map_err(|e| e.to_string()))
@@ -239,7 +239,7 @@ impl Answer {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
-    pub fn body_text(&self) -> String {
+    pub(crate) fn body_text(&self) -> String {
         let s = String::from_utf8_lossy(&self.body);
         let s = s.trim();
         if s.len() > 120 {

@@ -15,13 +15,13 @@ use serde::Serialize;
 /// Bytes of the length prefix.
 pub const PREFIX_LEN: usize = 4;
 /// Bytes of the message header.
-pub const HEADER_LEN: usize = 16;
+pub(crate) const HEADER_LEN: usize = 16;
 /// The largest response cchost accepts. A collateral response (CRLs, chains, TCB info,
 /// QE identity) is tens of KiB; 4 MiB leaves room and still bounds a hostile prefix.
 pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;
 
-pub const MAJOR_VERSION: u16 = 1;
-pub const MINOR_VERSION: u16 = 1;
+pub(crate) const MAJOR_VERSION: u16 = 1;
+pub(crate) const MINOR_VERSION: u16 = 1;
 
 /// Message types (`type` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -39,16 +39,16 @@ pub enum MsgType {
 pub mod code {
     pub const SUCCESS: u32 = 0;
     pub const UNEXPECTED: u32 = 0x12001;
-    pub const OUT_OF_MEMORY: u32 = 0x12002;
-    pub const INVALID_PARAMETER: u32 = 0x12003;
-    pub const INVALID_VERSION: u32 = 0x12004;
-    pub const INVALID_TYPE: u32 = 0x12005;
-    pub const INVALID_SIZE: u32 = 0x12006;
-    pub const INVALID_CODE: u32 = 0x12007;
+    pub(crate) const OUT_OF_MEMORY: u32 = 0x12002;
+    pub(crate) const INVALID_PARAMETER: u32 = 0x12003;
+    pub(crate) const INVALID_VERSION: u32 = 0x12004;
+    pub(crate) const INVALID_TYPE: u32 = 0x12005;
+    pub(crate) const INVALID_SIZE: u32 = 0x12006;
+    pub(crate) const INVALID_CODE: u32 = 0x12007;
 }
 
 /// A human name for a QGS error code.
-pub fn error_name(c: u32) -> &'static str {
+pub(crate) fn error_name(c: u32) -> &'static str {
     match c {
         code::SUCCESS => "SUCCESS",
         code::UNEXPECTED => {
@@ -75,7 +75,7 @@ pub struct Header {
 }
 
 impl Header {
-    pub fn encode(&self) -> [u8; HEADER_LEN] {
+    pub(crate) fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0..2].copy_from_slice(&self.major.to_le_bytes());
         b[2..4].copy_from_slice(&self.minor.to_le_bytes());
@@ -85,7 +85,7 @@ impl Header {
         b
     }
 
-    pub fn decode(b: &[u8]) -> Result<Self, ProtoError> {
+    pub(crate) fn decode(b: &[u8]) -> Result<Self, ProtoError> {
         let mut r = Reader::new(b);
         Ok(Header {
             major: r.u16()?,
@@ -179,12 +179,12 @@ fn frame(msg_type: MsgType, body: &[u8]) -> Vec<u8> {
 
 /// `GET_PLATFORM_INFO_REQ`: the header alone, 20 bytes on the wire. QGS answers it
 /// without touching QPL/PCCS, so it is the liveness probe.
-pub fn platform_info_request() -> Vec<u8> {
+pub(crate) fn platform_info_request() -> Vec<u8> {
     frame(MsgType::GetPlatformInfoReq, &[])
 }
 
 /// `GET_COLLATERAL_REQ` for an FMSPC (6 bytes) and a PCK CA name (`processor`/`platform`).
-pub fn collateral_request(fmspc: &[u8], pck_ca: &str) -> Vec<u8> {
+pub(crate) fn collateral_request(fmspc: &[u8], pck_ca: &str) -> Vec<u8> {
     let mut body = Vec::with_capacity(8 + fmspc.len() + pck_ca.len());
     body.extend_from_slice(&(fmspc.len() as u32).to_le_bytes());
     body.extend_from_slice(&(pck_ca.len() as u32).to_le_bytes());

@@ -87,7 +87,7 @@ impl QgsError {
 }
 
 /// Sends one framed request and returns the reply message (header + body, no prefix).
-pub async fn transact(
+pub(crate) async fn transact(
     host: &HostRoot,
     ep: &Endpoint,
     request: &[u8],

@@ -86,7 +86,7 @@ pub struct Report {
 
 impl Report {
     /// The worst level in the report.
-    pub fn worst(&self) -> Level {
+    pub(crate) fn worst(&self) -> Level {
         self.items
             .iter()
             .map(|i| i.level)

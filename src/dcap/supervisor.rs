@@ -79,7 +79,7 @@ impl Settings {
     }
 
     /// The next backoff delay after `failures` consecutive bad runs.
-    pub fn backoff(&self, failures: u32) -> Duration {
+    pub(crate) fn backoff(&self, failures: u32) -> Duration {
         let factor = 1u32.checked_shl(failures.min(20)).unwrap_or(u32::MAX);
         self.backoff_initial
             .saturating_mul(factor)
@@ -126,7 +126,7 @@ pub async fn run(
 
 /// [`run`], publishing what the supervisor sees on `tx` (the daemon's metrics and
 /// readiness follow it).
-pub async fn run_with_state(
+pub(crate) async fn run_with_state(
     host: HostRoot,
     cfg: DcapConfig,
     shutdown: watch::Receiver<bool>,
@@ -410,7 +410,7 @@ async fn watch_child(
 }
 
 /// The PCCS probe settings from the config (QCNL's trust rules), when they can be made.
-pub fn pccs_probe_settings(
+pub(crate) fn pccs_probe_settings(
     host: &HostRoot,
     cfg: &DcapConfig,
 ) -> Option<super::pccs::ProbeSettings> {

@@ -34,7 +34,7 @@ impl Driver {
     }
 
     /// Connects to the host's system bus through the host root.
-    pub async fn connect_host(host: &HostRoot) -> Result<Self, DcapError> {
+    pub(crate) async fn connect_host(host: &HostRoot) -> Result<Self, DcapError> {
         Self::connect(&crate::host::systemd::bus_address(host)?).await
     }
 
@@ -57,7 +57,7 @@ impl Driver {
     }
 
     /// `RestartUnit(name, "replace")`; returns the job path.
-    pub async fn restart(&self, name: &str) -> Result<String, DcapError> {
+    pub(crate) async fn restart(&self, name: &str) -> Result<String, DcapError> {
         let job = ManagerProxy::new(&self.conn)
             .await?
             .restart_unit(name, "replace")

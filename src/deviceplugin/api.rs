@@ -4,6 +4,6 @@
 tonic::include_proto!("v1beta1");
 
 /// The only API version kubelet supports for device plugins.
-pub const VERSION: &str = "v1beta1";
-pub const HEALTHY: &str = "Healthy";
-pub const UNHEALTHY: &str = "Unhealthy";
+pub(crate) const VERSION: &str = "v1beta1";
+pub(crate) const HEALTHY: &str = "Healthy";
+pub(crate) const UNHEALTHY: &str = "Unhealthy";

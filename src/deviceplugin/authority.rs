@@ -299,7 +299,7 @@ pub(crate) fn feed_for_fuzzing(input: &[u8], cuts: &[u8]) -> Vec<u8> {
 }
 
 /// A connection whose client-to-server bytes pass through the `:authority` rewrite.
-pub struct AuthorityShim<T> {
+pub(crate) struct AuthorityShim<T> {
     inner: T,
     rw: Rewriter,
 }

@@ -31,7 +31,7 @@ use crate::host::unix::DirEvent;
 use crate::host::{HostError, HostRoot, NodeKind};
 
 /// Kubelet's registration socket, in the device-plugin directory.
-pub const KUBELET_SOCKET: &str = "kubelet.sock";
+pub(crate) const KUBELET_SOCKET: &str = "kubelet.sock";
 
 /// How long one Register call may take.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,7 +43,7 @@ const FAST_RETRY: Duration = Duration::from_millis(25);
 /// (before kubernetes PR #112597, 1.26) whose grpc-go sends the socket path as
 /// `:authority`, which the HTTP/2 server (h2) rejects (docs/facts/k8s.md#grpc-authority);
 /// `authority.rs` now rewrites that, so this check catches whatever else breaks.
-pub const AUTHORITY_CHECK: Duration = Duration::from_secs(10);
+pub(crate) const AUTHORITY_CHECK: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {

@@ -51,12 +51,12 @@ pub struct PluginManager {
 }
 
 /// First delay before a failed endpoint is started again.
-pub const RESPAWN_INITIAL: Duration = Duration::from_secs(1);
+pub(crate) const RESPAWN_INITIAL: Duration = Duration::from_secs(1);
 /// Longest delay between respawns of a failed endpoint.
-pub const RESPAWN_MAX: Duration = Duration::from_secs(60);
+pub(crate) const RESPAWN_MAX: Duration = Duration::from_secs(60);
 
 /// The health part of a resource's endpoint.
-pub fn health_part(resource: &str) -> String {
+pub(crate) fn health_part(resource: &str) -> String {
     format!("deviceplugin {resource}")
 }
 
@@ -83,7 +83,7 @@ impl PluginManager {
     }
 
     /// Reports each endpoint's state (serving or not, and why) as a health part.
-    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+    pub(crate) fn with_health(mut self, health: Arc<Health>) -> Self {
         self.health = Some(health);
         self
     }

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::host::pci::PciAddress;
 use crate::inventory::passthrough::{PassthroughDevice, numeric_key};
 
-pub fn preferred<'a>(
+pub(crate) fn preferred<'a>(
     devices: &'a [PassthroughDevice],
     available: &[String],
     must_include: &[String],

@@ -21,11 +21,11 @@ use crate::inventory::passthrough::{Health, PassthroughDevice};
 use crate::observe::metrics::METRICS;
 
 /// Permissions kubelet passes to the runtime for vfio nodes (mknod, read, write).
-pub const NODE_PERMISSIONS: &str = "mrw";
+pub(crate) const NODE_PERMISSIONS: &str = "mrw";
 
 /// The service for one resource.
 #[derive(Clone)]
-pub struct PluginService {
+pub(crate) struct PluginService {
     resource: String,
     devices: watch::Receiver<DeviceList>,
     /// Name of the `PCI_RESOURCE_...` env var, when enabled.
@@ -38,7 +38,7 @@ pub struct PluginService {
 
 /// `nvidia.com/pgpu` -> `PCI_RESOURCE_NVIDIA_COM_PGPU` (KubeVirt's rule,
 /// docs/facts/k8s.md#pci-resource-env).
-pub fn pci_resource_env_name(resource: &str) -> String {
+pub(crate) fn pci_resource_env_name(resource: &str) -> String {
     let mut s = String::from("PCI_RESOURCE_");
     s.extend(resource.chars().map(|c| match c {
         '/' | '.' => '_',
@@ -48,7 +48,7 @@ pub fn pci_resource_env_name(resource: &str) -> String {
 }
 
 /// The wire form of a device list.
-pub fn list_response(devices: &[PassthroughDevice]) -> api::ListAndWatchResponse {
+pub(crate) fn list_response(devices: &[PassthroughDevice]) -> api::ListAndWatchResponse {
     api::ListAndWatchResponse {
         devices: devices
             .iter()
@@ -85,7 +85,7 @@ impl PluginService {
     }
 
     /// Counts the calls that reach this service; shared with the endpoint.
-    pub fn with_call_counter(mut self, calls: Arc<AtomicU64>) -> Self {
+    pub(crate) fn with_call_counter(mut self, calls: Arc<AtomicU64>) -> Self {
         self.calls = calls;
         self
     }
@@ -98,7 +98,7 @@ impl PluginService {
     }
 
     /// Allocate, as a plain function (also used by benchmarks).
-    pub fn allocate_now(
+    pub(crate) fn allocate_now(
         &self,
         req: &api::AllocateRequest,
     ) -> Result<api::AllocateResponse, Status> {
@@ -158,7 +158,7 @@ impl PluginService {
     }
 
     /// GetPreferredAllocation, as a plain function.
-    pub fn preferred_now(
+    pub(crate) fn preferred_now(
         &self,
         req: &api::PreferredAllocationRequest,
     ) -> Result<api::PreferredAllocationResponse, Status> {

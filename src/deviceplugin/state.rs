@@ -11,10 +11,10 @@ use tokio::sync::watch;
 use crate::inventory::passthrough::{Discovery, Health, PassthroughDevice, numeric_key};
 
 /// The devices of one resource, as a shared snapshot.
-pub type DeviceList = Arc<Vec<PassthroughDevice>>;
+pub(crate) type DeviceList = Arc<Vec<PassthroughDevice>>;
 
 /// Merges a fresh scan into the previous list of one resource.
-pub fn merge(
+pub(crate) fn merge(
     resource: &str,
     previous: &[PassthroughDevice],
     scan: &Discovery,
@@ -71,7 +71,7 @@ pub fn merge(
 }
 
 /// Publishes a resource's list to its plugin; only real changes wake ListAndWatch.
-pub fn publish(tx: &watch::Sender<DeviceList>, resource: &str, scan: &Discovery) -> bool {
+pub(crate) fn publish(tx: &watch::Sender<DeviceList>, resource: &str, scan: &Discovery) -> bool {
     tx.send_if_modified(|cur| {
         let next = merge(resource, cur, scan);
         if next == **cur {

@@ -20,14 +20,14 @@ use crate::journal::{Entry, Journal, JournalError, RestoreError, Restorer};
 pub const STOP_KIND: &str = "systemd.stop";
 
 /// How long a stop or start may take by default (config `[vfio] stop_services_timeout_ms`).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often a unit's `ActiveState` is read while waiting for its job.
 const POLL: Duration = Duration::from_millis(50);
 
 /// The systemd unit that runs a known NVIDIA host daemon, from the process name in
 /// `/proc/<pid>/comm` (cut to 15 characters by the kernel, proc(5)).
-pub fn unit_of_comm(comm: &str) -> Option<&'static str> {
+pub(crate) fn unit_of_comm(comm: &str) -> Option<&'static str> {
     match comm {
         // Keeps every GPU's /dev/nvidiaN open.
         "nvidia-persiste" | "nvidia-persistenced" => Some("nvidia-persistenced.service"),
@@ -74,7 +74,7 @@ pub trait Units {
 }
 
 /// Stopped, as far as a bind is concerned: no process of the unit is left.
-pub fn is_stopped(state: &str) -> bool {
+pub(crate) fn is_stopped(state: &str) -> bool {
     state == "inactive" || state == "failed"
 }
 
@@ -301,7 +301,7 @@ pub enum ServiceError {
 /// Stops `unit` when it is running; returns whether it was. The journal entry is on
 /// disk before the stop is asked for. A stop that fails leaves the unit running (started
 /// again when it got as far as stopping) and no entry behind.
-pub fn stop_journaled(
+pub(crate) fn stop_journaled(
     journal: &mut Journal,
     units: &dyn Units,
     unit: &str,
@@ -344,7 +344,11 @@ fn start_if_down(units: &dyn Units, unit: &str) -> Result<(), UnitError> {
 }
 
 /// Starts a unit this run stopped and forgets its entry (the bind did not go ahead).
-pub fn start_again(journal: &mut Journal, units: &dyn Units, unit: &str) -> Result<(), String> {
+pub(crate) fn start_again(
+    journal: &mut Journal,
+    units: &dyn Units,
+    unit: &str,
+) -> Result<(), String> {
     units.start(unit).map_err(|e| e.to_string())?;
     match journal.find(STOP_KIND, unit).map(|e| e.seq) {
         Some(seq) => journal.forget(seq).map_err(|e| e.to_string()),
@@ -366,7 +370,7 @@ impl std::fmt::Debug for ServiceRestorer {
 }
 
 /// The host's system bus with the default timeout.
-pub fn host_bus(host: &HostRoot) -> Box<dyn Units> {
+pub(crate) fn host_bus(host: &HostRoot) -> Box<dyn Units> {
     Box::new(SystemBus::for_host(host, DEFAULT_TIMEOUT))
 }
 

@@ -179,14 +179,14 @@ fn is_esrch(e: &HostError) -> bool {
 }
 
 /// Every process holding one of `dev`'s files, sorted by pid.
-pub fn users_of(host: &HostRoot, dev: &PciDevice) -> Result<Vec<Holder>, HostError> {
+pub(crate) fn users_of(host: &HostRoot, dev: &PciDevice) -> Result<Vec<Holder>, HostError> {
     let watched = Watched::for_device(host, dev)?;
     scan(host, &watched)
 }
 
 /// Like [`users_of`] for several devices at once (one pass over `/proc`); each holder is
 /// paired with the device it holds.
-pub fn users_of_all(
+pub(crate) fn users_of_all(
     host: &HostRoot,
     devs: &[PciDevice],
 ) -> Result<Vec<(PciAddress, Holder)>, HostError> {

@@ -24,7 +24,7 @@ use crate::journal::{Entry, Journal, JournalError, RestoreError, Restorer};
 /// Journal kind of a bind to vfio (restore: the former binding).
 pub const BIND_KIND: &str = "vfio.bind";
 /// Journal kind of an unbind of a device cchost did not bind (restore: back to vfio).
-pub const UNBIND_KIND: &str = "vfio.unbind";
+pub(crate) const UNBIND_KIND: &str = "vfio.unbind";
 
 /// Which driver a device is on, and what its `driver_override` says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,7 +35,7 @@ pub struct Binding {
 }
 
 impl Binding {
-    pub fn of(dev: &PciDevice) -> Self {
+    pub(crate) fn of(dev: &PciDevice) -> Self {
         Binding {
             driver: dev.driver.clone(),
             driver_override: dev.driver_override.clone(),
@@ -75,12 +75,12 @@ pub enum Step {
 }
 
 /// Called after each step. `Send`: parallel binds share it (behind a lock).
-pub type Observer<'a> = &'a mut (dyn FnMut(&PciAddress, Step) + Send);
+pub(crate) type Observer<'a> = &'a mut (dyn FnMut(&PciAddress, Step) + Send);
 
 /// The journal and the observer, shared by threads binding devices in parallel. The
 /// journal is locked only around its own writes; the sysfs writes of different devices
 /// run concurrently (the kernel serializes binds of one device, not of different ones).
-pub struct Shared<'j, 'o> {
+pub(crate) struct Shared<'j, 'o> {
     journal: Mutex<&'j mut Journal>,
     observe: Mutex<Observer<'o>>,
 }
@@ -183,7 +183,7 @@ pub fn bind(
 
 /// A bind whose journal entry is on disk and whose sysfs writes are still to come.
 #[derive(Debug)]
-pub struct Begun {
+pub(crate) struct Begun {
     seq: u64,
     dev: PciDevice,
     current: Binding,
@@ -194,7 +194,7 @@ pub struct Begun {
 /// `None` when the device is already on `driver`. Parallel binds begin every device
 /// first, in plan order, so the journal's order (and undo's) does not depend on how
 /// the threads are scheduled.
-pub fn begin_bind(
+pub(crate) fn begin_bind(
     shared: &Shared<'_, '_>,
     host: &HostRoot,
     address: &PciAddress,
@@ -236,7 +236,7 @@ pub fn begin_bind(
 
 /// The sysfs half of a bind begun with [`begin_bind`]: the writes, the device-node
 /// wait, the commit.
-pub fn finish_bind(
+pub(crate) fn finish_bind(
     shared: &Shared<'_, '_>,
     host: &HostRoot,
     b: Begun,
@@ -256,7 +256,7 @@ pub fn finish_bind(
 }
 
 /// [`bind`] with a journal shared with other threads.
-pub fn bind_shared(
+pub(crate) fn bind_shared(
     shared: &Shared<'_, '_>,
     host: &HostRoot,
     address: &PciAddress,
@@ -416,7 +416,7 @@ pub fn unbind(
 /// Puts a device on `want` (driver and override), from whatever state it is in now.
 /// Idempotent. Refuses while a process holds the device (an unbind from vfio-pci would
 /// block until the VM lets go).
-pub fn restore_binding(
+pub(crate) fn restore_binding(
     host: &HostRoot,
     address: &PciAddress,
     want: &Binding,
@@ -494,7 +494,7 @@ fn ensure_driver_dir(host: &HostRoot, driver: &str) -> Result<(), VfioError> {
 /// `candidates` present under /sys/bus/pci/drivers (docs/facts/gpu.md#vfio-driver-choice: `vfio_pci` registers
 /// as `vfio-pci`). Also makes sure the type1 IOMMU backend is there for the group
 /// interface.
-pub fn ensure_vfio_driver(
+pub(crate) fn ensure_vfio_driver(
     host: &HostRoot,
     module: &str,
     candidates: &[String],

@@ -40,12 +40,12 @@ impl KernelArg {
     }
 
     /// Same parameter name (dashes and underscores are equal).
-    pub fn same_key(&self, other: &str) -> bool {
+    pub(crate) fn same_key(&self, other: &str) -> bool {
         norm(&self.key) == norm(other)
     }
 
     /// Same name and value.
-    pub fn same(&self, other: &KernelArg) -> bool {
+    pub(crate) fn same(&self, other: &KernelArg) -> bool {
         self.same_key(&other.key) && self.value == other.value
     }
 
@@ -153,7 +153,7 @@ impl ArgEdit {
 
     /// The same edit without additions: removes what it removes plus other values of the
     /// keys it adds (for places that must not carry the arguments twice).
-    pub fn removal_only(&self) -> ArgEdit {
+    pub(crate) fn removal_only(&self) -> ArgEdit {
         let mut remove = self.remove.clone();
         remove.extend(self.add.iter().cloned().map(ArgMatch::KeyExcept));
         ArgEdit {

@@ -3,7 +3,7 @@
 
 use super::args::{ArgEdit, split};
 
-pub const ENTRIES_DIR: &str = "/boot/loader/entries";
+pub(crate) const ENTRIES_DIR: &str = "/boot/loader/entries";
 
 /// The kernel arguments of an entry (all `options` lines joined, as the spec says).
 pub fn options(text: &str) -> Vec<String> {
@@ -24,7 +24,7 @@ fn option_value(line: &str) -> Option<&str> {
 
 /// Applies an edit to an entry: removals from every `options` line, additions to the
 /// last one (an `options` line is added when there is none). Other lines are kept as is.
-pub fn edit_entry(text: &str, edit: &ArgEdit) -> String {
+pub(crate) fn edit_entry(text: &str, edit: &ArgEdit) -> String {
     let strip = edit.removal_only();
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let last = lines.iter().rposition(|l| option_value(l).is_some());

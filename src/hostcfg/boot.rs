@@ -22,10 +22,10 @@ use crate::config::MechanismChoice;
 use crate::host::exec::ToolOutput;
 use crate::host::{HostError, HostRoot};
 
-pub const OSTREE_BOOTED: &str = "/run/ostree-booted";
-pub const KERNEL_CMDLINE: &str = "/etc/kernel/cmdline";
+pub(crate) const OSTREE_BOOTED: &str = "/run/ostree-booted";
+pub(crate) const KERNEL_CMDLINE: &str = "/etc/kernel/cmdline";
 pub const DEFAULT_GRUB: &str = "/etc/default/grub";
-pub const DEFAULT_GRUB_D: &str = "/etc/default/grub.d";
+pub(crate) const DEFAULT_GRUB_D: &str = "/etc/default/grub.d";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

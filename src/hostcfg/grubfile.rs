@@ -16,12 +16,12 @@
 
 use super::args::{ArgEdit, split};
 
-pub const LINUX: &str = "GRUB_CMDLINE_LINUX";
-pub const LINUX_DEFAULT: &str = "GRUB_CMDLINE_LINUX_DEFAULT";
+pub(crate) const LINUX: &str = "GRUB_CMDLINE_LINUX";
+pub(crate) const LINUX_DEFAULT: &str = "GRUB_CMDLINE_LINUX_DEFAULT";
 
 /// One `VAR=value` line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Assignment {
+pub(crate) struct Assignment {
     pub line: usize,
     pub var: String,
     /// The value as the shell sees it, with references to the two variables kept as
@@ -37,7 +37,7 @@ pub struct Assignment {
 
 /// Finds the assignments of the two command-line variables; refuses (naming the line)
 /// any it cannot read exactly.
-pub fn assignments(text: &str) -> Result<Vec<Assignment>, String> {
+pub(crate) fn assignments(text: &str) -> Result<Vec<Assignment>, String> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim_start();
@@ -274,7 +274,7 @@ fn quote(value: &str, single: bool) -> Result<String, String> {
 }
 
 /// Rewrites one assignment's value in `text`.
-pub fn set_value(text: &str, a: &Assignment, value: &str) -> Result<String, String> {
+pub(crate) fn set_value(text: &str, a: &Assignment, value: &str) -> Result<String, String> {
     let new_line = format!(
         "{}{}{}",
         a.head,

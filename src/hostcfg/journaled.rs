@@ -8,13 +8,13 @@ use crate::host::HostRoot;
 use crate::journal::{Entry, RestoreError, Restorer};
 
 /// Journal kind of a boot-configuration step (change and restore: the [`BootStep`]).
-pub const KARGS_KIND: &str = "kernel.args";
+pub(crate) const KARGS_KIND: &str = "kernel.args";
 /// Journal kind of a module load.
-pub const MODULE_KIND: &str = "kernel.module";
+pub(crate) const MODULE_KIND: &str = "kernel.module";
 
 /// The change and restore record of a module load.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModuleRestore {
+pub(crate) struct ModuleRestore {
     pub module: String,
 }
 

@@ -13,13 +13,13 @@ use crate::config::{DcapConfig, KataConfig, QgsTransport};
 
 /// The file name cchost owns in each `config.d` directory. No extension, as the
 /// coco-pattern file Kata is known to read.
-pub const DROPIN_NAME: &str = "96-cchost-qgs";
+pub(crate) const DROPIN_NAME: &str = "96-cchost-qgs";
 
 /// The unix socket path Kata's QEMU uses when the port is 0.
-pub const KATA_QGS_SOCKET: &str = "/var/run/tdx-qgs/qgs.socket";
+pub(crate) const KATA_QGS_SOCKET: &str = "/var/run/tdx-qgs/qgs.socket";
 
 /// The port Kata must be given for this QGS configuration, or why none works.
-pub fn qgs_port(dcap: &DcapConfig) -> Result<u32, String> {
+pub(crate) fn qgs_port(dcap: &DcapConfig) -> Result<u32, String> {
     match dcap.transport {
         QgsTransport::Unix if dcap.socket == Path::new(KATA_QGS_SOCKET) => Ok(0),
         QgsTransport::Unix => Err(format!(
@@ -34,7 +34,7 @@ pub fn qgs_port(dcap: &DcapConfig) -> Result<u32, String> {
 }
 
 /// The drop-in's text.
-pub fn dropin_content(dcap: &DcapConfig) -> Result<String, String> {
+pub(crate) fn dropin_content(dcap: &DcapConfig) -> Result<String, String> {
     let port = qgs_port(dcap)?;
     Ok(format!(
         "# Written by cchost from [dcap] transport: 0 = QGS unix socket {KATA_QGS_SOCKET}, else its vsock port.\n[hypervisor.qemu]\ntdx_quote_generation_service_socket_port = {port}\n"
@@ -42,7 +42,7 @@ pub fn dropin_content(dcap: &DcapConfig) -> Result<String, String> {
 }
 
 /// Where the drop-in goes: `<dir>/96-cchost-qgs` for each configured `config.d`.
-pub fn dropin_paths(kata: &KataConfig) -> Vec<PathBuf> {
+pub(crate) fn dropin_paths(kata: &KataConfig) -> Vec<PathBuf> {
     kata.tdx_config_dirs
         .iter()
         .map(|d| d.join(DROPIN_NAME))

@@ -20,7 +20,7 @@ pub fn wanted(cfg: &KernelConfig) -> Vec<String> {
 }
 
 /// The modules-load.d file cchost writes: one module per line.
-pub fn load_file_content(modules: &[String]) -> String {
+pub(crate) fn load_file_content(modules: &[String]) -> String {
     let mut s = String::new();
     for m in modules {
         s.push_str(m);
@@ -35,7 +35,7 @@ pub fn load(host: &HostRoot, module: &str) -> Result<(), HostError> {
 }
 
 /// The file's current content, `None` when absent.
-pub fn read_load_file(host: &HostRoot, path: &Path) -> Result<Option<String>, HostError> {
+pub(crate) fn read_load_file(host: &HostRoot, path: &Path) -> Result<Option<String>, HostError> {
     host.read_string_opt(path)
 }
 

@@ -15,14 +15,14 @@
 use crate::hostcfg::args::KernelArg;
 
 /// The kernel argument key (module `vfio_pci`, parameter `ids`).
-pub const IDS_KEY: &str = "vfio-pci.ids";
+pub(crate) const IDS_KEY: &str = "vfio-pci.ids";
 
 /// The drivers that would claim an NVIDIA GPU before vfio-pci.
-pub const CLAIMED_FIRST_BY: [&str; 2] = ["nvidia", "nouveau"];
+pub(crate) const CLAIMED_FIRST_BY: [&str; 2] = ["nvidia", "nouveau"];
 
 /// `vendor:device` of each id, sorted, each once (vfio-pci's `ids` format is
 /// `vendor:device[:subvendor[:subdevice[:class[:class_mask]]]]`, comma separated).
-pub fn id_list(ids: &[(u16, u16)]) -> Vec<String> {
+pub(crate) fn id_list(ids: &[(u16, u16)]) -> Vec<String> {
     let mut v: Vec<String> = ids
         .iter()
         .map(|(v, d)| format!("{v:04x}:{d:04x}"))
@@ -33,7 +33,7 @@ pub fn id_list(ids: &[(u16, u16)]) -> Vec<String> {
 }
 
 /// `vfio-pci.ids=10de:2330,10de:22a3`.
-pub fn ids_arg(ids: &[String]) -> KernelArg {
+pub(crate) fn ids_arg(ids: &[String]) -> KernelArg {
     KernelArg {
         key: IDS_KEY.to_string(),
         value: Some(ids.join(",")),

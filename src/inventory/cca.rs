@@ -19,7 +19,7 @@ const NO_RME: &[(&str, &str, &str)] = &[
 ];
 
 /// The name of a known core without RME.
-pub fn known_without_rme(cpu: &CpuInfo) -> Option<&'static str> {
+pub(crate) fn known_without_rme(cpu: &CpuInfo) -> Option<&'static str> {
     let part = cpu.part.as_deref()?;
     NO_RME
         .iter()

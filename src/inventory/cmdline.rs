@@ -38,7 +38,7 @@ pub struct Cmdline {
 }
 
 /// `-` and `_` are the same in parameter names.
-pub fn name_eq(a: &str, b: &str) -> bool {
+pub(crate) fn name_eq(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes().zip(b.bytes()).all(|(x, y)| {
             let n = |c: u8| if c == b'-' { b'_' } else { c };

@@ -169,7 +169,7 @@ pub struct NodeFacts {
 impl NodeFacts {
     /// A module is usable now (loaded, or built into the kernel). Names compare with
     /// `-` and `_` as equals, as the kernel does.
-    pub fn module_active(&self, name: &str) -> bool {
+    pub(crate) fn module_active(&self, name: &str) -> bool {
         let n = name.replace('-', "_");
         self.modules_loaded.contains(&n) || self.modules_builtin.contains(&n)
     }

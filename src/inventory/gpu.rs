@@ -136,7 +136,7 @@ const OSRELEASE: &str = "/proc/sys/kernel/osrelease";
 
 /// Reads the `vfio_pci:` aliases of the running kernel. Errors are returned as a
 /// problem and an empty alias set (every device then falls back to vfio-pci).
-pub fn read_vfio_aliases(host: &HostRoot) -> (VfioAliases, Option<Problem>, Option<String>) {
+pub(crate) fn read_vfio_aliases(host: &HostRoot) -> (VfioAliases, Option<Problem>, Option<String>) {
     let release = match host.read_attr(OSRELEASE) {
         Ok(r) if !r.is_empty() && !r.contains('/') => r,
         Ok(r) => {

@@ -14,12 +14,12 @@ use super::cpuinfo::CpuInfo;
 use super::kernel_log::KernelLogInfo;
 use super::verdict::{Blocker, Evidence, Verdict};
 
-pub const IOMMU_GROUPS: &str = "/sys/kernel/iommu_groups";
-pub const CLASS_IOMMU: &str = "/sys/class/iommu";
+pub(crate) const IOMMU_GROUPS: &str = "/sys/kernel/iommu_groups";
+pub(crate) const CLASS_IOMMU: &str = "/sys/class/iommu";
 const ACPI_TABLES: [&str; 3] = ["DMAR", "IVRS", "IORT"];
 
 /// Parameters that switch the IOMMU or its default domain.
-pub const IOMMU_PARAMS: &[&str] = &[
+pub(crate) const IOMMU_PARAMS: &[&str] = &[
     "intel_iommu",
     "amd_iommu",
     "iommu",
@@ -202,7 +202,7 @@ impl IommuInfo {
     /// Why SNP cannot work with this IOMMU state, if it cannot, and what stands in the
     /// way (drivers/iommu/amd/init.c `iommu_snp_enable`: SNP needs the IOMMU on and not
     /// in passthrough).
-    pub fn snp_blocker(&self) -> Option<(String, Blocker)> {
+    pub(crate) fn snp_blocker(&self) -> Option<(String, Blocker)> {
         if self.cmdline_passthrough {
             let arg = self
                 .cmdline_args

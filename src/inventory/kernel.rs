@@ -12,11 +12,11 @@ use super::Problem;
 use super::cmdline::Cmdline;
 use super::modules::{PROC_MODULES, parse_modules_builtin, parse_proc_modules};
 
-pub const PROC_CMDLINE: &str = "/proc/cmdline";
-pub const OSRELEASE: &str = "/proc/sys/kernel/osrelease";
+pub(crate) const PROC_CMDLINE: &str = "/proc/cmdline";
+pub(crate) const OSRELEASE: &str = "/proc/sys/kernel/osrelease";
 
 /// Modules whose state the inventory reports.
-pub const MODULES_OF_INTEREST: &[&str] = &[
+pub(crate) const MODULES_OF_INTEREST: &[&str] = &[
     "kvm",
     "kvm_intel",
     "kvm_amd",
@@ -37,7 +37,7 @@ pub const MODULES_OF_INTEREST: &[&str] = &[
 /// Device nodes whose presence the inventory reports. Any kind of node counts:
 /// fixture trees and captures hold empty regular files where the host has character
 /// devices (a capture cannot copy a device node).
-pub const DEVICE_NODES: &[&str] = &[
+pub(crate) const DEVICE_NODES: &[&str] = &[
     "/dev/kvm",
     "/dev/vhost-vsock",
     "/dev/vsock",
@@ -61,7 +61,7 @@ pub enum ModuleState {
 }
 
 impl ModuleState {
-    pub fn available(self) -> bool {
+    pub(crate) fn available(self) -> bool {
         matches!(
             self,
             ModuleState::Loaded | ModuleState::BuiltIn | ModuleState::Present

@@ -23,7 +23,7 @@ pub struct KernelLogInfo {
 }
 
 /// Is this message about something the inventory judges?
-pub fn is_relevant(msg: &str) -> bool {
+pub(crate) fn is_relevant(msg: &str) -> bool {
     const MARKERS: &[&str] = &[
         "tdx",
         "TDX",
@@ -81,7 +81,10 @@ impl KernelLogInfo {
     }
 
     /// Lines containing any of `needles`, compared without case.
-    pub fn lines_with<'a>(&'a self, needles: &'a [&'a str]) -> impl Iterator<Item = &'a str> + 'a {
+    pub(crate) fn lines_with<'a>(
+        &'a self,
+        needles: &'a [&'a str],
+    ) -> impl Iterator<Item = &'a str> + 'a {
         self.relevant.iter().map(String::as_str).filter(move |l| {
             let lower = l.to_ascii_lowercase();
             needles
@@ -91,7 +94,7 @@ impl KernelLogInfo {
     }
 
     /// The last line containing all of `needles`, compared without case.
-    pub fn last_with_all(&self, needles: &[&str]) -> Option<&str> {
+    pub(crate) fn last_with_all(&self, needles: &[&str]) -> Option<&str> {
         self.relevant.iter().rev().map(String::as_str).find(|l| {
             let lower = l.to_ascii_lowercase();
             needles

@@ -15,7 +15,7 @@ use crate::host::HostRoot;
 use super::Problem;
 use super::kernel_log::KernelLogInfo;
 
-pub const SECURITYFS_LOCKDOWN: &str = "/sys/kernel/security/lockdown";
+pub(crate) const SECURITYFS_LOCKDOWN: &str = "/sys/kernel/security/lockdown";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -36,7 +36,7 @@ pub struct LockdownInfo {
 
 impl LockdownInfo {
     /// User-space BAR mappings (sysfs `resourceN`) are refused.
-    pub fn blocks_bar_mappings(&self) -> bool {
+    pub(crate) fn blocks_bar_mappings(&self) -> bool {
         matches!(
             self.mode,
             Some(LockdownMode::Integrity | LockdownMode::Confidentiality | LockdownMode::Locked)
@@ -65,7 +65,7 @@ impl LockdownInfo {
 }
 
 /// `none [integrity] confidentiality` -> Integrity.
-pub fn parse_securityfs(text: &str) -> Option<LockdownMode> {
+pub(crate) fn parse_securityfs(text: &str) -> Option<LockdownMode> {
     let active = text
         .split_whitespace()
         .find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))?;

@@ -25,7 +25,7 @@ impl MiscCapacity {
 }
 
 /// cgroup v2 first, then the v1 misc hierarchy.
-pub const MISC_CAPACITY_PATHS: [&str; 2] = [
+pub(crate) const MISC_CAPACITY_PATHS: [&str; 2] = [
     "/sys/fs/cgroup/misc.capacity",
     "/sys/fs/cgroup/misc/misc.capacity",
 ];
@@ -57,7 +57,7 @@ pub fn parse_misc_capacity(path: &Path, text: &str) -> Result<BTreeMap<String, u
 }
 
 /// The capacities and the file they came from; `Ok(None)` when neither file exists.
-pub fn read_misc_capacity(host: &HostRoot) -> Result<Option<MiscCapacity>, HostError> {
+pub(crate) fn read_misc_capacity(host: &HostRoot) -> Result<Option<MiscCapacity>, HostError> {
     for p in MISC_CAPACITY_PATHS {
         if let Some(text) = host.read_string_opt(p)? {
             return parse_misc_capacity(Path::new(p), &text).map(|resources| {

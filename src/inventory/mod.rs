@@ -41,7 +41,7 @@ pub use sev::SevInfo;
 pub use tdx::TdxInfo;
 pub use verdict::{Blocker, Evidence, State, Tee, Verdict};
 
-pub const PROC_CPUINFO: &str = "/proc/cpuinfo";
+pub(crate) const PROC_CPUINFO: &str = "/proc/cpuinfo";
 
 /// Everything cchost knows about the host. Pure data: two inventories of the same
 /// host (live, and from a capture of it) compare equal.
@@ -151,7 +151,7 @@ impl Inventory {
 
     /// Every verdict, to fill in what the inventory leaves to others (the remedy text,
     /// `check::remedy::annotate`); in the order of [`Inventory::verdicts`].
-    pub fn verdicts_mut(&mut self) -> [&mut Verdict; 7] {
+    pub(crate) fn verdicts_mut(&mut self) -> [&mut Verdict; 7] {
         [
             &mut self.tdx.verdict,
             &mut self.sev.sev,
@@ -180,7 +180,7 @@ impl Problem {
         }
     }
 
-    pub fn from_host(e: &HostError) -> Self {
+    pub(crate) fn from_host(e: &HostError) -> Self {
         let path = e.path().map(Path::to_path_buf).unwrap_or_default();
         // HostError's text starts with the path; the problem holds it separately.
         let full = e.to_string();

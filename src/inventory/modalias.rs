@@ -44,7 +44,7 @@ pub struct VfioChoice {
 }
 
 impl VfioChoice {
-    pub fn fallback(reason: impl Into<String>) -> Self {
+    pub(crate) fn fallback(reason: impl Into<String>) -> Self {
         VfioChoice {
             module: "vfio_pci".to_string(),
             driver: "vfio-pci".to_string(),

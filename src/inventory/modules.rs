@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::{HostError, HostRoot};
 
-pub const PROC_MODULES: &str = "/proc/modules";
+pub(crate) const PROC_MODULES: &str = "/proc/modules";
 
 /// Module names compare with `-` and `_` equal; the kernel reports `_`.
 pub fn normalize(name: &str) -> String {
@@ -61,7 +61,7 @@ pub struct ModuleParam {
 
 impl ModuleParam {
     /// Is this switch on? See [`param_on`].
-    pub fn is_on(&self) -> bool {
+    pub(crate) fn is_on(&self) -> bool {
         param_on(&self.raw)
     }
 }
@@ -74,7 +74,7 @@ impl ModuleParam {
 /// parameters in older kernels, arch/x86/kvm/svm/svm.c), each followed by a newline. So
 /// a switch is on exactly when it reads `Y` or `1`; the kernel never prints `y`
 /// (docs/facts/cpu-tee.md#kvm-params).
-pub fn param_on(raw: &str) -> bool {
+pub(crate) fn param_on(raw: &str) -> bool {
     matches!(raw.strip_suffix('\n').unwrap_or(raw), "Y" | "1")
 }
 
@@ -85,7 +85,7 @@ fn is_switch_value(raw: &str) -> bool {
 
 /// Reads `/sys/module/<module>/parameters/<param>`; `Ok(None)` when the module is not
 /// loaded or has no such parameter.
-pub fn read_param(
+pub(crate) fn read_param(
     host: &HostRoot,
     module: &str,
     param: &str,
@@ -97,7 +97,7 @@ pub fn read_param(
 }
 
 /// Reads a boolean parameter and insists that it looks like one.
-pub fn read_bool_param(
+pub(crate) fn read_bool_param(
     host: &HostRoot,
     module: &str,
     param: &str,

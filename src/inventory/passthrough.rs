@@ -16,9 +16,9 @@ use crate::host::pci::PciAddress;
 use crate::host::{HostError, HostRoot};
 use crate::inventory::gpu::{GpuInventory, GpuKind};
 
-pub const VFIO_CONTAINER: &str = "/dev/vfio/vfio";
-pub const IOMMU_DEV: &str = "/dev/iommu";
-pub const VFIO_DEVICES_DIR: &str = "/dev/vfio/devices";
+pub(crate) const VFIO_CONTAINER: &str = "/dev/vfio/vfio";
+pub(crate) const IOMMU_DEV: &str = "/dev/iommu";
+pub(crate) const VFIO_DEVICES_DIR: &str = "/dev/vfio/devices";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,7 +52,7 @@ impl Health {
 
 /// One matched PCI function, as far as passthrough cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub address: PciAddress,
     pub class: DeviceClass,
     pub vendor: u16,
@@ -71,7 +71,7 @@ pub struct Candidate {
 impl Candidate {
     /// The upstream port of the PCIe switch above this function: the bridge above the
     /// downstream port the function hangs off. `None` when it sits on a root port.
-    pub fn pcie_switch(&self) -> Option<PciAddress> {
+    pub(crate) fn pcie_switch(&self) -> Option<PciAddress> {
         let n = self.upstream.len();
         (n >= 2).then(|| self.upstream[n - 2])
     }
@@ -116,7 +116,7 @@ pub struct Unreadable {
 
 impl Skipped {
     /// Not eligible (wrong driver, no IOMMU group, ...): the function was read fine.
-    pub fn because(address: PciAddress, reason: impl Into<String>) -> Self {
+    pub(crate) fn because(address: PciAddress, reason: impl Into<String>) -> Self {
         Skipped {
             address: Some(address),
             reason: reason.into(),
@@ -169,7 +169,7 @@ impl Discovery {
 
 /// Upper-case model name for per-model resource names, the way NVIDIA's sandbox plugin
 /// derives it: `GH100 [H100 SXM5 80GB]` -> `GH100_H100_SXM5_80GB` (docs/facts/gpu.md#sandbox-device-plugin).
-pub fn model_resource_class(model: &str) -> String {
+pub(crate) fn model_resource_class(model: &str) -> String {
     let mut out: String = model
         .chars()
         .filter_map(|c| match c {
@@ -193,7 +193,7 @@ pub fn model_resource_class(model: &str) -> String {
 }
 
 /// pci.ids model name, or `PCI_VVVV_DDDD` when the ID is not in the database.
-pub fn model_name(vendor: u16, device: u16) -> String {
+pub(crate) fn model_name(vendor: u16, device: u16) -> String {
     crate::inventory::pci_names::device_name(vendor, device)
         .map(str::to_string)
         .unwrap_or_else(|| format!("PCI_{vendor:04X}_{device:04X}"))
@@ -202,7 +202,7 @@ pub fn model_name(vendor: u16, device: u16) -> String {
 /// The matched GPU / NVSwitch functions of the inventory, as candidates. What the
 /// inventory could not read is reported in the second list (with the PCI address the
 /// failing path names) and never blocks the others.
-pub fn candidates_from_inventory(inv: &GpuInventory) -> (Vec<Candidate>, Vec<Skipped>) {
+pub(crate) fn candidates_from_inventory(inv: &GpuInventory) -> (Vec<Candidate>, Vec<Skipped>) {
     let candidates = inv
         .devices
         .iter()
@@ -238,7 +238,7 @@ pub fn candidates_from_inventory(inv: &GpuInventory) -> (Vec<Candidate>, Vec<Ski
 /// a failed listing of `/sys/bus/pci/devices` (then nothing is advertised). Problems
 /// that do not drop a function (an unreadable IOMMU group type, modules.alias) are
 /// `cchost inventory`'s to report, not skips. Pure: `cchost check` reports the same.
-pub fn unreadable_from_inventory(inv: &GpuInventory) -> Vec<Skipped> {
+pub(crate) fn unreadable_from_inventory(inv: &GpuInventory) -> Vec<Skipped> {
     let listed: std::collections::BTreeSet<PciAddress> =
         inv.devices.iter().map(|d| d.address).collect();
     let mut seen = std::collections::BTreeSet::new();
@@ -303,7 +303,7 @@ fn node_present(host: &HostRoot, path: &str) -> bool {
 }
 
 /// Turns candidates into advertised devices.
-pub fn discover_from(
+pub(crate) fn discover_from(
     host: &HostRoot,
     cfg: &DevicePluginConfig,
     candidates: Vec<Candidate>,
@@ -421,7 +421,7 @@ pub fn discover_from(
 /// Carries devices of the previous scan that this scan could not read (a transient
 /// sysfs error) into this one, unchanged: unreadable is not gone, so the CDI spec and
 /// the plugin keep them until a scan reads them as gone or ineligible. Returns their IDs.
-pub fn keep_unreadable(previous: &Discovery, scan: &mut Discovery) -> Vec<String> {
+pub(crate) fn keep_unreadable(previous: &Discovery, scan: &mut Discovery) -> Vec<String> {
     let unreadable: std::collections::BTreeSet<PciAddress> =
         scan.unreadable().filter_map(|s| s.address).collect();
     let mut kept = Vec::new();
@@ -444,7 +444,7 @@ pub fn keep_unreadable(previous: &Discovery, scan: &mut Discovery) -> Vec<String
     kept
 }
 
-pub fn numeric_key(id: &str) -> (u64, &str) {
+pub(crate) fn numeric_key(id: &str) -> (u64, &str) {
     (id.parse().unwrap_or(u64::MAX), id)
 }
 
@@ -504,7 +504,7 @@ pub fn discover(
 
 /// [`discover`] from a GPU inventory the caller already holds (the daemon's pass reads
 /// it once and also derives the CC split of a mixed node from it).
-pub fn discover_in(
+pub(crate) fn discover_in(
     host: &HostRoot,
     inv: &crate::inventory::GpuInventory,
     cfg: &DevicePluginConfig,

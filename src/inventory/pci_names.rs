@@ -19,7 +19,7 @@ pub fn len() -> usize {
 }
 
 /// The pci.ids name of a device, `None` when the database does not list it.
-pub fn device_name(vendor: u16, device: u16) -> Option<&'static str> {
+pub(crate) fn device_name(vendor: u16, device: u16) -> Option<&'static str> {
     let key = (u32::from(vendor) << 16) | u32::from(device);
     let n = len();
     let names = 4 + n * RECORD;

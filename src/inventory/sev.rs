@@ -33,7 +33,7 @@ pub struct SevInfo {
 }
 
 /// The kvm_amd parameters, with the cpuinfo flag and the misc key for each level.
-pub const LEVELS: [(&str, &str, &str); 3] = [
+pub(crate) const LEVELS: [(&str, &str, &str); 3] = [
     ("sev", "sev", "sev"),
     ("sev_es", "sev_es", "sev_es"),
     ("sev_snp", "sev_snp", "sev_es"),

@@ -12,7 +12,7 @@ use super::misc::MiscCapacity;
 use super::modules::ModuleParam;
 use super::verdict::{Blocker, Evidence, Tee, Verdict};
 
-pub const TDX_PARAM: &str = "/sys/module/kvm_intel/parameters/tdx";
+pub(crate) const TDX_PARAM: &str = "/sys/module/kvm_intel/parameters/tdx";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -50,7 +50,7 @@ pub struct TdxInfo {
 /// Reads the module state from the log, loosely: the wording differs by kernel
 /// (`module initialized`, `TDX-Module initialized`, `initialization failed (-5)`,
 /// `module not loaded`, `initialization failed: Hibernation support is enabled`).
-pub fn module_state(log: &KernelLogInfo) -> (TdxModuleState, Option<String>) {
+pub(crate) fn module_state(log: &KernelLogInfo) -> (TdxModuleState, Option<String>) {
     let mut state = (TdxModuleState::Unknown, None);
     for line in log.lines_with(&["tdx"]) {
         let l = line.to_ascii_lowercase();

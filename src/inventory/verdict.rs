@@ -104,7 +104,7 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    pub fn yes(evidence: Vec<Evidence>) -> Self {
+    pub(crate) fn yes(evidence: Vec<Evidence>) -> Self {
         Verdict {
             state: State::Yes,
             evidence,
@@ -114,7 +114,7 @@ impl Verdict {
         }
     }
 
-    pub fn no(evidence: Vec<Evidence>, reason: impl Into<String>, blocker: Blocker) -> Self {
+    pub(crate) fn no(evidence: Vec<Evidence>, reason: impl Into<String>, blocker: Blocker) -> Self {
         Verdict {
             state: State::No,
             evidence,
@@ -124,7 +124,7 @@ impl Verdict {
         }
     }
 
-    pub fn unknown(evidence: Vec<Evidence>, reason: impl Into<String>) -> Self {
+    pub(crate) fn unknown(evidence: Vec<Evidence>, reason: impl Into<String>) -> Self {
         Verdict {
             state: State::Unknown,
             evidence,
@@ -134,7 +134,7 @@ impl Verdict {
         }
     }
 
-    pub fn not_applicable(evidence: Vec<Evidence>, reason: impl Into<String>) -> Self {
+    pub(crate) fn not_applicable(evidence: Vec<Evidence>, reason: impl Into<String>) -> Self {
         Verdict {
             state: State::NotApplicable,
             evidence,

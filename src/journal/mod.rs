@@ -36,9 +36,9 @@ use serde::{Deserialize, Serialize};
 use crate::host::{HostError, HostLock, HostRoot};
 
 /// The journal file.
-pub const JOURNAL_PATH: &str = "/var/lib/cchost/journal.json";
+pub(crate) const JOURNAL_PATH: &str = "/var/lib/cchost/journal.json";
 /// The lock that serialises cchost processes touching the journal.
-pub const LOCK_PATH: &str = "/var/lib/cchost/journal.lock";
+pub(crate) const LOCK_PATH: &str = "/var/lib/cchost/journal.lock";
 
 const FORMAT_VERSION: u32 = 1;
 
@@ -85,7 +85,7 @@ impl Entry {
     }
 
     /// The `change` data decoded into the actuator's own type.
-    pub fn change_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, RestoreError> {
+    pub(crate) fn change_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, RestoreError> {
         serde_json::from_value(self.change.clone()).map_err(|e| {
             RestoreError::new(format!(
                 "journal entry {} ({} {}): unreadable change data: {e}",
@@ -142,7 +142,7 @@ pub enum JournalError {
 }
 
 /// Default for how long a command waits for another cchost process's journal lock.
-pub const DEFAULT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const DEFAULT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Milliseconds to wait for the journal lock (set once by the CLI, `--lock-wait`).
 static LOCK_WAIT_MS: std::sync::atomic::AtomicU64 =
@@ -276,13 +276,13 @@ impl Journal {
 
     /// Marks an existing entry as being applied again (a change re-made after someone
     /// else undid it; the entry keeps its original `restore`).
-    pub fn reapplying(&mut self, seq: u64) -> Result<(), JournalError> {
+    pub(crate) fn reapplying(&mut self, seq: u64) -> Result<(), JournalError> {
         self.set_state(seq, EntryState::Applying)
     }
 
     /// Like [`Journal::reapplying`], and records the new change (the `restore` stays:
     /// it holds the state before cchost's first change).
-    pub fn reapplying_with(
+    pub(crate) fn reapplying_with(
         &mut self,
         seq: u64,
         change: impl Serialize,
@@ -308,12 +308,12 @@ impl Journal {
     }
 
     /// Marks the start of a restore (written before the restore starts).
-    pub fn restoring(&mut self, seq: u64) -> Result<(), JournalError> {
+    pub(crate) fn restoring(&mut self, seq: u64) -> Result<(), JournalError> {
         self.set_state(seq, EntryState::Restoring)
     }
 
     /// Drops an entry: its change was restored, or turned out to change nothing.
-    pub fn forget(&mut self, seq: u64) -> Result<(), JournalError> {
+    pub(crate) fn forget(&mut self, seq: u64) -> Result<(), JournalError> {
         let before = self.file.entries.len();
         self.file.entries.retain(|e| e.seq != seq);
         if self.file.entries.len() == before {
@@ -394,7 +394,7 @@ fn now() -> u64 {
 
 /// `impl Serialize` values behind a `dyn` (to share one conversion closure).
 mod erased {
-    pub trait Ser {
+    pub(crate) trait Ser {
         fn to_value(&self) -> Result<serde_json::Value, serde_json::Error>;
     }
     impl<T: serde::Serialize> Ser for T {

@@ -89,7 +89,7 @@ impl CcModeCache {
     }
 
     /// Sets or clears the mode waiting for busy devices.
-    pub fn set_pending(&mut self, mode: Option<String>) {
+    pub(crate) fn set_pending(&mut self, mode: Option<String>) {
         self.pending = mode;
     }
 

@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 
 use super::NodeLabels;
 
-pub const FIELD_MANAGER: &str = "cchost";
-pub const NFD_NODE_NAME_LABEL: &str = "nfd.node.kubernetes.io/node-name";
+pub(crate) const FIELD_MANAGER: &str = "cchost";
+pub(crate) const NFD_NODE_NAME_LABEL: &str = "nfd.node.kubernetes.io/node-name";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -243,7 +243,7 @@ impl KubeLabeler {
     /// Whether `node` (as the server now has it) lacks a label or extended resource this
     /// labeler knows it applied, or holds another value. Only the Node backend keeps
     /// labels on the Node; extended resources are on its status in both backends.
-    pub fn drifted(&self, node: &Node) -> bool {
+    pub(crate) fn drifted(&self, node: &Node) -> bool {
         if self.mode == KubeMode::Node
             && let Some(want) = &self.labels
         {
@@ -269,7 +269,7 @@ impl KubeLabeler {
 
     /// Forgets what is known to be on the server: the next sync reads it again (once)
     /// and writes what differs.
-    pub fn forget(&mut self) {
+    pub(crate) fn forget(&mut self) {
         self.labels = None;
         self.resources = None;
     }

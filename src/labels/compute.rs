@@ -24,20 +24,21 @@ pub const NV_CC_MODE_STATE: &str = "nvidia.com/cc.mode.state";
 pub const NV_CC_READY_STATE: &str = "nvidia.com/cc.ready.state";
 /// The GPU Operator's "this node has NVIDIA GPUs" label (gpu-operator
 /// controllers/state_manager.go `commonGPULabelKey`).
-pub const NV_GPU_PRESENT: &str = "nvidia.com/gpu.present";
+pub(crate) const NV_GPU_PRESENT: &str = "nvidia.com/gpu.present";
 /// The GPU Operator's scheduling label of its vfio-manager DaemonSet
 /// (assets/state-vfio-manager/0500_daemonset.yaml nodeSelector).
-pub const NV_DEPLOY_VFIO_MANAGER: &str = "nvidia.com/gpu.deploy.vfio-manager";
+pub(crate) const NV_DEPLOY_VFIO_MANAGER: &str = "nvidia.com/gpu.deploy.vfio-manager";
 /// The GPU Operator's scheduling label of the Kata sandbox device plugin
 /// (controllers/state_manager.go `kataDevicePluginDeployLabelKey`).
-pub const NV_DEPLOY_KATA_DEVICE_PLUGIN: &str = "nvidia.com/gpu.deploy.kata-sandbox-device-plugin";
+pub(crate) const NV_DEPLOY_KATA_DEVICE_PLUGIN: &str =
+    "nvidia.com/gpu.deploy.kata-sandbox-device-plugin";
 /// NFD's Kata label, set by the `osc-rules` NodeFeatureRule (coco-pattern
 /// charts/coco-supported/baremetal/templates/kata-nfd.yaml) and required by the
 /// sandboxed-containers operator's node eligibility check.
-pub const RUNTIME_KATA_LABEL: &str = "feature.node.kubernetes.io/runtime.kata";
+pub(crate) const RUNTIME_KATA_LABEL: &str = "feature.node.kubernetes.io/runtime.kata";
 /// The SGX label coco-pattern's DCAP and SGX device plugin select on
 /// (charts/all/intel-dcap/templates/dcap-operator-cr.yaml).
-pub const SGX_LABEL: &str = "intel.feature.node.kubernetes.io/sgx";
+pub(crate) const SGX_LABEL: &str = "intel.feature.node.kubernetes.io/sgx";
 pub const TDX_KEYS_RESOURCE: &str = "tdx.intel.com/keys";
 pub const SNP_ESIDS_RESOURCE: &str = "sev-snp.amd.com/esids";
 const NFD_PREFIX: &str = "feature.node.kubernetes.io/cpu-security.";
@@ -164,7 +165,7 @@ pub fn compute(facts: &NodeFacts, cfg: &LabelsConfig) -> NodeLabels {
 /// mode was meant (or a GPU reads failed), and [`MIXED`] on a node with per-GPU modes
 /// (`[[cc.modes]]`) whose GPUs read exactly `on` and `off`. `None` while a GPU's mode
 /// is unread: an unqueried GPU says nothing.
-pub fn cc_state(facts: &NodeFacts) -> Option<&'static str> {
+pub(crate) fn cc_state(facts: &NodeFacts) -> Option<&'static str> {
     let modes: Vec<CcMode> = facts
         .gpus
         .iter()
@@ -183,7 +184,7 @@ pub fn cc_state(facts: &NodeFacts) -> Option<&'static str> {
 }
 
 /// `<prefix>/cc.mode.state` of a node whose GPUs hold `on` and `off` as configured.
-pub const MIXED: &str = "mixed";
+pub(crate) const MIXED: &str = "mixed";
 
 /// NVIDIA's cc-manager values: mode.state is on|off|devtools|ppcie|failed; ready.state is
 /// "true" for on/ppcie, "false" for off, "" otherwise (docs/facts/gpu.md#cc-labels).
@@ -230,7 +231,7 @@ fn sandbox_labels(facts: &NodeFacts, out: &mut NodeLabels) {
 /// kvm_amd. cchost also asks for `/dev/kvm` (the module can be loaded with
 /// virtualization off in the BIOS, and then there is no device) and accepts a built-in
 /// module (NFD's `loadedmodule` only sees loadable ones).
-pub fn runs_kata(facts: &NodeFacts) -> bool {
+pub(crate) fn runs_kata(facts: &NodeFacts) -> bool {
     let v = &facts.virt;
     let kvm = facts.kvm_device && facts.module_active("kvm");
     v.sse4_2
@@ -254,7 +255,7 @@ fn short_model(model: &str) -> String {
 
 /// Makes any text a valid label value: at most 63 characters of `[A-Za-z0-9._-]`,
 /// starting and ending alphanumeric (other characters become `-`). Empty stays empty.
-pub fn label_value(s: &str) -> String {
+pub(crate) fn label_value(s: &str) -> String {
     let mapped: String = s
         .chars()
         .map(|c| {

@@ -9,7 +9,7 @@ use super::NodeLabels;
 use crate::host::{HostError, HostRoot};
 
 /// nfd-worker refuses larger files.
-pub const MAX_FILE_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_FILE_BYTES: usize = 64 * 1024;
 
 const HEADER: &str =
     "# Written by cchost from the host inventory; cchost rewrites it, do not edit.\n";
@@ -27,7 +27,7 @@ pub fn render(labels: &NodeLabels) -> String {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum FileError {
+pub(crate) enum FileError {
     #[error(transparent)]
     Host(#[from] HostError),
     #[error("{path}: {size} bytes is over nfd-worker's 64 kB limit for a feature file")]
@@ -40,12 +40,12 @@ pub enum FileError {
 }
 
 /// True when `text` is a file cchost wrote (it starts with cchost's header line).
-pub fn is_ours(text: &str) -> bool {
+pub(crate) fn is_ours(text: &str) -> bool {
     text.starts_with(HEADER)
 }
 
 /// Keeps the file equal to the wanted labels, writing only on change.
-pub struct FileLabeler {
+pub(crate) struct FileLabeler {
     host: HostRoot,
     path: PathBuf,
     last: Option<String>,

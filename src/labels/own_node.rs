@@ -25,7 +25,7 @@ use tokio_stream::StreamExt;
 use super::service::Backoff;
 
 /// How long one watch request asks the API server to keep it open (it may end sooner).
-pub const WATCH_TIMEOUT_S: u32 = 290;
+pub(crate) const WATCH_TIMEOUT_S: u32 = 290;
 
 /// A pause between two watches, so that a server that ends every watch at once does not
 /// turn this into a busy loop.

@@ -54,7 +54,7 @@ pub struct LabelerContext {
 }
 
 /// The backend actually used (`auto` resolved).
-pub fn resolve_backend(cfg: &LabelsConfig) -> LabelBackend {
+pub(crate) fn resolve_backend(cfg: &LabelsConfig) -> LabelBackend {
     match cfg.backend {
         LabelBackend::Auto => {
             if cfg.kubeconfig.is_some() || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
@@ -69,7 +69,7 @@ pub fn resolve_backend(cfg: &LabelsConfig) -> LabelBackend {
 
 /// This node's name: `labels.node_name`, then `NODE_NAME` (downward API), then the
 /// host's /etc/hostname, then the kernel's host name.
-pub fn node_name(cfg: &LabelsConfig, host: &HostRoot) -> Option<String> {
+pub(crate) fn node_name(cfg: &LabelsConfig, host: &HostRoot) -> Option<String> {
     if !cfg.node_name.is_empty() {
         return Some(cfg.node_name.clone());
     }
@@ -108,7 +108,7 @@ enum Sink {
 
 /// Exponential backoff from 1 s to 5 min.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
 }
 
@@ -211,7 +211,7 @@ pub async fn run_labeler(ctx: LabelerContext, shutdown: impl Future<Output = ()>
 
 /// [`run_labeler`], telling `report` how each round went: `Ok(wrote a change)` or the
 /// error (including a backend that cannot start).
-pub async fn run_labeler_reporting(
+pub(crate) async fn run_labeler_reporting(
     ctx: LabelerContext,
     shutdown: impl Future<Output = ()>,
     report: impl Fn(Result<bool, &str>),

@@ -33,14 +33,14 @@ pub const RBAC_NEEDED: &[(&str, &str, &str)] = &[("events.k8s.io", "events", "cr
 pub const CONTROLLER: &str = "cchost.io/cchost";
 
 /// Queue bound: a flood drops the oldest, not memory.
-pub const QUEUE_MAX: usize = 100;
+pub(crate) const QUEUE_MAX: usize = 100;
 
 /// The same reason and note are not posted again within this time.
-pub const REPEAT_AFTER: Duration = Duration::from_secs(600);
+pub(crate) const REPEAT_AFTER: Duration = Duration::from_secs(600);
 
 /// One event to raise: always `type: Warning` (each one asks for an operator).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeEvent {
+pub(crate) struct NodeEvent {
     /// CamelCase, e.g. `GPUBindRefused` (at most 128 characters).
     pub reason: String,
     /// What cchost was doing, e.g. `BindVfio` (at most 128 characters).
@@ -76,7 +76,7 @@ pub fn raise(reason: &str, action: &str, note: impl Into<String>) {
 }
 
 /// Takes everything queued so far.
-pub fn take_queued() -> Vec<NodeEvent> {
+pub(crate) fn take_queued() -> Vec<NodeEvent> {
     queue().drain(..).collect()
 }
 
@@ -94,7 +94,7 @@ fn cut(s: &str, max: usize) -> String {
 
 /// The Event object for one [`NodeEvent`] (`seq` makes names unique within a
 /// nanosecond).
-pub fn event_object(
+pub(crate) fn event_object(
     node: &str,
     ev: &NodeEvent,
     now: k8s_openapi::jiff::Timestamp,

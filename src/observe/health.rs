@@ -39,7 +39,7 @@ impl Default for Health {
 
 /// A readiness answer: ready or not, and every part's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     pub ready: bool,
     pub started: bool,
     pub parts: Vec<(String, State)>,
@@ -61,7 +61,7 @@ impl Readiness {
     }
 
     /// Parts that are not serving, with their state, for logs and `STATUS=`.
-    pub fn not_serving(&self) -> Vec<String> {
+    pub(crate) fn not_serving(&self) -> Vec<String> {
         self.parts
             .iter()
             .filter(|(_, s)| *s != State::Serving)
@@ -112,7 +112,7 @@ impl Health {
         self.changed.send_modify(|n| *n += 1);
     }
 
-    pub fn readiness(&self) -> Readiness {
+    pub(crate) fn readiness(&self) -> Readiness {
         let parts: Vec<(String, State)> = self
             .lock()
             .iter()

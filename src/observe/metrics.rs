@@ -70,7 +70,7 @@ impl Family {
         }
     }
 
-    pub const fn histogram(
+    pub(crate) const fn histogram(
         name: &'static str,
         help: &'static str,
         labels: &'static [&'static str],
@@ -147,7 +147,7 @@ impl Family {
 
     /// Keeps only the series whose label values `keep` accepts (a gauge of a resource
     /// that is no longer served goes away rather than freezing at its last value).
-    pub fn retain(&self, keep: impl Fn(&[String]) -> bool) {
+    pub(crate) fn retain(&self, keep: impl Fn(&[String]) -> bool) {
         self.lock().retain(|k, _| keep(k));
     }
 
@@ -390,7 +390,7 @@ impl Metrics {
 }
 
 /// The content type of [`Metrics::render`]'s output.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[cfg(test)]
 mod tests {

@@ -60,7 +60,7 @@ impl Notifier {
 
     /// Sends one message (`READY=1`, `WATCHDOG=1`, `STATUS=...`, several separated by
     /// newlines). Never blocks: a full socket buffer is an error, not a wait.
-    pub fn notify(&self, message: &str) -> Result<(), NotifyError> {
+    pub(crate) fn notify(&self, message: &str) -> Result<(), NotifyError> {
         self.socket
             .send_to_addr(message.as_bytes(), &self.addr)
             .map(|_| ())
@@ -70,7 +70,7 @@ impl Notifier {
 
 /// How often to send `WATCHDOG=1`: half of `$WATCHDOG_USEC`, when the watchdog is on
 /// and meant for this process (`$WATCHDOG_PID` unset or equal to `pid`).
-pub fn watchdog_interval(
+pub(crate) fn watchdog_interval(
     usec: Option<&str>,
     watchdog_pid: Option<&str>,
     pid: u32,
@@ -94,7 +94,7 @@ pub fn watchdog_from_env() -> Option<Duration> {
 }
 
 /// A `STATUS=` line: one line, no newline inside (it would start a new assignment).
-pub fn status_line(text: &str) -> String {
+pub(crate) fn status_line(text: &str) -> String {
     let one: String = text
         .chars()
         .map(|c| if c == '\n' { ';' } else { c })

@@ -219,7 +219,7 @@ pub(crate) fn is_vfio_name(d: &str) -> bool {
 }
 
 /// The plans to apply, the refused devices and the unreadable ones (`address: why`).
-pub type EachPlans = (Vec<Plan>, Vec<String>, Vec<String>);
+pub(crate) type EachPlans = (Vec<Plan>, Vec<String>, Vec<String>);
 
 /// The plans for `bind --all` when some device is refused: one plan per matched device
 /// (GPUs, and NVSwitches with `vfio.bind_nvswitches`), so one device in use, the boot

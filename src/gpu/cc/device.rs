@@ -139,7 +139,7 @@ impl CcDevice {
 
     /// Gives the device its config space (read for Blackwell's BAR0 firewall; without
     /// it a Blackwell device sleeps the fallback time after each reset).
-    pub fn with_config(mut self, config: Box<dyn ConfigSpace>) -> Self {
+    pub(crate) fn with_config(mut self, config: Box<dyn ConfigSpace>) -> Self {
         self.config = Some(config);
         self
     }
@@ -179,7 +179,7 @@ impl CcDevice {
     }
 
     /// Checks BOOT_0: all-ones = suspended/broken, `0xbad?0200` = security fault.
-    pub fn check_boot0(&self) -> Result<u32, CcError> {
+    pub(crate) fn check_boot0(&self) -> Result<u32, CcError> {
         let boot0 = self.bar0.read32(regs::BOOT_0)?;
         if boot0 == u32::MAX {
             return Err(CcError::AllOnes {
@@ -195,7 +195,7 @@ impl CcDevice {
     /// Waits until the FSP reports boot-complete (`0xff`). On Blackwell BAR0 reads
     /// all-ones while the boot-time firewall is up, so all-ones is waited out there;
     /// elsewhere it is an immediate error.
-    pub fn wait_for_boot(&self) -> Result<(), CcError> {
+    pub(crate) fn wait_for_boot(&self) -> Result<(), CcError> {
         self.wait_bar0_firewall()?;
         let timeout = self.boot_timeout();
         let reg = self.family.boot_complete_reg();
@@ -328,7 +328,7 @@ impl CcDevice {
     }
 
     /// Puts staged knobs back to their old values (before any reset).
-    pub fn rollback(&self, changes: &[KnobChange]) -> Result<(), CcError> {
+    pub(crate) fn rollback(&self, changes: &[KnobChange]) -> Result<(), CcError> {
         let fsp = self.fsp();
         for c in changes.iter().rev() {
             fsp.knob_write(c.knob, c.old)?;
@@ -455,22 +455,22 @@ impl CcDevice {
     }
 
     /// Stages PPCIe on or off (HGX Hopper GPUs and LS10 NVSwitches).
-    pub fn stage_ppcie(&self, on: bool) -> Result<Vec<KnobChange>, CcError> {
+    pub(crate) fn stage_ppcie(&self, on: bool) -> Result<Vec<KnobChange>, CcError> {
         self.apply(&self.ppcie_steps(on)?)
     }
 
     /// Stages what restores a state read earlier (active after the next reset).
-    pub fn stage_wanted(&self, w: &Wanted) -> Result<Vec<KnobChange>, CcError> {
+    pub(crate) fn stage_wanted(&self, w: &Wanted) -> Result<Vec<KnobChange>, CcError> {
         self.apply(&self.wanted_steps(w)?)
     }
 
     /// Are the pending knobs already those of `s`? (Reads only.)
-    pub fn setting_is_staged(&self, s: Setting) -> Result<bool, CcError> {
+    pub(crate) fn setting_is_staged(&self, s: Setting) -> Result<bool, CcError> {
         self.is_staged(&self.setting_steps(s)?)
     }
 
     /// Are the pending knobs already those that restore `w`? (Reads only.)
-    pub fn wanted_is_staged(&self, w: &Wanted) -> Result<bool, CcError> {
+    pub(crate) fn wanted_is_staged(&self, w: &Wanted) -> Result<bool, CcError> {
         self.is_staged(&self.wanted_steps(w)?)
     }
 

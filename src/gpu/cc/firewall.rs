@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 use super::error::CcError;
 
 /// PCIe extended capability ID of a Designated Vendor-Specific Extended Capability.
-pub const EXT_CAP_DVSEC: u16 = 0x0023;
+pub(crate) const EXT_CAP_DVSEC: u16 = 0x0023;
 /// Extended capabilities start here in config space.
-pub const EXT_CAP_START: usize = 0x100;
-pub const NVIDIA_VENDOR: u16 = 0x10de;
+pub(crate) const EXT_CAP_START: usize = 0x100;
+pub(crate) const NVIDIA_VENDOR: u16 = 0x10de;
 /// NVIDIA's DVSEC ID carrying the firewall bit.
-pub const NVIDIA_DVSEC_ID: u16 = 0;
+pub(crate) const NVIDIA_DVSEC_ID: u16 = 0;
 /// Offset of the dword holding the bit, from the capability's start.
-pub const FIREWALL_DWORD: usize = 0x8;
-pub const FIREWALL_BIT: u32 = 1 << 20;
+pub(crate) const FIREWALL_DWORD: usize = 0x8;
+pub(crate) const FIREWALL_BIT: u32 = 1 << 20;
 
 /// Read access to the device's configuration space.
 pub trait ConfigSpace: Send + Sync {

@@ -8,17 +8,17 @@
 use super::error::CcError;
 use super::transport::FspTransport;
 
-pub const MCTP_SOM: u32 = 1 << 31;
-pub const MCTP_EOM: u32 = 1 << 30;
-pub const MCTP_TYPE_VENDOR_PCI: u32 = 0x7e;
-pub const PCI_VENDOR_NVIDIA: u32 = 0x10de;
-pub const NVDM_TYPE_PRC: u32 = 0x13;
-pub const NVDM_TYPE_RESPONSE: u32 = 0x15;
+pub(crate) const MCTP_SOM: u32 = 1 << 31;
+pub(crate) const MCTP_EOM: u32 = 1 << 30;
+pub(crate) const MCTP_TYPE_VENDOR_PCI: u32 = 0x7e;
+pub(crate) const PCI_VENDOR_NVIDIA: u32 = 0x10de;
+pub(crate) const NVDM_TYPE_PRC: u32 = 0x13;
+pub(crate) const NVDM_TYPE_RESPONSE: u32 = 0x15;
 
 /// PRC sub-messages and the "knob" layout byte the tools put in bits [15:8].
-pub const PRC_KNOB_READ: u32 = 0xc;
-pub const PRC_KNOB_WRITE: u32 = 0xd;
-pub const PRC_KNOB_FLAGS: u32 = 0x2;
+pub(crate) const PRC_KNOB_READ: u32 = 0xc;
+pub(crate) const PRC_KNOB_WRITE: u32 = 0xd;
+pub(crate) const PRC_KNOB_FLAGS: u32 = 0x2;
 
 /// PRC knob IDs (gpu-admin-tools `gpu/prc.py`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -26,19 +26,19 @@ pub struct Knob(pub u16);
 
 impl Knob {
     /// Cleared when enabling CC or PPCIe; semantics undocumented.
-    pub const UNDOCUMENTED_2: Knob = Knob(2);
-    pub const UNDOCUMENTED_4: Knob = Knob(4);
-    pub const CCD_ALLOW_INB: Knob = Knob(5);
+    pub(crate) const UNDOCUMENTED_2: Knob = Knob(2);
+    pub(crate) const UNDOCUMENTED_4: Knob = Knob(4);
+    pub(crate) const CCD_ALLOW_INB: Knob = Knob(5);
     /// CC devtools.
     pub const CCD: Knob = Knob(6);
-    pub const CCM_ALLOW_INB: Knob = Knob(7);
+    pub(crate) const CCM_ALLOW_INB: Knob = Knob(7);
     /// CC mode on.
     pub const CCM: Knob = Knob(8);
-    pub const BAR0_DECOUPLER_ALLOW_INB: Knob = Knob(9);
-    pub const BAR0_DECOUPLER: Knob = Knob(10);
-    pub const UNDOCUMENTED_34: Knob = Knob(34);
-    pub const FORCE_RESET_COUPLING: Knob = Knob(36);
-    pub const PPCIE_ALLOW_INB: Knob = Knob(44);
+    pub(crate) const BAR0_DECOUPLER_ALLOW_INB: Knob = Knob(9);
+    pub(crate) const BAR0_DECOUPLER: Knob = Knob(10);
+    pub(crate) const UNDOCUMENTED_34: Knob = Knob(34);
+    pub(crate) const FORCE_RESET_COUPLING: Knob = Knob(36);
+    pub(crate) const PPCIE_ALLOW_INB: Knob = Knob(44);
     pub const PPCIE: Knob = Knob(45);
 
     pub fn name(self) -> String {
@@ -65,11 +65,11 @@ pub struct KnobChange {
     pub new: u16,
 }
 
-pub fn mctp_header() -> u32 {
+pub(crate) fn mctp_header() -> u32 {
     MCTP_SOM | MCTP_EOM
 }
 
-pub fn message_header(nvdm_type: u32) -> u32 {
+pub(crate) fn message_header(nvdm_type: u32) -> u32 {
     MCTP_TYPE_VENDOR_PCI | (PCI_VENDOR_NVIDIA << 8) | (nvdm_type << 24)
 }
 
@@ -119,7 +119,7 @@ impl<'a> Fsp<'a> {
     }
 
     /// One PRC command, one reply; returns the reply payload.
-    pub fn prc(&self, payload: &[u32]) -> Result<Vec<u32>, CcError> {
+    pub(crate) fn prc(&self, payload: &[u32]) -> Result<Vec<u32>, CcError> {
         let mut packet = Vec::with_capacity(payload.len() + 2);
         packet.push(mctp_header());
         packet.push(message_header(NVDM_TYPE_PRC));
@@ -135,7 +135,7 @@ impl<'a> Fsp<'a> {
 
     /// Reads a knob's pending value (16 bits; the upper half of the reply is not
     /// guaranteed to be zero).
-    pub fn knob_read(&self, knob: Knob) -> Result<u16, CcError> {
+    pub(crate) fn knob_read(&self, knob: Knob) -> Result<u16, CcError> {
         let data = self.prc(&[Self::knob_word(PRC_KNOB_READ, knob)])?;
         match data.as_slice() {
             [v] => Ok((v & 0xffff) as u16),
@@ -147,7 +147,7 @@ impl<'a> Fsp<'a> {
         }
     }
 
-    pub fn knob_write(&self, knob: Knob, value: u16) -> Result<(), CcError> {
+    pub(crate) fn knob_write(&self, knob: Knob, value: u16) -> Result<(), CcError> {
         let data = self.prc(&[Self::knob_word(PRC_KNOB_WRITE, knob), u32::from(value)])?;
         if !data.is_empty() {
             return Err(CcError::Protocol(format!(
@@ -159,7 +159,7 @@ impl<'a> Fsp<'a> {
     }
 
     /// Reads, and writes only when the value differs. Returns the change, if any.
-    pub fn knob_check_and_write(
+    pub(crate) fn knob_check_and_write(
         &self,
         knob: Knob,
         value: u16,

@@ -36,7 +36,7 @@ pub const CC_KIND: &str = "gpu.cc";
 /// The change of a `gpu.cc` entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CcChange {
+pub(crate) struct CcChange {
     pub setting: Setting,
 }
 
@@ -44,7 +44,7 @@ pub struct CcChange {
 /// device, and which device that was (a swapped card is not "restored").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CcRestore {
+pub(crate) struct CcRestore {
     pub family: Family,
     pub vendor: u16,
     pub device: u16,
@@ -52,7 +52,7 @@ pub struct CcRestore {
 }
 
 /// Does `state` show `setting` active?
-pub fn setting_matches(family: Family, setting: Setting, state: &CcState) -> bool {
+pub(crate) fn setting_matches(family: Family, setting: Setting, state: &CcState) -> bool {
     match setting {
         Setting::Cc(m) => switch::cc_matches(family, m, state),
         Setting::Ppcie(on) => switch::ppcie_matches(family, on, state),
@@ -74,7 +74,7 @@ pub type StepObserver<'o> = &'o (dyn Fn(&str, SwitchStep) + Sync);
 /// The [`Progress`] that journals: `begin` writes (or re-opens) the entry, `finish`
 /// settles it. The journal is shared by the devices' threads behind a lock; every
 /// journal write is on disk before the call returns.
-pub struct Journaling<'j, 'o> {
+pub(crate) struct Journaling<'j, 'o> {
     journal: Mutex<&'j mut Journal>,
     ids: HashMap<String, (u16, u16)>,
     open: Mutex<HashMap<String, Open>>,

@@ -14,7 +14,7 @@ use super::regs::Family;
 /// `echo 1 > /sys/bus/pci/devices/<BDF>/reset`: the kernel's FLR/SBR per `reset_method`
 /// (docs/facts/gpu.md#cc-registers: activation requires a reset; no host reboot in the normal case).
 #[derive(Debug, Clone)]
-pub struct SysfsReset {
+pub(crate) struct SysfsReset {
     pub host: HostRoot,
     pub addr: PciAddress,
 }
@@ -29,7 +29,7 @@ impl Reset for SysfsReset {
 
 /// Config space through sysfs `config` (read-only).
 #[derive(Debug, Clone)]
-pub struct SysfsConfig {
+pub(crate) struct SysfsConfig {
     pub host: HostRoot,
     pub addr: PciAddress,
 }
@@ -68,7 +68,7 @@ fn decode_remedy(addr: &PciAddress, driver: Option<&str>) -> String {
 }
 
 /// The CC family of a matched GPU or NVSwitch; `None` for anything else.
-pub fn cc_family(cfg: &MatchConfig, pci: &PciDevice) -> Option<Family> {
+pub(crate) fn cc_family(cfg: &MatchConfig, pci: &PciDevice) -> Option<Family> {
     let matched = cfg.is_gpu(pci.vendor, pci.device, pci.class)
         || cfg.is_nvswitch(pci.vendor, pci.device, pci.class);
     if !matched {

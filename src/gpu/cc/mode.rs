@@ -17,7 +17,7 @@ pub enum CcMode {
 }
 
 impl CcMode {
-    pub fn from_bits(bits: u32) -> CcMode {
+    pub(crate) fn from_bits(bits: u32) -> CcMode {
         match bits & regs::CC_MODE_MASK {
             0 => CcMode::Off,
             1 => CcMode::On,
@@ -100,7 +100,7 @@ pub struct Wanted {
 impl Wanted {
     /// What restores `before`. The invalid mode (value 2) is never a target: a device
     /// that was invalid before cchost touched it has nothing worth restoring.
-    pub fn from_state(before: &CcState) -> Result<Wanted, CcMode> {
+    pub(crate) fn from_state(before: &CcState) -> Result<Wanted, CcMode> {
         let cc = match before.mode {
             None => None,
             Some(CcMode::Off) => Some(TargetMode::Off),
@@ -150,7 +150,7 @@ pub struct CcState {
 
 impl CcState {
     /// Decodes the family's mode register (the PPCIe register on an NVSwitch).
-    pub fn decode(family: Family, raw: u32) -> CcState {
+    pub(crate) fn decode(family: Family, raw: u32) -> CcState {
         match family {
             Family::Hopper => CcState {
                 mode: Some(CcMode::from_bits(raw)),

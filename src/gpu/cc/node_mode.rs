@@ -28,7 +28,7 @@ use crate::host::pci::PciDevice;
 use crate::journal::Journal;
 
 /// The label cc-manager reads the wanted mode from.
-pub const CC_MODE_LABEL: &str = "nvidia.com/cc.mode";
+pub(crate) const CC_MODE_LABEL: &str = "nvidia.com/cc.mode";
 
 /// A mode for the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,7 @@ impl NodeMode {
     }
 
     /// Needs a CPU TEE to be of any use (and is refused without one).
-    pub fn needs_tee(self) -> bool {
+    pub(crate) fn needs_tee(self) -> bool {
         matches!(self, NodeMode::Cc(TargetMode::On) | NodeMode::Ppcie)
     }
 }

@@ -8,7 +8,7 @@ use crate::host::pci::PciDevice;
 use crate::host::{HostError, HostRoot};
 
 /// Drivers a device may be bound to while its mode changes.
-pub const SWITCHABLE_DRIVERS: [&str; 2] = ["vfio-pci", "nvgrace_gpu_vfio_pci"];
+pub(crate) const SWITCHABLE_DRIVERS: [&str; 2] = ["vfio-pci", "nvgrace_gpu_vfio_pci"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
@@ -33,7 +33,7 @@ pub enum Refusal {
 }
 
 /// Refuses a device that has a non-VFIO driver or any user.
-pub fn check_switchable(host: &HostRoot, pci: &PciDevice) -> Result<(), Refusal> {
+pub(crate) fn check_switchable(host: &HostRoot, pci: &PciDevice) -> Result<(), Refusal> {
     if let Some(d) = &pci.driver
         && !SWITCHABLE_DRIVERS.contains(&d.as_str())
     {

@@ -10,83 +10,83 @@ use crate::config::{Architecture, ChipRange};
 /// `NV_PMC_BOOT_0`: chip identification; all-ones = broken or suspended.
 pub const BOOT_0: u32 = 0x0;
 /// BOOT_0 values that mean a priv security fault rather than a chip ID.
-pub const BOOT_0_SECURITY_FAULTS: [u32; 2] = [0xbadf_0200, 0xbad0_0200];
+pub(crate) const BOOT_0_SECURITY_FAULTS: [u32; 2] = [0xbadf_0200, 0xbad0_0200];
 
 /// `NV_THERM_I2CS_SCRATCH_FSP_BOOT_COMPLETE` on GH100 and GB100-class chips.
 pub const BOOT_COMPLETE_GH100: u32 = 0x200bc;
 /// The same scratch register on GB202-class chips.
-pub const BOOT_COMPLETE_GB202: u32 = 0xad00bc;
+pub(crate) const BOOT_COMPLETE_GB202: u32 = 0xad00bc;
 /// NVSwitch LS10 boot-complete register.
-pub const BOOT_COMPLETE_LS10: u32 = 0x660bc;
+pub(crate) const BOOT_COMPLETE_LS10: u32 = 0x660bc;
 /// Value of a boot-complete register once the FSP has booted.
 pub const BOOT_COMPLETE_DONE: u32 = 0xff;
 
 /// Active CC mode on Hopper: bits[1:0] mode, bit 5 PPCIe.
 pub const CC_HOPPER: u32 = 0x1182cc;
 /// Active CC mode on Blackwell: bits[1:0] mode, bit 2 BAR0-firewall mode.
-pub const CC_BLACKWELL: u32 = 0x590;
-pub const CC_MODE_MASK: u32 = 0x3;
+pub(crate) const CC_BLACKWELL: u32 = 0x590;
+pub(crate) const CC_MODE_MASK: u32 = 0x3;
 pub const HOPPER_PPCIE_BIT: u32 = 1 << 5;
-pub const BLACKWELL_FIREWALL_BIT: u32 = 1 << 2;
+pub(crate) const BLACKWELL_FIREWALL_BIT: u32 = 1 << 2;
 /// NVSwitch LS10 PPCIe mode: bit 0.
-pub const PPCIE_LS10: u32 = 0x28c50;
+pub(crate) const PPCIE_LS10: u32 = 0x28c50;
 
 /// FSP EMEM channel used for NVDM RPCs.
-pub const FSP_EMEM_CHANNEL: u32 = 2;
+pub(crate) const FSP_EMEM_CHANNEL: u32 = 2;
 /// Each channel owns a 1 KiB window of EMEM, which is also the largest packet.
-pub const EMEM_CHANNEL_BYTES: u32 = 1024;
+pub(crate) const EMEM_CHANNEL_BYTES: u32 = 1024;
 /// EMEM port control (`EMEMC`): byte offset in bits [15:2], auto-increment on write (24)
 /// and on read (25) — the standard falcon memory-port layout.
-pub const EMEMC_OFFSET_MASK: u32 = 0xfffc;
-pub const EMEMC_AINCW: u32 = 1 << 24;
-pub const EMEMC_AINCR: u32 = 1 << 25;
+pub(crate) const EMEMC_OFFSET_MASK: u32 = 0xfffc;
+pub(crate) const EMEMC_AINCW: u32 = 1 << 24;
+pub(crate) const EMEMC_AINCR: u32 = 1 << 25;
 
-pub const fn emem_ctrl(ch: u32) -> u32 {
+pub(crate) const fn emem_ctrl(ch: u32) -> u32 {
     0x8f2ac0 + ch * 8
 }
-pub const fn emem_data(ch: u32) -> u32 {
+pub(crate) const fn emem_data(ch: u32) -> u32 {
     emem_ctrl(ch) + 4
 }
 /// Command queue (host -> FSP); writing the head is the doorbell.
-pub const fn cmd_queue_head(ch: u32) -> u32 {
+pub(crate) const fn cmd_queue_head(ch: u32) -> u32 {
     0x8f2c00 + ch * 8
 }
-pub const fn cmd_queue_tail(ch: u32) -> u32 {
+pub(crate) const fn cmd_queue_tail(ch: u32) -> u32 {
     cmd_queue_head(ch) + 4
 }
 /// Message queue (FSP -> host); the host acks by writing the tail back to the head.
-pub const fn msg_queue_head(ch: u32) -> u32 {
+pub(crate) const fn msg_queue_head(ch: u32) -> u32 {
     0x8f2c80 + ch * 8
 }
-pub const fn msg_queue_tail(ch: u32) -> u32 {
+pub(crate) const fn msg_queue_tail(ch: u32) -> u32 {
     msg_queue_head(ch) + 4
 }
 
 /// FSP MNOC mailbox (Blackwell), port 0.
-pub const MNOC_BASE: u32 = 0x8f1e00;
-pub const MNOC_PORT: u32 = 0;
+pub(crate) const MNOC_BASE: u32 = 0x8f1e00;
+pub(crate) const MNOC_PORT: u32 = 0;
 /// FSP -> host mailbox info; the next register pops one data dword.
-pub const fn mnoc_send_info(port: u32) -> u32 {
+pub(crate) const fn mnoc_send_info(port: u32) -> u32 {
     MNOC_BASE + 0x104 + port * 12
 }
-pub const fn mnoc_send_data(port: u32) -> u32 {
+pub(crate) const fn mnoc_send_data(port: u32) -> u32 {
     mnoc_send_info(port) + 4
 }
 /// Host -> FSP mailbox info; the next register takes one data dword.
-pub const fn mnoc_recv_info(port: u32) -> u32 {
+pub(crate) const fn mnoc_recv_info(port: u32) -> u32 {
     MNOC_BASE + 0x184 + port * 12
 }
-pub const fn mnoc_recv_data(port: u32) -> u32 {
+pub(crate) const fn mnoc_recv_data(port: u32) -> u32 {
     mnoc_recv_info(port) + 4
 }
-pub const MNOC_SIZE_MASK: u32 = 0xfffff;
-pub const MNOC_NEW_MSG: u32 = 1 << 20;
-pub const MNOC_READY: u32 = 1 << 24;
-pub const MNOC_ERROR: u32 = 1 << 25;
-pub const MNOC_CREDITS: u32 = 1 << 26;
+pub(crate) const MNOC_SIZE_MASK: u32 = 0xfffff;
+pub(crate) const MNOC_NEW_MSG: u32 = 1 << 20;
+pub(crate) const MNOC_READY: u32 = 1 << 24;
+pub(crate) const MNOC_ERROR: u32 = 1 << 25;
+pub(crate) const MNOC_CREDITS: u32 = 1 << 26;
 /// One credit per 64 bytes written.
-pub const MNOC_CREDIT_BYTES: usize = 64;
-pub const MNOC_MAX_PACKET: usize = 4160;
+pub(crate) const MNOC_CREDIT_BYTES: usize = 64;
+pub(crate) const MNOC_MAX_PACKET: usize = 4160;
 
 /// The chip families the CC code distinguishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -111,7 +111,7 @@ pub enum TransportKind {
 
 impl Family {
     /// The family of a chip range from the matching config; `None` for non-CC parts.
-    pub fn from_chip(chip: &ChipRange) -> Option<Family> {
+    pub(crate) fn from_chip(chip: &ChipRange) -> Option<Family> {
         match chip.architecture {
             Architecture::Hopper if chip.cc => Some(Family::Hopper),
             Architecture::Blackwell if chip.cc => {
@@ -130,7 +130,7 @@ impl Family {
         self != Family::Ls10
     }
 
-    pub fn is_blackwell(self) -> bool {
+    pub(crate) fn is_blackwell(self) -> bool {
         matches!(self, Family::Blackwell | Family::Gb20x)
     }
 
@@ -139,7 +139,7 @@ impl Family {
         matches!(self, Family::Hopper | Family::Ls10)
     }
 
-    pub fn boot_complete_reg(self) -> u32 {
+    pub(crate) fn boot_complete_reg(self) -> u32 {
         match self {
             Family::Hopper | Family::Blackwell => BOOT_COMPLETE_GH100,
             Family::Gb20x => BOOT_COMPLETE_GB202,
@@ -148,7 +148,7 @@ impl Family {
     }
 
     /// How long gpu-admin-tools waits for the FSP to boot.
-    pub fn default_boot_timeout(self) -> Duration {
+    pub(crate) fn default_boot_timeout(self) -> Duration {
         if self.is_blackwell() {
             Duration::from_secs(10)
         } else {
@@ -157,7 +157,7 @@ impl Family {
     }
 
     /// The active-mode register, if the family has a CC mode.
-    pub fn cc_reg(self) -> Option<u32> {
+    pub(crate) fn cc_reg(self) -> Option<u32> {
         match self {
             Family::Hopper => Some(CC_HOPPER),
             Family::Blackwell | Family::Gb20x => Some(CC_BLACKWELL),

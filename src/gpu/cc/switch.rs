@@ -66,7 +66,7 @@ pub enum SwitchStep {
 
 /// Hooks into a switch, called from the device's own thread: the journal (begin before
 /// the first knob write, settle after), progress output, crash tests.
-pub trait Progress: Sync {
+pub(crate) trait Progress: Sync {
     /// The state was read and a knob is about to be written. An error leaves the
     /// device untouched (reported as failed).
     fn begin(&self, _dev: &CcDevice, _setting: Setting, _before: &CcState) -> Result<(), CcError> {
@@ -79,7 +79,7 @@ pub trait Progress: Sync {
 
 /// No hooks.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Quiet;
+pub(crate) struct Quiet;
 impl Progress for Quiet {}
 
 impl Outcome {
@@ -160,7 +160,7 @@ pub fn parallel<T: Send>(devs: &[&CcDevice], f: impl Fn(&CcDevice) -> T + Sync) 
 }
 
 /// Does `state` show `mode` active? On Hopper, CC on/devtools also means PPCIe off.
-pub fn cc_matches(family: Family, mode: TargetMode, state: &CcState) -> bool {
+pub(crate) fn cc_matches(family: Family, mode: TargetMode, state: &CcState) -> bool {
     if state.mode != Some(mode.as_mode()) {
         return false;
     }
@@ -171,7 +171,7 @@ pub fn cc_matches(family: Family, mode: TargetMode, state: &CcState) -> bool {
 }
 
 /// Does `state` show PPCIe `on` active (and, for a GPU entering PPCIe, CC off)?
-pub fn ppcie_matches(family: Family, on: bool, state: &CcState) -> bool {
+pub(crate) fn ppcie_matches(family: Family, on: bool, state: &CcState) -> bool {
     if state.ppcie != Some(on) {
         return false;
     }
@@ -184,7 +184,11 @@ pub fn set_cc_one(dev: &CcDevice, mode: TargetMode) -> Outcome {
 }
 
 /// [`set_cc_one`] with hooks.
-pub fn set_cc_one_with(dev: &CcDevice, mode: TargetMode, progress: &dyn Progress) -> Outcome {
+pub(crate) fn set_cc_one_with(
+    dev: &CcDevice,
+    mode: TargetMode,
+    progress: &dyn Progress,
+) -> Outcome {
     let mut out = Outcome::new(dev, mode.to_string());
     let before = match dev.query() {
         Ok(s) => s,
@@ -233,7 +237,7 @@ pub fn set_cc_one_with(dev: &CcDevice, mode: TargetMode, progress: &dyn Progress
 /// Puts a device back into a state read earlier (undo and crash recovery): query,
 /// stage what restores it, and reset only if the active state differs — a device whose
 /// active state is already right only gets its pending knobs put back.
-pub fn restore_one(dev: &CcDevice, want: &Wanted, progress: &dyn Progress) -> Outcome {
+pub(crate) fn restore_one(dev: &CcDevice, want: &Wanted, progress: &dyn Progress) -> Outcome {
     let mut out = Outcome::new(dev, format!("restore {want}"));
     let now = match dev.query() {
         Ok(s) => s,
@@ -312,7 +316,7 @@ pub fn set_cc_all(devs: &[&CcDevice], mode: TargetMode) -> Vec<Outcome> {
 }
 
 /// [`set_cc_all`] with hooks; [`Progress::finish`] runs in each device's thread.
-pub fn set_cc_all_with(
+pub(crate) fn set_cc_all_with(
     devs: &[&CcDevice],
     mode: TargetMode,
     progress: &dyn Progress,
@@ -345,7 +349,11 @@ pub fn set_ppcie_all(devs: &[&CcDevice], on: bool) -> PpcieReport {
 /// [`set_ppcie_all`] with hooks: [`Progress::begin`] runs for each device that needs a
 /// change once every device answered its query, before that device's first knob write;
 /// [`Progress::finish`] for every device at the end.
-pub fn set_ppcie_all_with(devs: &[&CcDevice], on: bool, progress: &dyn Progress) -> PpcieReport {
+pub(crate) fn set_ppcie_all_with(
+    devs: &[&CcDevice],
+    on: bool,
+    progress: &dyn Progress,
+) -> PpcieReport {
     let mut report = ppcie_group(devs, on, progress);
     for (d, o) in devs.iter().zip(report.devices.iter_mut()) {
         progress.finish(d, o);

@@ -15,7 +15,7 @@ pub trait FspTransport {
 }
 
 /// Builds the transport a family uses.
-pub fn for_kind<'a>(
+pub(crate) fn for_kind<'a>(
     kind: TransportKind,
     bar0: &'a dyn Bar0,
     timing: &'a Timing,
@@ -53,7 +53,7 @@ fn poll<T>(
 }
 
 /// FSP falcon EMEM channel with command and message queues (Hopper GPUs, LS10 NVSwitch).
-pub struct Emem<'a> {
+pub(crate) struct Emem<'a> {
     pub bar0: &'a dyn Bar0,
     pub timing: &'a Timing,
     pub channel: u32,
@@ -166,7 +166,7 @@ impl FspTransport for Emem<'_> {
 }
 
 /// FSP MNOC mailbox (Blackwell GPUs).
-pub struct Mnoc<'a> {
+pub(crate) struct Mnoc<'a> {
     pub bar0: &'a dyn Bar0,
     pub timing: &'a Timing,
     pub port: u32,
