@@ -51,9 +51,13 @@ impl Applier {
         };
         let report = match Journal::open(&self.host) {
             // Half-done switches were recovered when `cchost run` started.
-            Ok(mut j) => {
-                node_mode::apply(&mut j, &self.config.matching, mode, self.opener.as_ref())
-            }
+            Ok(mut j) => node_mode::apply(
+                &self.host,
+                &mut j,
+                &self.config.matching,
+                mode,
+                self.opener.as_ref(),
+            ),
             Err(e) => {
                 tracing::error!(error = %e, "CC mode not applied: the journal cannot be opened");
                 return None;

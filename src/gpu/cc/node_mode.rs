@@ -24,6 +24,7 @@ use super::live::{self, LiveDevice, Opener};
 use super::switch::{Outcome, PpcieReport, Status};
 use super::{CcDevice, TargetMode};
 use crate::config::{MatchConfig, RequestedMode};
+use crate::host::HostRoot;
 use crate::host::pci::PciDevice;
 use crate::journal::Journal;
 
@@ -181,14 +182,14 @@ fn failed(o: &Outcome) -> Option<String> {
 /// Applies `mode` to the node's GPUs and NVSwitches (journaled, as `cchost gpu cc set`
 /// and `cchost gpu cc ppcie set`).
 pub fn apply(
+    host: &HostRoot,
     journal: &mut Journal,
     matching: &MatchConfig,
     mode: NodeMode,
     opener: &dyn Opener,
 ) -> NodeReport {
-    let host = journal.host().clone();
     let mut report = NodeReport::new(mode);
-    let candidates = match live::candidates(&host, matching) {
+    let candidates = match live::candidates(host, matching) {
         Ok(c) => c,
         Err(e) => {
             report.errors.push(format!("PCI scan: {e}"));
@@ -211,7 +212,7 @@ pub fn apply(
     }
     let mut opened: Vec<LiveDevice> = Vec::new();
     for (pci, family) in &candidates {
-        match live::open_for_switch(&host, pci, *family, opener) {
+        match live::open_for_switch(host, pci, *family, opener) {
             Ok(d) => opened.push(d),
             Err(why) => report.busy.push(format!("{}: {why}", pci.address)),
         }
