@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use cchost::apply;
-use cchost::apply::services::FreeError;
+use cchost::apply::services::{AfterUnbind, FreeError};
 use cchost::config::Config;
 use cchost::gpu::cc::device::Timing;
 use cchost::gpu::cc::journaled::CcRestorer;
@@ -403,11 +403,23 @@ fn unbind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
         for it in &plan.items {
             outln!("{} would be released (now {})", it.address, it.current);
         }
+        let released: Vec<String> = plan.items.iter().map(|i| i.address.to_string()).collect();
+        match apply::services::stopped_units(&entries, &released) {
+            (units, _) if units.is_empty() => {}
+            (units, 0) => outln!(
+                "would start {} again (every device cchost bound is released)",
+                units.join(", ")
+            ),
+            (units, bound) => outln!(
+                "{} would stay stopped ({bound} device(s) cchost bound stay on vfio)",
+                units.join(", ")
+            ),
+        }
         return Ok(ExitCode::SUCCESS);
     };
     let mut observe = step_observer()?;
     let results = apply::vfio::apply_unbind(&g.host, journal, &plan, &mut observe);
-    let failed = results.iter().any(|r| r.outcome.is_err());
+    let mut failed = results.iter().any(|r| r.outcome.is_err());
     if a.json {
         print_json(&results)?;
     } else {
@@ -424,6 +436,25 @@ fn unbind(g: &Global, a: BindArgs) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => eprintln!("{} FAILED: {e}", r.address),
             }
+        }
+    }
+    // The NVIDIA daemons `gpu bind --stop-services` stopped come back with the last
+    // device cchost bound (docs/gpu.md, "NVIDIA's host daemons").
+    match apply::services::start_when_released(journal, &system_bus(g, &g.config)) {
+        AfterUnbind::NoneStopped => {}
+        AfterUnbind::Started(units) => {
+            for u in units {
+                eprintln!("started {u} again (every device cchost bound is released)");
+            }
+        }
+        AfterUnbind::KeptStopped { units, bound } => eprintln!(
+            "{} stay stopped: {bound} device(s) cchost bound are still on vfio (the last \
+             unbind, or `cchost undo`, starts them)",
+            units.join(", ")
+        ),
+        AfterUnbind::StartFailed(msg) => {
+            eprintln!("starting the NVIDIA daemons again failed: {msg}; `cchost undo` retries");
+            failed = true;
         }
     }
     Ok(if failed {

@@ -12,10 +12,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::support::systemd::{OnStop, StandInSystemd, StandInUnit};
-use cchost::apply::services::{FreeError, free_then_replan};
+use cchost::apply::services::{AfterUnbind, FreeError, free_then_replan, start_when_released};
 use cchost::config::Config;
 use cchost::fixture::{FixtureHost, PciSpec};
 use cchost::gpu::services::{STOP_KIND, ServiceRestorer, SystemBus, UnitStop};
+use cchost::gpu::vfio::{BIND_KIND, Binding};
 use cchost::host::HostRoot;
 use cchost::host::systemd::SYSTEM_BUS_SOCKET;
 use cchost::inventory::discover_gpus;
@@ -234,4 +235,65 @@ fn the_cli_refuses_naming_the_unit_when_systemd_says_no() {
             && stderr.contains("--stop-services"),
         "{stderr}"
     );
+}
+
+/// `gpu unbind`'s last step over the real bus: once no device cchost bound is left on
+/// vfio, the unit the bind stopped is started again and its entry dropped; while one is
+/// left, the bus is not asked.
+#[test]
+fn the_last_unbind_starts_the_stopped_daemon_over_the_bus() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(dir.path());
+    let sd = StandInSystemd::start(&socket(dir.path()), persistenced(dir.path(), OnStop::Stops));
+    let mut j = Journal::open(&host).unwrap();
+    let bus = SystemBus::for_host(&host, Duration::from_secs(10));
+    free_then_replan(&mut j, &bus, &[P.to_string()], || {
+        plan(&host, &Config::default())
+    })
+    .unwrap();
+    // The bind's entry, as `gpu bind` leaves it (the sysfs bind itself is proven on a
+    // real kernel in tests/real_kernel/vfio.rs).
+    let was = Binding {
+        driver: Some("nvidia".into()),
+        driver_override: None,
+    };
+    let now = Binding {
+        driver: Some("vfio-pci".into()),
+        driver_override: Some("vfio-pci".into()),
+    };
+    let seq = j.begin(BIND_KIND, "0000:3b:00.0", &now, &was).unwrap();
+    j.applied(seq).unwrap();
+
+    assert_eq!(
+        start_when_released(&mut j, &bus),
+        AfterUnbind::KeptStopped {
+            units: vec![P.to_string()],
+            bound: 1
+        }
+    );
+    assert_eq!(sd.jobs(), [format!("StopUnit {P} replace")]);
+
+    // The unbind itself (the product's function): the entry says nvidia, and the fixture
+    // device is on nvidia already, as the kernel leaves it after the rebind.
+    let addr: cchost::host::pci::PciAddress = "0000:3b:00.0".parse().unwrap();
+    let out = cchost::gpu::vfio::unbind(&host, &mut j, &addr, &|d| d == "vfio-pci", &mut |_, _| {})
+        .unwrap();
+    assert!(
+        matches!(out, cchost::gpu::vfio::UnbindOutcome::Restored { .. }),
+        "{out:?}"
+    );
+    assert!(j.get(seq).is_none());
+    assert_eq!(
+        start_when_released(&mut j, &bus),
+        AfterUnbind::Started(vec![P.to_string()])
+    );
+    assert_eq!(
+        sd.jobs(),
+        [
+            format!("StopUnit {P} replace"),
+            format!("StartUnit {P} replace")
+        ]
+    );
+    assert_eq!(sd.active(P), "active");
+    assert!(j.entries().is_empty(), "{:?}", j.entries());
 }

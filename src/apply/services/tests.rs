@@ -150,3 +150,87 @@ fn a_denied_stop_refuses_naming_the_unit_and_changes_nothing() {
     assert!(j.entries().is_empty());
     assert!(t.path("/proc/1111/fd/3").symlink_metadata().is_ok());
 }
+
+/// Stops the unit through `free_then_replan` (as `gpu bind --stop-services` does), so the
+/// journal holds its entry.
+fn stopped_for_a_bind(t: &Tree, j: &mut Journal, d: &Daemon) {
+    let (_, stopped) = free_then_replan(j, d, &[P.to_string()], || replan(t)).unwrap();
+    assert_eq!(stopped, [P]);
+}
+
+/// A bind entry as `gpu bind` leaves it (the device on vfio-pci, nvidia to go back to).
+fn bound(j: &mut Journal, address: &str) -> u64 {
+    let was = serde_json::json!({ "driver": "nvidia", "driver_override": null });
+    let now = serde_json::json!({ "driver": "vfio-pci", "driver_override": "vfio-pci" });
+    let seq = j
+        .begin(crate::gpu::vfio::BIND_KIND, address, &now, &was)
+        .unwrap();
+    j.applied(seq).unwrap();
+    seq
+}
+
+#[test]
+fn after_the_last_unbind_the_stopped_unit_is_started_and_its_entry_dropped() {
+    let t = host();
+    let mut j = Journal::open(&t.host).unwrap();
+    let d = Daemon::new(&t);
+    stopped_for_a_bind(&t, &mut j, &d);
+    let a = bound(&mut j, "0000:3b:00.0");
+    let b = bound(&mut j, "0000:3c:00.0");
+
+    // One of two devices released: the unit stays stopped, nothing asked of the bus.
+    j.forget(a).unwrap();
+    assert_eq!(
+        start_when_released(&mut j, &d),
+        AfterUnbind::KeptStopped {
+            units: vec![P.to_string()],
+            bound: 1
+        }
+    );
+    assert_eq!(*d.calls.borrow(), [format!("stop {P}")]);
+    assert!(j.find(STOP_KIND, P).is_some());
+
+    // The last one released: started, entry gone.
+    j.forget(b).unwrap();
+    assert_eq!(
+        start_when_released(&mut j, &d),
+        AfterUnbind::Started(vec![P.to_string()])
+    );
+    assert_eq!(
+        *d.calls.borrow(),
+        [format!("stop {P}"), format!("start {P}")]
+    );
+    assert!(j.entries().is_empty(), "{:?}", j.entries());
+    // Nothing left to start: the bus is not called again.
+    assert_eq!(start_when_released(&mut j, &d), AfterUnbind::NoneStopped);
+    assert_eq!(d.calls.borrow().len(), 2);
+}
+
+/// A unit systemd will not start stays in the journal, for `cchost undo`.
+#[test]
+fn a_start_that_fails_keeps_the_entry_and_says_which_unit() {
+    struct WontStart;
+    impl Units for WontStart {
+        fn active_state(&self, _: &str) -> Result<String, UnitError> {
+            Ok("inactive".into())
+        }
+        fn stop(&self, _: &str) -> Result<(), UnitError> {
+            Ok(())
+        }
+        fn start(&self, unit: &str) -> Result<(), UnitError> {
+            Err(UnitError::Denied {
+                unit: unit.into(),
+                reason: "Access denied".into(),
+            })
+        }
+    }
+    let t = host();
+    let mut j = Journal::open(&t.host).unwrap();
+    let d = Daemon::new(&t);
+    stopped_for_a_bind(&t, &mut j, &d);
+    match start_when_released(&mut j, &WontStart) {
+        AfterUnbind::StartFailed(msg) => assert!(msg.contains(P), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(j.find(STOP_KIND, P).is_some());
+}
