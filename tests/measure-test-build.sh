@@ -12,7 +12,7 @@ repo=$(git rev-parse --show-toplevel)
 work=$(mktemp -d /tmp/cchost-test-build.XXXXXX)
 trap 'for w in "$work"/*/; do git -C "$repo" worktree remove --force "$w" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 export CARGO_INCREMENTAL=0
-printf '%-12s %11s %16s %14s %16s %8s %8s\n' rev executables "cold wall/CPU s" "" "warm wall/CPU s" "" target
+printf '%-12s %11s %9s %9s %9s %9s %8s\n' rev executables "cold wall" "cold CPU" "warm wall" "warm CPU" target
 for rev in "$@"; do
   dir="$work/$(git -C "$repo" rev-parse --short "$rev")"
   git -C "$repo" worktree add --detach -q "$dir" "$rev"
@@ -24,8 +24,8 @@ for rev in "$@"; do
   /usr/bin/time -o "$dir/warm.t" -f '%e %U %S' cargo test --no-run >"$dir/warm.log" 2>&1
   read -r cw cu cs <"$dir/cold.t"
   read -r ww wu ws <"$dir/warm.t"
-  printf '%-12s %11s %8.0f %7.0f %14s %8.0f %7.0f %8s\n' "$rev" \
-    "$(grep -c 'Executable' "$dir/cold.log")" "$cw" "$(awk "BEGIN{print $cu + $cs}")" "" \
+  printf '%-12s %11s %8.0fs %8.0fs %8.0fs %8.0fs %8s\n' "$rev" \
+    "$(grep -c 'Executable' "$dir/cold.log")" "$cw" "$(awk "BEGIN{print $cu + $cs}")" \
     "$ww" "$(awk "BEGIN{print $wu + $ws}")" "$(du -sh "$CARGO_TARGET_DIR" | cut -f1)"
   cd "$repo"
 done
