@@ -5,11 +5,10 @@
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use cchost::config::{Config, PluginMode};
-use cchost::gpu::cc::regs;
+use cchost::gpu::cc::sim::register_file;
 use cchost::host::HostRoot;
 use cchost::inventory::Inventory;
 use cchost::inventory::facts::CcMode;
@@ -226,22 +225,7 @@ fn vfio_host_labels(cc_register: u32, cfg: &Config) -> NodeLabels {
         .unwrap();
     let mut facts = NodeFacts::from_inventory(&Inventory::collect(&host, cfg));
     for g in &facts.gpus {
-        let path = host
-            .resolve(
-                Path::new("/sys/bus/pci/devices")
-                    .join(&g.address)
-                    .join("resource0"),
-            )
-            .unwrap();
-        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-        f.set_len(u64::from(regs::CC_HOPPER) + 4096).unwrap();
-        for (off, v) in [
-            (regs::BOOT_0, 0x1800_00a1u32),
-            (regs::BOOT_COMPLETE_GH100, regs::BOOT_COMPLETE_DONE),
-            (regs::CC_HOPPER, cc_register),
-        ] {
-            f.write_all_at(&v.to_le_bytes(), u64::from(off)).unwrap();
-        }
+        register_file::write_booted(&host, &g.address, cc_register).unwrap();
     }
     facts.duties = duties(cfg, &host);
     CcModeCache::default().fill(&host, &cfg.matching, &mut facts, &live_query(&host));

@@ -6,19 +6,17 @@
 // Tests may unwrap, expect and panic: a failure is the test's message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use cchost::config::Config;
 use cchost::gpu::cc::regs;
+use cchost::gpu::cc::sim::register_file;
 use cchost::host::HostRoot;
 use cchost::inventory::Inventory;
 use cchost::inventory::NodeFacts;
 use cchost::labels::cc_mode::{CcModeCache, live_query};
 use cchost::labels::compute::{NV_CC_CAPABLE, NV_CC_MODE_STATE, NV_CC_READY_STATE};
 use cchost::labels::{NodeLabels, compute};
-
-const GH100_BOOT_0: u32 = 0x1800_00a1;
 
 struct Host {
     _dir: tempfile::TempDir,
@@ -44,32 +42,20 @@ fn host() -> Host {
         gpus,
     };
     for g in &h.gpus {
-        set_bar0(&h, g, GH100_BOOT_0, regs::BOOT_COMPLETE_DONE, 1);
+        set_bar0(
+            &h,
+            g,
+            register_file::GH100_BOOT_0,
+            regs::BOOT_COMPLETE_DONE,
+            1,
+        );
     }
     h
 }
 
 /// Writes the three registers the query reads into the GPU's `resource0`.
 fn set_bar0(h: &Host, gpu: &str, boot0: u32, boot_complete: u32, cc: u32) {
-    let path = h
-        .host
-        .resolve(
-            Path::new("/sys/bus/pci/devices")
-                .join(gpu)
-                .join("resource0"),
-        )
-        .unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.set_len(u64::from(regs::CC_HOPPER) + 4096).unwrap();
-    f.write_all_at(&boot0.to_le_bytes(), u64::from(regs::BOOT_0))
-        .unwrap();
-    f.write_all_at(
-        &boot_complete.to_le_bytes(),
-        u64::from(regs::BOOT_COMPLETE_GH100),
-    )
-    .unwrap();
-    f.write_all_at(&cc.to_le_bytes(), u64::from(regs::CC_HOPPER))
-        .unwrap();
+    register_file::write_registers(&h.host, gpu, boot0, boot_complete, cc).unwrap();
 }
 
 fn labels(h: &Host, cache: &mut CcModeCache) -> NodeLabels {
@@ -109,7 +95,13 @@ fn modes_map_to_nvidia_values() {
     ] {
         let h = host();
         for g in &h.gpus {
-            set_bar0(&h, g, GH100_BOOT_0, regs::BOOT_COMPLETE_DONE, raw);
+            set_bar0(
+                &h,
+                g,
+                register_file::GH100_BOOT_0,
+                regs::BOOT_COMPLETE_DONE,
+                raw,
+            );
         }
         let l = labels(&h, &mut CcModeCache::default());
         assert_eq!(state(&l), (Some(mode), Some(ready)), "register {raw:#x}");
@@ -119,7 +111,13 @@ fn modes_map_to_nvidia_values() {
 #[test]
 fn one_gpu_off_or_broken_fails_the_node() {
     let h = host();
-    set_bar0(&h, &h.gpus[2], GH100_BOOT_0, regs::BOOT_COMPLETE_DONE, 0);
+    set_bar0(
+        &h,
+        &h.gpus[2],
+        register_file::GH100_BOOT_0,
+        regs::BOOT_COMPLETE_DONE,
+        0,
+    );
     let l = labels(&h, &mut CcModeCache::default());
     assert_eq!(state(&l), (Some("failed"), Some("")));
 
@@ -178,7 +176,13 @@ fn a_gpu_in_use_keeps_its_last_read_mode() {
     std::fs::write(proc_dir.join("comm"), "qemu-system-x86\n").unwrap();
     std::fs::write(proc_dir.join("maps"), "").unwrap();
     std::os::unix::fs::symlink(format!("/dev/vfio/{group}"), proc_dir.join("fd/31")).unwrap();
-    set_bar0(&h, gpu, GH100_BOOT_0, regs::BOOT_COMPLETE_DONE, 0);
+    set_bar0(
+        &h,
+        gpu,
+        register_file::GH100_BOOT_0,
+        regs::BOOT_COMPLETE_DONE,
+        0,
+    );
 
     assert_eq!(state(&labels(&h, &mut cache)), (Some("on"), Some("true")));
     let fresh = labels(&h, &mut CcModeCache::default());
@@ -215,7 +219,13 @@ fn a_suspended_gpu_is_woken_once_not_every_round() {
 
     // The registers now say off; a known, suspended GPU is not woken to find out.
     for g in &h.gpus {
-        set_bar0(&h, g, GH100_BOOT_0, regs::BOOT_COMPLETE_DONE, 0);
+        set_bar0(
+            &h,
+            g,
+            register_file::GH100_BOOT_0,
+            regs::BOOT_COMPLETE_DONE,
+            0,
+        );
     }
     assert_eq!(state(&labels(&h, &mut cache)), (Some("on"), Some("true")));
     // A GPU not known yet is woken and read.

@@ -8,12 +8,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cchost::config::{Config, PluginMode};
 use cchost::gpu::cc::regs;
+use cchost::gpu::cc::sim::register_file;
 use cchost::host::HostRoot;
 use cchost::inventory::Inventory;
 use cchost::inventory::facts::NodeFacts;
@@ -49,18 +49,7 @@ fn node(cc: [Option<u32>; 4]) -> Node {
     assert_eq!(gpus.len(), 4);
     for (g, reg) in gpus.iter().zip(cc) {
         let Some(reg) = reg else { continue };
-        let path = host
-            .resolve(Path::new("/sys/bus/pci/devices").join(g).join("resource0"))
-            .unwrap();
-        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-        f.set_len(u64::from(regs::CC_HOPPER) + 4096).unwrap();
-        for (off, v) in [
-            (regs::BOOT_0, 0x1800_00a1u32),
-            (regs::BOOT_COMPLETE_GH100, regs::BOOT_COMPLETE_DONE),
-            (regs::CC_HOPPER, reg),
-        ] {
-            f.write_all_at(&v.to_le_bytes(), u64::from(off)).unwrap();
-        }
+        register_file::write_booted(&host, g, reg).unwrap();
     }
     Node { dir, host }
 }

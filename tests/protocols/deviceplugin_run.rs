@@ -167,7 +167,6 @@ async fn run_with_per_gpu_modes_serves_two_gpu_resources_gated_on_the_firmware()
 /// all healthy; the firmware mode is read through the same live path as the labels.
 #[tokio::test]
 async fn run_serves_a_mixed_node_whose_firmware_agrees() {
-    use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
     let host = cchost::fixture::scenarios::gpus_on_vfio(dir.path())
         .build()
@@ -177,24 +176,8 @@ async fn run_serves_a_mixed_node_whose_firmware_agrees() {
     let mut gpus: Vec<String> = inv.gpus().map(|d| d.address.to_string()).collect();
     gpus.sort();
     assert_eq!(gpus.len(), 4);
-    use cchost::gpu::cc::regs;
     for (g, reg) in gpus.iter().zip([1u32, 1, 0, 0]) {
-        let path = host
-            .resolve(
-                std::path::Path::new("/sys/bus/pci/devices")
-                    .join(g)
-                    .join("resource0"),
-            )
-            .unwrap();
-        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-        f.set_len(u64::from(regs::CC_HOPPER) + 4096).unwrap();
-        for (off, v) in [
-            (regs::BOOT_0, 0x1800_00a1u32),
-            (regs::BOOT_COMPLETE_GH100, regs::BOOT_COMPLETE_DONE),
-            (regs::CC_HOPPER, reg),
-        ] {
-            f.write_all_at(&v.to_le_bytes(), u64::from(off)).unwrap();
-        }
+        cchost::gpu::cc::sim::register_file::write_booted(&host, g, reg).unwrap();
     }
     let dp_dir = dir.path().join("var/lib/kubelet/device-plugins");
     std::fs::create_dir_all(&dp_dir).unwrap();

@@ -8,12 +8,12 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Architecture, ChipRange};
 
 /// `NV_PMC_BOOT_0`: chip identification; all-ones = broken or suspended.
-pub const BOOT_0: u32 = 0x0;
+pub(crate) const BOOT_0: u32 = 0x0;
 /// BOOT_0 values that mean a priv security fault rather than a chip ID.
 pub(crate) const BOOT_0_SECURITY_FAULTS: [u32; 2] = [0xbadf_0200, 0xbad0_0200];
 
 /// `NV_THERM_I2CS_SCRATCH_FSP_BOOT_COMPLETE` on GH100 and GB100-class chips.
-pub const BOOT_COMPLETE_GH100: u32 = 0x200bc;
+pub(crate) const BOOT_COMPLETE_GH100: u32 = 0x200bc;
 /// The same scratch register on GB202-class chips.
 pub(crate) const BOOT_COMPLETE_GB202: u32 = 0xad00bc;
 /// NVSwitch LS10 boot-complete register.
@@ -22,7 +22,7 @@ pub(crate) const BOOT_COMPLETE_LS10: u32 = 0x660bc;
 pub const BOOT_COMPLETE_DONE: u32 = 0xff;
 
 /// Active CC mode on Hopper: bits[1:0] mode, bit 5 PPCIe.
-pub const CC_HOPPER: u32 = 0x1182cc;
+pub(crate) const CC_HOPPER: u32 = 0x1182cc;
 /// Active CC mode on Blackwell: bits[1:0] mode, bit 2 BAR0-firewall mode.
 pub(crate) const CC_BLACKWELL: u32 = 0x590;
 pub(crate) const CC_MODE_MASK: u32 = 0x3;

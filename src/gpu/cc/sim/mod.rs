@@ -18,6 +18,7 @@
 mod emem;
 pub mod firmware;
 mod mnoc;
+pub mod register_file;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
