@@ -8,6 +8,8 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use crate::check_json::find_check;
+
 fn cchost(root: &Path, args: &[&str]) -> Output {
     // An empty config (all defaults), outside the host tree.
     let cfg = tempfile::NamedTempFile::new().unwrap();
@@ -160,18 +162,9 @@ fn kernel_lockdown_warns_that_cc_mode_cannot_be_reached() {
     fn bar_access(root: &Path) -> serde_json::Value {
         let out = cchost(root, &["check", "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        fn find(nodes: &serde_json::Value, id: &str) -> Option<serde_json::Value> {
-            for n in nodes.as_array()? {
-                if n["id"] == id {
-                    return Some(n.clone());
-                }
-                if let Some(c) = n.get("children").and_then(|c| find(c, id)) {
-                    return Some(c);
-                }
-            }
-            None
-        }
-        find(&v["checks"], "gpu.bar_access").expect("gpu.bar_access in the report")
+        find_check(&v["checks"], "gpu.bar_access")
+            .expect("gpu.bar_access in the report")
+            .clone()
     }
     let dir = tempfile::tempdir().unwrap();
     cchost::fixture::scenarios::gpus_on_vfio(dir.path())

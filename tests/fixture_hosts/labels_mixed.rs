@@ -23,6 +23,8 @@ use cchost::labels::{NodeLabels, compute, duties::duties};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::check_json::find_check;
+
 const MIXED_STATE: &str = "cchost.io/cc.mode.state";
 const TWO_AND_TWO: &str =
     "[[cc.modes]]\nmode = \"on\"\ncount = 2\n[[cc.modes]]\nmode = \"off\"\ncount = 2\n";
@@ -295,18 +297,9 @@ fn check_judges_the_per_gpu_modes_against_the_host() {
             .output()
             .unwrap();
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        fn find(nodes: &Value, id: &str) -> Option<Value> {
-            for n in nodes.as_array()? {
-                if n["id"] == id {
-                    return Some(n.clone());
-                }
-                if let Some(c) = n.get("children").and_then(|c| find(c, id)) {
-                    return Some(c);
-                }
-            }
-            None
-        }
-        find(&v["checks"], "gpu.cc").expect("gpu.cc in the report")
+        find_check(&v["checks"], "gpu.cc")
+            .expect("gpu.cc in the report")
+            .clone()
     }
     let ok =
         gpu_cc("[[cc.modes]]\nmode = \"on\"\ncount = 4\n[[cc.modes]]\nmode = \"off\"\ncount = 4\n");

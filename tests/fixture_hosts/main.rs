@@ -8,6 +8,8 @@
 
 mod capture;
 mod captured_hosts;
+#[path = "../support/check_json.rs"]
+mod check_json;
 mod cli_check;
 mod cli_gpu_cc;
 mod cli_hostcfg;

@@ -5,6 +5,7 @@
 
 use std::process::Command;
 
+use crate::support::check_json::find_check;
 use crate::support::dcap::*;
 
 fn cchost() -> Command {
@@ -205,20 +206,10 @@ fn check_has_a_dcap_subtree_on_tdx_hosts() {
         .arg(&cfg)
         .args(["check", "--profile", "tdx", "--json"]));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    fn find<'a>(n: &'a serde_json::Value, id: &str) -> Option<&'a serde_json::Value> {
-        if n["id"] == id {
-            return Some(n);
-        }
-        n["children"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .chain(n["checks"].as_array().into_iter().flatten())
-            .find_map(|c| find(c, id))
-    }
-    let qgs = find(&v, "dcap.qgs").unwrap_or_else(|| panic!("no dcap.qgs in {out}"));
+    let qgs =
+        find_check(&v["checks"], "dcap.qgs").unwrap_or_else(|| panic!("no dcap.qgs in {out}"));
     assert_eq!(qgs["status"], "pass", "{qgs}");
-    let pccs = find(&v, "dcap.pccs").unwrap();
+    let pccs = find_check(&v["checks"], "dcap.pccs").unwrap();
     assert_eq!(pccs["status"], "fail", "{pccs}");
     assert!(
         pccs["message"]

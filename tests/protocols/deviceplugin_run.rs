@@ -129,23 +129,11 @@ async fn run_with_per_gpu_modes_serves_two_gpu_resources_gated_on_the_firmware()
         ("cchost-nvidia.com-pgpu.sock", ["12", "13"]),
         ("cchost-nvidia.com-pgpu-nocc.sock", ["14", "40"]),
     ] {
-        let mut c = connect_plugin(&dir.join(sock)).await.unwrap();
-        let mut s = c.list_and_watch(api::Empty {}).await.unwrap().into_inner();
-        let list = tokio::time::timeout(WAIT, s.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let got: Vec<(&str, &str)> = list
-            .devices
+        let want: Vec<(String, String)> = ids
             .iter()
-            .map(|d| (d.id.as_str(), d.health.as_str()))
+            .map(|i| (i.to_string(), "Unhealthy".to_string()))
             .collect();
-        assert_eq!(
-            got,
-            ids.iter().map(|i| (*i, "Unhealthy")).collect::<Vec<_>>(),
-            "{sock}"
-        );
+        assert_eq!(first_list(&dir.join(sock)).await, want, "{sock}");
     }
     let nocc = h
         .host
@@ -188,23 +176,11 @@ async fn run_serves_a_mixed_node_whose_firmware_agrees() {
         ("cchost-nvidia.com-pgpu.sock", ["0", "1"]),
         ("cchost-nvidia.com-pgpu-nocc.sock", ["2", "3"]),
     ] {
-        let mut c = connect_plugin(&dp_dir.join(sock)).await.unwrap();
-        let mut s = c.list_and_watch(api::Empty {}).await.unwrap().into_inner();
-        let list = tokio::time::timeout(WAIT, s.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let got: Vec<(&str, &str)> = list
-            .devices
+        let want: Vec<(String, String)> = ids
             .iter()
-            .map(|d| (d.id.as_str(), d.health.as_str()))
+            .map(|i| (i.to_string(), "Healthy".to_string()))
             .collect();
-        assert_eq!(
-            got,
-            ids.iter().map(|i| (*i, "Healthy")).collect::<Vec<_>>(),
-            "{sock}"
-        );
+        assert_eq!(first_list(&dp_dir.join(sock)).await, want, "{sock}");
     }
     let _ = child.start_kill();
     let _ = child.wait().await;
@@ -214,6 +190,18 @@ async fn run_serves_a_mixed_node_whose_firmware_agrees() {
 /// Starts `cchost run` on `root` with `[[cc.modes]]` "2 on, 2 off" (no periodic rescan)
 /// and returns it with the resource names of its first `registrations` registrations,
 /// sorted.
+/// The first ListAndWatch answer of the plugin at `sock`: (device id, health).
+async fn first_list(sock: &std::path::Path) -> Vec<(String, String)> {
+    let mut c = connect_plugin(sock).await.unwrap();
+    let mut s = c.list_and_watch(api::Empty {}).await.unwrap().into_inner();
+    let list = tokio::time::timeout(WAIT, s.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    list.devices.into_iter().map(|d| (d.id, d.health)).collect()
+}
+
 async fn run_two_on_two_off(
     root: &std::path::Path,
     kubelet: &mut FakeKubelet,

@@ -15,6 +15,8 @@ use cchost::host::HostRoot;
 use cchost::inventory::passthrough;
 use serde_json::Value;
 
+use crate::support::check_json::find_check;
+
 const BAD_GPU: &str = "0000:19:00.0";
 
 /// The fixture host; with `malformed`, one GPU's `numa_node` holds garbage instead of
@@ -47,16 +49,6 @@ fn cchost(root: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn node<'a>(checks: &'a Value, id: &str) -> Option<&'a Value> {
-    checks.as_array()?.iter().find_map(|n| {
-        if n["id"] == id {
-            Some(n)
-        } else {
-            node(&n["children"], id)
-        }
-    })
-}
-
 #[test]
 fn the_scan_skips_exactly_the_malformed_gpu_and_names_its_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -83,7 +75,7 @@ fn check_warns_naming_the_device_the_file_and_a_remedy() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!("{e}: {}", String::from_utf8_lossy(&out.stdout));
     });
-    let n = node(&report["checks"], "deviceplugin.readable").expect("the node is there");
+    let n = find_check(&report["checks"], "deviceplugin.readable").expect("the node is there");
     assert_eq!(n["status"], "warn", "{n}");
     let msg = n["message"].as_str().unwrap();
     assert!(msg.contains(BAD_GPU), "{msg}");
@@ -114,7 +106,7 @@ fn check_passes_on_the_good_host() {
     host(dir.path(), false);
     let out = cchost(dir.path(), &["check", "--json"]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let n = node(&report["checks"], "deviceplugin.readable").unwrap();
+    let n = find_check(&report["checks"], "deviceplugin.readable").unwrap();
     assert_eq!(n["status"], "pass", "{n}");
     assert!(n["message"].as_str().unwrap().contains("4 matched"), "{n}");
 }
