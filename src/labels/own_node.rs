@@ -94,9 +94,8 @@ async fn run(client: Client, node: String, tx: watch::Sender<Option<Node>>) {
             Err(e) => {
                 let d = backoff.fail();
                 tracing::warn!(node = %node, error = %e, retry_in = ?d, "watching the own Node");
-                tokio::select! {
-                    () = tokio::time::sleep(d) => {}
-                    () = tx.closed() => return,
+                if !sleep_unless_closed(&tx, d).await {
+                    return;
                 }
                 continue;
             }
@@ -132,9 +131,8 @@ async fn run(client: Client, node: String, tx: watch::Sender<Option<Node>>) {
                     } else {
                         let d = backoff.fail();
                         tracing::warn!(node = %node, code = s.code, message = %s.message, retry_in = ?d, "watching the own Node");
-                        tokio::select! {
-                            () = tokio::time::sleep(d) => {}
-                            () = tx.closed() => return,
+                        if !sleep_unless_closed(&tx, d).await {
+                            return;
                         }
                     }
                     break;
@@ -142,17 +140,23 @@ async fn run(client: Client, node: String, tx: watch::Sender<Option<Node>>) {
                 Some(Err(e)) => {
                     let d = backoff.fail();
                     tracing::warn!(node = %node, error = %e, retry_in = ?d, "watching the own Node");
-                    tokio::select! {
-                        () = tokio::time::sleep(d) => {}
-                        () = tx.closed() => return,
+                    if !sleep_unless_closed(&tx, d).await {
+                        return;
                     }
                     break;
                 }
             }
         }
-        tokio::select! {
-            () = tokio::time::sleep(REWATCH_PAUSE) => {}
-            () = tx.closed() => return,
+        if !sleep_unless_closed(&tx, REWATCH_PAUSE).await {
+            return;
         }
+    }
+}
+
+/// Sleeps `d`; false when every receiver went away meanwhile (the watch loop ends).
+async fn sleep_unless_closed(tx: &watch::Sender<Option<Node>>, d: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(d) => true,
+        () = tx.closed() => false,
     }
 }
