@@ -124,12 +124,8 @@ mod tests {
                 .group(1),
         )
         .pci(&PciSpec::new("0000:5e:00.0", 0x10de, 0x2330, 0x030200).group(2))
-        .file(
-            "/proc/driver/nvidia/gpus/0000:3b:00.0/information",
-            "Device Minor: \t 0\n",
-        )
-        .file("/proc/1111/comm", "nvidia-persiste\n")
-        .link("/proc/1111/fd/3", "/dev/nvidia0");
+        .nvidia_minor("0000:3b:00.0", 0)
+        .process_holding(1111, "nvidia-persistenced", 3, "/dev/nvidia0");
         t
     }
 

@@ -165,12 +165,8 @@ fn foreign_members_can_be_allowed_by_config() {
 #[test]
 fn a_gpu_in_use_is_refused_unless_it_is_already_bound() {
     let t = host();
-    t.file(
-        "/proc/driver/nvidia/gpus/0000:3b:00.0/information",
-        "Device Minor: \t 0\n",
-    )
-    .file("/proc/4242/comm", "python3\n")
-    .link("/proc/4242/fd/7", "/dev/nvidia0");
+    t.nvidia_minor("0000:3b:00.0", 0)
+        .process_holding(4242, "python3", 7, "/dev/nvidia0");
     let r = refusals(plan(&t, &Config::default(), Selection::All));
     assert_eq!(r.len(), 1, "{r:?}");
     let msg = r[0].to_string();
@@ -282,13 +278,12 @@ fn restore_binding_refuses_a_held_device_before_writing() {
 #[test]
 fn a_gpu_held_by_nvidia_persistenced_names_the_service_to_stop() {
     let t = host();
-    t.file(
-        "/proc/driver/nvidia/gpus/0000:3b:00.0/information",
-        "Device Minor: \t 0\n",
-    )
-    // /proc/<pid>/comm is cut to 15 characters.
-    .file("/proc/1111/comm", "nvidia-persiste\n")
-    .link("/proc/1111/fd/3", "/dev/nvidia0");
+    t.nvidia_minor("0000:3b:00.0", 0).process_holding(
+        1111,
+        "nvidia-persistenced",
+        3,
+        "/dev/nvidia0",
+    );
     let r = refusals(plan(&t, &Config::default(), Selection::All));
     let msg = r[0].to_string();
     assert!(
@@ -298,12 +293,8 @@ fn a_gpu_held_by_nvidia_persistenced_names_the_service_to_stop() {
     );
     // Any other holder: no such advice.
     let t = host();
-    t.file(
-        "/proc/driver/nvidia/gpus/0000:3b:00.0/information",
-        "Device Minor: \t 0\n",
-    )
-    .file("/proc/4242/comm", "python3\n")
-    .link("/proc/4242/fd/7", "/dev/nvidia0");
+    t.nvidia_minor("0000:3b:00.0", 0)
+        .process_holding(4242, "python3", 7, "/dev/nvidia0");
     let msg = refusals(plan(&t, &Config::default(), Selection::All))[0].to_string();
     assert!(!msg.contains("systemctl"), "{msg}");
 }
@@ -312,19 +303,13 @@ fn a_gpu_held_by_nvidia_persistenced_names_the_service_to_stop() {
 fn with_stop_services_only_daemon_holders_become_units_to_stop() {
     let mut cfg = Config::default();
     cfg.vfio.stop_nvidia_services = true;
-    let held = |extra: Option<(&str, &str)>| {
+    let held = |extra: Option<(u32, &str)>| {
         let t = host();
-        t.file(
-            "/proc/driver/nvidia/gpus/0000:3b:00.0/information",
-            "Device Minor: \t 0\n",
-        )
-        .file("/proc/1111/comm", "nvidia-persiste\n")
-        .link("/proc/1111/fd/3", "/dev/nvidia0")
-        .file("/proc/2222/comm", "nv-fabricmanage\n")
-        .link("/proc/2222/fd/4", "/dev/nvidia0");
+        t.nvidia_minor("0000:3b:00.0", 0)
+            .process_holding(1111, "nvidia-persistenced", 3, "/dev/nvidia0")
+            .process_holding(2222, "nv-fabricmanager", 4, "/dev/nvidia0");
         if let Some((pid, comm)) = extra {
-            t.file(&format!("/proc/{pid}/comm"), format!("{comm}\n"))
-                .link(&format!("/proc/{pid}/fd/9"), "/dev/nvidia0");
+            t.process_holding(pid, comm, 9, "/dev/nvidia0");
         }
         t
     };
@@ -341,7 +326,7 @@ fn with_stop_services_only_daemon_holders_become_units_to_stop() {
     let json = serde_json::to_value(&p).unwrap();
     assert_eq!(json["stop_units"][0], "nvidia-persistenced.service");
     // Another holder besides them: refused as before, the daemons named.
-    let t = held(Some(("4242", "python3")));
+    let t = held(Some((4242, "python3")));
     let r = refusals(plan(&t, &cfg, Selection::All));
     let msg = r[0].to_string();
     assert!(
