@@ -22,16 +22,7 @@ use cchost::labels::cc_mode::{CcModeCache, NotAsked, SharedCcModes};
 use cchost::labels::compute;
 use cchost::labels::compute::{NV_CC_MODE_STATE, NV_CC_READY_STATE};
 
-const GPUS: [&str; 8] = [
-    "0000:18:00.0",
-    "0000:2a:00.0",
-    "0000:3a:00.0",
-    "0000:5d:00.0",
-    "0000:9a:00.0",
-    "0000:ab:00.0",
-    "0000:ba:00.0",
-    "0000:db:00.0",
-];
+use crate::support::sim_opener::HGX_GPUS as GPUS;
 const SWITCHES: [&str; 4] = [
     "0000:05:00.0",
     "0000:06:00.0",

@@ -20,16 +20,7 @@ use cchost::journal::Journal;
 
 use crate::support::sim_opener::{SimOpener, fast};
 
-const GPUS: [&str; 8] = [
-    "0000:18:00.0",
-    "0000:2a:00.0",
-    "0000:3a:00.0",
-    "0000:5d:00.0",
-    "0000:9a:00.0",
-    "0000:ab:00.0",
-    "0000:ba:00.0",
-    "0000:db:00.0",
-];
+use crate::support::sim_opener::HGX_GPUS as GPUS;
 
 struct Node {
     _dir: tempfile::TempDir,

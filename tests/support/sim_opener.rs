@@ -12,6 +12,18 @@ use cchost::host::HostRoot;
 use cchost::host::mmio::MapAccess;
 use cchost::host::pci::PciDevice;
 
+/// The eight H100s of an HGX board, by PCI address (the CC tests' board).
+pub const HGX_GPUS: [&str; 8] = [
+    "0000:18:00.0",
+    "0000:2a:00.0",
+    "0000:3a:00.0",
+    "0000:5d:00.0",
+    "0000:9a:00.0",
+    "0000:ab:00.0",
+    "0000:ba:00.0",
+    "0000:db:00.0",
+];
+
 /// Client timing for simulated devices: short timeouts, 1 ms polling.
 pub fn fast() -> Timing {
     Timing {
