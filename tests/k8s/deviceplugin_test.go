@@ -101,6 +101,16 @@ func waitAllocatable(t *testing.T, want string, timeout time.Duration) {
 	})
 }
 
+// stopCchost stops the running cchost (SIGTERM) and waits until the kubelet has seen
+// its plugin go: nothing of nvidia.com/pgpu allocatable.
+func stopCchost(t *testing.T) {
+	t.Helper()
+	if err := e.cchost.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	waitAllocatable(t, "0", 30*time.Second)
+}
+
 // cchost registers nvidia.com/pgpu with the kubelet; the Node shows the four GPUs.
 func testDevicePluginRegistersWithTheKubelet(t *testing.T) {
 	waitAllocatable(t, "4", 20*time.Second)
@@ -202,16 +212,8 @@ func testCchostRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := e.cchost.Stop(); err != nil {
-		t.Fatal(err)
-	}
 	// The kubelet sees the plugin gone: its devices are no longer allocatable.
-	eventually(t, 30*time.Second, func() string {
-		if got := allocatable(node(t), pgpu); got != "0" {
-			return fmt.Sprintf("allocatable %s = %s with cchost stopped, want 0", pgpu, got)
-		}
-		return ""
-	})
+	stopCchost(t)
 	e.cchost, err = startCchost(e.hostRoot, e.config, "cchost-2")
 	if err != nil {
 		t.Fatal(err)

@@ -50,16 +50,8 @@ func testSteadyState(t *testing.T) {
 	cfg := withConfig(t, "# [cc]\n", "[cc]\nfollow_label = true\n")
 	// The running cchost's plugin registered (also when this test runs alone, -run).
 	waitAllocatable(t, "4", 30*time.Second)
-	if err := e.cchost.Stop(); err != nil {
-		t.Fatal(err)
-	}
 	// The old process's plugin gone, so that allocatable 4 below is the new one's.
-	eventually(t, 30*time.Second, func() string {
-		if got := allocatable(node(t), pgpu); got != "0" {
-			return fmt.Sprintf("allocatable %s = %s with cchost stopped, want 0", pgpu, got)
-		}
-		return ""
-	})
+	stopCchost(t)
 	started := time.Now()
 	var err error
 	if e.cchost, err = startCchost(e.hostRoot, cfg, "cchost-steady"); err != nil {
