@@ -114,10 +114,7 @@ mod tests {
     /// Two GPUs: one held by nvidia-persistenced, one free.
     fn host() -> Tree {
         let t = Tree::new();
-        t.file("/proc/sys/kernel/osrelease", "6.8.0-test\n").file(
-            "/lib/modules/6.8.0-test/modules.alias",
-            "alias vfio_pci:v*d*sv*sd*bc*sc*i* vfio_pci\n",
-        );
+        t.kernel("6.8.0-test", "alias vfio_pci:v*d*sv*sd*bc*sc*i* vfio_pci\n");
         t.pci(
             &PciSpec::new("0000:3b:00.0", 0x10de, 0x2330, 0x030200)
                 .driver("nvidia")

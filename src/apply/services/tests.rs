@@ -12,10 +12,7 @@ const P: &str = "nvidia-persistenced.service";
 /// A GPU on nvidia held by nvidia-persistenced (pid 1111).
 fn host() -> Tree {
     let t = Tree::new();
-    t.file("/proc/sys/kernel/osrelease", "6.8.0-test\n").file(
-        "/lib/modules/6.8.0-test/modules.alias",
-        "alias vfio_pci:v*d*sv*sd*bc*sc*i* vfio_pci\n",
-    );
+    t.kernel("6.8.0-test", "alias vfio_pci:v*d*sv*sd*bc*sc*i* vfio_pci\n");
     t.pci(
         &PciSpec::new("0000:3b:00.0", 0x10de, 0x2330, 0x030200)
             .driver("nvidia")

@@ -9,10 +9,7 @@ const NV: u16 = 0x10de;
 /// an HDMI audio function (group 2), an NVSwitch (group 3), and a NIC (group 4).
 fn host() -> Tree {
     let t = Tree::new();
-    t.file("/proc/sys/kernel/osrelease", "6.8.0-test\n").file(
-        "/lib/modules/6.8.0-test/modules.alias",
-        "alias vfio_pci:v*d*sv*sd*bc*sc*i* vfio_pci\n",
-    );
+    t.kernel("6.8.0-test", "alias vfio_pci:v*d*sv*sd*bc*sc*i* vfio_pci\n");
     t.file("/proc/1/comm", "init\n");
     std::fs::create_dir_all(t.path("/proc/1/fd")).unwrap();
     t.pci(&PciSpec::new("0000:00:01.0", 0x8086, 0x1234, 0x060400).group(1))
